@@ -1,0 +1,280 @@
+//! The kinds weft serves, with the names the REST paths, discovery and the CLI use for them.
+
+/// One served resource in one group/version.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kind {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    /// Subresources beyond the object itself (`status`, `scale`, `log`).
+    pub subresources: &'static [&'static str],
+    /// Served only for compatibility: stored and answered in the preferred version.
+    pub legacy: bool,
+}
+
+impl Kind {
+    /// `apiVersion` as written in manifests.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+    /// The store's resource key: the plural, qualified with its group outside the core group.
+    /// All versions of a kind share it.
+    pub fn resource_key(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+    /// The version objects are stored in (and the one the CLI prefers).
+    pub fn storage(&'static self) -> &'static Kind {
+        if !self.legacy {
+            return self;
+        }
+        ALL.iter()
+            .find(|k| k.group == self.group && k.plural == self.plural && !k.legacy)
+            .unwrap_or(self)
+    }
+    pub fn has_subresource(&self, s: &str) -> bool {
+        self.subresources.contains(&s)
+    }
+}
+
+macro_rules! kind {
+    ($g:expr, $v:expr, $k:expr, $p:expr, $s:expr, $ns:expr, [$($sn:expr),*], [$($sub:expr),*]) => {
+        Kind { group: $g, version: $v, kind: $k, plural: $p, singular: $s, namespaced: $ns,
+               short_names: &[$($sn),*], subresources: &[$($sub),*], legacy: false }
+    };
+}
+
+pub static ALL: &[Kind] = &[
+    kind!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        ["ns"],
+        ["status"]
+    ),
+    kind!("", "v1", "Node", "nodes", "node", false, ["no"], ["status"]),
+    kind!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        ["po"],
+        ["status", "log"]
+    ),
+    kind!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        ["svc"],
+        ["status"]
+    ),
+    kind!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        ["ep"],
+        []
+    ),
+    kind!("", "v1", "Secret", "secrets", "secret", true, [], []),
+    kind!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        ["cm"],
+        []
+    ),
+    kind!(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        ["rc"],
+        ["status", "scale"]
+    ),
+    kind!("", "v1", "Event", "events", "event", true, ["ev"], []),
+    kind!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        ["sa"],
+        []
+    ),
+    kind!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        ["deploy"],
+        ["status", "scale"]
+    ),
+    kind!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        ["rs"],
+        ["status", "scale"]
+    ),
+    kind!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        [],
+        []
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        true,
+        ["ing"],
+        ["status"]
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        "ingressclass",
+        false,
+        [],
+        []
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        ["netpol"],
+        []
+    ),
+    Kind {
+        group: "networking.k8s.io",
+        version: "v1beta1",
+        kind: "Ingress",
+        plural: "ingresses",
+        singular: "ingress",
+        namespaced: true,
+        short_names: &["ing"],
+        subresources: &["status"],
+        legacy: true,
+    },
+];
+
+/// The group/versions served, in discovery order: (group, version, preferred).
+pub fn group_versions() -> Vec<(&'static str, &'static str, bool)> {
+    let mut out: Vec<(&str, &str, bool)> = vec![];
+    for k in ALL {
+        if !out.iter().any(|(g, v, _)| *g == k.group && *v == k.version) {
+            out.push((k.group, k.version, !k.legacy));
+        }
+    }
+    out
+}
+
+/// Finds a kind by REST path coordinates.
+pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
+    ALL.iter()
+        .find(|k| k.group == group && k.version == version && k.plural == plural)
+}
+
+/// Finds a kind by `apiVersion` and `kind` as written in a manifest.
+pub fn by_gvk(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ALL.iter()
+        .find(|k| k.group == group && k.version == version && k.kind == kind)
+}
+
+/// Resolves what a user types on the command line (`svc`, `services`, `Service`,
+/// `deployments.apps`, `ing`) to the preferred version of a kind.
+pub fn by_cli_name(name: &str) -> Option<&'static Kind> {
+    let lower = name.to_ascii_lowercase();
+    let (base, group) = match lower.split_once('.') {
+        Some((b, g)) => (b.to_string(), Some(g.to_string())),
+        None => (lower, None),
+    };
+    ALL.iter().filter(|k| !k.legacy).find(|k| {
+        group
+            .as_deref()
+            .is_none_or(|g| g == k.group || (g == "v1" && k.group.is_empty()))
+            && (k.plural == base
+                || k.singular == base
+                || k.kind.eq_ignore_ascii_case(&base)
+                || k.short_names.contains(&base.as_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_names_resolve() {
+        for (n, plural) in [
+            ("svc", "services"),
+            ("ep", "endpoints"),
+            ("ns", "namespaces"),
+            ("po", "pods"),
+            ("ing", "ingresses"),
+            ("netpol", "networkpolicies"),
+            ("deploy", "deployments"),
+            ("rs", "replicasets"),
+            ("rc", "replicationcontrollers"),
+            ("Service", "services"),
+            ("deployments.apps", "deployments"),
+            ("endpointslices", "endpointslices"),
+        ] {
+            assert_eq!(by_cli_name(n).map(|k| k.plural), Some(plural), "{n}");
+        }
+        assert!(by_cli_name("nonsense").is_none());
+    }
+
+    #[test]
+    fn legacy_ingress_stores_as_v1() {
+        let k = by_gvk("networking.k8s.io/v1beta1", "Ingress").unwrap();
+        assert_eq!(k.storage().version, "v1");
+        assert_eq!(k.resource_key(), "ingresses.networking.k8s.io");
+    }
+}

@@ -1,0 +1,428 @@
+//! Admission of an object: decode it as its kind, default it as kube-apiserver does, validate it.
+//! Pure: JSON in, JSON (or field errors) out.
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ReplicationController, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::errors::ObjectError;
+use crate::kinds::Kind;
+use crate::validate::{self, Errors, NameRule};
+
+fn decode<T: DeserializeOwned>(kind: &Kind, v: &Value) -> Result<T, ObjectError> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("");
+        ObjectError::BadRequest(format!(
+            "{} {name:?}: the body is not a valid {}: {e}",
+            kind.kind, kind.kind
+        ))
+    })
+}
+
+fn encode<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).expect("k8s-openapi types always serialize")
+}
+
+fn finish<T: Serialize>(
+    kind: &Kind,
+    obj: &T,
+    meta: &ObjectMeta,
+    errs: Errors,
+) -> Result<Value, ObjectError> {
+    if errs.is_empty() {
+        Ok(encode(obj))
+    } else {
+        let name = meta
+            .name
+            .clone()
+            .or_else(|| meta.generate_name.clone())
+            .unwrap_or_default();
+        Err(ObjectError::Invalid {
+            kind: kind.kind.to_string(),
+            name,
+            causes: errs,
+        })
+    }
+}
+
+/// Defaults and validates an object of `kind` (already in its storage version). Metadata that the
+/// server owns (uid, resourceVersion, timestamps) is the caller's business.
+pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
+    let mut errs = Errors::new();
+    match kind.kind {
+        "Service" => {
+            let mut o: Service = decode(kind, v)?;
+            default_service(&mut o);
+            validate::service(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Pod" => {
+            let mut o: Pod = decode(kind, v)?;
+            if let Some(s) = o.spec.as_mut() {
+                default_pod_spec(s);
+            }
+            if o.status.is_none() {
+                o.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                    phase: Some("Pending".into()),
+                    ..Default::default()
+                });
+            }
+            validate::pod(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Deployment" => {
+            let mut o: Deployment = decode(kind, v)?;
+            {
+                let s = &mut o.spec;
+                s.replicas.get_or_insert(1);
+                s.revision_history_limit.get_or_insert(10);
+                s.progress_deadline_seconds.get_or_insert(600);
+                let st = s.strategy.get_or_insert_with(Default::default);
+                let ty = st.type_.get_or_insert_with(|| "RollingUpdate".into());
+                if ty == "RollingUpdate" {
+                    let ru = st.rolling_update.get_or_insert_with(Default::default);
+                    ru.max_surge
+                        .get_or_insert(IntOrString::String("25%".into()));
+                    ru.max_unavailable
+                        .get_or_insert(IntOrString::String("25%".into()));
+                }
+                if let Some(ps) = s.template.spec.as_mut() {
+                    default_pod_spec(ps);
+                }
+            }
+            validate::deployment(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "ReplicaSet" => {
+            let mut o: ReplicaSet = decode(kind, v)?;
+            {
+                let s = &mut o.spec;
+                s.replicas.get_or_insert(1);
+                if let Some(ps) = s.template.as_mut().and_then(|t| t.spec.as_mut()) {
+                    default_pod_spec(ps);
+                }
+            }
+            validate::replica_set(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "ReplicationController" => {
+            let mut o: ReplicationController = decode(kind, v)?;
+            if let Some(s) = o.spec.as_mut() {
+                s.replicas.get_or_insert(1);
+                let tl = s
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.metadata.as_ref())
+                    .and_then(|m| m.labels.clone());
+                if s.selector.as_ref().is_none_or(|m| m.is_empty()) {
+                    s.selector = tl.clone();
+                }
+                if o.metadata.labels.as_ref().is_none_or(|m| m.is_empty()) {
+                    o.metadata.labels = tl;
+                }
+                if let Some(ps) = s.template.as_mut().and_then(|t| t.spec.as_mut()) {
+                    default_pod_spec(ps);
+                }
+            }
+            validate::replication_controller(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Namespace" => {
+            let mut o: Namespace = decode(kind, v)?;
+            let st = o.status.get_or_insert_with(Default::default);
+            st.phase.get_or_insert_with(|| "Active".into());
+            let labels = o.metadata.labels.get_or_insert_with(Default::default);
+            if let Some(n) = o.metadata.name.clone() {
+                labels.insert("kubernetes.io/metadata.name".into(), n);
+            }
+            validate::namespace(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Endpoints" => {
+            let mut o: k8s_openapi::api::core::v1::Endpoints = decode(kind, v)?;
+            for s in o.subsets.iter_mut().flatten() {
+                for p in s.ports.iter_mut().flatten() {
+                    p.protocol.get_or_insert_with(|| "TCP".into());
+                }
+            }
+            validate::endpoints(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "EndpointSlice" => {
+            let mut o: EndpointSlice = decode(kind, v)?;
+            for p in o.ports.iter_mut().flatten() {
+                p.protocol.get_or_insert_with(|| "TCP".into());
+            }
+            validate::endpoint_slice(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Ingress" => {
+            let o: Ingress = decode(kind, v)?;
+            validate::ingress(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "NetworkPolicy" => {
+            let mut o: NetworkPolicy = decode(kind, v)?;
+            if let Some(s) = o.spec.as_mut() {
+                if s.policy_types.is_none() {
+                    let mut t = vec!["Ingress".to_string()];
+                    if s.egress.is_some() {
+                        t.push("Egress".into());
+                    }
+                    s.policy_types = Some(t);
+                }
+                for r in s.ingress.iter_mut().flatten() {
+                    for p in r.ports.iter_mut().flatten() {
+                        p.protocol.get_or_insert_with(|| "TCP".into());
+                    }
+                }
+                for r in s.egress.iter_mut().flatten() {
+                    for p in r.ports.iter_mut().flatten() {
+                        p.protocol.get_or_insert_with(|| "TCP".into());
+                    }
+                }
+            }
+            validate::network_policy(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        _ => generic(kind, v),
+    }
+}
+
+/// Kinds weft stores but does not interpret: metadata rules only, the body kept as sent.
+fn generic(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
+    let meta: ObjectMeta = match v.get("metadata") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| {
+            ObjectError::BadRequest(format!("{}: metadata is malformed: {e}", kind.kind))
+        })?,
+        None => ObjectMeta::default(),
+    };
+    let mut errs = Errors::new();
+    validate::check_meta(
+        &meta,
+        NameRule::Dns1123Subdomain,
+        kind.namespaced,
+        &mut errs,
+    );
+    if !errs.is_empty() {
+        return finish(kind, &meta, &meta, errs);
+    }
+    // Still decode the body so malformed fields are refused, but keep what was sent.
+    match kind.kind {
+        "Secret" => decode::<k8s_openapi::api::core::v1::Secret>(kind, v).map(|_| ())?,
+        "ConfigMap" => decode::<k8s_openapi::api::core::v1::ConfigMap>(kind, v).map(|_| ())?,
+        "Node" => decode::<k8s_openapi::api::core::v1::Node>(kind, v).map(|_| ())?,
+        "Event" => decode::<k8s_openapi::api::core::v1::Event>(kind, v).map(|_| ())?,
+        "IngressClass" => {
+            decode::<k8s_openapi::api::networking::v1::IngressClass>(kind, v).map(|_| ())?
+        }
+        "ServiceAccount" => {
+            decode::<k8s_openapi::api::core::v1::ServiceAccount>(kind, v).map(|_| ())?
+        }
+        _ => {}
+    }
+    Ok(v.clone())
+}
+
+fn default_service(o: &mut Service) {
+    let Some(s) = o.spec.as_mut() else { return };
+    let ty = s.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    s.session_affinity.get_or_insert_with(|| "None".into());
+    if s.session_affinity.as_deref() == Some("ClientIP") {
+        let c = s
+            .session_affinity_config
+            .get_or_insert_with(Default::default);
+        c.client_ip
+            .get_or_insert_with(Default::default)
+            .timeout_seconds
+            .get_or_insert(10800);
+    }
+    if ty != "ExternalName" {
+        s.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        s.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    if ty == "LoadBalancer" {
+        s.allocate_load_balancer_node_ports.get_or_insert(true);
+    }
+    for p in s.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        if p.target_port.is_none() || p.target_port == Some(IntOrString::Int(0)) {
+            p.target_port = Some(IntOrString::Int(p.port));
+        }
+    }
+    if o.status.is_none() {
+        o.status = Some(Default::default());
+        if ty == "LoadBalancer" {
+            o.status.as_mut().unwrap().load_balancer = Some(Default::default());
+        }
+    }
+}
+
+fn default_pod_spec(s: &mut k8s_openapi::api::core::v1::PodSpec) {
+    s.restart_policy.get_or_insert_with(|| "Always".into());
+    s.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    s.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    s.termination_grace_period_seconds.get_or_insert(30);
+    s.security_context.get_or_insert_with(Default::default);
+    for c in s
+        .containers
+        .iter_mut()
+        .chain(s.init_containers.iter_mut().flatten())
+    {
+        let image = c.image.clone().unwrap_or_default();
+        let latest = !image.contains(':') || image.ends_with(":latest");
+        c.image_pull_policy.get_or_insert_with(|| {
+            if latest {
+                "Always".into()
+            } else {
+                "IfNotPresent".into()
+            }
+        });
+        c.termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy
+            .get_or_insert_with(|| "File".into());
+        for p in c.ports.iter_mut().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::by_gvk;
+    use serde_json::json;
+
+    fn svc(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "my-service"}, "spec": spec})
+    }
+
+    fn causes(r: Result<Value, ObjectError>) -> Vec<String> {
+        match r {
+            Err(ObjectError::Invalid { causes, .. }) => {
+                causes.iter().map(|c| c.field.clone()).collect()
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_defaults() {
+        let k = by_gvk("v1", "Service").unwrap();
+        let out = admit(
+            k,
+            &svc(json!({"selector": {"app": "MyApp"}, "ports": [{"port": 80}]})),
+        )
+        .unwrap();
+        assert_eq!(out["spec"]["type"], "ClusterIP");
+        assert_eq!(out["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(out["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(out["spec"]["sessionAffinity"], "None");
+    }
+
+    #[test]
+    fn service_errors_name_fields() {
+        let k = by_gvk("v1", "Service").unwrap();
+        assert_eq!(
+            causes(admit(k, &svc(json!({"ports": [{"port": 0}]})))),
+            vec!["spec.ports[0].port"]
+        );
+        assert_eq!(
+            causes(admit(
+                k,
+                &svc(json!({"ports": [{"port": 80, "protocol": "ICMP"}]}))
+            )),
+            vec!["spec.ports[0].protocol"]
+        );
+        assert_eq!(
+            causes(admit(
+                k,
+                &svc(json!({"ports": [{"port": 80, "name": "a"}, {"port": 80, "name": "b"}]}))
+            )),
+            vec!["spec.ports[1]"]
+        );
+        assert_eq!(
+            causes(admit(
+                k,
+                &svc(json!({"ports": [{"port": 80}, {"port": 81}]}))
+            ))
+            .len(),
+            2
+        );
+        assert_eq!(
+            causes(admit(
+                k,
+                &svc(json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30001}]}))
+            )),
+            vec!["spec.ports[0].nodePort"]
+        );
+        assert_eq!(
+            causes(admit(
+                k,
+                &svc(json!({"clusterIP": "10.96.0.300", "ports": [{"port": 1}]}))
+            )),
+            vec!["spec.clusterIP"]
+        );
+        assert_eq!(
+            causes(admit(k, &svc(json!({"ports": []})))),
+            vec!["spec.ports"]
+        );
+        assert!(admit(k, &svc(json!({"clusterIP": "None"}))).is_ok());
+        let bad_name = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 1}]}});
+        assert_eq!(causes(admit(k, &bad_name)), vec!["metadata.name"]);
+        let msg = admit(
+            k,
+            &svc(json!({"ports": [{"port": 70000, "targetPort": 80}]})),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "Service \"my-service\" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+        );
+    }
+
+    #[test]
+    fn bad_types_are_bad_requests() {
+        let k = by_gvk("v1", "Service").unwrap();
+        assert!(matches!(
+            admit(k, &svc(json!({"ports": "eighty"}))),
+            Err(ObjectError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn deployment_selector_must_match() {
+        let k = by_gvk("apps/v1", "Deployment").unwrap();
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "nginx"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}},
+                     "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "n", "image": "nginx"}]}}}});
+        assert_eq!(causes(admit(k, &d)), vec!["spec.template.metadata.labels"]);
+    }
+
+    #[test]
+    fn rc_selector_defaults_to_template_labels() {
+        let k = by_gvk("v1", "ReplicationController").unwrap();
+        let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "busybox0"},
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "busybox0"}},
+                "spec": {"containers": [{"name": "busybox", "image": "busybox", "command": ["sleep", "3600"]}]}}}});
+        let out = admit(k, &rc).unwrap();
+        assert_eq!(out["spec"]["selector"]["app"], "busybox0");
+        assert_eq!(out["metadata"]["labels"]["app"], "busybox0");
+    }
+}
