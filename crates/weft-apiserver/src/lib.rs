@@ -1,1 +1,443 @@
+//! weft's embedded Kubernetes API server: the REST protocol kubectl and kube-rs speak, over
+//! HTTPS with a bearer token, on loopback, backed by `weft-store`.
+//!
+//! Architecture invariant: every change to an object goes through [`rest::Api`], which admits it
+//! (`weft-api`), allocates Service IPs and ports, and writes it to the store in one durable step;
+//! nothing else writes to the store.
 
+pub mod alloc;
+pub mod discovery;
+pub mod patch;
+pub mod rest;
+pub mod selectors;
+pub mod status;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use weft_api::kinds;
+use weft_store::{Key, Store};
+
+use crate::rest::{Allocators, Api, Query, Target};
+use crate::status::ApiError;
+
+pub struct Config {
+    /// The cluster's name (used in the kubeconfig).
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub service_cidr: IpNet,
+    pub node_port_range: RangeInclusive<i32>,
+    /// Port on 127.0.0.1; 0 picks a free one the first time and keeps it.
+    pub port: u16,
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub api: Arc<Api>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(v).unwrap_or_default()))
+        .unwrap()
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.to_status())
+}
+
+/// Opens the store, makes credentials, binds the port and serves until the process ends.
+pub async fn start(cfg: Config) -> Result<Running> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let store = Store::open(
+        &cfg.state_dir.join("store.redb"),
+        weft_store::DEFAULT_HISTORY,
+    )
+    .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
+    let creds = tls::load_or_create(&cfg.state_dir)?;
+    let port_file = cfg.state_dir.join("api.port");
+    let port = match (
+        cfg.port,
+        std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok()),
+    ) {
+        (0, Some(p)) => p,
+        (p, _) => p,
+    };
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| {
+            format!("binding 127.0.0.1:{port} (is another weft API server using it?)")
+        })?;
+    let addr = listener.local_addr()?;
+    std::fs::write(&port_file, addr.port().to_string())?;
+    let server_url = format!("https://{addr}");
+    let kubeconfig = cfg.state_dir.join("kubeconfig");
+    tls::write_private(
+        &kubeconfig,
+        tls::kubeconfig(&cfg.name, &server_url, &creds).as_bytes(),
+    )?;
+
+    let ips = alloc::IpAllocator::new(cfg.service_cidr);
+    let kubernetes_ip = ips
+        .nth(1)
+        .context("the service CIDR has no room for the kubernetes Service")?;
+    let api = Arc::new(Api::new(
+        store,
+        Allocators {
+            ips,
+            ports: alloc::PortAllocator::new(cfg.node_port_range.clone()),
+        },
+    ));
+    api.rebuild_allocations();
+    bootstrap(&api, kubernetes_ip).await?;
+
+    let tls_cfg = tls::server_config(&creds)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
+    let token = Arc::new(creds.token.clone());
+    let a2 = api.clone();
+    let server_addr = addr.to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let api = a2.clone();
+            let token = token.clone();
+            let server_addr = server_addr.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let api = api.clone();
+                    let token = token.clone();
+                    let server_addr = server_addr.clone();
+                    async move { Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    });
+    Ok(Running {
+        addr,
+        kubeconfig,
+        api,
+    })
+}
+
+/// Objects a cluster has from the start: the system namespaces and the `kubernetes` Service.
+async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
+    let ns_target = |_: &str| Target {
+        kind: kinds::by_path("", "v1", "namespaces").unwrap(),
+        namespace: None,
+        name: None,
+        sub: None,
+    };
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if api.store.get(&Key::new("namespaces", "", ns)).is_none() {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            api.create(&ns_target(ns), &serde_json::to_vec(&body)?)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+        }
+    }
+    if api
+        .store
+        .get(&Key::new("services", "default", "kubernetes"))
+        .is_none()
+    {
+        let body = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": kubernetes_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+        let t = Target {
+            kind: kinds::by_path("", "v1", "services").unwrap(),
+            namespace: Some("default".into()),
+            name: None,
+            sub: None,
+        };
+        api.create(&t, &serde_json::to_vec(&body)?)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    Ok(())
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(h) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(given) = h.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Parses a resource path below `/api/v1` or `/apis/{group}/{version}`.
+fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let nf = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let find = |plural: &str| kinds::by_path(group, version, plural).ok_or_else(nf);
+    let s = |x: &&str| x.to_string();
+    match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if kinds::by_path(group, version, plural).is_some_and(|k| k.namespaced) =>
+        {
+            let kind = find(plural)?;
+            match tail {
+                [] => Ok(Target {
+                    kind,
+                    namespace: Some(s(ns)),
+                    name: None,
+                    sub: None,
+                }),
+                [name] => Ok(Target {
+                    kind,
+                    namespace: Some(s(ns)),
+                    name: Some(s(name)),
+                    sub: None,
+                }),
+                [name, sub] if kind.has_subresource(sub) => Ok(Target {
+                    kind,
+                    namespace: Some(s(ns)),
+                    name: Some(s(name)),
+                    sub: Some(s(sub)),
+                }),
+                _ => Err(nf()),
+            }
+        }
+        [plural, tail @ ..] => {
+            let kind = find(plural)?;
+            match tail {
+                [] => Ok(Target {
+                    kind,
+                    namespace: None,
+                    name: None,
+                    sub: None,
+                }),
+                [name] if !kind.namespaced => Ok(Target {
+                    kind,
+                    namespace: None,
+                    name: Some(s(name)),
+                    sub: None,
+                }),
+                [name, sub] if !kind.namespaced && kind.has_subresource(sub) => Ok(Target {
+                    kind,
+                    namespace: None,
+                    name: Some(s(name)),
+                    sub: Some(s(sub)),
+                }),
+                _ => Err(nf()),
+            }
+        }
+        _ => Err(nf()),
+    }
+}
+
+async fn handle(
+    api: Arc<Api>,
+    token: &str,
+    server_addr: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let open = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version"
+    );
+    if !open && !authorized(&req, token) {
+        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
+    let query: Query = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect::<HashMap<_, _>>()
+        })
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(&ApiError::bad_request(format!(
+                "reading the request body: {e}"
+            )));
+        }
+    };
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let get = method == Method::GET;
+    let simple = |v: Option<Value>| match v {
+        Some(v) => json_response(200, &v),
+        None => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
+    };
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz"] => {
+            Response::builder().status(200).body(full("ok")).unwrap()
+        }
+        ["version"] => json_response(200, &discovery::version()),
+        ["api"] if get => json_response(200, &discovery::api_versions(server_addr)),
+        ["apis"] if get => json_response(200, &discovery::api_group_list()),
+        ["api", v] if get => simple(discovery::resource_list("", v)),
+        ["apis", g] if get => simple(discovery::api_group(g)),
+        ["apis", g, v] if get => simple(discovery::resource_list(g, v)),
+        ["openapi", "v2"] => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "OpenAPI v2 is not served: kubectl uses /openapi/v3",
+        )),
+        ["openapi", "v3"] => json_response(200, &discovery::openapi_v3_root()),
+        ["openapi", "v3", rest @ ..] => {
+            simple(discovery::openapi_v3_group_version(&rest.join("/")))
+        }
+        ["api", v, rest @ ..] => {
+            resource(
+                &api,
+                target("", v, rest),
+                &method,
+                &query,
+                &accept,
+                &ctype,
+                &body,
+            )
+            .await
+        }
+        ["apis", g, v, rest @ ..] => {
+            resource(
+                &api,
+                target(g, v, rest),
+                &method,
+                &query,
+                &accept,
+                &ctype,
+                &body,
+            )
+            .await
+        }
+        _ => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
+    }
+}
+
+async fn resource(
+    api: &Arc<Api>,
+    t: Result<Target, ApiError>,
+    method: &Method,
+    q: &Query,
+    accept: &str,
+    ctype: &str,
+    body: &[u8],
+) -> Response<Body> {
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let result = match (method.clone(), t.name.is_some()) {
+        (Method::GET, false) if watch => match api.watch(&t, q) {
+            Ok(rx) => {
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                });
+                return Response::builder()
+                    .status(200)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::TRANSFER_ENCODING.as_str(), "chunked")
+                    .body(StreamBody::new(stream).boxed())
+                    .map(|mut r| {
+                        // HTTP/2 forbids transfer-encoding; hyper adds framing itself.
+                        r.headers_mut().remove(header::TRANSFER_ENCODING);
+                        r
+                    })
+                    .unwrap();
+            }
+            Err(e) => Err(e),
+        },
+        (Method::GET, false) => api.list(&t, accept, q).map(|v| (200, v)),
+        (Method::GET, true) => api.get(&t, accept, q).map(|v| (200, v)),
+        (Method::POST, false) => api.create(&t, body).await.map(|v| (201, v)),
+        (Method::PUT, true) => api.update(&t, body).await.map(|v| (200, v)),
+        (Method::PATCH, true) => api.patch(&t, ctype, body).await.map(|v| (200, v)),
+        (Method::DELETE, true) => api.delete(&t, body).await.map(|v| (200, v)),
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow {m} on {}",
+            t.kind.plural
+        ))),
+    };
+    match result {
+        Ok((code, v)) => json_response(code, &v),
+        Err(e) => error_response(&e),
+    }
+}

@@ -1,1 +1,710 @@
-fn main() {}
+//! `weft`: start and stop labs, talk to their API as kubectl would, and run the daemons.
+
+mod client;
+mod lab;
+mod output;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+use weft_api::kinds;
+
+use crate::lab::{Lab, LabConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "The whole Kubernetes cluster network, on one machine or many"
+)]
+struct Cli {
+    /// The lab to act on (default: $WEFT_CLUSTER, else the only one running, else "default").
+    #[arg(long, global = true)]
+    name: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a lab (or resume a stopped one) and return when its API answers.
+    Up(UpArgs),
+    /// Stop a lab and remove everything it made.
+    Down,
+    /// Create or update the objects in manifests (files, directories, or - for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Delete objects named by manifests, or by kind and name.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// List or show objects, with kubectl's columns.
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'A', long = "all-namespaces")]
+        all_namespaces: bool,
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(long)]
+        no_headers: bool,
+    },
+    /// Show an object in detail.
+    Describe {
+        kind: String,
+        name: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print the lab's kubeconfig (for kubectl: `weft kubeconfig > k; kubectl --kubeconfig k ...`).
+    Kubeconfig,
+    /// Show the lab and the health of its components.
+    Status,
+    /// Run the lab's control plane in the foreground (what `weft up` starts).
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pod_cidr: String,
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    #[arg(long, default_value = "30000-32767")]
+    node_port_range: String,
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "routed"])]
+    overlay: String,
+    /// Where the lab keeps its state (default: $WEFT_HOME/state/NAME).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// API port on 127.0.0.1 (default: a free one, kept for the lab's life).
+    #[arg(long, default_value_t = 0)]
+    api_port: u16,
+    /// Give pods outbound access through the host (changes the host's firewall; off by default).
+    #[arg(long)]
+    egress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Up(a) => up(cli.name, a).await,
+        Cmd::Down => down(cli.name).await,
+        Cmd::Daemon {
+            state_dir,
+            ready_fd,
+        } => daemon(cli.name, state_dir, ready_fd).await,
+        Cmd::Kubeconfig => {
+            let lab = lab::select(cli.name.as_deref())?;
+            print!(
+                "{}",
+                std::fs::read_to_string(lab.kubeconfig())
+                    .context("the lab has no kubeconfig yet")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status => status(cli.name).await,
+        Cmd::Apply { files, namespace } => apply(cli.name, files, namespace).await,
+        Cmd::Delete {
+            files,
+            kind,
+            names,
+            namespace,
+        } => delete(cli.name, files, kind, names, namespace).await,
+        Cmd::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            selector,
+            no_headers,
+        } => {
+            get(
+                cli.name,
+                kind,
+                name,
+                namespace,
+                all_namespaces,
+                output,
+                selector,
+                no_headers,
+            )
+            .await
+        }
+        Cmd::Describe {
+            kind,
+            name,
+            namespace,
+        } => describe(cli.name, kind, name, namespace).await,
+    }
+}
+
+async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
+    let name = name
+        .or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty()))
+        .unwrap_or("default".into());
+    if !weft_api::validate::is_dns1123_label(&name) {
+        bail!("lab name {name:?} is invalid: use lowercase letters, digits and '-' (e.g. 'dev')");
+    }
+    // Check the settings before anything is made.
+    let _: ipnet::IpNet = a
+        .service_cidr
+        .parse()
+        .with_context(|| format!("--service-cidr {:?} is not a CIDR", a.service_cidr))?;
+    let _: ipnet::IpNet = a
+        .pod_cidr
+        .parse()
+        .with_context(|| format!("--pod-cidr {:?} is not a CIDR", a.pod_cidr))?;
+    parse_port_range(&a.node_port_range)?;
+    let dir = match (&a.state_dir, lab::select(Some(&name))) {
+        (Some(d), _) => d.clone(),
+        (None, Ok(existing)) => existing.dir,
+        (None, Err(_)) => lab::home().join("state").join(&name),
+    };
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let lab = Lab::at(&name, dir.clone());
+    if lab.running() {
+        println!(
+            "lab {name:?} is already up (API {}); nothing changed",
+            lab.api_url().unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cfg_path = dir.join("config.json");
+    let resumed = cfg_path.exists();
+    if !resumed {
+        let cfg = LabConfig {
+            name: name.clone(),
+            service_cidr: a.service_cidr,
+            pod_cidr: a.pod_cidr,
+            nodes: a.nodes,
+            overlay: a.overlay,
+            node_port_range: a.node_port_range,
+            api_port: a.api_port,
+            egress: a.egress,
+        };
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+    }
+    lab::register(&name, &dir)?;
+    eprintln!(
+        "{} lab {name:?}: starting the control plane",
+        if resumed { "resuming" } else { "creating" }
+    );
+    lab::spawn_daemon(&lab)?;
+    println!("lab {name:?} is up");
+    println!("  API:        {}", lab.api_url().unwrap_or_default());
+    println!("  kubeconfig: {}", lab.kubeconfig().display());
+    println!("  state:      {}", dir.display());
+    println!(
+        "try: weft get svc -A    or    kubectl --kubeconfig {} get ns",
+        lab.kubeconfig().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
+    let (a, b) = s.split_once('-').with_context(|| {
+        format!("node port range {s:?}: write it as FIRST-LAST, e.g. 30000-32767")
+    })?;
+    let (a, b): (i32, i32) = (a.trim().parse()?, b.trim().parse()?);
+    if !(1..=65535).contains(&a) || !(1..=65535).contains(&b) || a > b {
+        bail!("node port range {s:?}: ports must be 1-65535 with FIRST <= LAST");
+    }
+    Ok(a..=b)
+}
+
+async fn down(name: Option<String>) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    lab::stop_daemon(&lab, Duration::from_secs(10))?;
+    std::fs::remove_dir_all(&lab.dir).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    lab::unregister(&lab.name);
+    println!("lab {:?} is down", lab.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn daemon(
+    name: Option<String>,
+    state_dir: PathBuf,
+    ready_fd: Option<i32>,
+) -> Result<ExitCode> {
+    use std::os::fd::FromRawFd;
+    let mut ready = ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+    let result = async {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .try_init()
+            .ok();
+        let lab = Lab::at(name.as_deref().unwrap_or("default"), state_dir.clone());
+        let cfg = lab.config()?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(state_dir.join("daemon.lock"))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| anyhow::anyhow!("another weft daemon already runs lab {:?}", cfg.name))?;
+        std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
+        let running = weft_apiserver::start(weft_apiserver::Config {
+            name: cfg.name.clone(),
+            state_dir: state_dir.clone(),
+            service_cidr: cfg.service_cidr.parse()?,
+            node_port_range: parse_port_range(&cfg.node_port_range)?,
+            port: cfg.api_port,
+        })
+        .await?;
+        tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
+        Ok::<_, anyhow::Error>((lock, running))
+    }
+    .await;
+    let (_lock, running) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(f) = ready.as_mut() {
+                let _ = writeln!(f, "{e:#}");
+            }
+            return Err(e);
+        }
+    };
+    if let Some(mut f) = ready.take() {
+        let _ = writeln!(f, "ready");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    running.api.store.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(name: Option<String>) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let running = lab.running();
+    println!("lab:        {}", lab.name);
+    println!("state:      {}", lab.dir.display());
+    println!(
+        "daemon:     {}",
+        if running {
+            format!("running (pid {})", lab.pid().unwrap_or(0))
+        } else {
+            "stopped".into()
+        }
+    );
+    if running {
+        let c = client::connect(&lab).await?;
+        let ok = client::call(&c, Method::GET, "/readyz", None, "", "text/plain").await;
+        let health = match ok {
+            Ok(_) | Err(kube::Error::SerdeError(_)) => "ok".to_string(),
+            Err(e) => client::describe_error(&e),
+        };
+        println!(
+            "apiserver:  {} ({})",
+            health,
+            lab.api_url().unwrap_or_default()
+        );
+    }
+    Ok(if running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Reads manifests from files, directories (their .yaml/.yml/.json files) or stdin.
+fn read_manifests(files: &[String]) -> Result<Vec<Value>> {
+    let mut out = vec![];
+    for f in files {
+        let mut texts = vec![];
+        if f == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            texts.push(("stdin".to_string(), s));
+        } else {
+            let p = PathBuf::from(f);
+            if p.is_dir() {
+                let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|e| {
+                        e.extension()
+                            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                    })
+                    .collect();
+                entries.sort();
+                for e in entries {
+                    texts.push((e.display().to_string(), std::fs::read_to_string(&e)?));
+                }
+            } else {
+                texts.push((
+                    f.clone(),
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {f}"))?,
+                ));
+            }
+        }
+        for (src, t) in texts {
+            out.extend(
+                weft_api::yaml::parse_manifests(&t).map_err(|e| anyhow::anyhow!("{src}: {e}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn kind_of(v: &Value) -> Result<&'static weft_api::Kind> {
+    let av = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("");
+    let k = v.get("kind").and_then(|a| a.as_str()).unwrap_or("");
+    kinds::by_gvk(av, k).with_context(|| {
+        format!(
+            "no matches for kind {k:?} in version {av:?}: weft serves {}",
+            served_kinds()
+        )
+    })
+}
+
+fn served_kinds() -> String {
+    kinds::ALL
+        .iter()
+        .map(|k| format!("{}/{}", k.api_version(), k.kind))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn display_name(kind: &weft_api::Kind) -> String {
+    if kind.group.is_empty() {
+        kind.singular.to_string()
+    } else {
+        format!("{}.{}", kind.singular, kind.group)
+    }
+}
+
+async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let c = client::connect(&lab).await?;
+    let docs = read_manifests(&files)?;
+    let mut failed = false;
+    for mut d in docs {
+        let kind = match kind_of(&d) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        let obj_ns = d
+            .pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .map(String::from);
+        let ns = obj_ns.or(ns.clone()).unwrap_or("default".into());
+        let n = d
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string();
+        let label = format!("{}/{}", display_name(kind), n);
+        let result = async {
+            for _attempt in 0..5 {
+                match client::get(&c, &client::path(kind, Some(&ns), Some(&n))).await {
+                    Err(e) if client::is_not_found(&e) => {
+                        client::call(
+                            &c,
+                            Method::POST,
+                            &client::path(kind, Some(&ns), None),
+                            Some(&d),
+                            "application/json",
+                            "application/json",
+                        )
+                        .await?;
+                        return Ok::<_, kube::Error>("created");
+                    }
+                    Err(e) => return Err(e),
+                    Ok(cur) => {
+                        let rv = cur
+                            .pointer("/metadata/resourceVersion")
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        d["metadata"]["resourceVersion"] = rv.clone();
+                        let out = client::call(
+                            &c,
+                            Method::PUT,
+                            &client::path(kind, Some(&ns), Some(&n)),
+                            Some(&d),
+                            "application/json",
+                            "application/json",
+                        )
+                        .await;
+                        match out {
+                            Ok(o) => {
+                                return Ok(
+                                    if o.pointer("/metadata/resourceVersion") == Some(&rv) {
+                                        "unchanged"
+                                    } else {
+                                        "configured"
+                                    },
+                                );
+                            }
+                            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Ok("configured")
+        }
+        .await;
+        match result {
+            Ok(what) => println!("{label} {what}"),
+            Err(e) => {
+                eprintln!("{}", client::describe_error(&e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn delete(
+    name: Option<String>,
+    files: Vec<String>,
+    kind: Option<String>,
+    names: Vec<String>,
+    ns: Option<String>,
+) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let c = client::connect(&lab).await?;
+    let mut targets: Vec<(&'static weft_api::Kind, String, String)> = vec![];
+    if !files.is_empty() {
+        for d in read_manifests(&files)? {
+            let k = kind_of(&d)?;
+            let n = d
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("")
+                .to_string();
+            let obj_ns = d
+                .pointer("/metadata/namespace")
+                .and_then(|n| n.as_str())
+                .map(String::from);
+            targets.push((
+                k.storage(),
+                obj_ns.or(ns.clone()).unwrap_or("default".into()),
+                n,
+            ));
+        }
+    } else {
+        let Some(kind) = kind else {
+            bail!("say what to delete: `weft delete -f FILE` or `weft delete KIND NAME`")
+        };
+        let k = kinds::by_cli_name(&kind)
+            .with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
+        if names.is_empty() {
+            bail!("name the {} to delete: `weft delete {kind} NAME`", k.plural);
+        }
+        for n in names {
+            targets.push((k, ns.clone().unwrap_or("default".into()), n));
+        }
+    }
+    let mut failed = false;
+    for (k, ns, n) in targets {
+        let body =
+            json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+        match client::call(
+            &c,
+            Method::DELETE,
+            &client::path(k, Some(&ns), Some(&n)),
+            Some(&body),
+            "application/json",
+            "application/json",
+        )
+        .await
+        {
+            Ok(_) => println!("{} {n:?} deleted", display_name(k)),
+            Err(e) => {
+                eprintln!("{}", client::describe_error(&e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn get(
+    name: Option<String>,
+    kind: String,
+    obj: Option<String>,
+    ns: Option<String>,
+    all: bool,
+    output: Option<String>,
+    selector: Option<String>,
+    no_headers: bool,
+) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let c = client::connect(&lab).await?;
+    let k = kinds::by_cli_name(&kind).with_context(|| {
+        format!("the server doesn't have a resource type {kind:?}: try one of svc, ep, endpointslices, po, ns, no, deploy, rs, rc, ing, ingressclass, netpol, cm, secret")
+    })?;
+    let ns = ns.unwrap_or("default".into());
+    let ns_opt = if all && obj.is_none() {
+        None
+    } else {
+        Some(ns.as_str())
+    };
+    let mut path = client::path(k, ns_opt, obj.as_deref());
+    if let Some(sel) = &selector {
+        path.push_str(&format!("?labelSelector={}", url_escape(sel)));
+    }
+    let result = match output.as_deref() {
+        None | Some("wide") => client::get_table(&c, &path).await.map(|t| {
+            let rows = t.get("rows").and_then(|r| r.as_array()).map(|r| r.len()).unwrap_or(0);
+            if rows == 0 && obj.is_none() {
+                if !k.namespaced || all {
+                    eprintln!("No resources found");
+                } else {
+                    eprintln!("No resources found in {ns} namespace.");
+                }
+            } else {
+                print!("{}", output::render_table(&t, output.as_deref() == Some("wide"), all && k.namespaced && obj.is_none(), no_headers));
+            }
+        }),
+        Some(fmt @ ("yaml" | "json")) => client::get(&c, &path).await.map(|mut v| {
+            if obj.is_none() {
+                v = json!({"apiVersion": "v1", "kind": "List", "items": v.get("items").cloned().unwrap_or(json!([])),
+                           "metadata": {"resourceVersion": ""}});
+            }
+            if fmt == "yaml" {
+                print!("{}", output::yaml(&v));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }),
+        Some("name") => client::get(&c, &path).await.map(|v| {
+            let items = if obj.is_none() { v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default() } else { vec![v] };
+            for i in items {
+                println!("{}/{}", display_name(k), i.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or(""));
+            }
+        }),
+        Some(other) => bail!("unknown output format {other:?}: use wide, yaml, json or name"),
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("{}", client::describe_error(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn describe(
+    name: Option<String>,
+    kind: String,
+    obj: String,
+    ns: Option<String>,
+) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let c = client::connect(&lab).await?;
+    let k = kinds::by_cli_name(&kind)
+        .with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
+    let ns = ns.unwrap_or("default".into());
+    let v = match client::get(&c, &client::path(k, Some(&ns), Some(&obj))).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}", client::describe_error(&e));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if k.kind == "Service" {
+        let es = kinds::by_cli_name("endpointslices").unwrap();
+        let path = format!(
+            "{}?labelSelector={}",
+            client::path(es, Some(&ns), None),
+            url_escape(&format!("kubernetes.io/service-name={obj}"))
+        );
+        let slices = client::get(&c, &path)
+            .await
+            .ok()
+            .and_then(|l| l.get("items").and_then(|i| i.as_array()).cloned())
+            .unwrap_or_default();
+        print!("{}", output::describe_service(&v, &slices));
+    } else {
+        print!("{}", output::describe_generic(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}

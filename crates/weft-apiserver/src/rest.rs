@@ -1,0 +1,1086 @@
+//! The REST verbs over the store: get, list, watch, create, update, patch, delete, and the
+//! status and scale subresources, with kube-apiserver's semantics for each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use weft_api::kinds::{self, Kind};
+use weft_api::{FieldError, convert, objects, table};
+use weft_store::{Key, Store, StoreError};
+
+use crate::alloc::{AllocError, IpAllocator, PortAllocator};
+use crate::patch::{self, PatchKind};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+
+/// Names a user may not delete (kube-apiserver refuses them too).
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+pub struct Allocators {
+    pub ips: IpAllocator,
+    pub ports: PortAllocator,
+}
+
+pub struct Api {
+    pub store: Store,
+    pub alloc: Mutex<Allocators>,
+}
+
+/// What a request addresses.
+pub struct Target {
+    pub kind: &'static Kind,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+pub type Query = HashMap<String, String>;
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn store_key(kind: &Kind, ns: &str, name: &str) -> Key {
+    Key::new(
+        &kind.resource_key(),
+        if kind.namespaced { ns } else { "" },
+        name,
+    )
+}
+
+/// Converts a stored object to the version the request addressed.
+fn outgoing(kind: &Kind, v: &Value) -> Value {
+    if kind.legacy && kind.kind == "Ingress" {
+        convert::ingress_v1_to_v1beta1(v.clone())
+    } else {
+        v.clone()
+    }
+}
+
+fn incoming(kind: &Kind, v: Value) -> Value {
+    if kind.legacy && kind.kind == "Ingress" {
+        convert::ingress_v1beta1_to_v1(v)
+    } else {
+        v
+    }
+}
+
+fn wants_table(accept: &str) -> bool {
+    accept.contains("as=Table")
+}
+
+fn generate_suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn obj_name(v: &Value) -> String {
+    v.pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn rv_of(v: &Value) -> Option<u64> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.parse().ok())
+}
+
+/// The parts of `status` a kind's main resource may not change.
+fn has_status(kind: &Kind) -> bool {
+    kind.has_subresource("status")
+}
+
+impl Api {
+    pub fn new(store: Store, alloc: Allocators) -> Api {
+        Api {
+            store,
+            alloc: Mutex::new(alloc),
+        }
+    }
+
+    /// Re-reserves the IPs and ports of stored Services (after a restart).
+    pub fn rebuild_allocations(&self) {
+        let (svcs, _) = self.store.list("services", None);
+        let mut a = self.alloc.lock().unwrap();
+        for s in svcs {
+            let (ips, ports) = service_allocations(&s);
+            for ip in ips {
+                let _ = a.ips.allocate(ip);
+            }
+            for p in ports {
+                let _ = a.ports.allocate(p);
+            }
+        }
+    }
+
+    pub fn get(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
+        let name = t.name.as_deref().unwrap_or("");
+        let ns = t.namespace.as_deref().unwrap_or("");
+        let obj = self
+            .store
+            .get(&store_key(t.kind, ns, name))
+            .ok_or_else(|| ApiError::not_found(t.kind.plural, name))?;
+        match t.sub.as_deref() {
+            Some("scale") => return Ok(scale_of(t.kind, &obj)),
+            Some("log") => {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!(
+                        "pod {name:?}: no container log is kept here; logs come from the lab's kubelet"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let _ = q;
+        if wants_table(accept) {
+            return Ok(table::table(
+                t.kind,
+                &[obj.clone()],
+                rv_of(&obj).unwrap_or(0),
+                jiff::Timestamp::now(),
+            ));
+        }
+        Ok(outgoing(t.kind, &obj))
+    }
+
+    pub fn list(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
+        let (ls, fs) = selectors(q)?;
+        let (items, rev) = self.store.list(
+            &t.kind.resource_key(),
+            t.namespace.as_deref().filter(|_| t.kind.namespaced),
+        );
+        let items: Vec<Arc<Value>> = items
+            .into_iter()
+            .filter(|o| ls.matches(o) && fs.matches(o))
+            .collect();
+        if wants_table(accept) {
+            return Ok(table::table(t.kind, &items, rev, jiff::Timestamp::now()));
+        }
+        let items: Vec<Value> = items.iter().map(|o| outgoing(t.kind, o)).collect();
+        Ok(
+            json!({"kind": format!("{}List", t.kind.kind), "apiVersion": t.kind.api_version(),
+                  "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
+        )
+    }
+
+    /// Starts a watch; the events arrive as JSON lines on the returned channel.
+    pub fn watch(
+        self: &Arc<Self>,
+        t: &Target,
+        q: &Query,
+    ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+        let (ls, fs) = selectors(q)?;
+        let rv = q.get("resourceVersion").map(|s| s.as_str()).unwrap_or("");
+        let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+        let bookmarks = q
+            .get("allowWatchBookmarks")
+            .is_some_and(|v| v == "true" || v == "1");
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1800 + rand::random_range(0..1800));
+        let kind = t.kind;
+        let resource = kind.resource_key();
+        let ns = t.namespace.clone().filter(|_| kind.namespaced);
+        let (tx, rx) = mpsc::channel::<Bytes>(1024);
+        let line = |ty: &str, obj: &Value| {
+            let mut b = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
+            b.push(b'\n');
+            Bytes::from(b)
+        };
+        let mut initial = vec![];
+        let from = if rv.is_empty() || rv == "0" || send_initial {
+            let (items, rev) = self.store.list(&resource, ns.as_deref());
+            for o in items.iter().filter(|o| ls.matches(o) && fs.matches(o)) {
+                initial.push(line("ADDED", &outgoing(kind, o)));
+            }
+            if send_initial {
+                let bm = json!({"kind": kind.kind, "apiVersion": kind.api_version(),
+                    "metadata": {"resourceVersion": rev.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                initial.push(line("BOOKMARK", &bm));
+            }
+            rev
+        } else {
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+        };
+        let watch = match self.store.watch(from) {
+            Ok(w) => w,
+            Err(StoreError::Gone { requested, oldest }) => {
+                let st =
+                    ApiError::from_store(StoreError::Gone { requested, oldest }, kind.plural, "")
+                        .to_status();
+                let _ = tx.try_send(line("ERROR", &st));
+                return Ok(rx);
+            }
+            Err(e) => return Err(ApiError::internal(e.to_string())),
+        };
+        tokio::spawn(async move {
+            for l in initial {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+            let matches = |e: &weft_store::Event| {
+                e.key.resource == resource
+                    && ns.as_deref().is_none_or(|n| n == e.key.namespace)
+                    && ls.matches(&e.object)
+                    && fs.matches(&e.object)
+            };
+            let mut last = from;
+            for e in watch.backlog {
+                last = e.rev;
+                if matches(&e)
+                    && tx
+                        .send(line(e.kind.as_str(), &outgoing(kind, &e.object)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            last = last.max(watch.rev);
+            let mut live = watch.live;
+            let deadline = tokio::time::sleep(Duration::from_secs(timeout));
+            tokio::pin!(deadline);
+            let mut tick =
+                tokio::time::interval(Duration::from_secs(if bookmarks { 10 } else { 3600 }));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => return,
+                    _ = tick.tick(), if bookmarks => {
+                        let bm = json!({"kind": kind.kind, "apiVersion": kind.api_version(),
+                                        "metadata": {"resourceVersion": last.to_string()}});
+                        if tx.send(line("BOOKMARK", &bm)).await.is_err() { return; }
+                    }
+                    ev = live.recv() => match ev {
+                        Ok(e) => {
+                            if e.rev <= last { continue; }
+                            last = e.rev;
+                            if matches(&e) && tx.send(line(e.kind.as_str(), &outgoing(kind, &e.object))).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A watcher that fell behind is closed; it resumes from its last revision.
+                        Err(_) => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    pub async fn create(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
+        }
+        self.check_kind(t.kind, &v)?;
+        let mut v = incoming(t.kind, v);
+        let kind = t.kind.storage();
+        let ns = t.namespace.clone().unwrap_or_default();
+        // Server-owned metadata.
+        {
+            let md = v
+                .as_object_mut()
+                .unwrap()
+                .entry("metadata")
+                .or_insert_with(|| json!({}));
+            let md = md
+                .as_object_mut()
+                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            if kind.namespaced {
+                match md.get("namespace").and_then(|n| n.as_str()) {
+                    Some(n) if !n.is_empty() && n != ns => {
+                        return Err(ApiError::bad_request(format!(
+                            "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
+                        )));
+                    }
+                    _ => {}
+                }
+                md.insert("namespace".into(), json!(ns));
+            } else {
+                md.remove("namespace");
+            }
+            let has_name = md
+                .get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| !n.is_empty());
+            if !has_name
+                && let Some(g) = md
+                    .get("generateName")
+                    .and_then(|g| g.as_str())
+                    .filter(|g| !g.is_empty())
+            {
+                let name = format!("{g}{}", generate_suffix());
+                md.insert("name".into(), json!(name));
+            }
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "managedFields",
+                "selfLink",
+            ] {
+                md.remove(k);
+            }
+            md.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            md.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            if v_has_spec_generation(kind) {
+                md.insert("generation".into(), json!(1));
+            }
+        }
+        if kind.namespaced && self.store.get(&Key::new("namespaces", "", &ns)).is_none() {
+            return Err(ApiError::not_found("namespaces", &ns));
+        }
+        let mut v = objects::admit(kind, &v)?;
+        let name = obj_name(&v);
+        let taken = if kind.kind == "Service" {
+            self.allocate_service(&mut v, None)?
+        } else {
+            Taken::default()
+        };
+        match self.store.create(store_key(kind, &ns, &name), v).await {
+            Ok(o) => Ok(outgoing(t.kind, &o)),
+            Err(e) => {
+                self.release(&taken.new_ips, &taken.new_ports);
+                Err(ApiError::from_store(e, kind.plural, &name))
+            }
+        }
+    }
+
+    fn check_kind(&self, k: &Kind, v: &Value) -> Result<(), ApiError> {
+        let av = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("");
+        let kd = v.get("kind").and_then(|a| a.as_str()).unwrap_or("");
+        if (!kd.is_empty() && kd != k.kind) || (!av.is_empty() && av != k.api_version()) {
+            return Err(ApiError::bad_request(format!(
+                "the object is {av}/{kd} but was sent to the {} endpoint of {}: send it to its own resource",
+                k.plural,
+                k.api_version()
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn update(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
+        })?;
+        let name = t.name.clone().unwrap_or_default();
+        if t.sub.as_deref() == Some("scale") {
+            let replicas = v
+                .pointer("/spec/replicas")
+                .and_then(|r| r.as_i64())
+                .unwrap_or(0);
+            return self.scale(t, replicas, rv_of(&v)).await;
+        }
+        self.check_kind(t.kind, &v)?;
+        if obj_name(&v) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                obj_name(&v)
+            )));
+        }
+        let v = incoming(t.kind, v);
+        let ns = t.namespace.clone().unwrap_or_default();
+        let kind = t.kind.storage();
+        let current = self
+            .store
+            .get(&store_key(kind, &ns, &name))
+            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        let want_rv = rv_of(&v);
+        self.finish_update(kind, &ns, &name, &current, v, t.sub.as_deref(), want_rv)
+            .await
+            .map(|o| outgoing(t.kind, &o))
+    }
+
+    pub async fn patch(
+        &self,
+        t: &Target,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let pk = PatchKind::from_content_type(content_type).ok_or_else(|| {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unsupported patch format {content_type:?}: use a JSON merge patch, a JSON patch or a strategic merge patch (server-side apply is not supported: use client-side `kubectl apply`)"
+                ),
+            )
+        })?;
+        let name = t.name.clone().unwrap_or_default();
+        let ns = t.namespace.clone().unwrap_or_default();
+        let kind = t.kind.storage();
+        for _ in 0..8 {
+            let current = self
+                .store
+                .get(&store_key(kind, &ns, &name))
+                .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+            let view = if t.sub.as_deref() == Some("scale") {
+                scale_of(kind, &current)
+            } else {
+                outgoing(t.kind, &current)
+            };
+            let patched = patch::apply(pk, &view, body).map_err(ApiError::bad_request)?;
+            if t.sub.as_deref() == Some("scale") {
+                let replicas = patched
+                    .pointer("/spec/replicas")
+                    .and_then(|r| r.as_i64())
+                    .unwrap_or(0);
+                return self.scale(t, replicas, None).await;
+            }
+            let cur_rv = rv_of(&current);
+            let asked_rv = rv_of(&patched);
+            if asked_rv.is_some() && asked_rv != cur_rv {
+                return Err(ApiError::from_store(
+                    StoreError::Conflict {
+                        resource: String::new(),
+                        key: String::new(),
+                        expected: 0,
+                        actual: 0,
+                    },
+                    kind.plural,
+                    &name,
+                ));
+            }
+            if obj_name(&patched) != name {
+                return Err(ApiError::bad_request(
+                    "a patch may not change metadata.name",
+                ));
+            }
+            let patched = incoming(t.kind, patched);
+            match self
+                .finish_update(
+                    kind,
+                    &ns,
+                    &name,
+                    &current,
+                    patched,
+                    t.sub.as_deref(),
+                    cur_rv,
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && asked_rv.is_none() => continue,
+                r => return r.map(|o| outgoing(t.kind, &o)),
+            }
+        }
+        Err(ApiError::from_store(
+            StoreError::Conflict {
+                resource: String::new(),
+                key: String::new(),
+                expected: 0,
+                actual: 0,
+            },
+            kind.plural,
+            &name,
+        ))
+    }
+
+    /// Shared tail of update and patch: keep server-owned fields, admit, allocate, write.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_update(
+        &self,
+        kind: &'static Kind,
+        ns: &str,
+        name: &str,
+        current: &Value,
+        mut v: Value,
+        sub: Option<&str>,
+        want_rv: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        if !v.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
+        if sub == Some("status") {
+            // Only status changes through the status subresource.
+            let mut next = current.clone();
+            next["status"] = v.get("status").cloned().unwrap_or(Value::Null);
+            v = next;
+        } else if has_status(kind) {
+            match current.get("status") {
+                Some(s) => v["status"] = s.clone(),
+                None => {
+                    v.as_object_mut().unwrap().remove("status");
+                }
+            }
+        }
+        // Server-owned metadata comes from the stored object.
+        {
+            let cur_md = current.get("metadata").cloned().unwrap_or(json!({}));
+            let md = v
+                .as_object_mut()
+                .unwrap()
+                .entry("metadata")
+                .or_insert_with(|| json!({}));
+            if !md.is_object() {
+                return Err(ApiError::bad_request("metadata must be an object"));
+            }
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "generation",
+                "deletionTimestamp",
+            ] {
+                match cur_md.get(k) {
+                    Some(x) => {
+                        md[k] = x.clone();
+                    }
+                    None => {
+                        md.as_object_mut().unwrap().remove(k);
+                    }
+                }
+            }
+            md.as_object_mut().unwrap().remove("managedFields");
+            if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {
+                let g = cur_md
+                    .get("generation")
+                    .and_then(|g| g.as_i64())
+                    .unwrap_or(1);
+                v["metadata"]["generation"] = json!(g + 1);
+            }
+        }
+        if kind.kind == "Service" {
+            drop_type_dependent_fields(current, &mut v);
+        }
+        let mut v = objects::admit(kind, &v)?;
+        let taken = if kind.kind == "Service" {
+            self.allocate_service(&mut v, Some(current))?
+        } else {
+            Taken::default()
+        };
+        match self
+            .store
+            .update(store_key(kind, ns, name), v, want_rv)
+            .await
+        {
+            Ok(o) => {
+                self.release(&taken.old_ips, &taken.old_ports);
+                Ok((*o).clone())
+            }
+            Err(e) => {
+                self.release(&taken.new_ips, &taken.new_ports);
+                Err(ApiError::from_store(e, kind.plural, name))
+            }
+        }
+    }
+
+    async fn scale(
+        &self,
+        t: &Target,
+        replicas: i64,
+        want_rv: Option<u64>,
+    ) -> Result<Value, ApiError> {
+        let kind = t.kind;
+        let name = t.name.clone().unwrap_or_default();
+        let ns = t.namespace.clone().unwrap_or_default();
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                &name,
+                &[FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let current = self
+            .store
+            .get(&store_key(kind, &ns, &name))
+            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        let mut next = (*current).clone();
+        next["spec"]["replicas"] = json!(replicas);
+        if current.get("spec") != next.get("spec") {
+            let g = current
+                .pointer("/metadata/generation")
+                .and_then(|g| g.as_i64())
+                .unwrap_or(1);
+            next["metadata"]["generation"] = json!(g + 1);
+        }
+        let rv = want_rv.or(rv_of(&current));
+        let o = self
+            .store
+            .update(store_key(kind, &ns, &name), next, rv)
+            .await
+            .map_err(|e| ApiError::from_store(e, kind.plural, &name))?;
+        Ok(scale_of(kind, &o))
+    }
+
+    pub async fn delete(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+        let name = t.name.clone().unwrap_or_default();
+        let ns = t.namespace.clone().unwrap_or_default();
+        let kind = t.kind.storage();
+        let opts: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).unwrap_or(json!({}))
+        };
+        if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+            ));
+        }
+        let key = store_key(kind, &ns, &name);
+        let current = self
+            .store
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str())
+            && current.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(uid)
+        {
+            return Err(ApiError::from_store(
+                StoreError::Conflict {
+                    resource: String::new(),
+                    key: String::new(),
+                    expected: 0,
+                    actual: 0,
+                },
+                kind.plural,
+                &name,
+            ));
+        }
+        let want_rv = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(|r| r.as_str())
+            .and_then(|r| r.parse().ok());
+        if kind.kind == "Namespace" {
+            self.delete_namespace_contents(&name).await;
+        }
+        let deleted = self
+            .store
+            .delete(key, want_rv)
+            .await
+            .map_err(|e| ApiError::from_store(e, kind.plural, &name))?;
+        if kind.kind == "Service" {
+            let (ips, ports) = service_allocations(&deleted);
+            self.release(&ips, &ports);
+        }
+        let orphan = opts.get("propagationPolicy").and_then(|p| p.as_str()) == Some("Orphan")
+            || opts.get("orphanDependents").and_then(|p| p.as_bool()) == Some(true);
+        if !orphan && let Some(uid) = deleted.pointer("/metadata/uid").and_then(|u| u.as_str()) {
+            self.delete_dependents(uid, &ns).await;
+        }
+        Ok(outgoing(t.kind, &deleted))
+    }
+
+    /// Garbage collection of objects owned (ownerReferences) by a deleted object, transitively.
+    async fn delete_dependents(&self, uid: &str, ns: &str) {
+        let mut owners = vec![uid.to_string()];
+        while let Some(owner) = owners.pop() {
+            for k in kinds::ALL.iter().filter(|k| !k.legacy && k.namespaced) {
+                let (items, _) = self.store.list(&k.resource_key(), Some(ns));
+                for o in items {
+                    let owned = o
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(|r| r.as_array())
+                        .is_some_and(|refs| {
+                            refs.iter()
+                                .any(|r| r.get("uid").and_then(|u| u.as_str()) == Some(&owner))
+                        });
+                    if owned
+                        && let Ok(d) = self
+                            .store
+                            .delete(store_key(k, ns, &obj_name(&o)), None)
+                            .await
+                    {
+                        if k.kind == "Service" {
+                            let (ips, ports) = service_allocations(&d);
+                            self.release(&ips, &ports);
+                        }
+                        if let Some(u) = d.pointer("/metadata/uid").and_then(|u| u.as_str()) {
+                            owners.push(u.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn delete_namespace_contents(&self, ns: &str) {
+        for k in kinds::ALL.iter().filter(|k| !k.legacy && k.namespaced) {
+            let (items, _) = self.store.list(&k.resource_key(), Some(ns));
+            for o in items {
+                if let Ok(d) = self
+                    .store
+                    .delete(store_key(k, ns, &obj_name(&o)), None)
+                    .await
+                    && k.kind == "Service"
+                {
+                    let (ips, ports) = service_allocations(&d);
+                    self.release(&ips, &ports);
+                }
+            }
+        }
+    }
+
+    fn release(&self, ips: &[std::net::IpAddr], ports: &[i32]) {
+        let mut a = self.alloc.lock().unwrap();
+        for ip in ips {
+            a.ips.release(*ip);
+        }
+        for p in ports {
+            a.ports.release(*p);
+        }
+    }
+
+    /// Gives a Service its ClusterIP and node ports (keeping those it already had on update).
+    fn allocate_service(&self, v: &mut Value, old: Option<&Value>) -> Result<Taken, ApiError> {
+        let name = obj_name(v);
+        let mut a = self.alloc.lock().unwrap();
+        let mut taken = Taken::default();
+        let result = (|| -> Result<(), ApiError> {
+            let ty = v
+                .pointer("/spec/type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("ClusterIP")
+                .to_string();
+            let old_ip = old
+                .and_then(|o| o.pointer("/spec/clusterIP"))
+                .and_then(|i| i.as_str())
+                .filter(|i| !i.is_empty())
+                .map(String::from);
+            let want_ip = v
+                .pointer("/spec/clusterIP")
+                .and_then(|i| i.as_str())
+                .unwrap_or("")
+                .to_string();
+            let spec = v
+                .get_mut("spec")
+                .and_then(|s| s.as_object_mut())
+                .ok_or_else(|| ApiError::bad_request("spec missing"))?;
+            if ty == "ExternalName" {
+                spec.remove("clusterIPs");
+                if let Some(ip) = old_ip.as_deref().and_then(|i| i.parse().ok()) {
+                    taken.old_ips.push(ip);
+                }
+            } else if let Some(old_ip) = old_ip.filter(|_| old.is_some()) {
+                if !want_ip.is_empty() && want_ip != old_ip {
+                    return Err(ApiError::invalid(
+                        "Service",
+                        &name,
+                        &[FieldError::invalid_str(
+                            "spec.clusterIP",
+                            &want_ip,
+                            "field is immutable: delete and re-create the Service to change its IP",
+                        )],
+                    ));
+                }
+                spec.insert("clusterIP".into(), json!(old_ip));
+                spec.insert("clusterIPs".into(), json!([old_ip]));
+            } else if want_ip == "None" {
+                spec.insert("clusterIPs".into(), json!(["None"]));
+            } else {
+                let ip = if want_ip.is_empty() {
+                    a.ips.allocate_next().map_err(|_| {
+                        ApiError::internal(format!(
+                            "failed to allocate a serviceIP: range {} is full: delete unused Services or widen --service-cidr",
+                            a.ips.range()
+                        ))
+                    })?
+                } else {
+                    let ip: std::net::IpAddr = want_ip
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("bad clusterIP"))?;
+                    a.ips.allocate(ip).map_err(|e| {
+                        let detail = match e {
+                            AllocError::OutOfRange(m) => format!("failed to allocate IP {ip}: {m}"),
+                            _ => format!(
+                                "failed to allocate IP {ip}: provided IP is already allocated"
+                            ),
+                        };
+                        ApiError::invalid(
+                            "Service",
+                            &name,
+                            &[FieldError::invalid(
+                                "spec.clusterIPs",
+                                format!("[]string{{\"{ip}\"}}"),
+                                detail,
+                            )],
+                        )
+                    })?;
+                    ip
+                };
+                taken.new_ips.push(ip);
+                spec.insert("clusterIP".into(), json!(ip.to_string()));
+                spec.insert("clusterIPs".into(), json!([ip.to_string()]));
+            }
+            if ty != "ExternalName" {
+                let v6 = spec
+                    .get("clusterIP")
+                    .and_then(|i| i.as_str())
+                    .is_some_and(|i| i.contains(':'));
+                spec.entry("ipFamilies")
+                    .or_insert_with(|| json!([if v6 { "IPv6" } else { "IPv4" }]));
+                spec.entry("ipFamilyPolicy")
+                    .or_insert_with(|| json!("SingleStack"));
+            }
+            // Node ports.
+            let old_ports: Vec<(i64, String, i64)> = old
+                .and_then(|o| o.pointer("/spec/ports"))
+                .and_then(|p| p.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let np = p.get("nodePort")?.as_i64()?;
+                    Some((
+                        p.get("port")?.as_i64()?,
+                        p.get("protocol")
+                            .and_then(|x| x.as_str())
+                            .unwrap_or("TCP")
+                            .to_string(),
+                        np,
+                    ))
+                })
+                .collect();
+            let needs_node_ports = ty == "NodePort"
+                || (ty == "LoadBalancer"
+                    && spec
+                        .get("allocateLoadBalancerNodePorts")
+                        .and_then(|b| b.as_bool())
+                        != Some(false));
+            let mut kept = vec![];
+            if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+                for (i, p) in ports.iter_mut().enumerate() {
+                    let port = p.get("port").and_then(|x| x.as_i64()).unwrap_or(0);
+                    let proto = p
+                        .get("protocol")
+                        .and_then(|x| x.as_str())
+                        .unwrap_or("TCP")
+                        .to_string();
+                    let asked = p
+                        .get("nodePort")
+                        .and_then(|x| x.as_i64())
+                        .filter(|n| *n != 0);
+                    if !needs_node_ports && asked.is_none() {
+                        continue;
+                    }
+                    let np = match asked {
+                        Some(n) if old_ports.iter().any(|(_, _, o)| *o == n) => n,
+                        Some(n) => {
+                            a.ports.allocate(n as i32).map_err(|e| {
+                                let detail = match e {
+                                    AllocError::OutOfRange(m) => m,
+                                    _ => "provided port is already allocated: pick another nodePort or leave it out to get one".into(),
+                                };
+                                ApiError::invalid("Service", &name, &[FieldError::invalid(format!("spec.ports[{i}].nodePort"), n, detail)])
+                            })?;
+                            taken.new_ports.push(n as i32);
+                            n
+                        }
+                        None => match old_ports
+                            .iter()
+                            .find(|(op, pr, _)| *op == port && *pr == proto)
+                        {
+                            Some((_, _, n)) => *n,
+                            None => {
+                                let n = a.ports.allocate_next().map_err(|_| {
+                                    ApiError::internal(format!(
+                                        "failed to allocate a nodePort: range {} is full",
+                                        a.ports.range()
+                                    ))
+                                })? as i64;
+                                taken.new_ports.push(n as i32);
+                                n
+                            }
+                        },
+                    };
+                    p["nodePort"] = json!(np);
+                    kept.push(np);
+                }
+            }
+            let local = spec.get("externalTrafficPolicy").and_then(|p| p.as_str()) == Some("Local");
+            let old_hc = old
+                .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
+                .and_then(|h| h.as_i64());
+            if ty == "LoadBalancer" && local {
+                let asked = spec
+                    .get("healthCheckNodePort")
+                    .and_then(|h| h.as_i64())
+                    .filter(|h| *h != 0);
+                let hc = match (asked, old_hc) {
+                    (Some(h), Some(o)) if h == o => h,
+                    (None, Some(o)) => o,
+                    (Some(h), _) => {
+                        a.ports.allocate(h as i32).map_err(|_| {
+                            ApiError::invalid(
+                                "Service",
+                                &name,
+                                &[FieldError::invalid(
+                                    "spec.healthCheckNodePort",
+                                    h,
+                                    "provided port is already allocated or out of range",
+                                )],
+                            )
+                        })?;
+                        taken.new_ports.push(h as i32);
+                        h
+                    }
+                    (None, None) => {
+                        let h = a
+                            .ports
+                            .allocate_next()
+                            .map_err(|_| ApiError::internal("node port range is full"))?
+                            as i64;
+                        taken.new_ports.push(h as i32);
+                        h
+                    }
+                };
+                spec.insert("healthCheckNodePort".into(), json!(hc));
+                kept.push(hc);
+            } else {
+                spec.remove("healthCheckNodePort");
+            }
+            for (_, _, n) in &old_ports {
+                if !kept.contains(n) {
+                    taken.old_ports.push(*n as i32);
+                }
+            }
+            if let Some(h) = old_hc
+                && !kept.contains(&h)
+            {
+                taken.old_ports.push(h as i32);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for ip in &taken.new_ips {
+                a.ips.release(*ip);
+            }
+            for p in &taken.new_ports {
+                a.ports.release(*p);
+            }
+            return Err(e);
+        }
+        Ok(taken)
+    }
+}
+
+#[derive(Default)]
+struct Taken {
+    new_ips: Vec<std::net::IpAddr>,
+    new_ports: Vec<i32>,
+    old_ips: Vec<std::net::IpAddr>,
+    old_ports: Vec<i32>,
+}
+
+fn v_has_spec_generation(kind: &Kind) -> bool {
+    matches!(
+        kind.kind,
+        "Deployment"
+            | "ReplicaSet"
+            | "ReplicationController"
+            | "Service"
+            | "Ingress"
+            | "NetworkPolicy"
+    )
+}
+
+/// When a Service changes to a type without node ports, the ports it had are dropped (as
+/// kube-apiserver's `dropTypeDependentFields` does) instead of being refused.
+fn drop_type_dependent_fields(old: &Value, v: &mut Value) {
+    let ty = v
+        .pointer("/spec/type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        return;
+    }
+    let old_nps: Vec<i64> = old
+        .pointer("/spec/ports")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64()))
+        .collect();
+    if let Some(Value::Array(ports)) = v.pointer_mut("/spec/ports") {
+        for p in ports {
+            if p.get("nodePort")
+                .and_then(|n| n.as_i64())
+                .is_some_and(|n| old_nps.contains(&n))
+                && let Some(o) = p.as_object_mut()
+            {
+                o.remove("nodePort");
+            }
+        }
+    }
+    if let Some(s) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        s.remove("healthCheckNodePort");
+        if ty == "ClusterIP" || ty == "ExternalName" {
+            s.remove("externalTrafficPolicy");
+        }
+    }
+}
+
+/// The IPs and ports a stored Service holds.
+fn service_allocations(s: &Value) -> (Vec<std::net::IpAddr>, Vec<i32>) {
+    let ips = s
+        .pointer("/spec/clusterIP")
+        .and_then(|i| i.as_str())
+        .and_then(|i| i.parse().ok())
+        .into_iter()
+        .collect();
+    let mut ports: Vec<i32> = s
+        .pointer("/spec/ports")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64()).map(|n| n as i32))
+        .collect();
+    if let Some(h) = s
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(|h| h.as_i64())
+    {
+        ports.push(h as i32);
+    }
+    (ips, ports)
+}
+
+/// The `autoscaling/v1` Scale view of a workload.
+fn scale_of(kind: &Kind, o: &Value) -> Value {
+    let selector = match kind.kind {
+        "ReplicationController" => weft_api::table::labels_string(o.pointer("/spec/selector")),
+        _ => weft_api::table::labels_string(o.pointer("/spec/selector/matchLabels")),
+    };
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": o.pointer("/metadata/name"), "namespace": o.pointer("/metadata/namespace"),
+            "uid": o.pointer("/metadata/uid"), "resourceVersion": o.pointer("/metadata/resourceVersion"),
+            "creationTimestamp": o.pointer("/metadata/creationTimestamp"),
+        },
+        "spec": {"replicas": o.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0)},
+        "status": {"replicas": o.pointer("/status/replicas").and_then(|r| r.as_i64()).unwrap_or(0), "selector": selector},
+    })
+}
+
+fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let ls = LabelSelector::parse(q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    Ok((ls, fs))
+}

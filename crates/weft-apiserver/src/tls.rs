@@ -1,0 +1,116 @@
+//! The API server's credentials: a CA, a serving certificate for loopback signed by it, and a
+//! bearer token. Made on first start and kept (mode 0600) in the state directory.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+pub struct Credentials {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub token: String,
+}
+
+/// Writes a file readable only by its owner, replacing it atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Loads the credentials from `dir`, making them first if they are not there.
+pub fn load_or_create(dir: &Path) -> Result<Credentials> {
+    let (ca, crt, keyf, tok) = (
+        dir.join("ca.crt"),
+        dir.join("apiserver.crt"),
+        dir.join("apiserver.key"),
+        dir.join("token"),
+    );
+    if ca.exists() && crt.exists() && keyf.exists() && tok.exists() {
+        return Ok(Credentials {
+            ca_pem: fs::read_to_string(&ca)?,
+            cert_pem: fs::read_to_string(&crt)?,
+            key_pem: fs::read_to_string(&keyf)?,
+            token: fs::read_to_string(&tok)?.trim().to_string(),
+        });
+    }
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "weft-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let mut params = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "::1".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "weft-apiserver");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let token = {
+        let bytes: [u8; 32] = rand::random();
+        hex::encode(bytes)
+    };
+    let creds = Credentials {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        token,
+    };
+    write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    write_private(&ca, creds.ca_pem.as_bytes())?;
+    write_private(&crt, creds.cert_pem.as_bytes())?;
+    write_private(&keyf, creds.key_pem.as_bytes())?;
+    write_private(&tok, creds.token.as_bytes())?;
+    Ok(creds)
+}
+
+/// A rustls server config offering HTTP/2 and HTTP/1.1.
+pub fn server_config(c: &Credentials) -> Result<Arc<rustls::ServerConfig>> {
+    let certs = rustls_pemfile::certs(&mut c.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())?
+        .context("no private key in apiserver.key")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A kubeconfig for this server (YAML).
+pub fn kubeconfig(cluster: &str, server: &str, c: &Credentials) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&c.ca_pem);
+    let n = format!("weft-{cluster}");
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {n}\n  context:\n    cluster: {n}\n    user: {n}\n    namespace: default\ncurrent-context: {n}\nusers:\n- name: {n}\n  user:\n    token: {}\npreferences: {{}}\n",
+        c.token
+    )
+}
