@@ -73,10 +73,17 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         if k.kind != "Namespace" {
             verbs.insert(1, "deletecollection");
         }
-        resources.push(
-            json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
-            "kind": k.kind, "verbs": verbs, "shortNames": k.short_names}),
-        );
+        let mut r = json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
+            "kind": k.kind, "verbs": verbs, "shortNames": k.short_names});
+        // `kubectl get all` lists the kinds in the "all" category.
+        if matches!(
+            k.kind,
+            "Pod" | "Service" | "Deployment" | "ReplicaSet" | "ReplicationController"
+        ) && !k.legacy
+        {
+            r["categories"] = json!(["all"]);
+        }
+        resources.push(r);
         for sub in k.subresources {
             let mut r = json!({"name": format!("{}/{}", k.plural, sub), "singularName": "", "namespaced": k.namespaced,
                 "kind": k.kind, "verbs": ["get", "patch", "update"]});
@@ -155,6 +162,8 @@ pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
             coll_params.push(param("namespace", "path"));
         }
         let mut patch = op("patch");
+        // kubectl looks for `fieldValidation` among the PATCH operation's own parameters.
+        patch["parameters"] = json!([param("fieldValidation", "query")]);
         patch["requestBody"] = json!({"content": {"application/json-patch+json": {}, "application/merge-patch+json": {}}});
         paths.insert(
             coll.clone(),

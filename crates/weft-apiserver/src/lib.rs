@@ -324,6 +324,14 @@ async fn handle(
             )));
         }
     };
+    if ctype.starts_with("application/vnd.kubernetes.protobuf") {
+        // client-go retries with JSON when a protobuf body gets 415.
+        return error_response(&ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
