@@ -28,10 +28,7 @@ fn backend_to_v1beta1(b: &mut Value) {
             o.insert("serviceName".into(), n);
         }
         let port = svc.remove("port").unwrap_or(Value::Null);
-        let p = port
-            .get("number")
-            .cloned()
-            .or_else(|| port.get("name").cloned());
+        let p = port.get("number").cloned().or_else(|| port.get("name").cloned());
         if let Some(p) = p {
             o.insert("servicePort".into(), p);
         }
@@ -68,8 +65,7 @@ pub fn ingress_v1beta1_to_v1(mut v: Value) -> Value {
                 if let Some(Value::Array(paths)) = r.pointer_mut("/http/paths") {
                     for p in paths {
                         if let Some(o) = p.as_object_mut() {
-                            o.entry("pathType")
-                                .or_insert_with(|| json!("ImplementationSpecific"));
+                            o.entry("pathType").or_insert_with(|| json!("ImplementationSpecific"));
                         }
                     }
                 }
@@ -107,14 +103,8 @@ mod tests {
             v1["spec"]["rules"][0]["http"]["paths"][0]["backend"],
             json!({"service": {"name": "test", "port": {"number": 80}}})
         );
-        assert_eq!(
-            v1["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"]["port"],
-            json!({"name": "http"})
-        );
-        assert_eq!(
-            v1["spec"]["rules"][0]["http"]["paths"][1]["pathType"],
-            "ImplementationSpecific"
-        );
+        assert_eq!(v1["spec"]["rules"][0]["http"]["paths"][1]["backend"]["service"]["port"], json!({"name": "http"}));
+        assert_eq!(v1["spec"]["rules"][0]["http"]["paths"][1]["pathType"], "ImplementationSpecific");
         let back = ingress_v1_to_v1beta1(v1);
         assert_eq!(
             back["spec"]["rules"][0]["http"]["paths"][0]["backend"],

@@ -37,11 +37,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub fn invalid(
-        field: impl Into<String>,
-        value: impl fmt::Display,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(field: impl Into<String>, value: impl fmt::Display, detail: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             reason: Reason::Invalid,
@@ -53,12 +49,7 @@ impl FieldError {
         Self::invalid(field, format!("{value:?}"), detail)
     }
     pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: Reason::Required,
-            value: None,
-            detail: detail.into(),
-        }
+        FieldError { field: field.into(), reason: Reason::Required, value: None, detail: detail.into() }
     }
     pub fn duplicate(field: impl Into<String>, value: impl fmt::Display) -> Self {
         FieldError {
@@ -78,12 +69,7 @@ impl FieldError {
         }
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            reason: Reason::Forbidden,
-            value: None,
-            detail: detail.into(),
-        }
+        FieldError { field: field.into(), reason: Reason::Forbidden, value: None, detail: detail.into() }
     }
 
     /// The cause's message without the field (kube-apiserver's `ErrorBody`).
@@ -122,24 +108,13 @@ pub enum ObjectError {
     BadRequest(String),
     /// The object is well-formed but breaks the API's rules (HTTP 422).
     #[error("{kind} {name:?} is invalid: {}", join(.causes))]
-    Invalid {
-        kind: String,
-        name: String,
-        causes: Vec<FieldError>,
-    },
+    Invalid { kind: String, name: String, causes: Vec<FieldError> },
 }
 
 fn join(causes: &[FieldError]) -> String {
     if causes.len() == 1 {
         causes[0].to_string()
     } else {
-        format!(
-            "[{}]",
-            causes
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("[{}]", causes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "))
     }
 }

@@ -20,29 +20,19 @@ pub struct Kind {
 impl Kind {
     /// `apiVersion` as written in manifests.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
     /// The store's resource key: the plural, qualified with its group outside the core group.
     /// All versions of a kind share it.
     pub fn resource_key(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_string()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
     /// The version objects are stored in (and the one the CLI prefers).
     pub fn storage(&'static self) -> &'static Kind {
         if !self.legacy {
             return self;
         }
-        ALL.iter()
-            .find(|k| k.group == self.group && k.plural == self.plural && !k.legacy)
-            .unwrap_or(self)
+        ALL.iter().find(|k| k.group == self.group && k.plural == self.plural && !k.legacy).unwrap_or(self)
     }
     pub fn has_subresource(&self, s: &str) -> bool {
         self.subresources.contains(&s)
@@ -57,58 +47,13 @@ macro_rules! kind {
 }
 
 pub static ALL: &[Kind] = &[
-    kind!(
-        "",
-        "v1",
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        ["ns"],
-        ["status"]
-    ),
+    kind!("", "v1", "Namespace", "namespaces", "namespace", false, ["ns"], ["status"]),
     kind!("", "v1", "Node", "nodes", "node", false, ["no"], ["status"]),
-    kind!(
-        "",
-        "v1",
-        "Pod",
-        "pods",
-        "pod",
-        true,
-        ["po"],
-        ["status", "log"]
-    ),
-    kind!(
-        "",
-        "v1",
-        "Service",
-        "services",
-        "service",
-        true,
-        ["svc"],
-        ["status"]
-    ),
-    kind!(
-        "",
-        "v1",
-        "Endpoints",
-        "endpoints",
-        "endpoints",
-        true,
-        ["ep"],
-        []
-    ),
+    kind!("", "v1", "Pod", "pods", "pod", true, ["po"], ["status", "log"]),
+    kind!("", "v1", "Service", "services", "service", true, ["svc"], ["status"]),
+    kind!("", "v1", "Endpoints", "endpoints", "endpoints", true, ["ep"], []),
     kind!("", "v1", "Secret", "secrets", "secret", true, [], []),
-    kind!(
-        "",
-        "v1",
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        ["cm"],
-        []
-    ),
+    kind!("", "v1", "ConfigMap", "configmaps", "configmap", true, ["cm"], []),
     kind!(
         "",
         "v1",
@@ -120,76 +65,13 @@ pub static ALL: &[Kind] = &[
         ["status", "scale"]
     ),
     kind!("", "v1", "Event", "events", "event", true, ["ev"], []),
-    kind!(
-        "",
-        "v1",
-        "ServiceAccount",
-        "serviceaccounts",
-        "serviceaccount",
-        true,
-        ["sa"],
-        []
-    ),
-    kind!(
-        "apps",
-        "v1",
-        "Deployment",
-        "deployments",
-        "deployment",
-        true,
-        ["deploy"],
-        ["status", "scale"]
-    ),
-    kind!(
-        "apps",
-        "v1",
-        "ReplicaSet",
-        "replicasets",
-        "replicaset",
-        true,
-        ["rs"],
-        ["status", "scale"]
-    ),
-    kind!(
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        "endpointslice",
-        true,
-        [],
-        []
-    ),
-    kind!(
-        "networking.k8s.io",
-        "v1",
-        "Ingress",
-        "ingresses",
-        "ingress",
-        true,
-        ["ing"],
-        ["status"]
-    ),
-    kind!(
-        "networking.k8s.io",
-        "v1",
-        "IngressClass",
-        "ingressclasses",
-        "ingressclass",
-        false,
-        [],
-        []
-    ),
-    kind!(
-        "networking.k8s.io",
-        "v1",
-        "NetworkPolicy",
-        "networkpolicies",
-        "networkpolicy",
-        true,
-        ["netpol"],
-        []
-    ),
+    kind!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], []),
+    kind!("apps", "v1", "Deployment", "deployments", "deployment", true, ["deploy"], ["status", "scale"]),
+    kind!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, ["rs"], ["status", "scale"]),
+    kind!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, [], []),
+    kind!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, ["ing"], ["status"]),
+    kind!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, [], []),
+    kind!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, ["netpol"], []),
     Kind {
         group: "networking.k8s.io",
         version: "v1beta1",
@@ -216,15 +98,13 @@ pub fn group_versions() -> Vec<(&'static str, &'static str, bool)> {
 
 /// Finds a kind by REST path coordinates.
 pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
-    ALL.iter()
-        .find(|k| k.group == group && k.version == version && k.plural == plural)
+    ALL.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
 /// Finds a kind by `apiVersion` and `kind` as written in a manifest.
 pub fn by_gvk(api_version: &str, kind: &str) -> Option<&'static Kind> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    ALL.iter()
-        .find(|k| k.group == group && k.version == version && k.kind == kind)
+    ALL.iter().find(|k| k.group == group && k.version == version && k.kind == kind)
 }
 
 /// Resolves what a user types on the command line (`svc`, `services`, `Service`,
@@ -236,9 +116,7 @@ pub fn by_cli_name(name: &str) -> Option<&'static Kind> {
         None => (lower, None),
     };
     ALL.iter().filter(|k| !k.legacy).find(|k| {
-        group
-            .as_deref()
-            .is_none_or(|g| g == k.group || (g == "v1" && k.group.is_empty()))
+        group.as_deref().is_none_or(|g| g == k.group || (g == "v1" && k.group.is_empty()))
             && (k.plural == base
                 || k.singular == base
                 || k.kind.eq_ignore_ascii_case(&base)

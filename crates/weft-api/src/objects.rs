@@ -17,14 +17,8 @@ use crate::validate::{self, Errors, NameRule};
 
 fn decode<T: DeserializeOwned>(kind: &Kind, v: &Value) -> Result<T, ObjectError> {
     serde_json::from_value(v.clone()).map_err(|e| {
-        let name = v
-            .pointer("/metadata/name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("");
-        ObjectError::BadRequest(format!(
-            "{} {name:?}: the body is not a valid {}: {e}",
-            kind.kind, kind.kind
-        ))
+        let name = v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
+        ObjectError::BadRequest(format!("{} {name:?}: the body is not a valid {}: {e}", kind.kind, kind.kind))
     })
 }
 
@@ -32,25 +26,12 @@ fn encode<T: Serialize>(t: &T) -> Value {
     serde_json::to_value(t).expect("k8s-openapi types always serialize")
 }
 
-fn finish<T: Serialize>(
-    kind: &Kind,
-    obj: &T,
-    meta: &ObjectMeta,
-    errs: Errors,
-) -> Result<Value, ObjectError> {
+fn finish<T: Serialize>(kind: &Kind, obj: &T, meta: &ObjectMeta, errs: Errors) -> Result<Value, ObjectError> {
     if errs.is_empty() {
         Ok(encode(obj))
     } else {
-        let name = meta
-            .name
-            .clone()
-            .or_else(|| meta.generate_name.clone())
-            .unwrap_or_default();
-        Err(ObjectError::Invalid {
-            kind: kind.kind.to_string(),
-            name,
-            causes: errs,
-        })
+        let name = meta.name.clone().or_else(|| meta.generate_name.clone()).unwrap_or_default();
+        Err(ObjectError::Invalid { kind: kind.kind.to_string(), name, causes: errs })
     }
 }
 
@@ -71,10 +52,8 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
                 default_pod_spec(s);
             }
             if o.status.is_none() {
-                o.status = Some(k8s_openapi::api::core::v1::PodStatus {
-                    phase: Some("Pending".into()),
-                    ..Default::default()
-                });
+                o.status =
+                    Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Pending".into()), ..Default::default() });
             }
             validate::pod(&o, &mut errs);
             finish(kind, &o, &o.metadata, errs)
@@ -90,10 +69,8 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
                 let ty = st.type_.get_or_insert_with(|| "RollingUpdate".into());
                 if ty == "RollingUpdate" {
                     let ru = st.rolling_update.get_or_insert_with(Default::default);
-                    ru.max_surge
-                        .get_or_insert(IntOrString::String("25%".into()));
-                    ru.max_unavailable
-                        .get_or_insert(IntOrString::String("25%".into()));
+                    ru.max_surge.get_or_insert(IntOrString::String("25%".into()));
+                    ru.max_unavailable.get_or_insert(IntOrString::String("25%".into()));
                 }
                 if let Some(ps) = s.template.spec.as_mut() {
                     default_pod_spec(ps);
@@ -118,11 +95,7 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
             let mut o: ReplicationController = decode(kind, v)?;
             if let Some(s) = o.spec.as_mut() {
                 s.replicas.get_or_insert(1);
-                let tl = s
-                    .template
-                    .as_ref()
-                    .and_then(|t| t.metadata.as_ref())
-                    .and_then(|m| m.labels.clone());
+                let tl = s.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
                 if s.selector.as_ref().is_none_or(|m| m.is_empty()) {
                     s.selector = tl.clone();
                 }
@@ -201,18 +174,12 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
 /// Kinds weft stores but does not interpret: metadata rules only, the body kept as sent.
 fn generic(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
     let meta: ObjectMeta = match v.get("metadata") {
-        Some(m) => serde_json::from_value(m.clone()).map_err(|e| {
-            ObjectError::BadRequest(format!("{}: metadata is malformed: {e}", kind.kind))
-        })?,
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| ObjectError::BadRequest(format!("{}: metadata is malformed: {e}", kind.kind)))?,
         None => ObjectMeta::default(),
     };
     let mut errs = Errors::new();
-    validate::check_meta(
-        &meta,
-        NameRule::Dns1123Subdomain,
-        kind.namespaced,
-        &mut errs,
-    );
+    validate::check_meta(&meta, NameRule::Dns1123Subdomain, kind.namespaced, &mut errs);
     if !errs.is_empty() {
         return finish(kind, &meta, &meta, errs);
     }
@@ -222,12 +189,8 @@ fn generic(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
         "ConfigMap" => decode::<k8s_openapi::api::core::v1::ConfigMap>(kind, v).map(|_| ())?,
         "Node" => decode::<k8s_openapi::api::core::v1::Node>(kind, v).map(|_| ())?,
         "Event" => decode::<k8s_openapi::api::core::v1::Event>(kind, v).map(|_| ())?,
-        "IngressClass" => {
-            decode::<k8s_openapi::api::networking::v1::IngressClass>(kind, v).map(|_| ())?
-        }
-        "ServiceAccount" => {
-            decode::<k8s_openapi::api::core::v1::ServiceAccount>(kind, v).map(|_| ())?
-        }
+        "IngressClass" => decode::<k8s_openapi::api::networking::v1::IngressClass>(kind, v).map(|_| ())?,
+        "ServiceAccount" => decode::<k8s_openapi::api::core::v1::ServiceAccount>(kind, v).map(|_| ())?,
         _ => {}
     }
     Ok(v.clone())
@@ -238,21 +201,14 @@ fn default_service(o: &mut Service) {
     let ty = s.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
     s.session_affinity.get_or_insert_with(|| "None".into());
     if s.session_affinity.as_deref() == Some("ClientIP") {
-        let c = s
-            .session_affinity_config
-            .get_or_insert_with(Default::default);
-        c.client_ip
-            .get_or_insert_with(Default::default)
-            .timeout_seconds
-            .get_or_insert(10800);
+        let c = s.session_affinity_config.get_or_insert_with(Default::default);
+        c.client_ip.get_or_insert_with(Default::default).timeout_seconds.get_or_insert(10800);
     }
     if ty != "ExternalName" {
-        s.internal_traffic_policy
-            .get_or_insert_with(|| "Cluster".into());
+        s.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
-        s.external_traffic_policy
-            .get_or_insert_with(|| "Cluster".into());
+        s.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
     }
     if ty == "LoadBalancer" {
         s.allocate_load_balancer_node_ports.get_or_insert(true);
@@ -274,28 +230,15 @@ fn default_service(o: &mut Service) {
 fn default_pod_spec(s: &mut k8s_openapi::api::core::v1::PodSpec) {
     s.restart_policy.get_or_insert_with(|| "Always".into());
     s.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    s.scheduler_name
-        .get_or_insert_with(|| "default-scheduler".into());
+    s.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
     s.termination_grace_period_seconds.get_or_insert(30);
     s.security_context.get_or_insert_with(Default::default);
-    for c in s
-        .containers
-        .iter_mut()
-        .chain(s.init_containers.iter_mut().flatten())
-    {
+    for c in s.containers.iter_mut().chain(s.init_containers.iter_mut().flatten()) {
         let image = c.image.clone().unwrap_or_default();
         let latest = !image.contains(':') || image.ends_with(":latest");
-        c.image_pull_policy.get_or_insert_with(|| {
-            if latest {
-                "Always".into()
-            } else {
-                "IfNotPresent".into()
-            }
-        });
-        c.termination_message_path
-            .get_or_insert_with(|| "/dev/termination-log".into());
-        c.termination_message_policy
-            .get_or_insert_with(|| "File".into());
+        c.image_pull_policy.get_or_insert_with(|| if latest { "Always".into() } else { "IfNotPresent".into() });
+        c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy.get_or_insert_with(|| "File".into());
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
         }
@@ -314,9 +257,7 @@ mod tests {
 
     fn causes(r: Result<Value, ObjectError>) -> Vec<String> {
         match r {
-            Err(ObjectError::Invalid { causes, .. }) => {
-                causes.iter().map(|c| c.field.clone()).collect()
-            }
+            Err(ObjectError::Invalid { causes, .. }) => causes.iter().map(|c| c.field.clone()).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
@@ -324,11 +265,7 @@ mod tests {
     #[test]
     fn service_defaults() {
         let k = by_gvk("v1", "Service").unwrap();
-        let out = admit(
-            k,
-            &svc(json!({"selector": {"app": "MyApp"}, "ports": [{"port": 80}]})),
-        )
-        .unwrap();
+        let out = admit(k, &svc(json!({"selector": {"app": "MyApp"}, "ports": [{"port": 80}]}))).unwrap();
         assert_eq!(out["spec"]["type"], "ClusterIP");
         assert_eq!(out["spec"]["ports"][0]["protocol"], "TCP");
         assert_eq!(out["spec"]["ports"][0]["targetPort"], 80);
@@ -338,59 +275,29 @@ mod tests {
     #[test]
     fn service_errors_name_fields() {
         let k = by_gvk("v1", "Service").unwrap();
+        assert_eq!(causes(admit(k, &svc(json!({"ports": [{"port": 0}]})))), vec!["spec.ports[0].port"]);
         assert_eq!(
-            causes(admit(k, &svc(json!({"ports": [{"port": 0}]})))),
-            vec!["spec.ports[0].port"]
-        );
-        assert_eq!(
-            causes(admit(
-                k,
-                &svc(json!({"ports": [{"port": 80, "protocol": "ICMP"}]}))
-            )),
+            causes(admit(k, &svc(json!({"ports": [{"port": 80, "protocol": "ICMP"}]})))),
             vec!["spec.ports[0].protocol"]
         );
         assert_eq!(
-            causes(admit(
-                k,
-                &svc(json!({"ports": [{"port": 80, "name": "a"}, {"port": 80, "name": "b"}]}))
-            )),
+            causes(admit(k, &svc(json!({"ports": [{"port": 80, "name": "a"}, {"port": 80, "name": "b"}]})))),
             vec!["spec.ports[1]"]
         );
+        assert_eq!(causes(admit(k, &svc(json!({"ports": [{"port": 80}, {"port": 81}]})))).len(), 2);
         assert_eq!(
-            causes(admit(
-                k,
-                &svc(json!({"ports": [{"port": 80}, {"port": 81}]}))
-            ))
-            .len(),
-            2
-        );
-        assert_eq!(
-            causes(admit(
-                k,
-                &svc(json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30001}]}))
-            )),
+            causes(admit(k, &svc(json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30001}]})))),
             vec!["spec.ports[0].nodePort"]
         );
         assert_eq!(
-            causes(admit(
-                k,
-                &svc(json!({"clusterIP": "10.96.0.300", "ports": [{"port": 1}]}))
-            )),
+            causes(admit(k, &svc(json!({"clusterIP": "10.96.0.300", "ports": [{"port": 1}]})))),
             vec!["spec.clusterIP"]
         );
-        assert_eq!(
-            causes(admit(k, &svc(json!({"ports": []})))),
-            vec!["spec.ports"]
-        );
+        assert_eq!(causes(admit(k, &svc(json!({"ports": []})))), vec!["spec.ports"]);
         assert!(admit(k, &svc(json!({"clusterIP": "None"}))).is_ok());
         let bad_name = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 1}]}});
         assert_eq!(causes(admit(k, &bad_name)), vec!["metadata.name"]);
-        let msg = admit(
-            k,
-            &svc(json!({"ports": [{"port": 70000, "targetPort": 80}]})),
-        )
-        .unwrap_err()
-        .to_string();
+        let msg = admit(k, &svc(json!({"ports": [{"port": 70000, "targetPort": 80}]}))).unwrap_err().to_string();
         assert_eq!(
             msg,
             "Service \"my-service\" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
@@ -400,10 +307,7 @@ mod tests {
     #[test]
     fn bad_types_are_bad_requests() {
         let k = by_gvk("v1", "Service").unwrap();
-        assert!(matches!(
-            admit(k, &svc(json!({"ports": "eighty"}))),
-            Err(ObjectError::BadRequest(_))
-        ));
+        assert!(matches!(admit(k, &svc(json!({"ports": "eighty"}))), Err(ObjectError::BadRequest(_))));
     }
 
     #[test]

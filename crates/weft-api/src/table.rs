@@ -15,11 +15,7 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, priority: u8) -> Column {
-    Column {
-        name,
-        ty: "string",
-        priority,
-    }
+    Column { name, ty: "string", priority }
 }
 
 pub fn columns(kind: &Kind) -> Vec<Column> {
@@ -46,13 +42,7 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
         ],
         "Endpoints" => vec![col("Name", 0), col("Endpoints", 0), col("Age", 0)],
         "EndpointSlice" => {
-            vec![
-                col("Name", 0),
-                col("AddressType", 0),
-                col("Ports", 0),
-                col("Endpoints", 0),
-                col("Age", 0),
-            ]
+            vec![col("Name", 0), col("AddressType", 0), col("Ports", 0), col("Endpoints", 0), col("Age", 0)]
         }
         "Namespace" => vec![col("Name", 0), col("Status", 0), col("Age", 0)],
         "Node" => vec![
@@ -87,36 +77,15 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        "Ingress" => vec![
-            col("Name", 0),
-            col("Class", 0),
-            col("Hosts", 0),
-            col("Address", 0),
-            col("Ports", 0),
-            col("Age", 0),
-        ],
-        "IngressClass" => vec![
-            col("Name", 0),
-            col("Controller", 0),
-            col("Parameters", 0),
-            col("Age", 0),
-        ],
+        "Ingress" => {
+            vec![col("Name", 0), col("Class", 0), col("Hosts", 0), col("Address", 0), col("Ports", 0), col("Age", 0)]
+        }
+        "IngressClass" => vec![col("Name", 0), col("Controller", 0), col("Parameters", 0), col("Age", 0)],
         "NetworkPolicy" => vec![col("Name", 0), col("Pod-Selector", 0), col("Age", 0)],
-        "Secret" => vec![
-            col("Name", 0),
-            col("Type", 0),
-            col("Data", 0),
-            col("Age", 0),
-        ],
+        "Secret" => vec![col("Name", 0), col("Type", 0), col("Data", 0), col("Age", 0)],
         "ConfigMap" => vec![col("Name", 0), col("Data", 0), col("Age", 0)],
         "ServiceAccount" => vec![col("Name", 0), col("Secrets", 0), col("Age", 0)],
-        "Event" => vec![
-            col("Last Seen", 0),
-            col("Type", 0),
-            col("Reason", 0),
-            col("Object", 0),
-            col("Message", 0),
-        ],
+        "Event" => vec![col("Last Seen", 0), col("Type", 0), col("Reason", 0), col("Object", 0), col("Message", 0)],
         _ => vec![col("Name", 0), col("Age", 0)],
     }
 }
@@ -135,11 +104,7 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{s}s")
-        };
+        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -147,11 +112,7 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = minutes / 60;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
+        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
     }
     if hours < 48 {
         return format!("{hours}h");
@@ -159,11 +120,7 @@ pub fn human_duration(seconds: i64) -> String {
     let days = hours / 24;
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 {
-            format!("{days}d")
-        } else {
-            format!("{days}d{h}h")
-        };
+        return if h == 0 { format!("{days}d") } else { format!("{days}d{h}h") };
     }
     if hours < 24 * 365 * 2 {
         return format!("{days}d");
@@ -171,11 +128,7 @@ pub fn human_duration(seconds: i64) -> String {
     let years = days / 365;
     if hours < 24 * 365 * 8 {
         let d = days % 365;
-        return if d == 0 {
-            format!("{years}y")
-        } else {
-            format!("{years}y{d}d")
-        };
+        return if d == 0 { format!("{years}y") } else { format!("{years}y{d}d") };
     }
     format!("{years}y")
 }
@@ -187,10 +140,7 @@ fn n(v: &Value, ptr: &str) -> i64 {
     v.pointer(ptr).and_then(|x| x.as_i64()).unwrap_or(0)
 }
 fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
-    v.pointer(ptr)
-        .and_then(|x| x.as_array())
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
+    v.pointer(ptr).and_then(|x| x.as_array()).map(|a| a.as_slice()).unwrap_or(&[])
 }
 fn or_none(s: String) -> String {
     if s.is_empty() { "<none>".into() } else { s }
@@ -212,10 +162,7 @@ pub fn labels_string(m: Option<&Value>) -> String {
     let Some(Value::Object(m)) = m else {
         return String::new();
     };
-    let mut kv: Vec<String> = m
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
+    let mut kv: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
     kv.sort();
     kv.join(",")
 }
@@ -226,17 +173,9 @@ fn selector_string(sel: Option<&Value>) -> String {
     if let Some(ml) = sel.get("matchLabels") {
         parts.push(labels_string(Some(ml)));
     }
-    for e in sel
-        .get("matchExpressions")
-        .and_then(|m| m.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for e in sel.get("matchExpressions").and_then(|m| m.as_array()).into_iter().flatten() {
         let key = s(e, "/key");
-        let vals: Vec<&str> = arr(e, "/values")
-            .iter()
-            .filter_map(|x| x.as_str())
-            .collect();
+        let vals: Vec<&str> = arr(e, "/values").iter().filter_map(|x| x.as_str()).collect();
         parts.push(match s(e, "/operator") {
             "In" => format!("{key} in ({})", vals.join(",")),
             "NotIn" => format!("{key} notin ({})", vals.join(",")),
@@ -250,11 +189,7 @@ fn selector_string(sel: Option<&Value>) -> String {
 }
 
 fn containers_images(tmpl_spec: Option<&Value>) -> (String, String) {
-    let cs = tmpl_spec
-        .and_then(|s| s.get("containers"))
-        .and_then(|c| c.as_array())
-        .cloned()
-        .unwrap_or_default();
+    let cs = tmpl_spec.and_then(|s| s.get("containers")).and_then(|c| c.as_array()).cloned().unwrap_or_default();
     let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
     let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
     (names.join(","), images.join(","))
@@ -274,29 +209,17 @@ fn first_three(list: Vec<String>) -> String {
 
 fn service_external_ip(v: &Value) -> String {
     let ty = s(v, "/spec/type");
-    let mut ext: Vec<String> = arr(v, "/spec/externalIPs")
-        .iter()
-        .filter_map(|x| x.as_str().map(String::from))
-        .collect();
+    let mut ext: Vec<String> =
+        arr(v, "/spec/externalIPs").iter().filter_map(|x| x.as_str().map(String::from)).collect();
     match ty {
         "ExternalName" => s(v, "/spec/externalName").to_string(),
         "LoadBalancer" => {
             let mut lb: Vec<String> = arr(v, "/status/loadBalancer/ingress")
                 .iter()
-                .map(|i| {
-                    if s(i, "/ip").is_empty() {
-                        s(i, "/hostname").to_string()
-                    } else {
-                        s(i, "/ip").to_string()
-                    }
-                })
+                .map(|i| if s(i, "/ip").is_empty() { s(i, "/hostname").to_string() } else { s(i, "/ip").to_string() })
                 .collect();
             lb.append(&mut ext);
-            if lb.is_empty() {
-                "<pending>".into()
-            } else {
-                lb.join(",")
-            }
+            if lb.is_empty() { "<pending>".into() } else { lb.join(",") }
         }
         _ => or_none(ext.join(",")),
     }
@@ -308,11 +231,7 @@ fn service_ports(v: &Value) -> String {
         .map(|p| {
             let np = n(p, "/nodePort");
             let proto = s(p, "/protocol");
-            if np > 0 {
-                format!("{}:{np}/{proto}", n(p, "/port"))
-            } else {
-                format!("{}/{proto}", n(p, "/port"))
-            }
+            if np > 0 { format!("{}:{np}/{proto}", n(p, "/port")) } else { format!("{}/{proto}", n(p, "/port")) }
         })
         .collect();
     or_none(ports.join(","))
@@ -321,10 +240,7 @@ fn service_ports(v: &Value) -> String {
 fn pod_status(v: &Value) -> (String, String, String) {
     let statuses = arr(v, "/status/containerStatuses");
     let total = arr(v, "/spec/containers").len();
-    let ready = statuses
-        .iter()
-        .filter(|c| c.get("ready").and_then(|r| r.as_bool()) == Some(true))
-        .count();
+    let ready = statuses.iter().filter(|c| c.get("ready").and_then(|r| r.as_bool()) == Some(true)).count();
     let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
     let mut reason = s(v, "/status/reason").to_string();
     if reason.is_empty() {
@@ -365,11 +281,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(or_none(s(v, "/status/podIP").into())),
                 json!(or_none(s(v, "/spec/nodeName").into())),
                 json!(or_none(s(v, "/status/nominatedNodeName").into())),
-                json!(if gates.is_empty() {
-                    "<none>".to_string()
-                } else {
-                    format!("0/{}", gates.len())
-                }),
+                json!(if gates.is_empty() { "<none>".to_string() } else { format!("0/{}", gates.len()) }),
             ]
         }
         "Service" => {
@@ -402,39 +314,23 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "EndpointSlice" => {
             let ports: Vec<String> = arr(v, "/ports")
                 .iter()
-                .map(|p| {
-                    p.get("port")
-                        .and_then(|x| x.as_i64())
-                        .map(|x| x.to_string())
-                        .unwrap_or("<unset>".into())
-                })
+                .map(|p| p.get("port").and_then(|x| x.as_i64()).map(|x| x.to_string()).unwrap_or("<unset>".into()))
                 .collect();
             let addrs: Vec<String> = arr(v, "/endpoints")
                 .iter()
-                .flat_map(|e| {
-                    arr(e, "/addresses")
-                        .iter()
-                        .filter_map(|a| a.as_str().map(String::from))
-                })
+                .flat_map(|e| arr(e, "/addresses").iter().filter_map(|a| a.as_str().map(String::from)))
                 .collect();
             vec![
                 name,
                 json!(s(v, "/addressType")),
-                json!(if ports.is_empty() {
-                    "<unset>".into()
-                } else {
-                    ports.join(",")
-                }),
+                json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }),
                 json!(first_three(addrs)),
                 a,
             ]
         }
         "Namespace" => vec![name, json!(s(v, "/status/phase")), a],
         "Node" => {
-            let ready = arr(v, "/status/conditions")
-                .iter()
-                .find(|c| s(c, "/type") == "Ready")
-                .map(|c| s(c, "/status"));
+            let ready = arr(v, "/status/conditions").iter().find(|c| s(c, "/type") == "Ready").map(|c| s(c, "/status"));
             let mut status = match ready {
                 Some("True") => "Ready".to_string(),
                 Some("False") => "NotReady".to_string(),
@@ -452,10 +348,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 .collect();
             roles.sort();
             let addr = |t: &str| {
-                arr(v, "/status/addresses")
-                    .iter()
-                    .find(|x| s(x, "/type") == t)
-                    .map(|x| s(x, "/address").to_string())
+                arr(v, "/status/addresses").iter().find(|x| s(x, "/type") == t).map(|x| s(x, "/address").to_string())
             };
             vec![
                 name,
@@ -474,11 +367,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
             let (c, i) = containers_images(v.pointer("/spec/template/spec"));
             vec![
                 name,
-                json!(format!(
-                    "{}/{}",
-                    n(v, "/status/readyReplicas"),
-                    n(v, "/spec/replicas")
-                )),
+                json!(format!("{}/{}", n(v, "/status/readyReplicas"), n(v, "/spec/replicas"))),
                 json!(n(v, "/status/updatedReplicas")),
                 json!(n(v, "/status/availableReplicas")),
                 a,
@@ -508,103 +397,49 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "Ingress" => {
             let hosts: Vec<String> = arr(v, "/spec/rules")
                 .iter()
-                .map(|r| {
-                    if s(r, "/host").is_empty() {
-                        "*".to_string()
-                    } else {
-                        s(r, "/host").to_string()
-                    }
-                })
+                .map(|r| if s(r, "/host").is_empty() { "*".to_string() } else { s(r, "/host").to_string() })
                 .collect();
             let addrs: Vec<String> = arr(v, "/status/loadBalancer/ingress")
                 .iter()
-                .map(|i| {
-                    if s(i, "/ip").is_empty() {
-                        s(i, "/hostname").to_string()
-                    } else {
-                        s(i, "/ip").to_string()
-                    }
-                })
+                .map(|i| if s(i, "/ip").is_empty() { s(i, "/hostname").to_string() } else { s(i, "/ip").to_string() })
                 .collect();
-            let ports = if arr(v, "/spec/tls").is_empty() {
-                "80"
-            } else {
-                "80, 443"
-            };
+            let ports = if arr(v, "/spec/tls").is_empty() { "80" } else { "80, 443" };
             let class = s(v, "/spec/ingressClassName");
             vec![
                 name,
                 json!(or_none(class.into())),
-                json!(if hosts.is_empty() {
-                    "*".to_string()
-                } else {
-                    hosts.join(",")
-                }),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
                 json!(addrs.join(",")),
                 json!(ports),
                 a,
             ]
         }
         "IngressClass" => {
-            let p = v
-                .pointer("/spec/parameters")
-                .map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name")));
-            vec![
-                name,
-                json!(s(v, "/spec/controller")),
-                json!(p.unwrap_or("<none>".into())),
-                a,
-            ]
+            let p = v.pointer("/spec/parameters").map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name")));
+            vec![name, json!(s(v, "/spec/controller")), json!(p.unwrap_or("<none>".into())), a]
         }
-        "NetworkPolicy" => vec![
-            name,
-            json!(or_none(selector_string(v.pointer("/spec/podSelector")))),
-            a,
-        ],
+        "NetworkPolicy" => vec![name, json!(or_none(selector_string(v.pointer("/spec/podSelector")))), a],
         "Secret" => {
-            let data = v
-                .get("data")
-                .and_then(|d| d.as_object())
-                .map(|d| d.len())
-                .unwrap_or(0);
-            let ty = if s(v, "/type").is_empty() {
-                "Opaque"
-            } else {
-                s(v, "/type")
-            };
+            let data = v.get("data").and_then(|d| d.as_object()).map(|d| d.len()).unwrap_or(0);
+            let ty = if s(v, "/type").is_empty() { "Opaque" } else { s(v, "/type") };
             vec![name, json!(ty), json!(data), a]
         }
         "ConfigMap" => {
-            let d = v
-                .get("data")
-                .and_then(|d| d.as_object())
-                .map(|d| d.len())
-                .unwrap_or(0)
-                + v.get("binaryData")
-                    .and_then(|d| d.as_object())
-                    .map(|d| d.len())
-                    .unwrap_or(0);
+            let d = v.get("data").and_then(|d| d.as_object()).map(|d| d.len()).unwrap_or(0)
+                + v.get("binaryData").and_then(|d| d.as_object()).map(|d| d.len()).unwrap_or(0);
             vec![name, json!(d), a]
         }
         "ServiceAccount" => vec![name, json!(arr(v, "/secrets").len()), a],
         "Event" => {
-            let last = [
-                s(v, "/lastTimestamp"),
-                s(v, "/eventTime"),
-                s(v, "/metadata/creationTimestamp"),
-            ]
-            .into_iter()
-            .find(|t| !t.is_empty())
-            .unwrap_or("");
+            let last = [s(v, "/lastTimestamp"), s(v, "/eventTime"), s(v, "/metadata/creationTimestamp")]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .unwrap_or("");
             vec![
                 json!(age_of(last, now)),
                 json!(s(v, "/type")),
                 json!(s(v, "/reason")),
-                json!(format!(
-                    "{}/{}",
-                    s(v, "/involvedObject/kind").to_lowercase(),
-                    s(v, "/involvedObject/name")
-                )),
+                json!(format!("{}/{}", s(v, "/involvedObject/kind").to_lowercase(), s(v, "/involvedObject/name"))),
                 json!(s(v, "/message")),
             ]
         }
@@ -613,12 +448,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
 }
 
 /// The whole Table for a list (or a single object), each row carrying its object as kubectl expects.
-pub fn table(
-    kind: &Kind,
-    items: &[Arc<Value>],
-    resource_version: u64,
-    now: jiff::Timestamp,
-) -> Value {
+pub fn table(kind: &Kind, items: &[Arc<Value>], resource_version: u64, now: jiff::Timestamp) -> Value {
     let cols: Vec<Value> = columns(kind)
         .iter()
         .map(|c| {
@@ -626,10 +456,7 @@ pub fn table(
                    "description": "", "priority": c.priority})
         })
         .collect();
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|o| json!({"cells": row(kind, o, now), "object": &**o}))
-        .collect();
+    let rows: Vec<Value> = items.iter().map(|o| json!({"cells": row(kind, o, now), "object": &**o})).collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -646,14 +473,9 @@ mod tests {
 
     #[test]
     fn durations_match_kubectl() {
-        for (secs, want) in [
-            (5, "5s"),
-            (119, "119s"),
-            (182, "3m2s"),
-            (600, "10m"),
-            (3 * 3600 + 60, "3h1m"),
-            (50 * 3600, "2d2h"),
-        ] {
+        for (secs, want) in
+            [(5, "5s"), (119, "119s"), (182, "3m2s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (50 * 3600, "2d2h")]
+        {
             assert_eq!(human_duration(secs), want);
         }
     }

@@ -22,8 +22,7 @@ const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -40,8 +39,7 @@ pub fn is_dns1035_label(s: &str) -> bool {
 pub fn is_iana_svc_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -51,8 +49,7 @@ pub fn is_iana_svc_name(s: &str) -> bool {
 fn is_label_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -122,9 +119,7 @@ pub fn check_meta(md: &ObjectMeta, rule: NameRule, namespaced: bool, errs: &mut 
         (_, Some(g)) if !g.is_empty() => {
             // generateName gets five characters appended; check it as if it had them.
             let probe = format!("{}abcde", g);
-            if !matches!(rule, NameRule::Dns1123Subdomain) && probe.len() > 63
-                || !is_dns1123_subdomain(&probe)
-            {
+            if !matches!(rule, NameRule::Dns1123Subdomain) && probe.len() > 63 || !is_dns1123_subdomain(&probe) {
                 errs.push(FieldError::invalid_str(
                     "metadata.generateName",
                     g,
@@ -132,10 +127,7 @@ pub fn check_meta(md: &ObjectMeta, rule: NameRule, namespaced: bool, errs: &mut 
                 ));
             }
         }
-        _ => errs.push(FieldError::required(
-            "metadata.name",
-            "name or generateName is required: set metadata.name",
-        )),
+        _ => errs.push(FieldError::required("metadata.name", "name or generateName is required: set metadata.name")),
     }
     if namespaced {
         if let Some(ns) = &md.namespace
@@ -149,11 +141,7 @@ pub fn check_meta(md: &ObjectMeta, rule: NameRule, namespaced: bool, errs: &mut 
 
 fn check_port_number(field: String, port: i32, errs: &mut Errors) {
     if !(1..=65535).contains(&port) {
-        errs.push(FieldError::invalid(
-            field,
-            port,
-            "must be between 1 and 65535, inclusive",
-        ));
+        errs.push(FieldError::invalid(field, port, "must be between 1 and 65535, inclusive"));
     }
 }
 
@@ -167,28 +155,16 @@ fn check_protocol(field: String, p: Option<&String>, errs: &mut Errors) {
 
 fn check_ip(field: String, ip: &str, errs: &mut Errors) {
     if ip.parse::<IpAddr>().is_err() {
-        errs.push(FieldError::invalid_str(
-            field,
-            ip,
-            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-        ));
+        errs.push(FieldError::invalid_str(field, ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
     }
 }
 
 fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
-    check_labels(
-        &format!("{field}.matchLabels"),
-        sel.match_labels.as_ref(),
-        errs,
-    );
+    check_labels(&format!("{field}.matchLabels"), sel.match_labels.as_ref(), errs);
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");
         if !is_label_key(&e.key) {
-            errs.push(FieldError::invalid_str(
-                format!("{f}.key"),
-                &e.key,
-                "must be a valid label key",
-            ));
+            errs.push(FieldError::invalid_str(format!("{f}.key"), &e.key, "must be a valid label key"));
         }
         match e.operator.as_str() {
             "In" | "NotIn" => {
@@ -218,11 +194,7 @@ fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
 
 /// Does a label selector select these labels?
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let ml = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let ml = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     ml && sel.match_expressions.iter().flatten().all(|e| {
         let vals = e.values.as_deref().unwrap_or(&[]);
         match e.operator.as_str() {
@@ -238,10 +210,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
 pub fn service(svc: &Service, errs: &mut Errors) {
     check_meta(&svc.metadata, NameRule::Dns1035Label, true, errs);
     let Some(spec) = &svc.spec else {
-        errs.push(FieldError::required(
-            "spec",
-            "a Service needs a spec with ports",
-        ));
+        errs.push(FieldError::required("spec", "a Service needs a spec with ports"));
         return;
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
@@ -269,10 +238,7 @@ pub fn service(svc: &Service, errs: &mut Errors) {
             }
         }
         if !cluster_ip.is_empty() {
-            errs.push(FieldError::forbidden(
-                "spec.clusterIP",
-                "may not be set for an ExternalName Service: remove it",
-            ));
+            errs.push(FieldError::forbidden("spec.clusterIP", "may not be set for an ExternalName Service: remove it"));
         }
     } else if !cluster_ip.is_empty() && !headless {
         check_ip("spec.clusterIP".into(), cluster_ip, errs);
@@ -286,10 +252,7 @@ pub fn service(svc: &Service, errs: &mut Errors) {
     }
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     if ports.is_empty() && ty != "ExternalName" && !headless {
-        errs.push(FieldError::required(
-            "spec.ports",
-            "list at least one port, e.g. '- port: 80'",
-        ));
+        errs.push(FieldError::required("spec.ports", "list at least one port, e.g. '- port: 80'"));
     }
     let mut names = HashSet::new();
     let mut seen = HashSet::new();
@@ -314,10 +277,7 @@ pub fn service(svc: &Service, errs: &mut Errors) {
         check_protocol(format!("{f}.protocol"), p.protocol.as_ref(), errs);
         let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
         if !seen.insert((p.port, proto.clone())) {
-            errs.push(FieldError::duplicate(
-                f.clone(),
-                format!("{{Port:{}, Protocol:{}}}", p.port, proto),
-            ));
+            errs.push(FieldError::duplicate(f.clone(), format!("{{Port:{}, Protocol:{}}}", p.port, proto)));
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) if *t != 0 => check_port_number(format!("{f}.targetPort"), *t, errs),
@@ -334,9 +294,7 @@ pub fn service(svc: &Service, errs: &mut Errors) {
             if ty == "ClusterIP" || ty == "ExternalName" {
                 errs.push(FieldError::forbidden(
                     format!("{f}.nodePort"),
-                    format!(
-                        "may not be used when `type` is '{ty}': use type NodePort or LoadBalancer"
-                    ),
+                    format!("may not be used when `type` is '{ty}': use type NodePort or LoadBalancer"),
                 ));
             } else if !(1..=65535).contains(&np) {
                 check_port_number(format!("{f}.nodePort"), np, errs);
@@ -345,18 +303,11 @@ pub fn service(svc: &Service, errs: &mut Errors) {
     }
     if let Some(sa) = spec.session_affinity.as_deref() {
         if sa != "None" && sa != "ClientIP" {
-            errs.push(FieldError::not_supported(
-                "spec.sessionAffinity",
-                sa,
-                &["ClientIP", "None"],
-            ));
+            errs.push(FieldError::not_supported("spec.sessionAffinity", sa, &["ClientIP", "None"]));
         }
     }
-    if let Some(t) = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|c| c.client_ip.as_ref())
-        .and_then(|c| c.timeout_seconds)
+    if let Some(t) =
+        spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds)
         && !(1..=86400).contains(&t)
     {
         errs.push(FieldError::invalid(
@@ -373,22 +324,14 @@ pub fn service(svc: &Service, errs: &mut Errors) {
                 "may only be set for externally-accessible services (type NodePort or LoadBalancer)",
             ));
         } else if p != "Cluster" && p != "Local" {
-            errs.push(FieldError::not_supported(
-                "spec.externalTrafficPolicy",
-                p,
-                &["Cluster", "Local"],
-            ));
+            errs.push(FieldError::not_supported("spec.externalTrafficPolicy", p, &["Cluster", "Local"]));
         }
     }
     if let Some(p) = spec.internal_traffic_policy.as_deref()
         && p != "Cluster"
         && p != "Local"
     {
-        errs.push(FieldError::not_supported(
-            "spec.internalTrafficPolicy",
-            p,
-            &["Cluster", "Local"],
-        ));
+        errs.push(FieldError::not_supported("spec.internalTrafficPolicy", p, &["Cluster", "Local"]));
     }
     check_labels("spec.selector", spec.selector.as_ref(), errs);
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
@@ -404,10 +347,7 @@ pub fn service(svc: &Service, errs: &mut Errors) {
 fn container(c: &Container, f: &str, errs: &mut Errors, port_names: &mut HashSet<String>) {
     check_name(&c.name, NameRule::Dns1123Label, &format!("{f}.name"), errs);
     if c.image.as_deref().unwrap_or("").is_empty() {
-        errs.push(FieldError::required(
-            format!("{f}.image"),
-            "name the container image, e.g. 'nginx'",
-        ));
+        errs.push(FieldError::required(format!("{f}.image"), "name the container image, e.g. 'nginx'"));
     }
     for (j, p) in c.ports.iter().flatten().enumerate() {
         let pf = format!("{f}.ports[{j}]");
@@ -426,10 +366,7 @@ fn container(c: &Container, f: &str, errs: &mut Errors, port_names: &mut HashSet
                     "a port name must be at most 15 lowercase letters, digits and '-', with at least one letter (e.g. 'http')",
                 ));
             } else if !port_names.insert(n.clone()) {
-                errs.push(FieldError::duplicate(
-                    format!("{pf}.name"),
-                    format!("{n:?}"),
-                ));
+                errs.push(FieldError::duplicate(format!("{pf}.name"), format!("{n:?}")));
             }
         }
     }
@@ -437,38 +374,23 @@ fn container(c: &Container, f: &str, errs: &mut Errors, port_names: &mut HashSet
 
 pub fn pod_spec(spec: &PodSpec, f: &str, errs: &mut Errors) {
     if spec.containers.is_empty() {
-        errs.push(FieldError::required(
-            format!("{f}.containers"),
-            "a pod needs at least one container",
-        ));
+        errs.push(FieldError::required(format!("{f}.containers"), "a pod needs at least one container"));
     }
     let mut names = HashSet::new();
     let mut port_names = HashSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
         if !names.insert(c.name.clone()) {
-            errs.push(FieldError::duplicate(
-                format!("{f}.containers[{i}].name"),
-                format!("{:?}", c.name),
-            ));
+            errs.push(FieldError::duplicate(format!("{f}.containers[{i}].name"), format!("{:?}", c.name)));
         }
         container(c, &format!("{f}.containers[{i}]"), errs, &mut port_names);
     }
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-        container(
-            c,
-            &format!("{f}.initContainers[{i}]"),
-            errs,
-            &mut HashSet::new(),
-        );
+        container(c, &format!("{f}.initContainers[{i}]"), errs, &mut HashSet::new());
     }
     if let Some(rp) = spec.restart_policy.as_deref()
         && !["Always", "OnFailure", "Never"].contains(&rp)
     {
-        errs.push(FieldError::not_supported(
-            format!("{f}.restartPolicy"),
-            rp,
-            &["Always", "OnFailure", "Never"],
-        ));
+        errs.push(FieldError::not_supported(format!("{f}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
     }
     if let Some(h) = &spec.hostname {
         check_name(h, NameRule::Dns1123Label, &format!("{f}.hostname"), errs);
@@ -482,54 +404,33 @@ pub fn pod(p: &Pod, errs: &mut Errors) {
     check_meta(&p.metadata, NameRule::Dns1123Subdomain, true, errs);
     match &p.spec {
         Some(s) => pod_spec(s, "spec", errs),
-        None => errs.push(FieldError::required(
-            "spec",
-            "a Pod needs a spec with containers",
-        )),
+        None => errs.push(FieldError::required("spec", "a Pod needs a spec with containers")),
     }
 }
 
 fn template(t: Option<&PodTemplateSpec>, errs: &mut Errors) -> Option<BTreeMap<String, String>> {
     let Some(t) = t else {
-        errs.push(FieldError::required(
-            "spec.template",
-            "give the pod template the controller creates",
-        ));
+        errs.push(FieldError::required("spec.template", "give the pod template the controller creates"));
         return None;
     };
     let labels = t.metadata.as_ref().and_then(|m| m.labels.clone());
     check_labels("spec.template.metadata.labels", labels.as_ref(), errs);
     match &t.spec {
         Some(s) => pod_spec(s, "spec.template.spec", errs),
-        None => errs.push(FieldError::required(
-            "spec.template.spec",
-            "the template needs containers",
-        )),
+        None => errs.push(FieldError::required("spec.template.spec", "the template needs containers")),
     }
     labels
 }
 
-fn workload(
-    sel: Option<&LabelSelector>,
-    tmpl: Option<&PodTemplateSpec>,
-    replicas: Option<i32>,
-    errs: &mut Errors,
-) {
+fn workload(sel: Option<&LabelSelector>, tmpl: Option<&PodTemplateSpec>, replicas: Option<i32>, errs: &mut Errors) {
     let labels = template(tmpl, errs).unwrap_or_default();
     match sel {
-        None => errs.push(FieldError::required(
-            "spec.selector",
-            "give a selector matching the template's labels",
-        )),
+        None => errs.push(FieldError::required("spec.selector", "give a selector matching the template's labels")),
         Some(s)
             if s.match_labels.as_ref().is_none_or(|m| m.is_empty())
                 && s.match_expressions.as_ref().is_none_or(|m| m.is_empty()) =>
         {
-            errs.push(FieldError::invalid(
-                "spec.selector",
-                "{}",
-                "empty selector is invalid for deployment",
-            ))
+            errs.push(FieldError::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
         }
         Some(s) => {
             check_selector("spec.selector", s, errs);
@@ -545,11 +446,7 @@ fn workload(
     if let Some(r) = replicas
         && r < 0
     {
-        errs.push(FieldError::invalid(
-            "spec.replicas",
-            r,
-            "must be greater than or equal to 0",
-        ));
+        errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
     }
 }
 
@@ -568,16 +465,10 @@ pub fn replica_set(d: &ReplicaSet, errs: &mut Errors) {
 pub fn replication_controller(rc: &ReplicationController, errs: &mut Errors) {
     check_meta(&rc.metadata, NameRule::Dns1123Subdomain, true, errs);
     let Some(s) = &rc.spec else {
-        errs.push(FieldError::required(
-            "spec",
-            "a ReplicationController needs a spec",
-        ));
+        errs.push(FieldError::required("spec", "a ReplicationController needs a spec"));
         return;
     };
-    let sel = s.selector.clone().map(|m| LabelSelector {
-        match_labels: Some(m),
-        match_expressions: None,
-    });
+    let sel = s.selector.clone().map(|m| LabelSelector { match_labels: Some(m), match_expressions: None });
     match sel {
         Some(sel) => workload(Some(&sel), s.template.as_ref(), s.replicas, errs),
         None => {
@@ -602,11 +493,7 @@ pub fn endpoints(ep: &Endpoints, errs: &mut Errors) {
         }
         for (j, p) in s.ports.iter().flatten().enumerate() {
             check_port_number(format!("{f}.ports[{j}].port"), p.port, errs);
-            check_protocol(
-                format!("{f}.ports[{j}].protocol"),
-                p.protocol.as_ref(),
-                errs,
-            );
+            check_protocol(format!("{f}.ports[{j}].protocol"), p.protocol.as_ref(), errs);
         }
     }
 }
@@ -615,28 +502,21 @@ pub fn endpoint_slice(es: &EndpointSlice, errs: &mut Errors) {
     check_meta(&es.metadata, NameRule::Dns1123Subdomain, true, errs);
     const TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
     if !TYPES.contains(&es.address_type.as_str()) {
-        errs.push(FieldError::not_supported(
-            "addressType",
-            &es.address_type,
-            TYPES,
-        ));
+        errs.push(FieldError::not_supported("addressType", &es.address_type, TYPES));
     }
     for (i, e) in es.endpoints.iter().flatten().enumerate() {
         if e.addresses.is_empty() {
-            errs.push(FieldError::required(
-                format!("endpoints[{i}].addresses"),
-                "list the endpoint's address",
-            ));
+            errs.push(FieldError::required(format!("endpoints[{i}].addresses"), "list the endpoint's address"));
         }
         for (j, a) in e.addresses.iter().enumerate() {
             let f = format!("endpoints[{i}].addresses[{j}]");
             match es.address_type.as_str() {
-                "IPv4" if !a.parse::<std::net::Ipv4Addr>().is_ok() => errs.push(
-                    FieldError::invalid_str(f, a, "must be a valid IPv4 address"),
-                ),
-                "IPv6" if !a.parse::<std::net::Ipv6Addr>().is_ok() => errs.push(
-                    FieldError::invalid_str(f, a, "must be a valid IPv6 address"),
-                ),
+                "IPv4" if !a.parse::<std::net::Ipv4Addr>().is_ok() => {
+                    errs.push(FieldError::invalid_str(f, a, "must be a valid IPv4 address"))
+                }
+                "IPv6" if !a.parse::<std::net::Ipv6Addr>().is_ok() => {
+                    errs.push(FieldError::invalid_str(f, a, "must be a valid IPv6 address"))
+                }
                 _ => {}
             }
         }
@@ -652,17 +532,10 @@ pub fn endpoint_slice(es: &EndpointSlice, errs: &mut Errors) {
 fn backend(b: &IngressBackend, f: &str, errs: &mut Errors) {
     match (&b.service, &b.resource) {
         (Some(s), None) => {
-            check_name(
-                &s.name,
-                NameRule::Dns1035Label,
-                &format!("{f}.service.name"),
-                errs,
-            );
+            check_name(&s.name, NameRule::Dns1035Label, &format!("{f}.service.name"), errs);
             match &s.port {
-                None => errs.push(FieldError::required(
-                    format!("{f}.service.port"),
-                    "give the Service port by number or name",
-                )),
+                None => errs
+                    .push(FieldError::required(format!("{f}.service.port"), "give the Service port by number or name")),
                 Some(p) => match (&p.name, p.number) {
                     (Some(_), Some(_)) => errs.push(FieldError::invalid(
                         format!("{f}.service.port"),
@@ -674,13 +547,10 @@ fn backend(b: &IngressBackend, f: &str, errs: &mut Errors) {
                         n,
                         "must be a valid port name",
                     )),
-                    (None, Some(n)) => {
-                        check_port_number(format!("{f}.service.port.number"), n, errs)
+                    (None, Some(n)) => check_port_number(format!("{f}.service.port.number"), n, errs),
+                    (None, None) => {
+                        errs.push(FieldError::required(format!("{f}.service.port"), "port name or number is required"))
                     }
-                    (None, None) => errs.push(FieldError::required(
-                        format!("{f}.service.port"),
-                        "port name or number is required",
-                    )),
                     _ => {}
                 },
             }
@@ -691,10 +561,7 @@ fn backend(b: &IngressBackend, f: &str, errs: &mut Errors) {
             "service and resource",
             "cannot set both `service` and `resource` backends",
         )),
-        (None, None) => errs.push(FieldError::required(
-            f,
-            "give a `service` (name and port) to send traffic to",
-        )),
+        (None, None) => errs.push(FieldError::required(f, "give a `service` (name and port) to send traffic to")),
     }
 }
 
@@ -721,11 +588,7 @@ pub fn ingress(ing: &Ingress, errs: &mut Errors) {
             const TYPES: &[&str] = &["Exact", "Prefix", "ImplementationSpecific"];
             let pt = p.path_type.as_str();
             if !TYPES.contains(&pt) {
-                errs.push(FieldError::not_supported(
-                    format!("{pf}.pathType"),
-                    pt,
-                    TYPES,
-                ));
+                errs.push(FieldError::not_supported(format!("{pf}.pathType"), pt, TYPES));
             }
             let path = p.path.as_deref().unwrap_or("");
             if (pt == "Exact" || pt == "Prefix") && !path.starts_with('/') {
@@ -742,11 +605,7 @@ pub fn ingress(ing: &Ingress, errs: &mut Errors) {
         for (j, h) in t.hosts.iter().flatten().enumerate() {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if !is_dns1123_subdomain(bare) {
-                errs.push(FieldError::invalid_str(
-                    format!("spec.tls[{i}].hosts[{j}]"),
-                    h,
-                    "must be a DNS name",
-                ));
+                errs.push(FieldError::invalid_str(format!("spec.tls[{i}].hosts[{j}]"), h, "must be a DNS name"));
             }
         }
     }
@@ -786,10 +645,7 @@ fn np_ports(ports: Option<&Vec<NetworkPolicyPort>>, f: &str, errs: &mut Errors) 
             }
             None => {
                 if p.end_port.is_some() {
-                    errs.push(FieldError::required(
-                        format!("{pf}.port"),
-                        "must be specified when `endPort` is",
-                    ));
+                    errs.push(FieldError::required(format!("{pf}.port"), "must be specified when `endPort` is"));
                 }
             }
         }
@@ -798,11 +654,9 @@ fn np_ports(ports: Option<&Vec<NetworkPolicyPort>>, f: &str, errs: &mut Errors) 
 
 fn ip_block(b: &k8s_openapi::api::networking::v1::IPBlock, f: &str, errs: &mut Errors) {
     match b.cidr.parse::<ipnet::IpNet>() {
-        Err(_) => errs.push(FieldError::invalid_str(
-            format!("{f}.cidr"),
-            &b.cidr,
-            "must be a valid CIDR (e.g. 10.0.0.0/16)",
-        )),
+        Err(_) => {
+            errs.push(FieldError::invalid_str(format!("{f}.cidr"), &b.cidr, "must be a valid CIDR (e.g. 10.0.0.0/16)"))
+        }
         Ok(net) => {
             for (i, e) in b.except.iter().flatten().enumerate() {
                 match e.parse::<ipnet::IpNet>() {
@@ -812,11 +666,7 @@ fn ip_block(b: &k8s_openapi::api::networking::v1::IPBlock, f: &str, errs: &mut E
                         e,
                         "must be a strict subset of `cidr`",
                     )),
-                    Err(_) => errs.push(FieldError::invalid_str(
-                        format!("{f}.except[{i}]"),
-                        e,
-                        "must be a valid CIDR",
-                    )),
+                    Err(_) => errs.push(FieldError::invalid_str(format!("{f}.except[{i}]"), e, "must be a valid CIDR")),
                 }
             }
         }
@@ -831,11 +681,7 @@ pub fn network_policy(np: &NetworkPolicy, errs: &mut Errors) {
     }
     for (i, t) in spec.policy_types.iter().flatten().enumerate() {
         if t != "Ingress" && t != "Egress" {
-            errs.push(FieldError::not_supported(
-                format!("spec.policyTypes[{i}]"),
-                t,
-                &["Ingress", "Egress"],
-            ));
+            errs.push(FieldError::not_supported(format!("spec.policyTypes[{i}]"), t, &["Ingress", "Egress"]));
         }
     }
     for (i, r) in spec.ingress.iter().flatten().enumerate() {

@@ -21,11 +21,7 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Value>, String> {
         match d {
             Value::Null => {}
             Value::Array(items) => out.extend(items),
-            Value::Object(ref o)
-                if o.get("kind")
-                    .and_then(|k| k.as_str())
-                    .is_some_and(|k| k.ends_with("List")) =>
-            {
+            Value::Object(ref o) if o.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k.ends_with("List")) => {
                 if let Some(Value::Array(items)) = o.get("items") {
                     out.extend(items.iter().cloned());
                 }
@@ -50,8 +46,7 @@ mod tests {
 
     #[test]
     fn numbers_stay_numbers() {
-        let d =
-            parse_manifests("spec:\n  ports:\n  - port: 80\n    targetPort: \"9376\"\n").unwrap();
+        let d = parse_manifests("spec:\n  ports:\n  - port: 80\n    targetPort: \"9376\"\n").unwrap();
         assert_eq!(d[0]["spec"]["ports"][0]["port"], 80);
         assert_eq!(d[0]["spec"]["ports"][0]["targetPort"], "9376");
     }

@@ -34,20 +34,12 @@ impl IpAllocator {
     pub fn new(net: IpNet) -> Self {
         let size = Self::size_of(&net);
         let static_band = (size / 16).clamp(16, 256).min(size);
-        IpAllocator {
-            net: net.trunc(),
-            used: HashSet::new(),
-            static_band,
-        }
+        IpAllocator { net: net.trunc(), used: HashSet::new(), static_band }
     }
 
     fn size_of(net: &IpNet) -> u128 {
         let host_bits = (net.max_prefix_len() - net.prefix_len()) as u32;
-        if host_bits >= 127 {
-            u128::MAX
-        } else {
-            (1u128 << host_bits).saturating_sub(2)
-        }
+        if host_bits >= 127 { u128::MAX } else { (1u128 << host_bits).saturating_sub(2) }
     }
 
     pub fn range(&self) -> String {
@@ -84,14 +76,8 @@ impl IpAllocator {
         let size = Self::size_of(&self.net).min(1 << 24);
         let dynamic = size.saturating_sub(self.static_band);
         // Dynamic band first (random start, then a scan), then the static band.
-        let start = if dynamic > 0 {
-            rand::random::<u64>() as u128 % dynamic
-        } else {
-            0
-        };
-        let candidates = (0..dynamic)
-            .map(|i| self.static_band + 1 + (start + i) % dynamic)
-            .chain(1..=self.static_band);
+        let start = if dynamic > 0 { rand::random::<u64>() as u128 % dynamic } else { 0 };
+        let candidates = (0..dynamic).map(|i| self.static_band + 1 + (start + i) % dynamic).chain(1..=self.static_band);
         for n in candidates {
             if let Some(ip) = self.nth(n)
                 && self.used.insert(ip)
@@ -114,10 +100,7 @@ pub struct PortAllocator {
 
 impl PortAllocator {
     pub fn new(range: RangeInclusive<i32>) -> Self {
-        PortAllocator {
-            range,
-            used: HashSet::new(),
-        }
+        PortAllocator { range, used: HashSet::new() }
     }
 
     pub fn range(&self) -> String {
@@ -163,22 +146,10 @@ mod tests {
         let mut a = IpAllocator::new("10.96.0.0/28".parse().unwrap());
         assert_eq!(a.nth(1), Some("10.96.0.1".parse().unwrap()));
         a.allocate("10.96.0.1".parse().unwrap()).unwrap();
-        assert_eq!(
-            a.allocate("10.96.0.1".parse().unwrap()),
-            Err(AllocError::Taken)
-        );
-        assert!(matches!(
-            a.allocate("10.97.0.1".parse().unwrap()),
-            Err(AllocError::OutOfRange(_))
-        ));
-        assert!(matches!(
-            a.allocate("10.96.0.0".parse().unwrap()),
-            Err(AllocError::OutOfRange(_))
-        ));
-        assert!(matches!(
-            a.allocate("10.96.0.15".parse().unwrap()),
-            Err(AllocError::OutOfRange(_))
-        ));
+        assert_eq!(a.allocate("10.96.0.1".parse().unwrap()), Err(AllocError::Taken));
+        assert!(matches!(a.allocate("10.97.0.1".parse().unwrap()), Err(AllocError::OutOfRange(_))));
+        assert!(matches!(a.allocate("10.96.0.0".parse().unwrap()), Err(AllocError::OutOfRange(_))));
+        assert!(matches!(a.allocate("10.96.0.15".parse().unwrap()), Err(AllocError::OutOfRange(_))));
         let mut got = HashSet::new();
         for _ in 0..13 {
             let ip = a.allocate_next().unwrap();

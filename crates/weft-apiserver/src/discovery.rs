@@ -32,10 +32,7 @@ fn group_json(group: &str) -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    kinds::group_versions()
-        .iter()
-        .any(|(g, _, _)| *g == group && !g.is_empty())
-        .then(|| group_json(group))
+    kinds::group_versions().iter().any(|(g, _, _)| *g == group && !g.is_empty()).then(|| group_json(group))
 }
 
 pub fn api_group_list() -> Value {
@@ -59,28 +56,20 @@ pub fn api_group_list() -> Value {
 
 fn kinds_in(group: &str, version: &str) -> impl Iterator<Item = &'static Kind> {
     let (g, v) = (group.to_string(), version.to_string());
-    kinds::ALL
-        .iter()
-        .filter(move |k| k.group == g && k.version == v)
+    kinds::ALL.iter().filter(move |k| k.group == g && k.version == v)
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = vec![];
     for k in kinds_in(group, version) {
-        let mut verbs = vec![
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ];
+        let mut verbs = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
         if k.kind != "Namespace" {
             verbs.insert(1, "deletecollection");
         }
         let mut r = json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
             "kind": k.kind, "verbs": verbs, "shortNames": k.short_names});
         // `kubectl get all` lists the kinds in the "all" category.
-        if matches!(
-            k.kind,
-            "Pod" | "Service" | "Deployment" | "ReplicaSet" | "ReplicationController"
-        ) && !k.legacy
-        {
+        if matches!(k.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet" | "ReplicationController") && !k.legacy {
             r["categories"] = json!(["all"]);
         }
         resources.push(r);
@@ -101,29 +90,22 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 pub fn openapi_v3_root() -> Value {
     let mut paths = serde_json::Map::new();
     for (g, v, _) in kinds::group_versions() {
         let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=weft-{}", env!("CARGO_PKG_VERSION"))}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=weft-{}", env!("CARGO_PKG_VERSION"))}),
+        );
     }
     json!({"paths": paths})
 }
@@ -131,19 +113,12 @@ pub fn openapi_v3_root() -> Value {
 /// A group-version's OpenAPI v3 document: paths with the operations, their GVK extension and the
 /// `fieldValidation` parameter, which tells kubectl to leave field validation to this server.
 pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
-    let (g, v) = kinds::group_versions()
-        .into_iter()
-        .map(|(g, v, _)| (g, v))
-        .find(|(g, v)| gv_path(g, v) == path)?;
+    let (g, v) = kinds::group_versions().into_iter().map(|(g, v, _)| (g, v)).find(|(g, v)| gv_path(g, v) == path)?;
     let mut paths = serde_json::Map::new();
     let param = |name: &str, place: &str| json!({"name": name, "in": place, "required": place == "path", "schema": {"type": "string"}});
     for k in kinds_in(g, v) {
         let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
-        let base = if g.is_empty() {
-            format!("/api/{v}")
-        } else {
-            format!("/apis/{g}/{v}")
-        };
+        let base = if g.is_empty() { format!("/api/{v}") } else { format!("/apis/{g}/{v}") };
         let coll = if k.namespaced {
             format!("{base}/namespaces/{{namespace}}/{}", k.plural)
         } else {
@@ -164,14 +139,15 @@ pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
         let mut patch = op("patch");
         // kubectl looks for `fieldValidation` among the PATCH operation's own parameters.
         patch["parameters"] = json!([param("fieldValidation", "query")]);
-        patch["requestBody"] = json!({"content": {"application/json-patch+json": {}, "application/merge-patch+json": {}}});
-        paths.insert(
-            coll.clone(),
-            json!({"parameters": coll_params, "get": op("list"), "post": op("post")}),
-        );
+        patch["requestBody"] =
+            json!({"content": {"application/json-patch+json": {}, "application/merge-patch+json": {}}});
+        paths.insert(coll.clone(), json!({"parameters": coll_params, "get": op("list"), "post": op("post")}));
         paths.insert(format!("{coll}/{{name}}"), json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone(), "delete": op("delete")}));
         for sub in k.subresources {
-            paths.insert(format!("{coll}/{{name}}/{sub}"), json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone()}));
+            paths.insert(
+                format!("{coll}/{{name}}/{sub}"),
+                json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone()}),
+            );
         }
     }
     Some(

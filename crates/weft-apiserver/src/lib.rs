@@ -71,49 +71,28 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 /// Opens the store, makes credentials, binds the port and serves until the process ends.
 pub async fn start(cfg: Config) -> Result<Running> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    let store = Store::open(
-        &cfg.state_dir.join("store.redb"),
-        weft_store::DEFAULT_HISTORY,
-    )
-    .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let store = Store::open(&cfg.state_dir.join("store.redb"), weft_store::DEFAULT_HISTORY)
+        .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
     let creds = tls::load_or_create(&cfg.state_dir)?;
     let port_file = cfg.state_dir.join("api.port");
-    let port = match (
-        cfg.port,
-        std::fs::read_to_string(&port_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<u16>().ok()),
-    ) {
+    let port = match (cfg.port, std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok())) {
         (0, Some(p)) => p,
         (p, _) => p,
     };
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
-        .with_context(|| {
-            format!("binding 127.0.0.1:{port} (is another weft API server using it?)")
-        })?;
+        .with_context(|| format!("binding 127.0.0.1:{port} (is another weft API server using it?)"))?;
     let addr = listener.local_addr()?;
     std::fs::write(&port_file, addr.port().to_string())?;
     let server_url = format!("https://{addr}");
     let kubeconfig = cfg.state_dir.join("kubeconfig");
-    tls::write_private(
-        &kubeconfig,
-        tls::kubeconfig(&cfg.name, &server_url, &creds).as_bytes(),
-    )?;
+    tls::write_private(&kubeconfig, tls::kubeconfig(&cfg.name, &server_url, &creds).as_bytes())?;
 
     let ips = alloc::IpAllocator::new(cfg.service_cidr);
-    let kubernetes_ip = ips
-        .nth(1)
-        .context("the service CIDR has no room for the kubernetes Service")?;
-    let api = Arc::new(Api::new(
-        store,
-        Allocators {
-            ips,
-            ports: alloc::PortAllocator::new(cfg.node_port_range.clone()),
-        },
-    ));
+    let kubernetes_ip = ips.nth(1).context("the service CIDR has no room for the kubernetes Service")?;
+    let api =
+        Arc::new(Api::new(store, Allocators { ips, ports: alloc::PortAllocator::new(cfg.node_port_range.clone()) }));
     api.rebuild_allocations();
     bootstrap(&api, kubernetes_ip).await?;
 
@@ -142,19 +121,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
                     let server_addr = server_addr.clone();
                     async move { Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
             });
         }
     });
-    Ok(Running {
-        addr,
-        kubeconfig,
-        api,
-    })
+    Ok(Running { addr, kubeconfig, api })
 }
 
 /// Objects a cluster has from the start: the system namespaces and the `kubernetes` Service.
@@ -168,16 +141,10 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if api.store.get(&Key::new("namespaces", "", ns)).is_none() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            api.create(&ns_target(ns), &serde_json::to_vec(&body)?)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            api.create(&ns_target(ns), &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
         }
     }
-    if api
-        .store
-        .get(&Key::new("services", "default", "kubernetes"))
-        .is_none()
-    {
+    if api.store.get(&Key::new("services", "default", "kubernetes")).is_none() {
         let body = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": kubernetes_ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
@@ -187,42 +154,25 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
             name: None,
             sub: None,
         };
-        api.create(&t, &serde_json::to_vec(&body)?)
-            .await
-            .map_err(|e| anyhow::anyhow!(e.message))?;
+        api.create(&t, &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }
 
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(h) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-    else {
+    let Some(h) = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()) else {
         return false;
     };
     let Some(given) = h.strip_prefix("Bearer ") else {
         return false;
     };
     // Constant-time comparison.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Parses a resource path below `/api/v1` or `/apis/{group}/{version}`.
 fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let nf = || {
-        ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-    };
+    let nf = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
     let find = |plural: &str| kinds::by_path(group, version, plural).ok_or_else(nf);
     let s = |x: &&str| x.to_string();
     match rest {
@@ -231,48 +181,22 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
         {
             let kind = find(plural)?;
             match tail {
-                [] => Ok(Target {
-                    kind,
-                    namespace: Some(s(ns)),
-                    name: None,
-                    sub: None,
-                }),
-                [name] => Ok(Target {
-                    kind,
-                    namespace: Some(s(ns)),
-                    name: Some(s(name)),
-                    sub: None,
-                }),
-                [name, sub] if kind.has_subresource(sub) => Ok(Target {
-                    kind,
-                    namespace: Some(s(ns)),
-                    name: Some(s(name)),
-                    sub: Some(s(sub)),
-                }),
+                [] => Ok(Target { kind, namespace: Some(s(ns)), name: None, sub: None }),
+                [name] => Ok(Target { kind, namespace: Some(s(ns)), name: Some(s(name)), sub: None }),
+                [name, sub] if kind.has_subresource(sub) => {
+                    Ok(Target { kind, namespace: Some(s(ns)), name: Some(s(name)), sub: Some(s(sub)) })
+                }
                 _ => Err(nf()),
             }
         }
         [plural, tail @ ..] => {
             let kind = find(plural)?;
             match tail {
-                [] => Ok(Target {
-                    kind,
-                    namespace: None,
-                    name: None,
-                    sub: None,
-                }),
-                [name] if !kind.namespaced => Ok(Target {
-                    kind,
-                    namespace: None,
-                    name: Some(s(name)),
-                    sub: None,
-                }),
-                [name, sub] if !kind.namespaced && kind.has_subresource(sub) => Ok(Target {
-                    kind,
-                    namespace: None,
-                    name: Some(s(name)),
-                    sub: Some(s(sub)),
-                }),
+                [] => Ok(Target { kind, namespace: None, name: None, sub: None }),
+                [name] if !kind.namespaced => Ok(Target { kind, namespace: None, name: Some(s(name)), sub: None }),
+                [name, sub] if !kind.namespaced && kind.has_subresource(sub) => {
+                    Ok(Target { kind, namespace: None, name: Some(s(name)), sub: Some(s(sub)) })
+                }
                 _ => Err(nf()),
             }
         }
@@ -280,48 +204,24 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
     }
 }
 
-async fn handle(
-    api: Arc<Api>,
-    token: &str,
-    server_addr: &str,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let open = matches!(
-        path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version"
-    );
+    let open = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version");
     if !open && !authorized(&req, token) {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }
     let query: Query = req
         .uri()
         .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect::<HashMap<_, _>>()
-        })
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect::<HashMap<_, _>>())
         .unwrap_or_default();
     let method = req.method().clone();
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let ctype = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return error_response(&ApiError::bad_request(format!(
-                "reading the request body: {e}"
-            )));
+            return error_response(&ApiError::bad_request(format!("reading the request body: {e}")));
         }
     };
     if ctype.starts_with("application/vnd.kubernetes.protobuf") {
@@ -332,68 +232,28 @@ async fn handle(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
         ));
     }
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let get = method == Method::GET;
     let simple = |v: Option<Value>| match v {
         Some(v) => json_response(200, &v),
-        None => error_response(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )),
+        None => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
     match segs.as_slice() {
-        ["healthz" | "livez" | "readyz"] => {
-            Response::builder().status(200).body(full("ok")).unwrap()
-        }
+        ["healthz" | "livez" | "readyz"] => Response::builder().status(200).body(full("ok")).unwrap(),
         ["version"] => json_response(200, &discovery::version()),
         ["api"] if get => json_response(200, &discovery::api_versions(server_addr)),
         ["apis"] if get => json_response(200, &discovery::api_group_list()),
         ["api", v] if get => simple(discovery::resource_list("", v)),
         ["apis", g] if get => simple(discovery::api_group(g)),
         ["apis", g, v] if get => simple(discovery::resource_list(g, v)),
-        ["openapi", "v2"] => error_response(&ApiError::new(
-            404,
-            "NotFound",
-            "OpenAPI v2 is not served: kubectl uses /openapi/v3",
-        )),
+        ["openapi", "v2"] => {
+            error_response(&ApiError::new(404, "NotFound", "OpenAPI v2 is not served: kubectl uses /openapi/v3"))
+        }
         ["openapi", "v3"] => json_response(200, &discovery::openapi_v3_root()),
-        ["openapi", "v3", rest @ ..] => {
-            simple(discovery::openapi_v3_group_version(&rest.join("/")))
-        }
-        ["api", v, rest @ ..] => {
-            resource(
-                &api,
-                target("", v, rest),
-                &method,
-                &query,
-                &accept,
-                &ctype,
-                &body,
-            )
-            .await
-        }
-        ["apis", g, v, rest @ ..] => {
-            resource(
-                &api,
-                target(g, v, rest),
-                &method,
-                &query,
-                &accept,
-                &ctype,
-                &body,
-            )
-            .await
-        }
-        _ => error_response(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )),
+        ["openapi", "v3", rest @ ..] => simple(discovery::openapi_v3_group_version(&rest.join("/"))),
+        ["api", v, rest @ ..] => resource(&api, target("", v, rest), &method, &query, &accept, &ctype, &body).await,
+        ["apis", g, v, rest @ ..] => resource(&api, target(g, v, rest), &method, &query, &accept, &ctype, &body).await,
+        _ => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     }
 }
 
@@ -415,9 +275,7 @@ async fn resource(
         (Method::GET, false) if watch => match api.watch(&t, q) {
             Ok(rx) => {
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv()
-                        .await
-                        .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                    rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
                 });
                 return Response::builder()
                     .status(200)
@@ -439,10 +297,7 @@ async fn resource(
         (Method::PUT, true) => api.update(&t, body).await.map(|v| (200, v)),
         (Method::PATCH, true) => api.patch(&t, ctype, body).await.map(|v| (200, v)),
         (Method::DELETE, true) => api.delete(&t, body).await.map(|v| (200, v)),
-        (m, _) => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow {m} on {}",
-            t.kind.plural
-        ))),
+        (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow {m} on {}", t.kind.plural))),
     };
     match result {
         Ok((code, v)) => json_response(code, &v),

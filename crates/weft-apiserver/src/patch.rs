@@ -27,23 +27,20 @@ impl PatchKind {
 pub fn apply(kind: PatchKind, object: &Value, patch: &[u8]) -> Result<Value, String> {
     match kind {
         PatchKind::Merge => {
-            let p: Value = serde_json::from_slice(patch)
-                .map_err(|e| format!("the patch is not valid JSON: {e}"))?;
+            let p: Value = serde_json::from_slice(patch).map_err(|e| format!("the patch is not valid JSON: {e}"))?;
             let mut out = object.clone();
             json_patch::merge(&mut out, &p);
             Ok(out)
         }
         PatchKind::Json => {
-            let p: json_patch::Patch = serde_json::from_slice(patch)
-                .map_err(|e| format!("the JSON patch is malformed: {e}"))?;
+            let p: json_patch::Patch =
+                serde_json::from_slice(patch).map_err(|e| format!("the JSON patch is malformed: {e}"))?;
             let mut out = object.clone();
-            json_patch::patch(&mut out, &p)
-                .map_err(|e| format!("the JSON patch does not apply: {e}"))?;
+            json_patch::patch(&mut out, &p).map_err(|e| format!("the JSON patch does not apply: {e}"))?;
             Ok(out)
         }
         PatchKind::Strategic => {
-            let p: Value = serde_json::from_slice(patch)
-                .map_err(|e| format!("the patch is not valid JSON: {e}"))?;
+            let p: Value = serde_json::from_slice(patch).map_err(|e| format!("the patch is not valid JSON: {e}"))?;
             strategic(object, &p)
         }
     }
@@ -59,24 +56,12 @@ enum ListRule {
 /// fields of the kinds weft serves. `path` holds the object keys from the root, indices skipped.
 fn list_rule(path: &[String]) -> ListRule {
     let last = path.last().map(|s| s.as_str()).unwrap_or("");
-    let parent = if path.len() >= 2 {
-        path[path.len() - 2].as_str()
-    } else {
-        ""
-    };
+    let parent = if path.len() >= 2 { path[path.len() - 2].as_str() } else { "" };
     match (parent, last) {
-        (
-            _,
-            "containers"
-            | "initContainers"
-            | "ephemeralContainers"
-            | "volumes"
-            | "imagePullSecrets"
-            | "env",
-        ) => ListRule::Key("name"),
-        ("containers" | "initContainers" | "ephemeralContainers", "ports") => {
-            ListRule::Key("containerPort")
+        (_, "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "imagePullSecrets" | "env") => {
+            ListRule::Key("name")
         }
+        ("containers" | "initContainers" | "ephemeralContainers", "ports") => ListRule::Key("containerPort"),
         ("spec", "ports") if path.len() == 2 => ListRule::Key("port"),
         (_, "volumeMounts") => ListRule::Key("mountPath"),
         (_, "volumeDevices") => ListRule::Key("devicePath"),
@@ -97,11 +82,7 @@ pub fn strategic(original: &Value, patch: &Value) -> Result<Value, String> {
     }
 }
 
-fn merge_value(
-    orig: Option<&Value>,
-    patch: &Value,
-    path: &mut Vec<String>,
-) -> Result<Option<Value>, String> {
+fn merge_value(orig: Option<&Value>, patch: &Value, path: &mut Vec<String>) -> Result<Option<Value>, String> {
     match patch {
         Value::Object(p) => {
             let base = match orig {
@@ -151,9 +132,7 @@ fn merge_map(
         }
         path.push(k.clone());
         let merged = match (base.get(k), v) {
-            (Some(Value::Array(ol)), Value::Array(pl)) => {
-                Some(Value::Array(merge_list(ol, pl, path)?))
-            }
+            (Some(Value::Array(ol)), Value::Array(pl)) => Some(Value::Array(merge_list(ol, pl, path)?)),
             (None, Value::Array(pl)) => Some(Value::Array(merge_list(&[], pl, path)?)),
             (o, v) => merge_value(o, v, path)?,
         };
@@ -169,16 +148,11 @@ fn merge_map(
     }
     for (field, order) in orders {
         path.push(field.clone());
-        if let (Some(Value::Array(list)), ListRule::Key(key)) =
-            (base.get_mut(&field), list_rule(path))
-        {
+        if let (Some(Value::Array(list)), ListRule::Key(key)) = (base.get_mut(&field), list_rule(path)) {
             let mut rest = std::mem::take(list);
             for o in &order {
                 let want = o.get(key);
-                if let Some(i) = rest
-                    .iter()
-                    .position(|e| e.get(key) == want && want.is_some())
-                {
+                if let Some(i) = rest.iter().position(|e| e.get(key) == want && want.is_some()) {
                     list.push(rest.remove(i));
                 }
             }
@@ -193,11 +167,7 @@ fn merge_map(
     Ok(Some(Value::Object(base)))
 }
 
-fn merge_list(
-    orig: &[Value],
-    patch: &[Value],
-    path: &mut Vec<String>,
-) -> Result<Vec<Value>, String> {
+fn merge_list(orig: &[Value], patch: &[Value], path: &mut Vec<String>) -> Result<Vec<Value>, String> {
     match list_rule(path) {
         ListRule::Replace => Ok(patch.iter().cloned().map(strip_directives).collect()),
         ListRule::PrimitiveMerge => {
@@ -210,24 +180,13 @@ fn merge_list(
             Ok(out)
         }
         ListRule::Key(key) => {
-            if patch
-                .iter()
-                .any(|e| e.get("$patch").and_then(|p| p.as_str()) == Some("replace"))
-            {
-                return Ok(patch
-                    .iter()
-                    .filter(|e| e.get("$patch").is_none())
-                    .cloned()
-                    .map(strip_directives)
-                    .collect());
+            if patch.iter().any(|e| e.get("$patch").and_then(|p| p.as_str()) == Some("replace")) {
+                return Ok(patch.iter().filter(|e| e.get("$patch").is_none()).cloned().map(strip_directives).collect());
             }
             let mut out = orig.to_vec();
             for e in patch {
                 let Some(pm) = e.as_object() else {
-                    return Err(format!(
-                        "{}: list elements must be objects with a {key:?} field",
-                        path.join(".")
-                    ));
+                    return Err(format!("{}: list elements must be objects with a {key:?} field", path.join(".")));
                 };
                 let k = pm.get(key);
                 let pos = k.and_then(|k| out.iter().position(|o| o.get(key) == Some(k)));
@@ -256,10 +215,7 @@ fn merge_list(
 fn strip_directives(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k, strip_directives(v)))
-                .collect(),
+            m.into_iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k, strip_directives(v))).collect(),
         ),
         Value::Array(a) => Value::Array(a.into_iter().map(strip_directives).collect()),
         o => o,
@@ -281,11 +237,7 @@ mod tests {
             out,
             json!({"spec": {"ports": [{"port": 443}, {"port": 80, "targetPort": 8080, "nodePort": 31000}]}})
         );
-        let del = strategic(
-            &o,
-            &json!({"spec": {"ports": [{"port": 443, "$patch": "delete"}]}}),
-        )
-        .unwrap();
+        let del = strategic(&o, &json!({"spec": {"ports": [{"port": 443, "$patch": "delete"}]}})).unwrap();
         assert_eq!(del["spec"]["ports"].as_array().unwrap().len(), 1);
     }
 
@@ -298,19 +250,14 @@ mod tests {
         let out = strategic(&o, &p).unwrap();
         assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
         assert_eq!(out["spec"]["containers"][0]["image"], "y");
-        assert_eq!(
-            out["spec"]["containers"][0]["env"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(out["spec"]["containers"][0]["env"].as_array().unwrap().len(), 2);
     }
 
     #[test]
     fn plain_lists_replace_and_retain_keys() {
         let o = json!({"spec": {"externalIPs": ["1.1.1.1"], "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}});
-        let p = json!({"spec": {"externalIPs": ["2.2.2.2"], "strategy": {"$retainKeys": ["type"], "type": "Recreate"}}});
+        let p =
+            json!({"spec": {"externalIPs": ["2.2.2.2"], "strategy": {"$retainKeys": ["type"], "type": "Recreate"}}});
         let out = strategic(&o, &p).unwrap();
         assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
@@ -319,20 +266,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(apply(PatchKind::Strategic, &json!({}), b"nope").is_err());
-        assert!(
-            apply(
-                PatchKind::Json,
-                &json!({}),
-                b"[{\"op\": \"remove\", \"path\": \"/x\"}]"
-            )
-            .is_err()
-        );
-        assert!(
-            strategic(
-                &json!({"spec": {"ports": [1]}}),
-                &json!({"spec": {"ports": [2]}})
-            )
-            .is_err()
-        );
+        assert!(apply(PatchKind::Json, &json!({}), b"[{\"op\": \"remove\", \"path\": \"/x\"}]").is_err());
+        assert!(strategic(&json!({"spec": {"ports": [1]}}), &json!({"spec": {"ports": [2]}})).is_err());
     }
 }

@@ -41,34 +41,20 @@ pub struct Target {
 pub type Query = HashMap<String, String>;
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn store_key(kind: &Kind, ns: &str, name: &str) -> Key {
-    Key::new(
-        &kind.resource_key(),
-        if kind.namespaced { ns } else { "" },
-        name,
-    )
+    Key::new(&kind.resource_key(), if kind.namespaced { ns } else { "" }, name)
 }
 
 /// Converts a stored object to the version the request addressed.
 fn outgoing(kind: &Kind, v: &Value) -> Value {
-    if kind.legacy && kind.kind == "Ingress" {
-        convert::ingress_v1_to_v1beta1(v.clone())
-    } else {
-        v.clone()
-    }
+    if kind.legacy && kind.kind == "Ingress" { convert::ingress_v1_to_v1beta1(v.clone()) } else { v.clone() }
 }
 
 fn incoming(kind: &Kind, v: Value) -> Value {
-    if kind.legacy && kind.kind == "Ingress" {
-        convert::ingress_v1beta1_to_v1(v)
-    } else {
-        v
-    }
+    if kind.legacy && kind.kind == "Ingress" { convert::ingress_v1beta1_to_v1(v) } else { v }
 }
 
 fn wants_table(accept: &str) -> bool {
@@ -77,22 +63,15 @@ fn wants_table(accept: &str) -> bool {
 
 fn generate_suffix() -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5)
-        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
-        .collect()
+    (0..5).map(|_| CHARS[rand::random_range(0..CHARS.len())] as char).collect()
 }
 
 fn obj_name(v: &Value) -> String {
-    v.pointer("/metadata/name")
-        .and_then(|n| n.as_str())
-        .unwrap_or("")
-        .to_string()
+    v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string()
 }
 
 fn rv_of(v: &Value) -> Option<u64> {
-    v.pointer("/metadata/resourceVersion")
-        .and_then(|r| r.as_str())
-        .and_then(|r| r.parse().ok())
+    v.pointer("/metadata/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok())
 }
 
 /// The parts of `status` a kind's main resource may not change.
@@ -102,10 +81,7 @@ fn has_status(kind: &Kind) -> bool {
 
 impl Api {
     pub fn new(store: Store, alloc: Allocators) -> Api {
-        Api {
-            store,
-            alloc: Mutex::new(alloc),
-        }
+        Api { store, alloc: Mutex::new(alloc) }
     }
 
     /// Re-reserves the IPs and ports of stored Services (after a restart).
@@ -126,71 +102,47 @@ impl Api {
     pub fn get(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
         let name = t.name.as_deref().unwrap_or("");
         let ns = t.namespace.as_deref().unwrap_or("");
-        let obj = self
-            .store
-            .get(&store_key(t.kind, ns, name))
-            .ok_or_else(|| ApiError::not_found(t.kind.plural, name))?;
+        let obj =
+            self.store.get(&store_key(t.kind, ns, name)).ok_or_else(|| ApiError::not_found(t.kind.plural, name))?;
         match t.sub.as_deref() {
             Some("scale") => return Ok(scale_of(t.kind, &obj)),
             Some("log") => {
                 return Err(ApiError::new(
                     404,
                     "NotFound",
-                    format!(
-                        "pod {name:?}: no container log is kept here; logs come from the lab's kubelet"
-                    ),
+                    format!("pod {name:?}: no container log is kept here; logs come from the lab's kubelet"),
                 ));
             }
             _ => {}
         }
         let _ = q;
         if wants_table(accept) {
-            return Ok(table::table(
-                t.kind,
-                &[obj.clone()],
-                rv_of(&obj).unwrap_or(0),
-                jiff::Timestamp::now(),
-            ));
+            return Ok(table::table(t.kind, &[obj.clone()], rv_of(&obj).unwrap_or(0), jiff::Timestamp::now()));
         }
         Ok(outgoing(t.kind, &obj))
     }
 
     pub fn list(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
         let (ls, fs) = selectors(q)?;
-        let (items, rev) = self.store.list(
-            &t.kind.resource_key(),
-            t.namespace.as_deref().filter(|_| t.kind.namespaced),
-        );
-        let items: Vec<Arc<Value>> = items
-            .into_iter()
-            .filter(|o| ls.matches(o) && fs.matches(o))
-            .collect();
+        let (items, rev) =
+            self.store.list(&t.kind.resource_key(), t.namespace.as_deref().filter(|_| t.kind.namespaced));
+        let items: Vec<Arc<Value>> = items.into_iter().filter(|o| ls.matches(o) && fs.matches(o)).collect();
         if wants_table(accept) {
             return Ok(table::table(t.kind, &items, rev, jiff::Timestamp::now()));
         }
         let items: Vec<Value> = items.iter().map(|o| outgoing(t.kind, o)).collect();
-        Ok(
-            json!({"kind": format!("{}List", t.kind.kind), "apiVersion": t.kind.api_version(),
-                  "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
-        )
+        Ok(json!({"kind": format!("{}List", t.kind.kind), "apiVersion": t.kind.api_version(),
+                  "metadata": {"resourceVersion": rev.to_string()}, "items": items}))
     }
 
     /// Starts a watch; the events arrive as JSON lines on the returned channel.
-    pub fn watch(
-        self: &Arc<Self>,
-        t: &Target,
-        q: &Query,
-    ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    pub fn watch(self: &Arc<Self>, t: &Target, q: &Query) -> Result<mpsc::Receiver<Bytes>, ApiError> {
         let (ls, fs) = selectors(q)?;
         let rv = q.get("resourceVersion").map(|s| s.as_str()).unwrap_or("");
         let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
-        let bookmarks = q
-            .get("allowWatchBookmarks")
-            .is_some_and(|v| v == "true" || v == "1");
-        let timeout = q
-            .get("timeoutSeconds")
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(1800 + rand::random_range(0..1800));
+        let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
+        let timeout =
+            q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800 + rand::random_range(0..1800));
         let kind = t.kind;
         let resource = kind.resource_key();
         let ns = t.namespace.clone().filter(|_| kind.namespaced);
@@ -213,15 +165,12 @@ impl Api {
             }
             rev
         } else {
-            rv.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
+            rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?
         };
         let watch = match self.store.watch(from) {
             Ok(w) => w,
             Err(StoreError::Gone { requested, oldest }) => {
-                let st =
-                    ApiError::from_store(StoreError::Gone { requested, oldest }, kind.plural, "")
-                        .to_status();
+                let st = ApiError::from_store(StoreError::Gone { requested, oldest }, kind.plural, "").to_status();
                 let _ = tx.try_send(line("ERROR", &st));
                 return Ok(rx);
             }
@@ -242,12 +191,7 @@ impl Api {
             let mut last = from;
             for e in watch.backlog {
                 last = e.rev;
-                if matches(&e)
-                    && tx
-                        .send(line(e.kind.as_str(), &outgoing(kind, &e.object)))
-                        .await
-                        .is_err()
-                {
+                if matches(&e) && tx.send(line(e.kind.as_str(), &outgoing(kind, &e.object))).await.is_err() {
                     return;
                 }
             }
@@ -255,8 +199,7 @@ impl Api {
             let mut live = watch.live;
             let deadline = tokio::time::sleep(Duration::from_secs(timeout));
             tokio::pin!(deadline);
-            let mut tick =
-                tokio::time::interval(Duration::from_secs(if bookmarks { 10 } else { 3600 }));
+            let mut tick = tokio::time::interval(Duration::from_secs(if bookmarks { 10 } else { 3600 }));
             tick.tick().await;
             loop {
                 tokio::select! {
@@ -285,13 +228,10 @@ impl Api {
     }
 
     pub async fn create(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
-        })?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not a JSON object: {e}")))?;
         if !v.is_object() {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            ));
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
         }
         self.check_kind(t.kind, &v)?;
         let mut v = incoming(t.kind, v);
@@ -299,14 +239,8 @@ impl Api {
         let ns = t.namespace.clone().unwrap_or_default();
         // Server-owned metadata.
         {
-            let md = v
-                .as_object_mut()
-                .unwrap()
-                .entry("metadata")
-                .or_insert_with(|| json!({}));
-            let md = md
-                .as_object_mut()
-                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            let md = v.as_object_mut().unwrap().entry("metadata").or_insert_with(|| json!({}));
+            let md = md.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
             if kind.namespaced {
                 match md.get("namespace").and_then(|n| n.as_str()) {
                     Some(n) if !n.is_empty() && n != ns => {
@@ -320,26 +254,13 @@ impl Api {
             } else {
                 md.remove("namespace");
             }
-            let has_name = md
-                .get("name")
-                .and_then(|n| n.as_str())
-                .is_some_and(|n| !n.is_empty());
-            if !has_name
-                && let Some(g) = md
-                    .get("generateName")
-                    .and_then(|g| g.as_str())
-                    .filter(|g| !g.is_empty())
-            {
+            let has_name = md.get("name").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty());
+            if !has_name && let Some(g) = md.get("generateName").and_then(|g| g.as_str()).filter(|g| !g.is_empty()) {
                 let name = format!("{g}{}", generate_suffix());
                 md.insert("name".into(), json!(name));
             }
-            for k in [
-                "resourceVersion",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "managedFields",
-                "selfLink",
-            ] {
+            for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"]
+            {
                 md.remove(k);
             }
             md.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -353,11 +274,7 @@ impl Api {
         }
         let mut v = objects::admit(kind, &v)?;
         let name = obj_name(&v);
-        let taken = if kind.kind == "Service" {
-            self.allocate_service(&mut v, None)?
-        } else {
-            Taken::default()
-        };
+        let taken = if kind.kind == "Service" { self.allocate_service(&mut v, None)? } else { Taken::default() };
         match self.store.create(store_key(kind, &ns, &name), v).await {
             Ok(o) => Ok(outgoing(t.kind, &o)),
             Err(e) => {
@@ -381,15 +298,11 @@ impl Api {
     }
 
     pub async fn update(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
-        })?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not a JSON object: {e}")))?;
         let name = t.name.clone().unwrap_or_default();
         if t.sub.as_deref() == Some("scale") {
-            let replicas = v
-                .pointer("/spec/replicas")
-                .and_then(|r| r.as_i64())
-                .unwrap_or(0);
+            let replicas = v.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
             return self.scale(t, replicas, rv_of(&v)).await;
         }
         self.check_kind(t.kind, &v)?;
@@ -402,22 +315,13 @@ impl Api {
         let v = incoming(t.kind, v);
         let ns = t.namespace.clone().unwrap_or_default();
         let kind = t.kind.storage();
-        let current = self
-            .store
-            .get(&store_key(kind, &ns, &name))
-            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        let current =
+            self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
         let want_rv = rv_of(&v);
-        self.finish_update(kind, &ns, &name, &current, v, t.sub.as_deref(), want_rv)
-            .await
-            .map(|o| outgoing(t.kind, &o))
+        self.finish_update(kind, &ns, &name, &current, v, t.sub.as_deref(), want_rv).await.map(|o| outgoing(t.kind, &o))
     }
 
-    pub async fn patch(
-        &self,
-        t: &Target,
-        content_type: &str,
-        body: &[u8],
-    ) -> Result<Value, ApiError> {
+    pub async fn patch(&self, t: &Target, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         let pk = PatchKind::from_content_type(content_type).ok_or_else(|| {
             ApiError::new(
                 415,
@@ -431,66 +335,35 @@ impl Api {
         let ns = t.namespace.clone().unwrap_or_default();
         let kind = t.kind.storage();
         for _ in 0..8 {
-            let current = self
-                .store
-                .get(&store_key(kind, &ns, &name))
-                .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
-            let view = if t.sub.as_deref() == Some("scale") {
-                scale_of(kind, &current)
-            } else {
-                outgoing(t.kind, &current)
-            };
+            let current =
+                self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+            let view =
+                if t.sub.as_deref() == Some("scale") { scale_of(kind, &current) } else { outgoing(t.kind, &current) };
             let patched = patch::apply(pk, &view, body).map_err(ApiError::bad_request)?;
             if t.sub.as_deref() == Some("scale") {
-                let replicas = patched
-                    .pointer("/spec/replicas")
-                    .and_then(|r| r.as_i64())
-                    .unwrap_or(0);
+                let replicas = patched.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
                 return self.scale(t, replicas, None).await;
             }
             let cur_rv = rv_of(&current);
             let asked_rv = rv_of(&patched);
             if asked_rv.is_some() && asked_rv != cur_rv {
                 return Err(ApiError::from_store(
-                    StoreError::Conflict {
-                        resource: String::new(),
-                        key: String::new(),
-                        expected: 0,
-                        actual: 0,
-                    },
+                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
                     kind.plural,
                     &name,
                 ));
             }
             if obj_name(&patched) != name {
-                return Err(ApiError::bad_request(
-                    "a patch may not change metadata.name",
-                ));
+                return Err(ApiError::bad_request("a patch may not change metadata.name"));
             }
             let patched = incoming(t.kind, patched);
-            match self
-                .finish_update(
-                    kind,
-                    &ns,
-                    &name,
-                    &current,
-                    patched,
-                    t.sub.as_deref(),
-                    cur_rv,
-                )
-                .await
-            {
+            match self.finish_update(kind, &ns, &name, &current, patched, t.sub.as_deref(), cur_rv).await {
                 Err(e) if e.reason == "Conflict" && asked_rv.is_none() => continue,
                 r => return r.map(|o| outgoing(t.kind, &o)),
             }
         }
         Err(ApiError::from_store(
-            StoreError::Conflict {
-                resource: String::new(),
-                key: String::new(),
-                expected: 0,
-                actual: 0,
-            },
+            StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
             kind.plural,
             &name,
         ))
@@ -527,21 +400,11 @@ impl Api {
         // Server-owned metadata comes from the stored object.
         {
             let cur_md = current.get("metadata").cloned().unwrap_or(json!({}));
-            let md = v
-                .as_object_mut()
-                .unwrap()
-                .entry("metadata")
-                .or_insert_with(|| json!({}));
+            let md = v.as_object_mut().unwrap().entry("metadata").or_insert_with(|| json!({}));
             if !md.is_object() {
                 return Err(ApiError::bad_request("metadata must be an object"));
             }
-            for k in [
-                "uid",
-                "creationTimestamp",
-                "namespace",
-                "generation",
-                "deletionTimestamp",
-            ] {
+            for k in ["uid", "creationTimestamp", "namespace", "generation", "deletionTimestamp"] {
                 match cur_md.get(k) {
                     Some(x) => {
                         md[k] = x.clone();
@@ -552,28 +415,24 @@ impl Api {
                 }
             }
             md.as_object_mut().unwrap().remove("managedFields");
-            if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {
-                let g = cur_md
-                    .get("generation")
-                    .and_then(|g| g.as_i64())
-                    .unwrap_or(1);
-                v["metadata"]["generation"] = json!(g + 1);
-            }
         }
         if kind.kind == "Service" {
             drop_type_dependent_fields(current, &mut v);
         }
         let mut v = objects::admit(kind, &v)?;
-        let taken = if kind.kind == "Service" {
-            self.allocate_service(&mut v, Some(current))?
-        } else {
-            Taken::default()
-        };
-        match self
-            .store
-            .update(store_key(kind, ns, name), v, want_rv)
-            .await
-        {
+        let taken =
+            if kind.kind == "Service" { self.allocate_service(&mut v, Some(current))? } else { Taken::default() };
+        if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {
+            let g = current.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
+            v["metadata"]["generation"] = json!(g + 1);
+        }
+        // A write that changes nothing is not a write: same object, same resourceVersion.
+        v["metadata"]["resourceVersion"] = current.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+        if &v == current && want_rv.is_none_or(|w| Some(w) == rv_of(current)) {
+            self.release(&taken.new_ips, &taken.new_ports);
+            return Ok(current.clone());
+        }
+        match self.store.update(store_key(kind, ns, name), v, want_rv).await {
             Ok(o) => {
                 self.release(&taken.old_ips, &taken.old_ports);
                 Ok((*o).clone())
@@ -585,12 +444,7 @@ impl Api {
         }
     }
 
-    async fn scale(
-        &self,
-        t: &Target,
-        replicas: i64,
-        want_rv: Option<u64>,
-    ) -> Result<Value, ApiError> {
+    async fn scale(&self, t: &Target, replicas: i64, want_rv: Option<u64>) -> Result<Value, ApiError> {
         let kind = t.kind;
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
@@ -598,24 +452,15 @@ impl Api {
             return Err(ApiError::invalid(
                 "Scale",
                 &name,
-                &[FieldError::invalid(
-                    "spec.replicas",
-                    replicas,
-                    "must be greater than or equal to 0",
-                )],
+                &[FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
             ));
         }
-        let current = self
-            .store
-            .get(&store_key(kind, &ns, &name))
-            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        let current =
+            self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
         let mut next = (*current).clone();
         next["spec"]["replicas"] = json!(replicas);
         if current.get("spec") != next.get("spec") {
-            let g = current
-                .pointer("/metadata/generation")
-                .and_then(|g| g.as_i64())
-                .unwrap_or(1);
+            let g = current.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
             next["metadata"]["generation"] = json!(g + 1);
         }
         let rv = want_rv.or(rv_of(&current));
@@ -631,11 +476,7 @@ impl Api {
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
         let kind = t.kind.storage();
-        let opts: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body).unwrap_or(json!({}))
-        };
+        let opts: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(json!({})) };
         if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
             return Err(ApiError::new(
                 403,
@@ -644,36 +485,22 @@ impl Api {
             ));
         }
         let key = store_key(kind, &ns, &name);
-        let current = self
-            .store
-            .get(&key)
-            .ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
+        let current = self.store.get(&key).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str())
             && current.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(uid)
         {
             return Err(ApiError::from_store(
-                StoreError::Conflict {
-                    resource: String::new(),
-                    key: String::new(),
-                    expected: 0,
-                    actual: 0,
-                },
+                StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
                 kind.plural,
                 &name,
             ));
         }
-        let want_rv = opts
-            .pointer("/preconditions/resourceVersion")
-            .and_then(|r| r.as_str())
-            .and_then(|r| r.parse().ok());
+        let want_rv =
+            opts.pointer("/preconditions/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok());
         if kind.kind == "Namespace" {
             self.delete_namespace_contents(&name).await;
         }
-        let deleted = self
-            .store
-            .delete(key, want_rv)
-            .await
-            .map_err(|e| ApiError::from_store(e, kind.plural, &name))?;
+        let deleted = self.store.delete(key, want_rv).await.map_err(|e| ApiError::from_store(e, kind.plural, &name))?;
         if kind.kind == "Service" {
             let (ips, ports) = service_allocations(&deleted);
             self.release(&ips, &ports);
@@ -696,16 +523,8 @@ impl Api {
                     let owned = o
                         .pointer("/metadata/ownerReferences")
                         .and_then(|r| r.as_array())
-                        .is_some_and(|refs| {
-                            refs.iter()
-                                .any(|r| r.get("uid").and_then(|u| u.as_str()) == Some(&owner))
-                        });
-                    if owned
-                        && let Ok(d) = self
-                            .store
-                            .delete(store_key(k, ns, &obj_name(&o)), None)
-                            .await
-                    {
+                        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(|u| u.as_str()) == Some(&owner)));
+                    if owned && let Ok(d) = self.store.delete(store_key(k, ns, &obj_name(&o)), None).await {
                         if k.kind == "Service" {
                             let (ips, ports) = service_allocations(&d);
                             self.release(&ips, &ports);
@@ -723,10 +542,7 @@ impl Api {
         for k in kinds::ALL.iter().filter(|k| !k.legacy && k.namespaced) {
             let (items, _) = self.store.list(&k.resource_key(), Some(ns));
             for o in items {
-                if let Ok(d) = self
-                    .store
-                    .delete(store_key(k, ns, &obj_name(&o)), None)
-                    .await
+                if let Ok(d) = self.store.delete(store_key(k, ns, &obj_name(&o)), None).await
                     && k.kind == "Service"
                 {
                     let (ips, ports) = service_allocations(&d);
@@ -752,21 +568,13 @@ impl Api {
         let mut a = self.alloc.lock().unwrap();
         let mut taken = Taken::default();
         let result = (|| -> Result<(), ApiError> {
-            let ty = v
-                .pointer("/spec/type")
-                .and_then(|t| t.as_str())
-                .unwrap_or("ClusterIP")
-                .to_string();
+            let ty = v.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
             let old_ip = old
                 .and_then(|o| o.pointer("/spec/clusterIP"))
                 .and_then(|i| i.as_str())
                 .filter(|i| !i.is_empty())
                 .map(String::from);
-            let want_ip = v
-                .pointer("/spec/clusterIP")
-                .and_then(|i| i.as_str())
-                .unwrap_or("")
-                .to_string();
+            let want_ip = v.pointer("/spec/clusterIP").and_then(|i| i.as_str()).unwrap_or("").to_string();
             let spec = v
                 .get_mut("spec")
                 .and_then(|s| s.as_object_mut())
@@ -801,24 +609,16 @@ impl Api {
                         ))
                     })?
                 } else {
-                    let ip: std::net::IpAddr = want_ip
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("bad clusterIP"))?;
+                    let ip: std::net::IpAddr = want_ip.parse().map_err(|_| ApiError::bad_request("bad clusterIP"))?;
                     a.ips.allocate(ip).map_err(|e| {
                         let detail = match e {
                             AllocError::OutOfRange(m) => format!("failed to allocate IP {ip}: {m}"),
-                            _ => format!(
-                                "failed to allocate IP {ip}: provided IP is already allocated"
-                            ),
+                            _ => format!("failed to allocate IP {ip}: provided IP is already allocated"),
                         };
                         ApiError::invalid(
                             "Service",
                             &name,
-                            &[FieldError::invalid(
-                                "spec.clusterIPs",
-                                format!("[]string{{\"{ip}\"}}"),
-                                detail,
-                            )],
+                            &[FieldError::invalid("spec.clusterIPs", format!("[]string{{\"{ip}\"}}"), detail)],
                         )
                     })?;
                     ip
@@ -828,14 +628,9 @@ impl Api {
                 spec.insert("clusterIPs".into(), json!([ip.to_string()]));
             }
             if ty != "ExternalName" {
-                let v6 = spec
-                    .get("clusterIP")
-                    .and_then(|i| i.as_str())
-                    .is_some_and(|i| i.contains(':'));
-                spec.entry("ipFamilies")
-                    .or_insert_with(|| json!([if v6 { "IPv6" } else { "IPv4" }]));
-                spec.entry("ipFamilyPolicy")
-                    .or_insert_with(|| json!("SingleStack"));
+                let v6 = spec.get("clusterIP").and_then(|i| i.as_str()).is_some_and(|i| i.contains(':'));
+                spec.entry("ipFamilies").or_insert_with(|| json!([if v6 { "IPv6" } else { "IPv4" }]));
+                spec.entry("ipFamilyPolicy").or_insert_with(|| json!("SingleStack"));
             }
             // Node ports.
             let old_ports: Vec<(i64, String, i64)> = old
@@ -847,33 +642,20 @@ impl Api {
                     let np = p.get("nodePort")?.as_i64()?;
                     Some((
                         p.get("port")?.as_i64()?,
-                        p.get("protocol")
-                            .and_then(|x| x.as_str())
-                            .unwrap_or("TCP")
-                            .to_string(),
+                        p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP").to_string(),
                         np,
                     ))
                 })
                 .collect();
             let needs_node_ports = ty == "NodePort"
                 || (ty == "LoadBalancer"
-                    && spec
-                        .get("allocateLoadBalancerNodePorts")
-                        .and_then(|b| b.as_bool())
-                        != Some(false));
+                    && spec.get("allocateLoadBalancerNodePorts").and_then(|b| b.as_bool()) != Some(false));
             let mut kept = vec![];
             if let Some(Value::Array(ports)) = spec.get_mut("ports") {
                 for (i, p) in ports.iter_mut().enumerate() {
                     let port = p.get("port").and_then(|x| x.as_i64()).unwrap_or(0);
-                    let proto = p
-                        .get("protocol")
-                        .and_then(|x| x.as_str())
-                        .unwrap_or("TCP")
-                        .to_string();
-                    let asked = p
-                        .get("nodePort")
-                        .and_then(|x| x.as_i64())
-                        .filter(|n| *n != 0);
+                    let proto = p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP").to_string();
+                    let asked = p.get("nodePort").and_then(|x| x.as_i64()).filter(|n| *n != 0);
                     if !needs_node_ports && asked.is_none() {
                         continue;
                     }
@@ -890,10 +672,7 @@ impl Api {
                             taken.new_ports.push(n as i32);
                             n
                         }
-                        None => match old_ports
-                            .iter()
-                            .find(|(op, pr, _)| *op == port && *pr == proto)
-                        {
+                        None => match old_ports.iter().find(|(op, pr, _)| *op == port && *pr == proto) {
                             Some((_, _, n)) => *n,
                             None => {
                                 let n = a.ports.allocate_next().map_err(|_| {
@@ -912,14 +691,9 @@ impl Api {
                 }
             }
             let local = spec.get("externalTrafficPolicy").and_then(|p| p.as_str()) == Some("Local");
-            let old_hc = old
-                .and_then(|o| o.pointer("/spec/healthCheckNodePort"))
-                .and_then(|h| h.as_i64());
+            let old_hc = old.and_then(|o| o.pointer("/spec/healthCheckNodePort")).and_then(|h| h.as_i64());
             if ty == "LoadBalancer" && local {
-                let asked = spec
-                    .get("healthCheckNodePort")
-                    .and_then(|h| h.as_i64())
-                    .filter(|h| *h != 0);
+                let asked = spec.get("healthCheckNodePort").and_then(|h| h.as_i64()).filter(|h| *h != 0);
                 let hc = match (asked, old_hc) {
                     (Some(h), Some(o)) if h == o => h,
                     (None, Some(o)) => o,
@@ -939,11 +713,8 @@ impl Api {
                         h
                     }
                     (None, None) => {
-                        let h = a
-                            .ports
-                            .allocate_next()
-                            .map_err(|_| ApiError::internal("node port range is full"))?
-                            as i64;
+                        let h =
+                            a.ports.allocate_next().map_err(|_| ApiError::internal("node port range is full"))? as i64;
                         taken.new_ports.push(h as i32);
                         h
                     }
@@ -987,25 +758,13 @@ struct Taken {
 }
 
 fn v_has_spec_generation(kind: &Kind) -> bool {
-    matches!(
-        kind.kind,
-        "Deployment"
-            | "ReplicaSet"
-            | "ReplicationController"
-            | "Service"
-            | "Ingress"
-            | "NetworkPolicy"
-    )
+    matches!(kind.kind, "Deployment" | "ReplicaSet" | "ReplicationController" | "Service" | "Ingress" | "NetworkPolicy")
 }
 
 /// When a Service changes to a type without node ports, the ports it had are dropped (as
 /// kube-apiserver's `dropTypeDependentFields` does) instead of being refused.
 fn drop_type_dependent_fields(old: &Value, v: &mut Value) {
-    let ty = v
-        .pointer("/spec/type")
-        .and_then(|t| t.as_str())
-        .unwrap_or("ClusterIP")
-        .to_string();
+    let ty = v.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
     if ty == "NodePort" || ty == "LoadBalancer" {
         return;
     }
@@ -1018,9 +777,7 @@ fn drop_type_dependent_fields(old: &Value, v: &mut Value) {
         .collect();
     if let Some(Value::Array(ports)) = v.pointer_mut("/spec/ports") {
         for p in ports {
-            if p.get("nodePort")
-                .and_then(|n| n.as_i64())
-                .is_some_and(|n| old_nps.contains(&n))
+            if p.get("nodePort").and_then(|n| n.as_i64()).is_some_and(|n| old_nps.contains(&n))
                 && let Some(o) = p.as_object_mut()
             {
                 o.remove("nodePort");
@@ -1037,12 +794,7 @@ fn drop_type_dependent_fields(old: &Value, v: &mut Value) {
 
 /// The IPs and ports a stored Service holds.
 fn service_allocations(s: &Value) -> (Vec<std::net::IpAddr>, Vec<i32>) {
-    let ips = s
-        .pointer("/spec/clusterIP")
-        .and_then(|i| i.as_str())
-        .and_then(|i| i.parse().ok())
-        .into_iter()
-        .collect();
+    let ips = s.pointer("/spec/clusterIP").and_then(|i| i.as_str()).and_then(|i| i.parse().ok()).into_iter().collect();
     let mut ports: Vec<i32> = s
         .pointer("/spec/ports")
         .and_then(|p| p.as_array())
@@ -1050,10 +802,7 @@ fn service_allocations(s: &Value) -> (Vec<std::net::IpAddr>, Vec<i32>) {
         .flatten()
         .filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64()).map(|n| n as i32))
         .collect();
-    if let Some(h) = s
-        .pointer("/spec/healthCheckNodePort")
-        .and_then(|h| h.as_i64())
-    {
+    if let Some(h) = s.pointer("/spec/healthCheckNodePort").and_then(|h| h.as_i64()) {
         ports.push(h as i32);
     }
     (ips, ports)

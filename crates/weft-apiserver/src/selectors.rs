@@ -30,10 +30,7 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter()
-        .map(|p| p.trim())
-        .filter(|p| !p.is_empty())
-        .collect()
+    out.into_iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect()
 }
 
 fn set_values(s: &str) -> Result<Vec<String>, String> {
@@ -42,11 +39,7 @@ fn set_values(s: &str) -> Result<Vec<String>, String> {
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
         .ok_or_else(|| format!("expected (values) in {s:?}"))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 impl LabelSelector {
@@ -115,15 +108,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(format!(
-                    "invalid field selector {part:?}: use field=value or field!=value"
-                ));
+                return Err(format!("invalid field selector {part:?}: use field=value or field!=value"));
             };
-            out.push((
-                format!("/{}", k.trim().replace('.', "/")),
-                eq,
-                v.trim().to_string(),
-            ));
+            out.push((format!("/{}", k.trim().replace('.', "/")), eq, v.trim().to_string()));
         }
         Ok(FieldSelector(out))
     }
@@ -166,18 +153,9 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let o =
-            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"nodeName": "n1"}});
-        assert!(
-            FieldSelector::parse("metadata.name=p,spec.nodeName=n1")
-                .unwrap()
-                .matches(&o)
-        );
-        assert!(
-            !FieldSelector::parse("spec.nodeName!=n1")
-                .unwrap()
-                .matches(&o)
-        );
+        let o = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"nodeName": "n1"}});
+        assert!(FieldSelector::parse("metadata.name=p,spec.nodeName=n1").unwrap().matches(&o));
+        assert!(!FieldSelector::parse("spec.nodeName!=n1").unwrap().matches(&o));
         assert!(FieldSelector::parse("status.phase=").unwrap().matches(&o));
         assert!(FieldSelector::parse("garbage").is_err());
     }

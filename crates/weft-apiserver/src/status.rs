@@ -14,12 +14,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
+        ApiError { code, reason, message: message.into(), details: None }
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", msg)
@@ -36,15 +31,9 @@ impl ApiError {
         Self::new(500, "InternalError", msg)
     }
     pub fn invalid(kind: &str, name: &str, causes: &[FieldError]) -> Self {
-        let e = ObjectError::Invalid {
-            kind: kind.into(),
-            name: name.into(),
-            causes: causes.to_vec(),
-        };
-        let causes: Vec<Value> = causes
-            .iter()
-            .map(|c| json!({"reason": c.reason.cause(), "message": c.body(), "field": c.field}))
-            .collect();
+        let e = ObjectError::Invalid { kind: kind.into(), name: name.into(), causes: causes.to_vec() };
+        let causes: Vec<Value> =
+            causes.iter().map(|c| json!({"reason": c.reason.cause(), "message": c.body(), "field": c.field})).collect();
         ApiError {
             code: 422,
             reason: "Invalid",
@@ -56,11 +45,7 @@ impl ApiError {
     pub fn from_store(e: StoreError, resource: &str, name: &str) -> Self {
         match e {
             StoreError::AlreadyExists { .. } => {
-                let mut e = Self::new(
-                    409,
-                    "AlreadyExists",
-                    format!("{resource} {name:?} already exists"),
-                );
+                let mut e = Self::new(409, "AlreadyExists", format!("{resource} {name:?} already exists"));
                 e.details = Some(json!({"name": name, "kind": resource}));
                 e
             }
@@ -76,11 +61,9 @@ impl ApiError {
                 e.details = Some(json!({"name": name, "kind": resource}));
                 e
             }
-            StoreError::Gone { requested, oldest } => Self::new(
-                410,
-                "Expired",
-                format!("too old resource version: {requested} ({oldest})"),
-            ),
+            StoreError::Gone { requested, oldest } => {
+                Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
+            }
             other => Self::internal(other.to_string()),
         }
     }

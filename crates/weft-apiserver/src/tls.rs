@@ -35,12 +35,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Loads the credentials from `dir`, making them first if they are not there.
 pub fn load_or_create(dir: &Path) -> Result<Credentials> {
-    let (ca, crt, keyf, tok) = (
-        dir.join("ca.crt"),
-        dir.join("apiserver.crt"),
-        dir.join("apiserver.key"),
-        dir.join("token"),
-    );
+    let (ca, crt, keyf, tok) =
+        (dir.join("ca.crt"), dir.join("apiserver.crt"), dir.join("apiserver.key"), dir.join("token"));
     if ca.exists() && crt.exists() && keyf.exists() && tok.exists() {
         return Ok(Credentials {
             ca_pem: fs::read_to_string(&ca)?,
@@ -51,37 +47,21 @@ pub fn load_or_create(dir: &Path) -> Result<Credentials> {
     }
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "weft-ca");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.distinguished_name.push(DnType::CommonName, "weft-ca");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
-    let mut params = CertificateParams::new(vec![
-        "127.0.0.1".to_string(),
-        "localhost".to_string(),
-        "::1".to_string(),
-    ])?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "weft-apiserver");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string(), "::1".to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, "weft-apiserver");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let token = {
         let bytes: [u8; 32] = rand::random();
         hex::encode(bytes)
     };
-    let creds = Credentials {
-        ca_pem: ca_cert.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        token,
-    };
+    let creds = Credentials { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), token };
     write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     write_private(&ca, creds.ca_pem.as_bytes())?;
     write_private(&crt, creds.cert_pem.as_bytes())?;
@@ -93,8 +73,7 @@ pub fn load_or_create(dir: &Path) -> Result<Credentials> {
 /// A rustls server config offering HTTP/2 and HTTP/1.1.
 pub fn server_config(c: &Credentials) -> Result<Arc<rustls::ServerConfig>> {
     let certs = rustls_pemfile::certs(&mut c.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())?
-        .context("no private key in apiserver.key")?;
+    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())?.context("no private key in apiserver.key")?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -38,12 +38,7 @@ pub enum StoreError {
     #[error(
         "{resource} {key}: the object has been modified (resourceVersion {expected} is stale, current is {actual}); read it again and retry"
     )]
-    Conflict {
-        resource: String,
-        key: String,
-        expected: u64,
-        actual: u64,
-    },
+    Conflict { resource: String, key: String, expected: u64, actual: u64 },
     #[error("watch from resourceVersion {requested} is too old: history starts at {oldest}")]
     Gone { requested: u64, oldest: u64 },
     #[error("store I/O failed: {0}")]
@@ -81,11 +76,7 @@ pub struct Key {
 
 impl Key {
     pub fn new(resource: &str, namespace: &str, name: &str) -> Key {
-        Key {
-            resource: resource.into(),
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Key { resource: resource.into(), namespace: namespace.into(), name: name.into() }
     }
     fn db_key(&self) -> String {
         format!("{}/{}/{}", self.resource, self.namespace, self.name)
@@ -95,11 +86,7 @@ impl Key {
         Some(Key::new(it.next()?, it.next()?, it.next()?))
     }
     fn display(&self) -> String {
-        if self.namespace.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.namespace, self.name)
-        }
+        if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
     }
 }
 
@@ -152,15 +139,8 @@ pub enum Precondition {
 }
 
 pub enum Op {
-    Put {
-        key: Key,
-        object: Value,
-        pre: Precondition,
-    },
-    Delete {
-        key: Key,
-        pre: Precondition,
-    },
+    Put { key: Key, object: Value, pre: Precondition },
+    Delete { key: Key, pre: Precondition },
 }
 
 enum WriteReq {
@@ -225,10 +205,7 @@ impl Store {
                     continue;
                 };
                 let obj: Value = serde_json::from_slice(v.value())?;
-                objects
-                    .entry(key.resource)
-                    .or_default()
-                    .insert((key.namespace, key.name), Arc::new(obj));
+                objects.entry(key.resource).or_default().insert((key.namespace, key.name), Arc::new(obj));
             }
             let mut hist = VecDeque::new();
             for row in rtx.open_table(EVENTS)?.iter()? {
@@ -237,26 +214,14 @@ impl Store {
                 hist.push_back(Arc::new(Event {
                     rev: r.value(),
                     kind: se.kind,
-                    key: Key {
-                        resource: se.resource,
-                        namespace: se.namespace,
-                        name: se.name,
-                    },
+                    key: Key { resource: se.resource, namespace: se.namespace, name: se.name },
                     object: Arc::new(se.object),
                 }));
             }
-            State {
-                rev,
-                objects,
-                history: hist,
-                history_floor: floor,
-            }
+            State { rev, objects, history: hist, history_floor: floor }
         };
         let (events, _) = broadcast::channel(8192);
-        let shared = Arc::new(Shared {
-            state: RwLock::new(state),
-            events,
-        });
+        let shared = Arc::new(Shared { state: RwLock::new(state), events });
         let (tx, rx) = mpsc::channel::<WriteReq>();
         let s2 = shared.clone();
         thread::Builder::new()
@@ -273,10 +238,7 @@ impl Store {
 
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
         let st = self.shared.state.read().unwrap();
-        st.objects
-            .get(&key.resource)?
-            .get(&(key.namespace.clone(), key.name.clone()))
-            .cloned()
+        st.objects.get(&key.resource)?.get(&(key.namespace.clone(), key.name.clone())).cloned()
     }
 
     /// All objects of a resource (in one namespace when given), in key order, with the revision
@@ -301,26 +263,17 @@ impl Store {
     pub fn watch(&self, from: u64) -> Result<Watch, StoreError> {
         let st = self.shared.state.read().unwrap();
         if from < st.history_floor {
-            return Err(StoreError::Gone {
-                requested: from,
-                oldest: st.history_floor + 1,
-            });
+            return Err(StoreError::Gone { requested: from, oldest: st.history_floor + 1 });
         }
         let start = st.history.partition_point(|e| e.rev <= from);
         let backlog = st.history.iter().skip(start).cloned().collect();
-        Ok(Watch {
-            backlog,
-            live: self.shared.events.subscribe(),
-            rev: st.rev,
-        })
+        Ok(Watch { backlog, live: self.shared.events.subscribe(), rev: st.rev })
     }
 
     /// Applies one write durably; returns the stored object (for deletes, the object as deleted).
     pub async fn write(&self, op: Op) -> Result<Arc<Value>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteReq::Write { op, reply })
-            .map_err(|_| StoreError::Closed)?;
+        self.writer.send(WriteReq::Write { op, reply }).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -333,40 +286,18 @@ impl Store {
     }
 
     pub async fn create(&self, key: Key, object: Value) -> Result<Arc<Value>, StoreError> {
-        self.write(Op::Put {
-            key,
-            object,
-            pre: Precondition::Absent,
-        })
-        .await
+        self.write(Op::Put { key, object, pre: Precondition::Absent }).await
     }
-    pub async fn update(
-        &self,
-        key: Key,
-        object: Value,
-        rv: Option<u64>,
-    ) -> Result<Arc<Value>, StoreError> {
-        self.write(Op::Put {
-            key,
-            object,
-            pre: Precondition::Present(rv),
-        })
-        .await
+    pub async fn update(&self, key: Key, object: Value, rv: Option<u64>) -> Result<Arc<Value>, StoreError> {
+        self.write(Op::Put { key, object, pre: Precondition::Present(rv) }).await
     }
     pub async fn delete(&self, key: Key, rv: Option<u64>) -> Result<Arc<Value>, StoreError> {
-        self.write(Op::Delete {
-            key,
-            pre: Precondition::Present(rv),
-        })
-        .await
+        self.write(Op::Delete { key, pre: Precondition::Present(rv) }).await
     }
 }
 
 fn rv_of(v: &Value) -> u64 {
-    v.pointer("/metadata/resourceVersion")
-        .and_then(|r| r.as_str())
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
+    v.pointer("/metadata/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
 fn set_rv(v: &mut Value, rev: u64) {
@@ -435,14 +366,12 @@ fn commit_batch(
                 };
                 let check = |pre: Precondition| -> Result<(), StoreError> {
                     match (pre, &current) {
-                        (Precondition::Absent, Some(_)) => Err(StoreError::AlreadyExists {
-                            resource: key.resource.clone(),
-                            key: key.display(),
-                        }),
-                        (Precondition::Present(_), None) => Err(StoreError::NotFound {
-                            resource: key.resource.clone(),
-                            key: key.display(),
-                        }),
+                        (Precondition::Absent, Some(_)) => {
+                            Err(StoreError::AlreadyExists { resource: key.resource.clone(), key: key.display() })
+                        }
+                        (Precondition::Present(_), None) => {
+                            Err(StoreError::NotFound { resource: key.resource.clone(), key: key.display() })
+                        }
                         (Precondition::Present(Some(want)), Some(cur)) if rv_of(cur) != want => {
                             Err(StoreError::Conflict {
                                 resource: key.resource.clone(),
@@ -459,11 +388,7 @@ fn commit_batch(
                         let mut object = object;
                         rev += 1;
                         set_rv(&mut object, rev);
-                        let kind = if current.is_some() {
-                            EventType::Modified
-                        } else {
-                            EventType::Added
-                        };
+                        let kind = if current.is_some() { EventType::Modified } else { EventType::Added };
                         (kind, Arc::new(object))
                     }),
                     Op::Delete { pre, .. } => check(pre).map(|_| {
@@ -475,23 +400,9 @@ fn commit_batch(
                 };
                 match result {
                     Ok((kind, object)) => {
-                        overlay.insert(
-                            key.clone(),
-                            if kind == EventType::Deleted {
-                                None
-                            } else {
-                                Some(object.clone())
-                            },
-                        );
-                        staged.push(Staged {
-                            event: Arc::new(Event {
-                                rev,
-                                kind,
-                                key,
-                                object,
-                            }),
-                            reply,
-                        });
+                        overlay
+                            .insert(key.clone(), if kind == EventType::Deleted { None } else { Some(object.clone()) });
+                        staged.push(Staged { event: Arc::new(Event { rev, kind, key, object }), reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -581,39 +492,16 @@ mod tests {
         let path = dir.path().join("db");
         {
             let s = Store::open(&path, 100).unwrap();
-            let a = s
-                .create(Key::new("pods", "default", "a"), obj("a"))
-                .await
-                .unwrap();
+            let a = s.create(Key::new("pods", "default", "a"), obj("a")).await.unwrap();
             assert_eq!(rv_of(&a), 1);
-            let b = s
-                .update(Key::new("pods", "default", "a"), obj("a"), Some(1))
-                .await
-                .unwrap();
+            let b = s.update(Key::new("pods", "default", "a"), obj("a"), Some(1)).await.unwrap();
             assert_eq!(rv_of(&b), 2);
-            let err = s
-                .update(Key::new("pods", "default", "a"), obj("a"), Some(1))
-                .await
-                .unwrap_err();
-            assert!(matches!(
-                err,
-                StoreError::Conflict {
-                    expected: 1,
-                    actual: 2,
-                    ..
-                }
-            ));
-            let err = s
-                .create(Key::new("pods", "default", "a"), obj("a"))
-                .await
-                .unwrap_err();
+            let err = s.update(Key::new("pods", "default", "a"), obj("a"), Some(1)).await.unwrap_err();
+            assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }));
+            let err = s.create(Key::new("pods", "default", "a"), obj("a")).await.unwrap_err();
             assert!(matches!(err, StoreError::AlreadyExists { .. }));
-            s.create(Key::new("pods", "other", "c"), obj("c"))
-                .await
-                .unwrap();
-            s.delete(Key::new("pods", "other", "c"), None)
-                .await
-                .unwrap();
+            s.create(Key::new("pods", "other", "c"), obj("c")).await.unwrap();
+            s.delete(Key::new("pods", "other", "c"), None).await.unwrap();
             s.close();
         }
         let s = Store::open(&path, 100).unwrap();
@@ -622,14 +510,7 @@ mod tests {
         assert_eq!(s.list("pods", Some("other")).0.len(), 0);
         let w = s.watch(1).unwrap();
         let kinds: Vec<_> = w.backlog.iter().map(|e| (e.rev, e.kind)).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                (2, EventType::Modified),
-                (3, EventType::Added),
-                (4, EventType::Deleted)
-            ]
-        );
+        assert_eq!(kinds, vec![(2, EventType::Modified), (3, EventType::Added), (4, EventType::Deleted)]);
     }
 
     #[tokio::test]
@@ -637,9 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("db"), 3).unwrap();
         for i in 0..6 {
-            s.create(Key::new("pods", "default", &format!("p{i}")), obj("p"))
-                .await
-                .unwrap();
+            s.create(Key::new("pods", "default", &format!("p{i}")), obj("p")).await.unwrap();
         }
         assert!(matches!(s.watch(1), Err(StoreError::Gone { .. })));
         assert_eq!(s.watch(3).unwrap().backlog.len(), 3);
@@ -653,11 +532,7 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                rv_of(
-                    &s.create(Key::new("svc", "default", &format!("s{i}")), obj("s"))
-                        .await
-                        .unwrap(),
-                )
+                rv_of(&s.create(Key::new("svc", "default", &format!("s{i}")), obj("s")).await.unwrap())
             }));
         }
         let mut revs = vec![];

@@ -11,8 +11,7 @@ pub async fn connect(lab: &Lab) -> Result<kube::Client> {
     let path = lab.kubeconfig();
     let kc = kube::config::Kubeconfig::read_from(&path)
         .with_context(|| format!("lab {:?}: reading {}", lab.name, path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(cfg)?)
 }
 
@@ -53,19 +52,11 @@ pub async fn call(
     ctype: &str,
     accept: &str,
 ) -> Result<Value, kube::Error> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::ACCEPT, accept);
+    let mut b = Request::builder().method(method).uri(path).header(http::header::ACCEPT, accept);
     if body.is_some() {
         b = b.header(http::header::CONTENT_TYPE, ctype);
     }
-    let req = b
-        .body(
-            body.map(|v| serde_json::to_vec(v).unwrap_or_default())
-                .unwrap_or_default(),
-        )
-        .expect("request");
+    let req = b.body(body.map(|v| serde_json::to_vec(v).unwrap_or_default()).unwrap_or_default()).expect("request");
     client.request::<Value>(req).await
 }
 
@@ -74,15 +65,7 @@ pub async fn get(client: &kube::Client, path: &str) -> Result<Value, kube::Error
 }
 
 pub async fn get_table(client: &kube::Client, path: &str) -> Result<Value, kube::Error> {
-    call(
-        client,
-        Method::GET,
-        path,
-        None,
-        "",
-        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-    )
-    .await
+    call(client, Method::GET, path, None, "", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json").await
 }
 
 pub fn is_not_found(e: &kube::Error) -> bool {

@@ -55,18 +55,14 @@ pub struct Lab {
 
 impl Lab {
     pub fn at(name: &str, dir: PathBuf) -> Lab {
-        Lab {
-            name: name.to_string(),
-            dir,
-        }
+        Lab { name: name.to_string(), dir }
     }
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
     }
     pub fn config(&self) -> Result<LabConfig> {
         let p = self.dir.join("config.json");
-        let text = fs::read_to_string(&p)
-            .with_context(|| format!("lab {:?}: reading {}", self.name, p.display()))?;
+        let text = fs::read_to_string(&p).with_context(|| format!("lab {:?}: reading {}", self.name, p.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
     /// Is the daemon alive? (It holds the lock while it runs.)
@@ -80,11 +76,7 @@ impl Lab {
         }
     }
     pub fn pid(&self) -> Option<i32> {
-        fs::read_to_string(self.dir.join("daemon.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.dir.join("daemon.pid")).ok()?.trim().parse().ok()
     }
     pub fn api_url(&self) -> Option<String> {
         let port = fs::read_to_string(self.dir.join("api.port")).ok()?;
@@ -109,10 +101,7 @@ pub fn all() -> Vec<Lab> {
 
 /// The lab a command acts on: `--name`, else `$WEFT_CLUSTER`, else the only one running, else `default`.
 pub fn select(name: Option<&str>) -> Result<Lab> {
-    let name = match name
-        .map(String::from)
-        .or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty()))
-    {
+    let name = match name.map(String::from).or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty())) {
         Some(n) => n,
         None => {
             let running: Vec<Lab> = all().into_iter().filter(|l| l.running()).collect();
@@ -144,10 +133,7 @@ pub fn unregister(name: &str) {
 /// pipe, so there is no polling) or fails (then its log says why).
 pub fn spawn_daemon(lab: &Lab) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lab.dir.join("weft.log"))?;
+    let log = fs::OpenOptions::new().create(true).append(true).open(lab.dir.join("weft.log"))?;
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe()?;
     let wr_fd = wr.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -166,18 +152,12 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
             // A session of its own: the daemon outlives the terminal and `weft up`.
             nix::unistd::setsid().map_err(std::io::Error::from)?;
             // Let the pipe's write end survive exec.
-            let flags = nix::fcntl::fcntl(
-                std::os::fd::BorrowedFd::borrow_raw(wr_fd),
-                nix::fcntl::FcntlArg::F_GETFD,
-            )
-            .map_err(std::io::Error::from)?;
+            let flags = nix::fcntl::fcntl(std::os::fd::BorrowedFd::borrow_raw(wr_fd), nix::fcntl::FcntlArg::F_GETFD)
+                .map_err(std::io::Error::from)?;
             let mut fl = nix::fcntl::FdFlag::from_bits_truncate(flags);
             fl.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
-            nix::fcntl::fcntl(
-                std::os::fd::BorrowedFd::borrow_raw(wr_fd),
-                nix::fcntl::FcntlArg::F_SETFD(fl),
-            )
-            .map_err(std::io::Error::from)?;
+            nix::fcntl::fcntl(std::os::fd::BorrowedFd::borrow_raw(wr_fd), nix::fcntl::FcntlArg::F_SETFD(fl))
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }
@@ -190,20 +170,8 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
     }
     let _ = child.id();
     let tail = fs::read_to_string(lab.dir.join("weft.log")).unwrap_or_default();
-    let tail: Vec<&str> = tail
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    bail!(
-        "the weft daemon for lab {:?} did not start: {}\n{}",
-        lab.name,
-        msg.trim(),
-        tail.join("\n")
-    )
+    let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+    bail!("the weft daemon for lab {:?} did not start: {}\n{}", lab.name, msg.trim(), tail.join("\n"))
 }
 
 /// Stops the daemon (SIGTERM, then SIGKILL after `grace`) and waits until its lock is free.
@@ -211,9 +179,7 @@ pub fn stop_daemon(lab: &Lab, grace: Duration) -> Result<()> {
     if !lab.running() {
         return Ok(());
     }
-    let Some(pid) = lab.pid() else {
-        bail!("lab {:?} runs but has no daemon.pid", lab.name)
-    };
+    let Some(pid) = lab.pid() else { bail!("lab {:?} runs but has no daemon.pid", lab.name) };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     // Wait on the lock itself: a blocking lock returns the moment the daemon exits.
@@ -225,8 +191,7 @@ pub fn stop_daemon(lab: &Lab, grace: Duration) -> Result<()> {
     });
     if rx.recv_timeout(grace).is_err() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        rx.recv_timeout(Duration::from_secs(10))
-            .context("the daemon did not exit after SIGKILL")?;
+        rx.recv_timeout(Duration::from_secs(10)).context("the daemon did not exit after SIGKILL")?;
     }
     Ok(())
 }

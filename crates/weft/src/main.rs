@@ -18,11 +18,7 @@ use weft_api::kinds;
 use crate::lab::{Lab, LabConfig};
 
 #[derive(Parser)]
-#[command(
-    name = "weft",
-    version,
-    about = "The whole Kubernetes cluster network, on one machine or many"
-)]
+#[command(name = "weft", version, about = "The whole Kubernetes cluster network, on one machine or many")]
 struct Cli {
     /// The lab to act on (default: $WEFT_CLUSTER, else the only one running, else "default").
     #[arg(long, global = true)]
@@ -49,14 +45,16 @@ enum Cmd {
         #[arg(short = 'f', long = "filename")]
         files: Vec<String>,
         kind: Option<String>,
-        names: Vec<String>,
+        #[arg(value_name = "NAME")]
+        objects: Vec<String>,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
     /// List or show objects, with kubectl's columns.
     Get {
         kind: String,
-        name: Option<String>,
+        #[arg(value_name = "NAME")]
+        object: Option<String>,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         #[arg(short = 'A', long = "all-namespaces")]
@@ -71,7 +69,8 @@ enum Cmd {
     /// Show an object in detail.
     Describe {
         kind: String,
-        name: String,
+        #[arg(value_name = "NAME")]
+        object: String,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
     },
@@ -114,10 +113,7 @@ struct UpArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -131,89 +127,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Up(a) => up(cli.name, a).await,
         Cmd::Down => down(cli.name).await,
-        Cmd::Daemon {
-            state_dir,
-            ready_fd,
-        } => daemon(cli.name, state_dir, ready_fd).await,
+        Cmd::Daemon { state_dir, ready_fd } => daemon(cli.name, state_dir, ready_fd).await,
         Cmd::Kubeconfig => {
             let lab = lab::select(cli.name.as_deref())?;
-            print!(
-                "{}",
-                std::fs::read_to_string(lab.kubeconfig())
-                    .context("the lab has no kubeconfig yet")?
-            );
+            print!("{}", std::fs::read_to_string(lab.kubeconfig()).context("the lab has no kubeconfig yet")?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status => status(cli.name).await,
         Cmd::Apply { files, namespace } => apply(cli.name, files, namespace).await,
-        Cmd::Delete {
-            files,
-            kind,
-            names,
-            namespace,
-        } => delete(cli.name, files, kind, names, namespace).await,
-        Cmd::Get {
-            kind,
-            name,
-            namespace,
-            all_namespaces,
-            output,
-            selector,
-            no_headers,
-        } => {
-            get(
-                cli.name,
-                kind,
-                name,
-                namespace,
-                all_namespaces,
-                output,
-                selector,
-                no_headers,
-            )
-            .await
+        Cmd::Delete { files, kind, objects, namespace } => delete(cli.name, files, kind, objects, namespace).await,
+        Cmd::Get { kind, object, namespace, all_namespaces, output, selector, no_headers } => {
+            get(cli.name, kind, object, namespace, all_namespaces, output, selector, no_headers).await
         }
-        Cmd::Describe {
-            kind,
-            name,
-            namespace,
-        } => describe(cli.name, kind, name, namespace).await,
+        Cmd::Describe { kind, object, namespace } => describe(cli.name, kind, object, namespace).await,
     }
 }
 
 async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
-    let name = name
-        .or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty()))
-        .unwrap_or("default".into());
+    let name =
+        name.or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty())).unwrap_or("default".into());
     if !weft_api::validate::is_dns1123_label(&name) {
         bail!("lab name {name:?} is invalid: use lowercase letters, digits and '-' (e.g. 'dev')");
     }
     // Check the settings before anything is made.
-    let _: ipnet::IpNet = a
-        .service_cidr
-        .parse()
-        .with_context(|| format!("--service-cidr {:?} is not a CIDR", a.service_cidr))?;
-    let _: ipnet::IpNet = a
-        .pod_cidr
-        .parse()
-        .with_context(|| format!("--pod-cidr {:?} is not a CIDR", a.pod_cidr))?;
+    let _: ipnet::IpNet =
+        a.service_cidr.parse().with_context(|| format!("--service-cidr {:?} is not a CIDR", a.service_cidr))?;
+    let _: ipnet::IpNet = a.pod_cidr.parse().with_context(|| format!("--pod-cidr {:?} is not a CIDR", a.pod_cidr))?;
     parse_port_range(&a.node_port_range)?;
     let dir = match (&a.state_dir, lab::select(Some(&name))) {
         (Some(d), _) => d.clone(),
         (None, Ok(existing)) => existing.dir,
         (None, Err(_)) => lab::home().join("state").join(&name),
     };
-    let dir = if dir.is_absolute() {
-        dir
-    } else {
-        std::env::current_dir()?.join(dir)
-    };
+    let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
     let lab = Lab::at(&name, dir.clone());
     if lab.running() {
-        println!(
-            "lab {name:?} is already up (API {}); nothing changed",
-            lab.api_url().unwrap_or_default()
-        );
+        println!("lab {name:?} is already up (API {}); nothing changed", lab.api_url().unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -233,26 +182,20 @@ async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
     }
     lab::register(&name, &dir)?;
-    eprintln!(
-        "{} lab {name:?}: starting the control plane",
-        if resumed { "resuming" } else { "creating" }
-    );
+    eprintln!("{} lab {name:?}: starting the control plane", if resumed { "resuming" } else { "creating" });
     lab::spawn_daemon(&lab)?;
     println!("lab {name:?} is up");
     println!("  API:        {}", lab.api_url().unwrap_or_default());
     println!("  kubeconfig: {}", lab.kubeconfig().display());
     println!("  state:      {}", dir.display());
-    println!(
-        "try: weft get svc -A    or    kubectl --kubeconfig {} get ns",
-        lab.kubeconfig().display()
-    );
+    println!("try: weft get svc -A    or    kubectl --kubeconfig {} get ns", lab.kubeconfig().display());
     Ok(ExitCode::SUCCESS)
 }
 
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
-    let (a, b) = s.split_once('-').with_context(|| {
-        format!("node port range {s:?}: write it as FIRST-LAST, e.g. 30000-32767")
-    })?;
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("node port range {s:?}: write it as FIRST-LAST, e.g. 30000-32767"))?;
     let (a, b): (i32, i32) = (a.trim().parse()?, b.trim().parse()?);
     if !(1..=65535).contains(&a) || !(1..=65535).contains(&b) || a > b {
         bail!("node port range {s:?}: ports must be 1-65535 with FIRST <= LAST");
@@ -263,41 +206,26 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
 async fn down(name: Option<String>) -> Result<ExitCode> {
     let lab = lab::select(name.as_deref())?;
     lab::stop_daemon(&lab, Duration::from_secs(10))?;
-    std::fs::remove_dir_all(&lab.dir).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    std::fs::remove_dir_all(&lab.dir)
+        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
     lab::unregister(&lab.name);
     println!("lab {:?} is down", lab.name);
     Ok(ExitCode::SUCCESS)
 }
 
-async fn daemon(
-    name: Option<String>,
-    state_dir: PathBuf,
-    ready_fd: Option<i32>,
-) -> Result<ExitCode> {
+async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>) -> Result<ExitCode> {
     use std::os::fd::FromRawFd;
     let mut ready = ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
     let result = async {
         tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                    .unwrap_or_else(|_| "info".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
             .with_writer(std::io::stderr)
             .try_init()
             .ok();
         let lab = Lab::at(name.as_deref().unwrap_or("default"), state_dir.clone());
         let cfg = lab.config()?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(state_dir.join("daemon.lock"))?;
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(state_dir.join("daemon.lock"))?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| anyhow::anyhow!("another weft daemon already runs lab {:?}", cfg.name))?;
         std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
@@ -342,11 +270,7 @@ async fn status(name: Option<String>) -> Result<ExitCode> {
     println!("state:      {}", lab.dir.display());
     println!(
         "daemon:     {}",
-        if running {
-            format!("running (pid {})", lab.pid().unwrap_or(0))
-        } else {
-            "stopped".into()
-        }
+        if running { format!("running (pid {})", lab.pid().unwrap_or(0)) } else { "stopped".into() }
     );
     if running {
         let c = client::connect(&lab).await?;
@@ -355,17 +279,9 @@ async fn status(name: Option<String>) -> Result<ExitCode> {
             Ok(_) | Err(kube::Error::SerdeError(_)) => "ok".to_string(),
             Err(e) => client::describe_error(&e),
         };
-        println!(
-            "apiserver:  {} ({})",
-            health,
-            lab.api_url().unwrap_or_default()
-        );
+        println!("apiserver:  {} ({})", health, lab.api_url().unwrap_or_default());
     }
-    Ok(if running {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if running { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Reads manifests from files, directories (their .yaml/.yml/.json files) or stdin.
@@ -383,26 +299,18 @@ fn read_manifests(files: &[String]) -> Result<Vec<Value>> {
                 let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)?
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|e| {
-                        e.extension()
-                            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
-                    })
+                    .filter(|e| e.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
                     .collect();
                 entries.sort();
                 for e in entries {
                     texts.push((e.display().to_string(), std::fs::read_to_string(&e)?));
                 }
             } else {
-                texts.push((
-                    f.clone(),
-                    std::fs::read_to_string(&p).with_context(|| format!("reading {f}"))?,
-                ));
+                texts.push((f.clone(), std::fs::read_to_string(&p).with_context(|| format!("reading {f}"))?));
             }
         }
         for (src, t) in texts {
-            out.extend(
-                weft_api::yaml::parse_manifests(&t).map_err(|e| anyhow::anyhow!("{src}: {e}"))?,
-            );
+            out.extend(weft_api::yaml::parse_manifests(&t).map_err(|e| anyhow::anyhow!("{src}: {e}"))?);
         }
     }
     Ok(out)
@@ -411,28 +319,16 @@ fn read_manifests(files: &[String]) -> Result<Vec<Value>> {
 fn kind_of(v: &Value) -> Result<&'static weft_api::Kind> {
     let av = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or("");
     let k = v.get("kind").and_then(|a| a.as_str()).unwrap_or("");
-    kinds::by_gvk(av, k).with_context(|| {
-        format!(
-            "no matches for kind {k:?} in version {av:?}: weft serves {}",
-            served_kinds()
-        )
-    })
+    kinds::by_gvk(av, k)
+        .with_context(|| format!("no matches for kind {k:?} in version {av:?}: weft serves {}", served_kinds()))
 }
 
 fn served_kinds() -> String {
-    kinds::ALL
-        .iter()
-        .map(|k| format!("{}/{}", k.api_version(), k.kind))
-        .collect::<Vec<_>>()
-        .join(", ")
+    kinds::ALL.iter().map(|k| format!("{}/{}", k.api_version(), k.kind)).collect::<Vec<_>>().join(", ")
 }
 
 fn display_name(kind: &weft_api::Kind) -> String {
-    if kind.group.is_empty() {
-        kind.singular.to_string()
-    } else {
-        format!("{}.{}", kind.singular, kind.group)
-    }
+    if kind.group.is_empty() { kind.singular.to_string() } else { format!("{}.{}", kind.singular, kind.group) }
 }
 
 async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> Result<ExitCode> {
@@ -449,16 +345,9 @@ async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> 
                 continue;
             }
         };
-        let obj_ns = d
-            .pointer("/metadata/namespace")
-            .and_then(|n| n.as_str())
-            .map(String::from);
+        let obj_ns = d.pointer("/metadata/namespace").and_then(|n| n.as_str()).map(String::from);
         let ns = obj_ns.or(ns.clone()).unwrap_or("default".into());
-        let n = d
-            .pointer("/metadata/name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("")
-            .to_string();
+        let n = d.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
         let label = format!("{}/{}", display_name(kind), n);
         let result = async {
             for _attempt in 0..5 {
@@ -477,10 +366,7 @@ async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> 
                     }
                     Err(e) => return Err(e),
                     Ok(cur) => {
-                        let rv = cur
-                            .pointer("/metadata/resourceVersion")
-                            .cloned()
-                            .unwrap_or(Value::Null);
+                        let rv = cur.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
                         d["metadata"]["resourceVersion"] = rv.clone();
                         let out = client::call(
                             &c,
@@ -493,13 +379,11 @@ async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> 
                         .await;
                         match out {
                             Ok(o) => {
-                                return Ok(
-                                    if o.pointer("/metadata/resourceVersion") == Some(&rv) {
-                                        "unchanged"
-                                    } else {
-                                        "configured"
-                                    },
-                                );
+                                return Ok(if o.pointer("/metadata/resourceVersion") == Some(&rv) {
+                                    "unchanged"
+                                } else {
+                                    "configured"
+                                });
                             }
                             Err(kube::Error::Api(s)) if s.code == 409 => continue,
                             Err(e) => return Err(e),
@@ -518,11 +402,7 @@ async fn apply(name: Option<String>, files: Vec<String>, ns: Option<String>) -> 
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 async fn delete(
@@ -538,27 +418,14 @@ async fn delete(
     if !files.is_empty() {
         for d in read_manifests(&files)? {
             let k = kind_of(&d)?;
-            let n = d
-                .pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-                .to_string();
-            let obj_ns = d
-                .pointer("/metadata/namespace")
-                .and_then(|n| n.as_str())
-                .map(String::from);
-            targets.push((
-                k.storage(),
-                obj_ns.or(ns.clone()).unwrap_or("default".into()),
-                n,
-            ));
+            let n = d.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+            let obj_ns = d.pointer("/metadata/namespace").and_then(|n| n.as_str()).map(String::from);
+            targets.push((k.storage(), obj_ns.or(ns.clone()).unwrap_or("default".into()), n));
         }
     } else {
-        let Some(kind) = kind else {
-            bail!("say what to delete: `weft delete -f FILE` or `weft delete KIND NAME`")
-        };
-        let k = kinds::by_cli_name(&kind)
-            .with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
+        let Some(kind) = kind else { bail!("say what to delete: `weft delete -f FILE` or `weft delete KIND NAME`") };
+        let k =
+            kinds::by_cli_name(&kind).with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
         if names.is_empty() {
             bail!("name the {} to delete: `weft delete {kind} NAME`", k.plural);
         }
@@ -568,8 +435,7 @@ async fn delete(
     }
     let mut failed = false;
     for (k, ns, n) in targets {
-        let body =
-            json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+        let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
         match client::call(
             &c,
             Method::DELETE,
@@ -587,11 +453,7 @@ async fn delete(
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -611,11 +473,7 @@ async fn get(
         format!("the server doesn't have a resource type {kind:?}: try one of svc, ep, endpointslices, po, ns, no, deploy, rs, rc, ing, ingressclass, netpol, cm, secret")
     })?;
     let ns = ns.unwrap_or("default".into());
-    let ns_opt = if all && obj.is_none() {
-        None
-    } else {
-        Some(ns.as_str())
-    };
+    let ns_opt = if all && obj.is_none() { None } else { Some(ns.as_str()) };
     let mut path = client::path(k, ns_opt, obj.as_deref());
     if let Some(sel) = &selector {
         path.push_str(&format!("?labelSelector={}", url_escape(sel)));
@@ -630,7 +488,15 @@ async fn get(
                     eprintln!("No resources found in {ns} namespace.");
                 }
             } else {
-                print!("{}", output::render_table(&t, output.as_deref() == Some("wide"), all && k.namespaced && obj.is_none(), no_headers));
+                print!(
+                    "{}",
+                    output::render_table(
+                        &t,
+                        output.as_deref() == Some("wide"),
+                        all && k.namespaced && obj.is_none(),
+                        no_headers
+                    )
+                );
             }
         }),
         Some(fmt @ ("yaml" | "json")) => client::get(&c, &path).await.map(|mut v| {
@@ -645,7 +511,11 @@ async fn get(
             }
         }),
         Some("name") => client::get(&c, &path).await.map(|v| {
-            let items = if obj.is_none() { v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default() } else { vec![v] };
+            let items = if obj.is_none() {
+                v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default()
+            } else {
+                vec![v]
+            };
             for i in items {
                 println!("{}/{}", display_name(k), i.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or(""));
             }
@@ -664,24 +534,16 @@ async fn get(
 fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
-async fn describe(
-    name: Option<String>,
-    kind: String,
-    obj: String,
-    ns: Option<String>,
-) -> Result<ExitCode> {
+async fn describe(name: Option<String>, kind: String, obj: String, ns: Option<String>) -> Result<ExitCode> {
     let lab = lab::select(name.as_deref())?;
     let c = client::connect(&lab).await?;
-    let k = kinds::by_cli_name(&kind)
-        .with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
+    let k = kinds::by_cli_name(&kind).with_context(|| format!("the server doesn't have a resource type {kind:?}"))?;
     let ns = ns.unwrap_or("default".into());
     let v = match client::get(&c, &client::path(k, Some(&ns), Some(&obj))).await {
         Ok(v) => v,

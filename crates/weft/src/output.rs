@@ -5,11 +5,7 @@ use serde_json::Value;
 /// Prints a `meta.k8s.io/v1` Table the way kubectl does (upper-case headers, columns padded by
 /// three spaces), with a NAMESPACE column first when listing across namespaces.
 pub fn render_table(t: &Value, wide: bool, with_namespace: bool, no_headers: bool) -> String {
-    let cols = t
-        .get("columnDefinitions")
-        .and_then(|c| c.as_array())
-        .cloned()
-        .unwrap_or_default();
+    let cols = t.get("columnDefinitions").and_then(|c| c.as_array()).cloned().unwrap_or_default();
     let keep: Vec<usize> = cols
         .iter()
         .enumerate()
@@ -18,26 +14,14 @@ pub fn render_table(t: &Value, wide: bool, with_namespace: bool, no_headers: boo
         .collect();
     let mut rows: Vec<Vec<String>> = vec![];
     if !no_headers {
-        let mut h: Vec<String> = keep
-            .iter()
-            .map(|i| cols[*i]["name"].as_str().unwrap_or("").to_uppercase())
-            .collect();
+        let mut h: Vec<String> = keep.iter().map(|i| cols[*i]["name"].as_str().unwrap_or("").to_uppercase()).collect();
         if with_namespace {
             h.insert(0, "NAMESPACE".into());
         }
         rows.push(h);
     }
-    for r in t
-        .get("rows")
-        .and_then(|r| r.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let cells = r
-            .get("cells")
-            .and_then(|c| c.as_array())
-            .cloned()
-            .unwrap_or_default();
+    for r in t.get("rows").and_then(|r| r.as_array()).into_iter().flatten() {
+        let cells = r.get("cells").and_then(|c| c.as_array()).cloned().unwrap_or_default();
         let mut line: Vec<String> = keep
             .iter()
             .map(|i| match cells.get(*i) {
@@ -47,24 +31,13 @@ pub fn render_table(t: &Value, wide: bool, with_namespace: bool, no_headers: boo
             })
             .collect();
         if with_namespace {
-            line.insert(
-                0,
-                r.pointer("/object/metadata/namespace")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or("")
-                    .to_string(),
-            );
+            line.insert(0, r.pointer("/object/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("").to_string());
         }
         rows.push(line);
     }
     let ncols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..ncols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0))
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -82,8 +55,7 @@ pub fn render_table(t: &Value, wide: bool, with_namespace: bool, no_headers: boo
 }
 
 pub fn yaml(v: &Value) -> String {
-    serde_saphyr::to_string(v)
-        .unwrap_or_else(|_| serde_json::to_string_pretty(v).unwrap_or_default())
+    serde_saphyr::to_string(v).unwrap_or_else(|_| serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
 fn map_lines(label: &str, m: Option<&Value>) -> String {
@@ -100,11 +72,7 @@ fn map_lines(label: &str, m: Option<&Value>) -> String {
     }
     let mut s = String::new();
     for (i, e) in entries.iter().enumerate() {
-        let head = if i == 0 {
-            format!("{label}:")
-        } else {
-            String::new()
-        };
+        let head = if i == 0 { format!("{label}:") } else { String::new() };
         s.push_str(&format!("{head:<width$}{e}\n"));
     }
     s
@@ -116,22 +84,14 @@ fn line(label: &str, value: impl std::fmt::Display) -> String {
 
 /// `kubectl describe service`, with the endpoints from the Service's EndpointSlices.
 pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
-    let s = |p: &str| {
-        svc.pointer(p)
-            .and_then(|x| x.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |p: &str| svc.pointer(p).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let mut out = String::new();
     out += &line("Name", s("/metadata/name"));
     out += &line("Namespace", s("/metadata/namespace"));
     out += &map_lines("Labels", svc.pointer("/metadata/labels"));
     out += &map_lines("Annotations", svc.pointer("/metadata/annotations"));
     let sel = weft_api::table::labels_string(svc.pointer("/spec/selector"));
-    out += &line(
-        "Selector",
-        if sel.is_empty() { "<none>".into() } else { sel },
-    );
+    out += &line("Selector", if sel.is_empty() { "<none>".into() } else { sel });
     let ty = s("/spec/type");
     out += &line("Type", &ty);
     if ty == "ExternalName" {
@@ -156,12 +116,7 @@ pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
             .collect();
         out += &line("IPs", ips.join(","));
     }
-    for ip in svc
-        .pointer("/spec/externalIPs")
-        .and_then(|f| f.as_array())
-        .into_iter()
-        .flatten()
-    {
+    for ip in svc.pointer("/spec/externalIPs").and_then(|f| f.as_array()).into_iter().flatten() {
         out += &line("External IPs", ip.as_str().unwrap_or(""));
     }
     let lb: Vec<&str> = svc
@@ -174,17 +129,8 @@ pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
     if !lb.is_empty() {
         out += &line("LoadBalancer Ingress", lb.join(", "));
     }
-    for p in svc
-        .pointer("/spec/ports")
-        .and_then(|f| f.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let name = p
-            .get("name")
-            .and_then(|n| n.as_str())
-            .filter(|n| !n.is_empty())
-            .unwrap_or("<unset>");
+    for p in svc.pointer("/spec/ports").and_then(|f| f.as_array()).into_iter().flatten() {
+        let name = p.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).unwrap_or("<unset>");
         let proto = p.get("protocol").and_then(|n| n.as_str()).unwrap_or("TCP");
         let port = p.get("port").and_then(|n| n.as_i64()).unwrap_or(0);
         out += &line("Port", format!("{name}  {port}/{proto}"));
@@ -210,26 +156,12 @@ pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
                         == p.get("name").and_then(|n| n.as_str()).unwrap_or("")
                 })
                 .and_then(|sp| sp.get("port").and_then(|n| n.as_i64()));
-            for e in sl
-                .get("endpoints")
-                .and_then(|x| x.as_array())
-                .into_iter()
-                .flatten()
-            {
+            for e in sl.get("endpoints").and_then(|x| x.as_array()).into_iter().flatten() {
                 if e.pointer("/conditions/ready").and_then(|r| r.as_bool()) == Some(false) {
                     continue;
                 }
-                for a in e
-                    .get("addresses")
-                    .and_then(|x| x.as_array())
-                    .into_iter()
-                    .flatten()
-                {
-                    eps.push(format!(
-                        "{}:{}",
-                        a.as_str().unwrap_or(""),
-                        sl_port.unwrap_or(0)
-                    ));
+                for a in e.get("addresses").and_then(|x| x.as_array()).into_iter().flatten() {
+                    eps.push(format!("{}:{}", a.as_str().unwrap_or(""), sl_port.unwrap_or(0)));
                 }
             }
         }
@@ -242,10 +174,7 @@ pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
     if ty != "ExternalName" {
         out += &line("Internal Traffic Policy", s("/spec/internalTrafficPolicy"));
     }
-    if let Some(h) = svc
-        .pointer("/spec/healthCheckNodePort")
-        .and_then(|h| h.as_i64())
-    {
+    if let Some(h) = svc.pointer("/spec/healthCheckNodePort").and_then(|h| h.as_i64()) {
         out += &line("HealthCheck NodePort", h);
     }
     out += &line("Events", "<none>");
@@ -254,12 +183,7 @@ pub fn describe_service(svc: &Value, slices: &[Value]) -> String {
 
 /// Describe for kinds without a dedicated layout: metadata, then spec and status as YAML.
 pub fn describe_generic(v: &Value) -> String {
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(|x| x.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let mut out = String::new();
     out += &line("Name", s("/metadata/name"));
     if !s("/metadata/namespace").is_empty() {
@@ -282,7 +206,5 @@ pub fn describe_generic(v: &Value) -> String {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }

@@ -1,0 +1,101 @@
+//! A lab for one test: its own `$WEFT_HOME` and name, brought down when the test ends (also
+//! when it panics).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+pub struct TestLab {
+    pub name: String,
+    pub home: tempfile::TempDir,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestLab {
+    /// `weft up` with a unique name; `extra` are more `weft up` flags.
+    pub fn up(extra: &[&str]) -> TestLab {
+        let name = format!("weft-t{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let home = tempfile::tempdir().expect("tempdir");
+        let lab = TestLab { name, home };
+        let mut args = vec!["up"];
+        args.extend_from_slice(extra);
+        let out = lab.weft(&args);
+        assert!(out.status.success(), "weft up failed: {}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    pub fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.env("WEFT_HOME", self.home.path()).env("WEFT_CLUSTER", &self.name);
+        c
+    }
+
+    pub fn weft(&self, args: &[&str]) -> Output {
+        self.cmd(WEFT).args(args).output().expect("run weft")
+    }
+
+    /// Runs weft and returns stdout, failing the test on a non-zero exit.
+    pub fn weft_ok(&self, args: &[&str]) -> String {
+        let out = self.weft(args);
+        assert!(
+            out.status.success(),
+            "weft {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        std::fs::read_link(self.home.path().join("labs").join(&self.name)).expect("lab registered")
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir().join("kubeconfig")
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl is installed")
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        std::fs::read_to_string(self.state_dir().join("daemon.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+
+    pub fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = self.weft(&["down"]);
+    }
+}
