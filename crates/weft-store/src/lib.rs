@@ -185,7 +185,8 @@ pub struct Watch {
 impl Store {
     /// Opens (or creates) the store in `path`, keeping `history` events for watches.
     pub fn open(path: &Path, history: usize) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        // The store serves reads from memory; redb's page cache only needs to cover writes.
+        let db = Database::builder().set_cache_size(16 << 20).create(path)?;
         let state = {
             let wtx = db.begin_write()?;
             {

@@ -90,7 +90,7 @@ impl TestLab {
     }
 
     pub fn fixture(name: &str) -> String {
-        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+        format!("{}/../../examples/seeds/{name}", env!("CARGO_MANIFEST_DIR"))
     }
 }
 
