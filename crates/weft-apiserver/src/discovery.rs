@@ -94,6 +94,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
+/// The (empty) OpenAPI v2 document in JSON.
+pub fn openapi_v2() -> Value {
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": format!("v{VERSION_MAJOR}.{VERSION_MINOR}.0")},
+           "paths": {}, "definitions": {}})
+}
+
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }

@@ -246,9 +246,14 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
         ["api", v] if get => simple(discovery::resource_list("", v)),
         ["apis", g] if get => simple(discovery::api_group(g)),
         ["apis", g, v] if get => simple(discovery::resource_list(g, v)),
-        ["openapi", "v2"] => {
-            error_response(&ApiError::new(404, "NotFound", "OpenAPI v2 is not served: kubectl uses /openapi/v3"))
-        }
+        // An OpenAPI v2 document without definitions: kubectl before 1.27 insists on fetching one,
+        // and with no schema for a kind it leaves validation to this server (which does it).
+        ["openapi", "v2"] if accept.contains("protobuf") => Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(full(Bytes::new()))
+            .unwrap(),
+        ["openapi", "v2"] => json_response(200, &discovery::openapi_v2()),
         ["openapi", "v3"] => json_response(200, &discovery::openapi_v3_root()),
         ["openapi", "v3", rest @ ..] => simple(discovery::openapi_v3_group_version(&rest.join("/"))),
         ["api", v, rest @ ..] => resource(&api, target("", v, rest), &method, &query, &accept, &ctype, &body).await,
