@@ -1,0 +1,214 @@
+//! The runtime side of CNI: executing a plugin as containerd or CRI-O do (environment + stdin,
+//! result or error on stdout), one plugin or a whole conflist with `prevResult` chaining. The lab's
+//! kubelet, the tests and the benchmarks use it; the plugin uses it to delegate IPAM.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::plugin::Env;
+use crate::spec::{CniError, CniResult, code};
+
+/// Finds plugin `name` on a CNI_PATH-style list of directories.
+pub fn find_plugin(name: &str, cni_path: &str) -> CniResult<PathBuf> {
+    if name.contains('/') {
+        return Err(CniError::config(format!("plugin type {name:?} may not contain '/'")));
+    }
+    for dir in cni_path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        format!("failed to find plugin {name:?} in path [{cni_path}]"),
+        "install it or add its directory to CNI_PATH",
+    ))
+}
+
+/// One invocation of a plugin binary.
+pub struct Invocation<'a> {
+    pub plugin: &'a Path,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub cni_path: &'a str,
+    /// Run the plugin inside this network namespace (a lab node), as a runtime on that node would.
+    pub node_netns: Option<&'a File>,
+}
+
+impl Invocation<'_> {
+    pub fn run(&self, conf: &Value) -> CniResult<Option<Value>> {
+        let mut cmd = Command::new(self.plugin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_NETNS", self.netns)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_ARGS", self.args)
+            .env("CNI_PATH", self.cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ns) = self.node_netns {
+            let fd = ns.as_fd().try_clone_to_owned().map_err(|e| CniError::io("node netns", e))?;
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| CniError::io(format!("cannot run {}", self.plugin.display()), e))?;
+        let body = serde_json::to_vec(conf).unwrap_or_default();
+        child.stdin.take().unwrap().write_all(&body).map_err(|e| CniError::io("writing the plugin's stdin", e))?;
+        let out = child.wait_with_output().map_err(|e| CniError::io("waiting for the plugin", e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+                json!({"code": code::IO, "msg": format!("{} failed", self.plugin.display()), "details": String::from_utf8_lossy(&out.stderr)})
+            });
+            return Err(CniError::new(
+                v["code"].as_u64().unwrap_or(code::IO as u64) as u32,
+                v["msg"].as_str().unwrap_or("plugin failed"),
+                v["details"].as_str().unwrap_or(""),
+            ));
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| CniError::new(code::DECODE, "the plugin printed something that is not JSON", e.to_string()))
+    }
+}
+
+/// Used by the plugin to delegate IPAM to another binary, with its own invocation's environment.
+pub async fn exec_plugin(
+    name: &str,
+    cni_path: &str,
+    command: &str,
+    env: &Env,
+    conf: &Value,
+) -> CniResult<Option<Value>> {
+    let plugin = find_plugin(name, cni_path)?;
+    let inv = Invocation {
+        plugin: &plugin,
+        command,
+        container_id: &env.container_id,
+        netns: &env.netns,
+        ifname: &env.ifname,
+        args: &env.args,
+        cni_path,
+        node_netns: None,
+    };
+    inv.run(conf)
+}
+
+/// A network configuration list (`.conflist`): plugins run in order for ADD, each given the
+/// previous one's result as `prevResult`, and in reverse for DEL.
+pub struct ConfList {
+    pub version: String,
+    pub name: String,
+    pub plugins: Vec<Value>,
+}
+
+impl ConfList {
+    /// Accepts a conflist or a single plugin configuration.
+    pub fn parse(v: &Value) -> CniResult<ConfList> {
+        let version = v["cniVersion"].as_str().unwrap_or("1.0.0").to_string();
+        let name = v["name"].as_str().unwrap_or("").to_string();
+        let plugins = match v.get("plugins").and_then(|p| p.as_array()) {
+            Some(p) => p.clone(),
+            None => vec![v.clone()],
+        };
+        if plugins.is_empty() {
+            return Err(CniError::config("the conflist has no plugins"));
+        }
+        Ok(ConfList { version, name, plugins })
+    }
+
+    fn conf_for(&self, plugin: &Value, prev: Option<&Value>, runtime_config: &Value) -> Value {
+        let mut c = plugin.clone();
+        c["cniVersion"] = json!(self.version);
+        c["name"] = json!(self.name);
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        // runtimeConfig is passed only for the capabilities a plugin declares.
+        if let (Some(caps), Some(rc)) =
+            (plugin.get("capabilities").and_then(|c| c.as_object()), runtime_config.as_object())
+        {
+            let mut sel = serde_json::Map::new();
+            for (k, on) in caps {
+                if on.as_bool() == Some(true)
+                    && let Some(x) = rc.get(k)
+                {
+                    sel.insert(k.clone(), x.clone());
+                }
+            }
+            if !sel.is_empty() {
+                c["runtimeConfig"] = Value::Object(sel);
+            }
+        }
+        c
+    }
+
+    /// ADD through every plugin; returns the last result.
+    pub fn add(&self, base: &Invocation, runtime_config: &Value) -> CniResult<Value> {
+        let mut prev: Option<Value> = None;
+        for p in &self.plugins {
+            let ty = p["type"].as_str().unwrap_or("");
+            let bin = find_plugin(ty, base.cni_path)?;
+            let inv = Invocation { plugin: &bin, command: "ADD", ..*base };
+            prev = inv.run(&self.conf_for(p, prev.as_ref(), runtime_config))?.or(prev);
+        }
+        prev.ok_or_else(|| CniError::new(code::IO, "the plugins returned no result", ""))
+    }
+
+    /// DEL through every plugin in reverse; every plugin is tried, the first error is returned.
+    pub fn del(&self, base: &Invocation, prev: Option<&Value>, runtime_config: &Value) -> CniResult<()> {
+        let mut first_err = None;
+        for p in self.plugins.iter().rev() {
+            let ty = p["type"].as_str().unwrap_or("");
+            let r = find_plugin(ty, base.cni_path).and_then(|bin| {
+                let inv = Invocation { plugin: &bin, command: "DEL", ..*base };
+                inv.run(&self.conf_for(p, prev, runtime_config))
+            });
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    pub fn check(&self, base: &Invocation, prev: &Value, runtime_config: &Value) -> CniResult<()> {
+        for p in &self.plugins {
+            let bin = find_plugin(p["type"].as_str().unwrap_or(""), base.cni_path)?;
+            let inv = Invocation { plugin: &bin, command: "CHECK", ..*base };
+            inv.run(&self.conf_for(p, Some(prev), runtime_config))?;
+        }
+        Ok(())
+    }
+
+    /// GC with the attachments that are still valid.
+    pub fn gc(&self, base: &Invocation, valid: &[(String, String)]) -> CniResult<()> {
+        let list: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
+        for p in &self.plugins {
+            let bin = find_plugin(p["type"].as_str().unwrap_or(""), base.cni_path)?;
+            let inv = Invocation { plugin: &bin, command: "GC", container_id: "", netns: "", ifname: "", ..*base };
+            let mut c = self.conf_for(p, None, &Value::Null);
+            c["cni.dev/valid-attachments"] = json!(list);
+            inv.run(&c)?;
+        }
+        Ok(())
+    }
+}

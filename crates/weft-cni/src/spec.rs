@@ -1,0 +1,347 @@
+//! The CNI protocol's data: network configuration, results (with conversion between spec
+//! versions) and errors, as the CNI specification 1.1.0 gives them. Pure: no I/O.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const CURRENT_VERSION: &str = "1.1.0";
+
+/// The spec's well-known error codes.
+pub mod code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO: u32 = 5;
+    pub const DECODE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    pub const LIMITED: u32 = 51;
+}
+
+/// A CNI error result (`{"cniVersion", "code", "msg", "details"}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}{}", if .details.is_empty() { String::new() } else { format!(": {}", .details) })]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        CniError { code, msg: msg.into(), details: details.into() }
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::new(code::INVALID_CONFIG, msg, "")
+    }
+    pub fn io(msg: impl Into<String>, details: impl std::fmt::Display) -> Self {
+        Self::new(code::IO, msg, details.to_string())
+    }
+    pub fn to_json(&self, version: &str) -> Value {
+        let mut v = json!({"cniVersion": version, "code": self.code, "msg": self.msg});
+        if !self.details.is_empty() {
+            v["details"] = json!(self.details);
+        }
+        v
+    }
+}
+
+pub type CniResult<T> = Result<T, CniError>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: IpNet,
+    #[serde(default, rename = "rangeStart", skip_serializing_if = "Option::is_none")]
+    pub range_start: Option<IpAddr>,
+    #[serde(default, rename = "rangeEnd", skip_serializing_if = "Option::is_none")]
+    pub range_end: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ipam {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub ranges: Vec<Vec<Range>>,
+    /// The old single-range form of host-local.
+    #[serde(default)]
+    pub subnet: Option<IpNet>,
+    #[serde(default, rename = "rangeStart")]
+    pub range_start: Option<IpAddr>,
+    #[serde(default, rename = "rangeEnd")]
+    pub range_end: Option<IpAddr>,
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default, rename = "dataDir")]
+    pub data_dir: Option<String>,
+}
+
+impl Ipam {
+    /// The range sets, with the old single-subnet form folded in.
+    pub fn range_sets(&self) -> Vec<Vec<Range>> {
+        let mut sets = self.ranges.clone();
+        if let Some(subnet) = self.subnet {
+            sets.insert(
+                0,
+                vec![Range { subnet, range_start: self.range_start, range_end: self.range_end, gateway: self.gateway }],
+            );
+        }
+        sets
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMapping {
+    #[serde(rename = "hostPort")]
+    pub host_port: u16,
+    #[serde(rename = "containerPort")]
+    pub container_port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(default, rename = "portMappings")]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The configuration of the `bridge` plugin (and ours), as the runtime sends it on stdin.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub bridge: Option<String>,
+    #[serde(default, rename = "isGateway")]
+    pub is_gateway: bool,
+    #[serde(default, rename = "isDefaultGateway")]
+    pub is_default_gateway: bool,
+    #[serde(default, rename = "forceAddress")]
+    pub force_address: bool,
+    #[serde(default, rename = "ipMasq")]
+    pub ip_masq: bool,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default, rename = "hairpinMode")]
+    pub hairpin_mode: bool,
+    #[serde(default, rename = "promiscMode")]
+    pub promisc_mode: bool,
+    #[serde(default)]
+    pub ipam: Option<Ipam>,
+    #[serde(default)]
+    pub dns: Option<Value>,
+    #[serde(default, rename = "prevResult")]
+    pub prev_result: Option<Value>,
+    #[serde(default, rename = "runtimeConfig")]
+    pub runtime_config: RuntimeConfig,
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> CniResult<NetConf> {
+        let c: NetConf = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::new(code::DECODE, "failed to decode the network configuration", e.to_string()))?;
+        if !c.cni_version.is_empty() && !SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()) {
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("cniVersion {:?} is not supported", c.cni_version),
+                format!("use one of {}", SUPPORTED_VERSIONS.join(", ")),
+            ));
+        }
+        if c.name.is_empty() {
+            return Err(CniError::config("the network configuration has no \"name\": give the network a name"));
+        }
+        if c.name.contains('/') || c.name.starts_with('.') {
+            return Err(CniError::config(format!("network name {:?} may not contain '/' or start with '.'", c.name)));
+        }
+        if let Some(b) = &c.bridge
+            && (b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace))
+        {
+            return Err(CniError::config(format!(
+                "bridge name {b:?} is not a valid interface name: 1-15 characters, no '/' or spaces"
+            )));
+        }
+        if let Some(m) = c.mtu
+            && !(68..=65535).contains(&m)
+        {
+            return Err(CniError::config(format!("mtu {m} is out of range: use 68-65535")));
+        }
+        Ok(c)
+    }
+
+    pub fn version(&self) -> &str {
+        if self.cni_version.is_empty() { "0.3.0" } else { &self.cni_version }
+    }
+
+    pub fn bridge_name(&self) -> &str {
+        self.bridge.as_deref().unwrap_or("cni0")
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sandbox: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+    pub address: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+/// A result in the current (1.x) shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CniOutput {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub dns: Value,
+}
+
+impl CniOutput {
+    /// The result as a plugin prints it for `version` (0.3.x and 0.4.0 add `version` to each IP).
+    pub fn to_json(&self, version: &str) -> Value {
+        let mut v = serde_json::to_value(self).expect("result serializes");
+        v["cniVersion"] = json!(version);
+        if v["dns"].is_null() {
+            v["dns"] = json!({});
+        }
+        if version.starts_with("0.") {
+            if let Some(ips) = v.get_mut("ips").and_then(|i| i.as_array_mut()) {
+                for ip in ips {
+                    let fam = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
+                    ip["version"] = json!(fam);
+                }
+            }
+        }
+        v
+    }
+
+    /// Reads a result of any supported version (a `prevResult`, or a delegated IPAM plugin's output).
+    pub fn from_json(v: &Value) -> CniResult<CniOutput> {
+        let mut v = v.clone();
+        if let Some(ips) = v.get_mut("ips").and_then(|i| i.as_array_mut()) {
+            for ip in ips {
+                if let Some(o) = ip.as_object_mut() {
+                    o.remove("version");
+                }
+            }
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("cniVersion");
+        }
+        serde_json::from_value(v)
+            .map_err(|e| CniError::new(code::DECODE, "failed to decode a CNI result", e.to_string()))
+    }
+}
+
+/// The answer to VERSION.
+pub fn version_info() -> Value {
+    json!({"cniVersion": CURRENT_VERSION, "supportedVersions": SUPPORTED_VERSIONS})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_002_config_parses() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"0.3.1","name":"bridge","type":"bridge","bridge":"cnio0","isGateway":true,"ipMasq":true,
+            "ipam":{"type":"host-local","ranges":[[{"subnet":"10.200.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge_name(), "cnio0");
+        assert!(c.is_gateway && c.ip_masq);
+        let ipam = c.ipam.unwrap();
+        assert_eq!(ipam.range_sets()[0][0].subnet.to_string(), "10.200.0.0/24");
+    }
+
+    #[test]
+    fn bad_configs_get_spec_errors() {
+        assert_eq!(NetConf::parse(b"{").unwrap_err().code, code::DECODE);
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n"}"#).unwrap_err().code,
+            code::INCOMPATIBLE_VERSION
+        );
+        assert_eq!(NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","mtu":5}"#).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","bridge":"waytoolongbridgename"}"#).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn results_convert_between_versions() {
+        let r = CniOutput {
+            interfaces: vec![Interface { name: "eth0".into(), sandbox: "/run/netns/x".into(), ..Default::default() }],
+            ips: vec![IpConfig {
+                interface: Some(0),
+                address: "10.0.0.2/24".parse().unwrap(),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+            }],
+            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: None }],
+            dns: json!({}),
+        };
+        let v031 = r.to_json("0.3.1");
+        assert_eq!(v031["ips"][0]["version"], "4");
+        assert_eq!(v031["cniVersion"], "0.3.1");
+        let v1 = r.to_json("1.1.0");
+        assert!(v1["ips"][0].get("version").is_none());
+        assert_eq!(CniOutput::from_json(&v031).unwrap(), r);
+        assert_eq!(CniOutput::from_json(&v1).unwrap(), r);
+    }
+}
