@@ -79,20 +79,15 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// A connection in the network namespace at `netns`.
+    /// A connection in the network namespace at `netns`: this thread enters it just long enough to
+    /// open the socket (which stays bound to it), then returns to where it was.
     pub fn in_netns(netns: &File) -> NlResult<Netlink> {
-        let fd = netns.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
-        // The socket is registered with the runtime, so the thread enters it.
-        let rt = tokio::runtime::Handle::current();
-        let made = std::thread::spawn(move || -> NlResult<_> {
-            let _rt = rt.enter();
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("entering the netns: {e}"))?;
-            rtnetlink::new_connection().map_err(|e| format!("opening netlink in the netns: {e}"))
-        })
-        .join()
-        .map_err(|_| "netns thread panicked".to_string())??;
-        let (conn, handle, _) = made;
+        use nix::sched::{CloneFlags, setns};
+        let home = File::open("/proc/thread-self/ns/net").map_err(|e| format!("reading this thread's netns: {e}"))?;
+        setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| format!("entering the netns: {e}"))?;
+        let made = rtnetlink::new_connection().map_err(|e| format!("opening netlink in the netns: {e}"));
+        setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| format!("returning from the netns: {e}"))?;
+        let (conn, handle, _) = made?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
@@ -218,10 +213,11 @@ impl Netlink {
         Ok(out)
     }
 
-    pub async fn add_address(&self, index: u32, addr: IpNet) -> NlResult<()> {
+    /// Adds an address; `Ok(false)` when it was there already.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> NlResult<bool> {
         match self.handle.address().add(index, addr.addr(), addr.prefix_len()).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -17 => Ok(()),
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -17 => Ok(false),
             Err(err) => Err(format!("adding address {addr}: {err}")),
         }
     }

@@ -151,13 +151,6 @@ async fn add(env: &Env, conf: &NetConf) -> CniResult<CniOutput> {
     let raw: Value = conf_json(conf);
     let host = Netlink::here().map_err(nl_err("netlink"))?;
     let pod = Netlink::in_netns(&netns).map_err(nl_err("netlink in the pod's namespace"))?;
-    if pod.link(&env.ifname).await.map_err(nl_err("netlink"))?.is_some() {
-        return Err(CniError::new(
-            code::IO,
-            format!("container veth name provided ({}) already exists", env.ifname),
-            "DEL the attachment first, or use another CNI_IFNAME",
-        ));
-    }
     let (leases, routes, ipam_dns) = ipam_add(env, conf, &raw).await?;
     let made = AddUndo { env: env.clone(), conf: conf.clone(), raw: raw.clone() };
     match wire(env, conf, &host, &pod, &netns, &leases, &routes).await {
@@ -214,19 +207,21 @@ async fn wire(
     if has_v6 {
         let _ = net::sysctl_in(None, &format!("net/ipv6/conf/{}/accept_dad", conf.bridge_name()), "0");
     }
-    // The gateway addresses on the bridge (reference `ensureAddr`, with forceAddress).
+    // The gateway addresses on the bridge (reference `ensureAddr`, with forceAddress). Usually
+    // they are there already, which one add (EEXIST) tells without listing the bridge's addresses.
     if is_gateway {
-        let have = host.addresses(br.index).await.map_err(nl_err("bridge addresses"))?;
         for l in leases {
             let want = IpNet::new(l.gateway, l.address.prefix_len()).map_err(|e| CniError::config(e.to_string()))?;
-            if have.contains(&want) {
+            if !host.add_address(br.index, want).await.map_err(nl_err("bridge address"))? {
                 continue;
             }
-            for a in have.iter().filter(|a| a.addr().is_ipv4() == want.addr().is_ipv4()) {
+            let have = host.addresses(br.index).await.map_err(nl_err("bridge addresses"))?;
+            for a in have.iter().filter(|a| **a != want && a.addr().is_ipv4() == want.addr().is_ipv4()) {
                 if want.addr().is_ipv4() || a.contains(&want.addr()) || want.contains(&a.addr()) {
                     if conf.force_address {
                         host.del_address(br.index, *a).await.map_err(nl_err("bridge address"))?;
                     } else {
+                        let _ = host.del_address(br.index, want).await;
                         return Err(CniError::new(
                             code::IO,
                             format!("{:?} already has an IP address different from {want}", conf.bridge_name()),
@@ -235,7 +230,6 @@ async fn wire(
                     }
                 }
             }
-            host.add_address(br.index, want).await.map_err(nl_err("bridge address"))?;
         }
         let _ = net::sysctl_in(None, "net/ipv4/ip_forward", "1");
         if has_v6 {
@@ -243,14 +237,22 @@ async fn wire(
         }
     }
     // The veth pair, the pod end created inside the pod's namespace.
-    let mut host_name = net::host_veth_name();
-    for _ in 0..3 {
-        if host.link(&host_name).await.map_err(nl_err("netlink"))?.is_none() {
-            break;
+    let host_name = net::host_veth_name();
+    match host.create_veth(&host_name, &env.ifname, netns, conf.mtu).await {
+        Ok(()) => {}
+        Err(d) if d.contains("File exists") => {
+            // A random name can collide in the node; the pod's interface name can exist already.
+            if pod.link(&env.ifname).await.map_err(nl_err("netlink"))?.is_some() {
+                return Err(CniError::new(
+                    code::IO,
+                    format!("container veth name provided ({}) already exists", env.ifname),
+                    "DEL the attachment first, or use another CNI_IFNAME",
+                ));
+            }
+            return Err(CniError::new(code::TRY_AGAIN, "the host veth name collided", d));
         }
-        host_name = net::host_veth_name();
+        Err(d) => return Err(CniError::new(code::IO, "veth", d)),
     }
-    host.create_veth(&host_name, &env.ifname, netns, conf.mtu).await.map_err(nl_err("veth"))?;
     let hv = host
         .link(&host_name)
         .await
@@ -299,10 +301,9 @@ async fn wire(
         std::fs::create_dir_all(&dir).map_err(|e| CniError::io("host-port state", e))?;
         std::fs::write(dir.join(&env.container_id), undo).map_err(|e| CniError::io("host-port state", e))?;
     }
-    let br_now = host.link(conf.bridge_name()).await.map_err(nl_err("bridge"))?.unwrap_or(br);
     Ok(CniOutput {
         interfaces: vec![
-            Interface { name: br_now.name.clone(), mac: br_now.mac.clone(), ..Default::default() },
+            Interface { name: br.name.clone(), mac: br.mac.clone(), ..Default::default() },
             Interface { name: hv.name.clone(), mac: hv.mac.clone(), ..Default::default() },
             Interface {
                 name: env.ifname.clone(),
