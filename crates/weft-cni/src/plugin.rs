@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::ipam::{HostLocal, Lease};
 use crate::net::{self, Netlink};
@@ -59,11 +59,13 @@ pub async fn run(env: &Env, stdin: &[u8]) -> CniResult<Option<Value>> {
         return Ok(Some(version_info()));
     }
     let conf = NetConf::parse(stdin)?;
+    // Delegated IPAM plugins get the configuration exactly as it came.
+    let raw: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
     match env.command.as_str() {
-        "ADD" => add(env, &conf).await.map(|r| Some(r.to_json(conf.version()))),
-        "DEL" => del(env, &conf).await.map(|_| None),
+        "ADD" => add(env, &conf, &raw).await.map(|r| Some(r.to_json(conf.version()))),
+        "DEL" => del(env, &conf, &raw).await.map(|_| None),
         "CHECK" => check(env, &conf).await.map(|_| None),
-        "GC" => gc(env, &conf).await.map(|_| None),
+        "GC" => gc(env, &conf, &raw).await.map(|_| None),
         "STATUS" => status(&conf).map(|_| None),
         "" => Err(CniError::new(
             code::INVALID_ENV,
@@ -145,13 +147,12 @@ fn state_dir(conf: &NetConf) -> PathBuf {
     Path::new(&base).join(&conf.name)
 }
 
-async fn add(env: &Env, conf: &NetConf) -> CniResult<CniOutput> {
+async fn add(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<CniOutput> {
     env.require(&[("CNI_CONTAINERID", &env.container_id), ("CNI_NETNS", &env.netns), ("CNI_IFNAME", &env.ifname)])?;
     let netns = open_netns(&env.netns)?;
-    let raw: Value = conf_json(conf);
     let host = Netlink::here().map_err(nl_err("netlink"))?;
     let pod = Netlink::in_netns(&netns).map_err(nl_err("netlink in the pod's namespace"))?;
-    let (leases, routes, ipam_dns) = ipam_add(env, conf, &raw).await?;
+    let (leases, routes, ipam_dns) = ipam_add(env, conf, raw).await?;
     let made = AddUndo { env: env.clone(), conf: conf.clone(), raw: raw.clone() };
     match wire(env, conf, &host, &pod, &netns, &leases, &routes).await {
         Ok(mut out) => {
@@ -181,15 +182,6 @@ impl AddUndo {
         }
         let _ = ipam_del(&self.env, &self.conf, &self.raw).await;
     }
-}
-
-fn conf_json(conf: &NetConf) -> Value {
-    // The delegated IPAM plugin gets the network configuration; rebuild the parts it reads.
-    let mut v = json!({"cniVersion": conf.version(), "name": conf.name, "type": conf.type_});
-    if let Some(i) = &conf.ipam {
-        v["ipam"] = serde_json::to_value(i).unwrap_or(Value::Null);
-    }
-    v
 }
 
 async fn wire(
@@ -321,10 +313,10 @@ async fn wire(
     })
 }
 
-async fn del(env: &Env, conf: &NetConf) -> CniResult<()> {
+async fn del(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
     env.require(&[("CNI_CONTAINERID", &env.container_id), ("CNI_IFNAME", &env.ifname)])?;
     if conf.ipam.is_some() {
-        ipam_del(env, conf, &conf_json(conf)).await?;
+        ipam_del(env, conf, raw).await?;
     }
     let undo = state_dir(conf).join("hostports").join(&env.container_id);
     if let Ok(script) = std::fs::read_to_string(&undo) {
@@ -396,15 +388,13 @@ async fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
     Ok(())
 }
 
-async fn gc(env: &Env, conf: &NetConf) -> CniResult<()> {
+async fn gc(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     if builtin_ipam(conf) {
         let ipam = ipam_of(conf)?;
         HostLocal::open(ipam.data_dir.as_deref(), &conf.name)?.gc(&valid)?;
     } else if let Some(ipam) = &conf.ipam {
-        let mut v = conf_json(conf);
-        v["cni.dev/valid-attachments"] = serde_json::to_value(&valid).unwrap_or(Value::Null);
-        runtime::exec_plugin(&ipam.type_, &env.path, "GC", env, &v).await?;
+        runtime::exec_plugin(&ipam.type_, &env.path, "GC", env, raw).await?;
     }
     // Host-port undo scripts of attachments that are gone.
     if let Ok(rd) = std::fs::read_dir(state_dir(conf).join("hostports")) {

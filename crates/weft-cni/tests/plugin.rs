@@ -308,3 +308,46 @@ fn dual_stack_and_host_ports() {
         String::from_utf8(node.exec(&["nft", "list", "map", "ip", "weft-hostport", "hostports"]).stdout).unwrap();
     assert!(!rules.contains("8088"), "DEL removes the host port: {rules}");
 }
+
+#[test]
+fn conflist_chains_prev_result_and_ipam_can_be_delegated() {
+    // weft-cni first, then the reference `tuning` plugin, which needs our result as prevResult.
+    let node = Netns::new("node");
+    let p = Netns::new("p");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(WEFT_CNI, bin_dir.path().join("weft-cni")).unwrap();
+    let cni_path = format!("{}:/usr/lib/cni", bin_dir.path().display());
+    let list = weft_cni::runtime::ConfList::parse(&json!({
+        "cniVersion": "1.0.0", "name": "chain",
+        "plugins": [
+            {"type": "weft-cni", "bridge": "cni-ch", "isGateway": true,
+             // IPAM delegated to the reference `static` plugin on CNI_PATH.
+             "ipam": {"type": "static", "addresses": [{"address": "10.209.0.7/24", "gateway": "10.209.0.1"}],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_redirects": "0"}}
+        ]
+    }))
+    .unwrap();
+    let nodef = node.file();
+    let path = p.path();
+    let base = weft_cni::runtime::Invocation {
+        plugin: std::path::Path::new(""),
+        command: "ADD",
+        container_id: "c1",
+        netns: &path,
+        ifname: "eth0",
+        args: "",
+        cni_path: &cni_path,
+        node_netns: Some(&nodef),
+    };
+    let r = list.add(&base, &json!({})).unwrap();
+    assert_eq!(r["ips"][0]["address"], "10.209.0.7/24");
+    assert!(p.ip(&["addr", "show", "eth0"]).contains("10.209.0.7/24"));
+    let v = p.exec(&["cat", "/proc/sys/net/ipv4/conf/eth0/accept_redirects"]);
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "0", "tuning ran with our prevResult");
+    list.check(&base, &r, &json!({})).unwrap();
+    list.del(&base, Some(&r), &json!({})).unwrap();
+    assert!(!p.ip(&["link", "show"]).contains("eth0"));
+    drop(dir);
+}
