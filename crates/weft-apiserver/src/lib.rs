@@ -91,8 +91,11 @@ pub async fn start(cfg: Config) -> Result<Running> {
 
     let ips = alloc::IpAllocator::new(cfg.service_cidr);
     let kubernetes_ip = ips.nth(1).context("the service CIDR has no room for the kubernetes Service")?;
-    let api =
-        Arc::new(Api::new(store, Allocators { ips, ports: alloc::PortAllocator::new(cfg.node_port_range.clone()) }));
+    let api = Arc::new(Api::new(
+        store,
+        Allocators { ips, ports: alloc::PortAllocator::new(cfg.node_port_range.clone()) },
+        cfg.state_dir.clone(),
+    ));
     api.rebuild_allocations();
     bootstrap(&api, kubernetes_ip).await?;
 
@@ -297,6 +300,15 @@ async fn resource(
             Err(e) => Err(e),
         },
         (Method::GET, false) => api.list(&t, accept, q).map(|v| (200, v)),
+        (Method::GET, true) if t.sub.as_deref() == Some("log") => {
+            return match api.get(&t, accept, q) {
+                Ok(Value::String(text)) => {
+                    Response::builder().status(200).header(header::CONTENT_TYPE, "text/plain").body(full(text)).unwrap()
+                }
+                Ok(other) => json_response(200, &other),
+                Err(e) => error_response(&e),
+            };
+        }
         (Method::GET, true) => api.get(&t, accept, q).map(|v| (200, v)),
         (Method::POST, false) => api.create(&t, body).await.map(|v| (201, v)),
         (Method::PUT, true) => api.update(&t, body).await.map(|v| (200, v)),

@@ -28,6 +28,8 @@ pub struct Allocators {
 pub struct Api {
     pub store: Store,
     pub alloc: Mutex<Allocators>,
+    /// Where the lab's kubelets keep container logs (`pods/<uid>/<container>.log`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// What a request addresses.
@@ -80,8 +82,8 @@ fn has_status(kind: &Kind) -> bool {
 }
 
 impl Api {
-    pub fn new(store: Store, alloc: Allocators) -> Api {
-        Api { store, alloc: Mutex::new(alloc) }
+    pub fn new(store: Store, alloc: Allocators, state_dir: std::path::PathBuf) -> Api {
+        Api { store, alloc: Mutex::new(alloc), state_dir }
     }
 
     /// Re-reserves the IPs and ports of stored Services (after a restart).
@@ -106,13 +108,7 @@ impl Api {
             self.store.get(&store_key(t.kind, ns, name)).ok_or_else(|| ApiError::not_found(t.kind.plural, name))?;
         match t.sub.as_deref() {
             Some("scale") => return Ok(scale_of(t.kind, &obj)),
-            Some("log") => {
-                return Err(ApiError::new(
-                    404,
-                    "NotFound",
-                    format!("pod {name:?}: no container log is kept here; logs come from the lab's kubelet"),
-                ));
-            }
+            Some("log") => return self.log(&obj, q).map(Value::String),
             _ => {}
         }
         let _ = q;
@@ -120,6 +116,46 @@ impl Api {
             return Ok(table::table(t.kind, &[obj.clone()], rv_of(&obj).unwrap_or(0), jiff::Timestamp::now()));
         }
         Ok(outgoing(t.kind, &obj))
+    }
+
+    /// A container's log, as kept by the lab's pod shim (`container`, `tailLines`, `previous`).
+    fn log(&self, pod: &Value, q: &Query) -> Result<String, ApiError> {
+        let name = obj_name(pod);
+        let uid = pod.pointer("/metadata/uid").and_then(|u| u.as_str()).unwrap_or("");
+        let containers: Vec<&str> = pod
+            .pointer("/spec/containers")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("name").and_then(|n| n.as_str()))
+            .collect();
+        let c = match q.get("container") {
+            Some(c) if containers.contains(&c.as_str()) => c.clone(),
+            Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+            None if containers.len() == 1 => containers[0].to_string(),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    containers.join(" ")
+                )));
+            }
+        };
+        let mut path = self.state_dir.join("pods").join(uid).join(format!("{c}.log"));
+        if q.get("previous").is_some_and(|p| p == "true") {
+            path = path.with_extension("log.1");
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        Ok(match q.get("tailLines").and_then(|t| t.parse::<usize>().ok()) {
+            Some(n) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out
+            }
+            None => text,
+        })
     }
 
     pub fn list(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {

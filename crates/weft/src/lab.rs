@@ -6,7 +6,7 @@
 //! "running" is decided: no pid guessing, and a `kill -9` releases it.
 
 use std::fs;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,9 +104,14 @@ pub fn select(name: Option<&str>) -> Result<Lab> {
     let name = match name.map(String::from).or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty())) {
         Some(n) => n,
         None => {
-            let running: Vec<Lab> = all().into_iter().filter(|l| l.running()).collect();
+            let labs = all();
+            let running: Vec<&Lab> = labs.iter().filter(|l| l.running()).collect();
             if running.len() == 1 {
-                return Ok(running.into_iter().next().unwrap());
+                return Ok(Lab::at(&running[0].name, running[0].dir.clone()));
+            }
+            // None running (say, after a crash) but only one lab known: that one.
+            if running.is_empty() && labs.len() == 1 {
+                return Ok(labs.into_iter().next().unwrap());
             }
             "default".to_string()
         }
@@ -163,15 +168,22 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
     }
     let child = cmd.spawn().context("starting the weft daemon")?;
     drop(wr);
-    let mut msg = String::new();
-    fs::File::from(rd).read_to_string(&mut msg)?;
-    if msg.trim() == "ready" {
-        return Ok(());
+    // Progress lines, then "ready" or the reason it failed.
+    let mut last = String::new();
+    for line in std::io::BufReader::new(fs::File::from(rd)).lines() {
+        let line = line?;
+        if line == "ready" {
+            return Ok(());
+        }
+        match line.strip_prefix("progress: ") {
+            Some(p) => eprintln!("  {p}"),
+            None => last = line,
+        }
     }
     let _ = child.id();
     let tail = fs::read_to_string(lab.dir.join("weft.log")).unwrap_or_default();
     let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-    bail!("the weft daemon for lab {:?} did not start: {}\n{}", lab.name, msg.trim(), tail.join("\n"))
+    bail!("the weft daemon for lab {:?} did not start: {}\n{}", lab.name, last.trim(), tail.join("\n"))
 }
 
 /// Stops the daemon (SIGTERM, then SIGKILL after `grace`) and waits until its lock is free.

@@ -7,6 +7,7 @@ mod output;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -78,6 +79,47 @@ enum Cmd {
     Kubeconfig,
     /// Show the lab and the health of its components.
     Status,
+    /// Run a command in a pod's network namespace (with the pod's resolv.conf), on a node, or on
+    /// the external host: `weft exec POD -- CMD`, `weft exec --node node-2 -- CMD`.
+    Exec {
+        #[arg(value_name = "POD")]
+        pod: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(long, conflicts_with_all = ["pod", "external"])]
+        node: Option<String>,
+        #[arg(long, conflicts_with = "pod")]
+        external: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a container's log.
+    Logs {
+        pod: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// A pod's shim (started by the lab's kubelet).
+    #[command(hide = true)]
+    Shim { spec: PathBuf },
+    /// The built-in server a container without a command runs.
+    #[command(hide = true)]
+    Builtin {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value = "echo")]
+        mode: String,
+        #[arg(long, default_value = "")]
+        tcp: String,
+        #[arg(long, default_value = "")]
+        udp: String,
+    },
     /// Run the lab's control plane in the foreground (what `weft up` starts).
     #[command(hide = true)]
     Daemon {
@@ -112,6 +154,11 @@ struct UpArgs {
 }
 
 fn main() -> ExitCode {
+    // Called as `weft-cni` (a link the lab makes), this binary is the CNI plugin.
+    if std::env::args_os().next().is_some_and(|a| std::path::Path::new(&a).file_name().is_some_and(|f| f == "weft-cni"))
+    {
+        return weft_cni::cli_main();
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {
@@ -134,6 +181,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status => status(cli.name).await,
+        Cmd::Exec { pod, namespace, node, external, command } => {
+            exec(cli.name, pod, namespace, node, external, command).await
+        }
+        Cmd::Logs { pod, namespace, container, tail } => logs(cli.name, pod, namespace, container, tail).await,
+        Cmd::Shim { spec } => {
+            weft_lab::shim::run(&spec)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Builtin { pod, namespace, mode, tcp, udp } => {
+            let ports = |s: &str| -> Result<Vec<u16>> {
+                s.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().context("port")).collect()
+            };
+            let mode = match mode.as_str() {
+                "serve-hostname" => weft_lab::builtin::Mode::ServeHostname,
+                "netexec" => weft_lab::builtin::Mode::Netexec,
+                _ => weft_lab::builtin::Mode::Echo,
+            };
+            weft_lab::builtin::run(weft_lab::builtin::Builtin {
+                pod,
+                namespace,
+                mode,
+                tcp: ports(&tcp)?,
+                udp: ports(&udp)?,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Apply { files, namespace } => apply(cli.name, files, namespace).await,
         Cmd::Delete { files, kind, objects, namespace } => delete(cli.name, files, kind, objects, namespace).await,
         Cmd::Get { kind, object, namespace, all_namespaces, output, selector, no_headers } => {
@@ -144,8 +218,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
-    let name =
-        name.or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty())).unwrap_or("default".into());
+    // The same choice as every command: --name, $WEFT_CLUSTER, the one lab there is, default.
+    let name = match name.or_else(|| std::env::var("WEFT_CLUSTER").ok().filter(|s| !s.is_empty())) {
+        Some(n) => n,
+        None => lab::select(None).map(|l| l.name).unwrap_or("default".into()),
+    };
     if !weft_api::validate::is_dns1123_label(&name) {
         bail!("lab name {name:?} is invalid: use lowercase letters, digits and '-' (e.g. 'dev')");
     }
@@ -206,6 +283,7 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
 async fn down(name: Option<String>) -> Result<ExitCode> {
     let lab = lab::select(name.as_deref())?;
     lab::stop_daemon(&lab, Duration::from_secs(10))?;
+    weft_lab::destroy(&lab.name, &lab.dir)?;
     std::fs::remove_dir_all(&lab.dir)
         .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
     lab::unregister(&lab.name);
@@ -215,7 +293,13 @@ async fn down(name: Option<String>) -> Result<ExitCode> {
 
 async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>) -> Result<ExitCode> {
     use std::os::fd::FromRawFd;
-    let mut ready = ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+    // `weft up` reads progress lines, then "ready" (or an error), from this pipe.
+    let ready = std::sync::Mutex::new(ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }));
+    let say = |line: &str| {
+        if let Some(f) = ready.lock().unwrap().as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    };
     let result = async {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
@@ -229,6 +313,7 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| anyhow::anyhow!("another weft daemon already runs lab {:?}", cfg.name))?;
         std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
+        say("progress: starting the API server");
         let running = weft_apiserver::start(weft_apiserver::Config {
             name: cfg.name.clone(),
             state_dir: state_dir.clone(),
@@ -238,21 +323,43 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
         })
         .await?;
         tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
+        let client = client::connect(&lab).await?;
+        let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
+        tokio::spawn(weft_controllers::run(
+            client.clone(),
+            weft_controllers::Config { pod_cidr, node_cidr_size: 24.max(pod_cidr.prefix_len()) },
+        ));
+        if cfg.nodes > 0 {
+            let exe = std::env::current_exe()?;
+            let ctx = Arc::new(weft_lab::LabCtx {
+                name: cfg.name.clone(),
+                state_dir: state_dir.clone(),
+                cni_path: cni_bin_dir(&state_dir, &exe)?,
+                weft_exe: exe,
+                overlay: cfg.overlay.parse().map_err(anyhow::Error::msg)?,
+                dns_ip: dns_ip(&cfg.service_cidr)?,
+                cluster_domain: "cluster.local".into(),
+            });
+            let spec = weft_lab::LabSpec {
+                nodes: cfg.nodes,
+                pod_cidr,
+                underlay: "172.18.0.0/16".parse()?,
+                overlay: ctx.overlay,
+            };
+            weft_lab::start(ctx, &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+        }
         Ok::<_, anyhow::Error>((lock, running))
     }
     .await;
     let (_lock, running) = match result {
         Ok(r) => r,
         Err(e) => {
-            if let Some(f) = ready.as_mut() {
-                let _ = writeln!(f, "{e:#}");
-            }
+            say(&format!("{e:#}"));
             return Err(e);
         }
     };
-    if let Some(mut f) = ready.take() {
-        let _ = writeln!(f, "ready");
-    }
+    say("ready");
+    ready.lock().unwrap().take();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
@@ -261,6 +368,26 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
     tracing::info!("stopping");
     running.api.store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster DNS Service's address: the tenth of the service range (10.96.0.10 by default).
+fn dns_ip(service_cidr: &str) -> Result<String> {
+    let net: ipnet::IpNet = service_cidr.parse()?;
+    let ip = net.hosts().nth(9).context("the service CIDR is too small for the DNS Service")?;
+    Ok(ip.to_string())
+}
+
+/// A directory for the lab's CNI_PATH holding `weft-cni`: the real plugin if it sits next to
+/// this binary, else this binary itself (it acts as the plugin when called `weft-cni`).
+fn cni_bin_dir(state_dir: &std::path::Path, exe: &std::path::Path) -> Result<String> {
+    let dir = state_dir.join("cni-bin");
+    std::fs::create_dir_all(&dir)?;
+    let beside = exe.with_file_name("weft-cni");
+    let target = if beside.exists() { beside } else { exe.to_path_buf() };
+    let link = dir.join("weft-cni");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link)?;
+    Ok(format!("{}:/opt/cni/bin:/usr/lib/cni", dir.display()))
 }
 
 async fn status(name: Option<String>) -> Result<ExitCode> {
@@ -569,4 +696,107 @@ async fn describe(name: Option<String>, kind: String, obj: String, ns: Option<St
         print!("{}", output::describe_generic(&v));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    name: Option<String>,
+    pod: Option<String>,
+    ns: Option<String>,
+    node: Option<String>,
+    external: bool,
+    command: Vec<String>,
+) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let lab = lab::select(name.as_deref())?;
+    let (netns, resolv, hostname) = if external {
+        (weft_lab::netns::path(&weft_lab::topology::external_ns(&lab.name)), None, None)
+    } else if let Some(node) = node {
+        let n = weft_lab::nodes(&lab.dir)
+            .into_iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("lab {:?} has no node {node:?}: see `weft get nodes`", lab.name))?;
+        (n.netns_path(), None, Some(node))
+    } else {
+        let pod = pod.context("name the pod: `weft exec POD -- CMD` (or --node NODE, or --external)")?;
+        let ns = ns.unwrap_or("default".into());
+        // From the kubelet's records, so exec works while the daemon is down too.
+        let sb = weft_lab::kubelet::all_sandboxes(&lab.dir)
+            .into_iter()
+            .find(|s| s.name == pod && s.namespace == ns)
+            .with_context(|| {
+                format!("pod {ns}/{pod} has no sandbox: is it scheduled and running? (weft get pods -o wide)")
+            })?;
+        let uid = sb.uid.clone();
+        let dir = weft_lab::kubelet::pod_dir(&lab.dir, &uid);
+        (weft_lab::netns::path(&sb.netns), Some(dir.join("resolv.conf")), Some(pod))
+    };
+    let nsf = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::sched::{CloneFlags, setns, unshare};
+            setns(&nsf, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            // A private mount namespace, as `ip netns exec` makes, for the pod's resolv.conf.
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            if let Some(r) = &resolv {
+                nix::mount::mount(
+                    Some(r.as_path()),
+                    "/etc/resolv.conf",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            if let Some(h) = &hostname {
+                let _ = nix::unistd::sethostname(h);
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().with_context(|| format!("running {:?}", command[0]))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+async fn logs(
+    name: Option<String>,
+    pod: String,
+    ns: Option<String>,
+    container: Option<String>,
+    tail: Option<usize>,
+) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let c = client::connect(&lab).await?;
+    let k = kinds::by_cli_name("pods").unwrap();
+    let mut path = format!("{}/log", client::path(k, Some(&ns.unwrap_or("default".into())), Some(&pod)));
+    let mut q = vec![];
+    if let Some(c) = container {
+        q.push(format!("container={c}"));
+    }
+    if let Some(t) = tail {
+        q.push(format!("tailLines={t}"));
+    }
+    if !q.is_empty() {
+        path = format!("{path}?{}", q.join("&"));
+    }
+    let req = http::Request::builder().uri(path).body(vec![]).unwrap();
+    match c.request_text(req).await {
+        Ok(t) => {
+            print!("{t}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}", client::describe_error(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -26,7 +26,7 @@ fn api_err(e: kube::Error) -> Box<kube::core::Status> {
 
 #[tokio::test]
 async fn auth_conflicts_validation_and_allocation() {
-    let lab = TestLab::up(&["--service-cidr", "10.96.0.0/28", "--node-port-range", "30000-30002"]);
+    let lab = TestLab::up(&["--nodes", "0", "--service-cidr", "10.96.0.0/28", "--node-port-range", "30000-30002"]);
     let client = lab.client().await;
 
     // No token: 401.
@@ -169,7 +169,7 @@ async fn auth_conflicts_validation_and_allocation() {
 
 #[tokio::test]
 async fn watcher_sees_every_event_once_in_order_across_a_restart() {
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--nodes", "0"]);
     let client = lab.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -252,7 +252,7 @@ async fn watcher_sees_every_event_once_in_order_across_a_restart() {
 
 #[tokio::test]
 async fn kill_9_mid_writes_loses_no_acknowledged_write() {
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--nodes", "0"]);
     let client = lab.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

@@ -5,7 +5,7 @@ use common::TestLab;
 
 #[test]
 fn weft_cli_round_trip() {
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--nodes", "0"]);
     // A second `up` changes nothing.
     let again = lab.weft_ok(&["up"]);
     assert!(again.contains("already up"), "{again}");

@@ -5,7 +5,7 @@ use common::TestLab;
 
 #[test]
 fn kubectl_drives_the_embedded_api() {
-    let lab = TestLab::up(&[]);
+    let lab = TestLab::up(&["--nodes", "0"]);
     let cip = TestLab::fixture("cluster-ip.yaml");
     let np = TestLab::fixture("nodeport-ip.yaml");
 

@@ -1,40 +1,5 @@
 //! The `weft-cni` plugin binary: CNI_* environment and stdin in, a result or an error on stdout.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::process::ExitCode;
-
-use weft_cni::plugin::{self, Env};
-use weft_cni::spec::{CniError, code};
-
-fn main() -> ExitCode {
-    let env = Env::from_vars(&std::env::vars().collect::<HashMap<_, _>>());
-    let mut stdin = vec![];
-    if env.command != "VERSION" && std::io::stdin().read_to_end(&mut stdin).is_err() {
-        return fail(&CniError::new(code::IO, "cannot read the network configuration from stdin", ""), "1.1.0");
-    }
-    let version = serde_json::from_slice::<serde_json::Value>(&stdin)
-        .ok()
-        .and_then(|v| v["cniVersion"].as_str().map(String::from))
-        .unwrap_or_else(|| "1.1.0".into());
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&CniError::io("cannot start", e), &version),
-    };
-    match rt.block_on(plugin::run(&env, &stdin)) {
-        Ok(Some(v)) => {
-            let mut out = std::io::stdout().lock();
-            let _ = serde_json::to_writer(&mut out, &v);
-            let _ = out.write_all(b"\n");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, &version),
-    }
-}
-
-fn fail(e: &CniError, version: &str) -> ExitCode {
-    let _ = serde_json::to_writer(std::io::stdout(), &e.to_json(version));
-    println!();
-    ExitCode::FAILURE
+fn main() -> std::process::ExitCode {
+    weft_cni::cli_main()
 }

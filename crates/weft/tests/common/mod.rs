@@ -99,3 +99,67 @@ impl Drop for TestLab {
         let _ = self.weft(&["down"]);
     }
 }
+
+impl TestLab {
+    /// Waits (bounded) until `f` holds, checking every 100 ms.
+    pub fn wait_for(&self, what: &str, timeout_s: u64, mut f: impl FnMut() -> bool) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+        while std::time::Instant::now() < until {
+            if f() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("timed out after {timeout_s} s waiting for {what}");
+    }
+
+    /// The pods as JSON (`weft get pods -o json`).
+    pub fn pods(&self, ns: &str) -> Vec<serde_json::Value> {
+        let out = self.weft_ok(&["get", "pods", "-n", ns, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `n` pods in `ns` run with an IP and are Ready.
+    pub fn wait_running(&self, ns: &str, n: usize) -> Vec<serde_json::Value> {
+        let mut last = vec![];
+        self.wait_for(&format!("{n} running pods"), 60, || {
+            last = self.pods(ns);
+            last.len() == n
+                && last.iter().all(|p| {
+                    p["status"]["phase"] == "Running"
+                        && p["status"]["podIP"].is_string()
+                        && p["status"]["conditions"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+        });
+        last
+    }
+
+    pub fn apply_str(&self, yaml: &str) {
+        let f = self.home.path().join(format!("m{}.yaml", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        std::fs::write(&f, yaml).unwrap();
+        self.weft_ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+
+    /// Runs a command in a pod (or `--node N`, `--external`) and returns stdout.
+    pub fn exec(&self, target: &[&str], cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(target);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        self.weft(&args)
+    }
+
+    pub fn netns_left(&self) -> Vec<String> {
+        std::fs::read_dir("/run/netns")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with(&format!("weft-{}-", self.name)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,469 @@
+//! The control loops a lab needs besides the API server (in a real cluster these are
+//! kube-scheduler and kube-controller-manager): a scheduler, node IPAM (a podCIDR per node), and
+//! the Deployment -> ReplicaSet -> Pod and ReplicationController -> Pod controllers.
+//!
+//! Each loop is level-triggered: reflectors keep caches of the objects, any change wakes a pass
+//! that compares desired with actual and writes the difference through the API (so these loops
+//! are kube-rs clients like any other, and work against a real API server too). The decisions are
+//! pure functions (`plan_*`), tested without a server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+fn store<K>(client: &kube::Client, notify: Arc<tokio::sync::Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    tokio::spawn(async move {
+        let mut s =
+            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).applied_objects().boxed();
+        while let Some(ev) = s.next().await {
+            if ev.is_ok() {
+                notify.notify_one();
+            }
+        }
+    });
+    reader
+}
+
+fn is_active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    p.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
+}
+
+pub fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
+fn owned_by(p: &Pod, uid: &str) -> bool {
+    p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Scheduler decision: the Ready node with the fewest active pods (ties by name).
+pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Option<String> {
+    let mut load: BTreeMap<String, usize> = nodes.iter().filter(|n| node_ready(n)).map(|n| (n.name_any(), 0)).collect();
+    for p in pods.iter().filter(|p| is_active(p)) {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref())
+            && let Some(c) = load.get_mut(n)
+        {
+            *c += 1;
+        }
+    }
+    load.into_iter().min_by_key(|(name, c)| (*c, name.clone())).map(|(n, _)| n)
+}
+
+/// Node IPAM decision: the lowest /`size` of `cluster` no node holds.
+pub fn plan_pod_cidr(cluster: Ipv4Net, size: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    cluster.subnets(size).ok()?.find(|s| !taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())))
+}
+
+/// Which pods a replica controller deletes when it has too many: unscheduled first, then not
+/// ready, then the newest.
+pub fn plan_scale_down(mut pods: Vec<Arc<Pod>>, n: usize) -> Vec<Arc<Pod>> {
+    pods.sort_by_key(|p| {
+        let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
+        (scheduled, is_ready(p), std::cmp::Reverse(created))
+    });
+    pods.into_iter().take(n).collect()
+}
+
+/// The pod-template-hash of a Deployment's template (stable for the same template).
+pub fn template_hash(template: &Value) -> String {
+    let text = serde_json::to_string(template).unwrap_or_default();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    // Kubernetes spells it in a safe alphabet of 10 characters.
+    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..10).map(|i| ALPHA[((h >> (i * 6)) % ALPHA.len() as u64) as usize] as char).collect()
+}
+
+pub struct Config {
+    pub pod_cidr: Ipv4Net,
+    pub node_cidr_size: u8,
+}
+
+struct Ctx {
+    client: kube::Client,
+    cfg: Config,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    rss: Store<ReplicaSet>,
+    deploys: Store<Deployment>,
+    rcs: Store<ReplicationController>,
+    /// Pods a controller has asked for but the cache does not show yet: (owner uid) -> (count, until).
+    expect: HashMap<String, (usize, Instant)>,
+}
+
+/// Runs every control loop until the process ends.
+pub async fn run(client: kube::Client, cfg: Config) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut ctx = Ctx {
+        pods: store(&client, notify.clone()),
+        nodes: store(&client, notify.clone()),
+        rss: store(&client, notify.clone()),
+        deploys: store(&client, notify.clone()),
+        rcs: store(&client, notify.clone()),
+        client,
+        cfg,
+        expect: HashMap::new(),
+    };
+    let _ = ctx.pods.wait_until_ready().await;
+    let _ = ctx.nodes.wait_until_ready().await;
+    let _ = ctx.rss.wait_until_ready().await;
+    let _ = ctx.deploys.wait_until_ready().await;
+    let _ = ctx.rcs.wait_until_ready().await;
+    loop {
+        if let Err(e) = pass(&mut ctx).await {
+            tracing::warn!(error = %format!("{e:#}"), "controllers");
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        // Let a burst of events settle into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
+    node_ipam(ctx).await?;
+    deployments(ctx).await?;
+    let rss: Vec<Arc<ReplicaSet>> = ctx.rss.state();
+    for rs in rss {
+        let sel = rs.spec.selector.clone();
+        let replicas = rs.spec.replicas.unwrap_or(1);
+        let template = rs.spec.template.clone();
+        replicas_of(ctx, &*rs, "apps/v1", "ReplicaSet", replicas, template, sel).await?;
+    }
+    let rcs: Vec<Arc<ReplicationController>> = ctx.rcs.state();
+    for rc in rcs {
+        let sel =
+            LabelSelector { match_labels: rc.spec.as_ref().and_then(|s| s.selector.clone()), match_expressions: None };
+        let replicas = rc.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let template = rc.spec.as_ref().and_then(|s| s.template.clone());
+        replicas_of(ctx, &*rc, "v1", "ReplicationController", replicas, template, sel).await?;
+    }
+    schedule(ctx).await?;
+    Ok(())
+}
+
+async fn node_ipam(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let nodes = ctx.nodes.state();
+    let mut taken: Vec<Ipv4Net> = nodes
+        .iter()
+        .filter_map(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).and_then(|c| c.parse().ok()))
+        .collect();
+    let mut missing: Vec<&Arc<Node>> =
+        nodes.iter().filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none()).collect();
+    // Oldest node first (then by name), so node-1 gets the first range.
+    missing
+        .sort_by_key(|n| (n.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0), n.name_any()));
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    for n in missing {
+        let Some(cidr) = plan_pod_cidr(ctx.cfg.pod_cidr, ctx.cfg.node_cidr_size, &taken) else {
+            tracing::error!(node = %n.name_any(), "the pod CIDR has no room left for another node");
+            continue;
+        };
+        api.patch(
+            &n.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}})),
+        )
+        .await?;
+        taken.push(cidr);
+    }
+    Ok(())
+}
+
+async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let nodes = ctx.nodes.state();
+    let mut pods = ctx.pods.state();
+    let pending: Vec<Arc<Pod>> = pods
+        .iter()
+        .filter(|p| is_active(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+        .cloned()
+        .collect();
+    for p in pending {
+        let Some(node) = plan_schedule(&nodes, &pods) else { return Ok(()) };
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+        match api
+            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": node}})))
+            .await
+        {
+            Ok(bound) => {
+                // Count it at once so the next pod of the burst goes elsewhere.
+                pods.retain(|x| x.metadata.uid != bound.metadata.uid);
+                pods.push(Arc::new(bound));
+            }
+            Err(e) => tracing::debug!(pod = %p.name_any(), error = %e, "bind"),
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replicas_of<K: Resource<DynamicType = ()>>(
+    ctx: &mut Ctx,
+    owner: &K,
+    api_version: &str,
+    kind: &str,
+    replicas: i32,
+    template: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
+    selector: LabelSelector,
+) -> anyhow::Result<()> {
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let name = owner.meta().name.clone().unwrap_or_default();
+    let pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| is_active(p) && owned_by(p, &uid)).collect();
+    if let Some((n, until)) = ctx.expect.get(&uid) {
+        if pods.len() < *n && Instant::now() < *until {
+            return Ok(());
+        }
+        ctx.expect.remove(&uid);
+    }
+    let want = replicas.max(0) as usize;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if pods.len() < want {
+        let Some(t) = template else { return Ok(()) };
+        let mut labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+        if labels.is_empty() {
+            labels = selector.match_labels.clone().unwrap_or_default();
+        }
+        let owner_ref = OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.clone(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        for _ in pods.len()..want {
+            let mut pod = Pod { spec: t.spec.clone(), ..Default::default() };
+            pod.metadata.generate_name = Some(format!("{name}-"));
+            pod.metadata.labels = Some(labels.clone());
+            pod.metadata.annotations = t.metadata.as_ref().and_then(|m| m.annotations.clone());
+            pod.metadata.owner_references = Some(vec![owner_ref.clone()]);
+            api.create(&PostParams::default(), &pod).await?;
+        }
+        ctx.expect.insert(uid.clone(), (want, Instant::now() + Duration::from_secs(5)));
+    } else if pods.len() > want {
+        for p in plan_scale_down(pods.clone(), pods.len() - want) {
+            let _ = api.delete(&p.name_any(), &DeleteParams::default()).await;
+        }
+    }
+    let live: Vec<&Arc<Pod>> = pods.iter().collect();
+    let ready = live.iter().filter(|p| is_ready(p)).count().min(want.max(live.len()));
+    let status = json!({"status": {
+        "replicas": live.len().min(want.max(live.len())),
+        "fullyLabeledReplicas": live.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": owner.meta().generation,
+    }});
+    patch_status_if_changed(ctx, owner, api_version, kind, &ns, &name, status).await
+}
+
+async fn patch_status_if_changed<K: Resource<DynamicType = ()>>(
+    ctx: &Ctx,
+    owner: &K,
+    api_version: &str,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    status: Value,
+) -> anyhow::Result<()> {
+    let _ = owner;
+    let current = match kind {
+        "ReplicaSet" => ctx
+            .rss
+            .state()
+            .into_iter()
+            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
+            .and_then(|r| serde_json::to_value(&r.status).ok()),
+        "ReplicationController" => ctx
+            .rcs
+            .state()
+            .into_iter()
+            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
+            .and_then(|r| serde_json::to_value(&r.status).ok()),
+        _ => ctx
+            .deploys
+            .state()
+            .into_iter()
+            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
+            .and_then(|r| serde_json::to_value(&r.status).ok()),
+    };
+    let same = current.as_ref().is_some_and(|c| {
+        status["status"].as_object().into_iter().flatten().all(|(k, v)| {
+            let cur = c.get(k).cloned().unwrap_or(Value::Null);
+            cur == *v || (v.as_i64() == Some(0) && cur.is_null())
+        })
+    });
+    if same {
+        return Ok(());
+    }
+    let gvk_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            api_version.split('/').next().filter(|_| api_version.contains('/')).unwrap_or(""),
+            api_version.rsplit('/').next().unwrap_or("v1"),
+            kind,
+        )),
+    );
+    gvk_api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await?;
+    Ok(())
+}
+
+async fn deployments(ctx: &mut Ctx) -> anyhow::Result<()> {
+    let deploys: Vec<Arc<Deployment>> = ctx.deploys.state();
+    for d in deploys {
+        let ns = d.namespace().unwrap_or_default();
+        let name = d.name_any();
+        let uid = d.metadata.uid.clone().unwrap_or_default();
+        let spec = d.spec.clone();
+        let replicas = spec.replicas.unwrap_or(1);
+        let hash = template_hash(&serde_json::to_value(&spec.template).unwrap_or_default());
+        let rs_name = format!("{name}-{hash}");
+        let owned: Vec<Arc<ReplicaSet>> = ctx
+            .rss
+            .state()
+            .into_iter()
+            .filter(|r| {
+                r.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+            })
+            .collect();
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let new = owned.iter().find(|r| r.name_any() == rs_name).cloned();
+        match &new {
+            None => {
+                let mut t = spec.template.clone();
+                let mut labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                labels.insert("pod-template-hash".into(), hash.clone());
+                t.metadata.get_or_insert_with(Default::default).labels = Some(labels.clone());
+                let mut sel = spec.selector.clone();
+                sel.match_labels.get_or_insert_with(Default::default).insert("pod-template-hash".into(), hash.clone());
+                let rs = json!({
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid,
+                                             "controller": true, "blockOwnerDeletion": true}]},
+                    "spec": {"replicas": replicas, "selector": sel, "template": t},
+                });
+                let rs: ReplicaSet = serde_json::from_value(rs)?;
+                match api.create(&PostParams::default(), &rs).await {
+                    Ok(_) | Err(kube::Error::Api(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(rs) if rs.spec.replicas != Some(replicas) => {
+                api.patch(&rs_name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
+                    .await?;
+            }
+            _ => {}
+        }
+        // Old ReplicaSets go to zero (the lab rolls out at once).
+        for old in owned.iter().filter(|r| r.name_any() != rs_name) {
+            if old.spec.replicas.unwrap_or(0) != 0 {
+                api.patch(&old.name_any(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
+                    .await?;
+            }
+        }
+        let sum = |f: fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>| -> i32 {
+            owned.iter().filter_map(|r| r.status.as_ref().and_then(f)).sum()
+        };
+        let updated = new.as_ref().and_then(|r| r.status.as_ref()).map(|s| s.replicas).unwrap_or(0);
+        let available = sum(|s| s.available_replicas);
+        let status = json!({"status": {
+            "replicas": sum(|s| Some(s.replicas)),
+            "updatedReplicas": updated,
+            "readyReplicas": sum(|s| s.ready_replicas),
+            "availableReplicas": available,
+            "observedGeneration": d.metadata.generation,
+        }});
+        patch_status_if_changed(ctx, &*d, "apps/v1", "Deployment", &ns, &name, status).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ready: bool) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+            .unwrap(),
+        )
+    }
+    fn pod(node: Option<&str>) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "nodeName": node}}))
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn schedules_on_the_least_loaded_ready_node() {
+        let nodes = vec![node("node-1", true), node("node-2", true), node("node-3", false)];
+        assert_eq!(plan_schedule(&nodes, &[]), Some("node-1".into()));
+        assert_eq!(plan_schedule(&nodes, &[pod(Some("node-1"))]), Some("node-2".into()));
+        assert_eq!(plan_schedule(&[node("x", false)], &[]), None);
+    }
+
+    #[test]
+    fn pod_cidrs_are_distinct_slices() {
+        let c: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let a = plan_pod_cidr(c, 24, &[]).unwrap();
+        assert_eq!(a.to_string(), "10.244.0.0/24");
+        let b = plan_pod_cidr(c, 24, &[a]).unwrap();
+        assert_eq!(b.to_string(), "10.244.1.0/24");
+        assert!(plan_pod_cidr("10.244.0.0/24".parse().unwrap(), 24, &[a]).is_none());
+    }
+
+    #[test]
+    fn template_hash_is_stable_and_safe() {
+        let h = template_hash(&json!({"spec": {"containers": [{"name": "n"}]}}));
+        assert_eq!(h, template_hash(&json!({"spec": {"containers": [{"name": "n"}]}})));
+        assert_ne!(h, template_hash(&json!({"spec": {"containers": [{"name": "m"}]}})));
+        assert!(h.chars().all(|c| c.is_ascii_alphanumeric()) && h.len() == 10);
+    }
+
+    #[test]
+    fn scale_down_prefers_unscheduled() {
+        let a = pod(Some("n"));
+        let b = pod(None);
+        let out = plan_scale_down(vec![a.clone(), b.clone()], 1);
+        assert!(out[0].spec.as_ref().unwrap().node_name.is_none());
+    }
+}

@@ -1,0 +1,630 @@
+//! A kubelet per lab node: for each Pod bound to the node it makes the pod's network namespace,
+//! runs CNI ADD exactly as a container runtime does (exec the plugin, environment + stdin), starts
+//! the pod's shim, runs readiness probes and reports the pod's status; for a deleted pod it stops
+//! the shim, runs CNI DEL and removes the namespace. Its state (one `sandbox.json` per pod) lives
+//! in the lab's state directory, so a restarted daemon adopts running pods instead of duplicating
+//! them. Like kubelet's PLEG it relists once a second besides reacting to watch events.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use weft_cni::runtime::{ConfList, Invocation};
+
+use crate::shim::{self, ContainerSpec, ShimSpec};
+use crate::topology::NodeNet;
+use crate::{LabCtx, netns};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub ips: Vec<String>,
+    pub shim_pid: u32,
+    pub shim_start: u64,
+    pub cni_result: Value,
+}
+
+pub fn pods_dir(state: &Path) -> PathBuf {
+    state.join("pods")
+}
+
+pub fn pod_dir(state: &Path, uid: &str) -> PathBuf {
+    pods_dir(state).join(uid)
+}
+
+pub fn load_sandbox(state: &Path, uid: &str) -> Option<Sandbox> {
+    serde_json::from_slice(&fs::read(pod_dir(state, uid).join("sandbox.json")).ok()?).ok()
+}
+
+pub fn all_sandboxes(state: &Path) -> Vec<Sandbox> {
+    let Ok(rd) = fs::read_dir(pods_dir(state)) else { return vec![] };
+    rd.flatten().filter_map(|e| load_sandbox(state, &e.file_name().to_string_lossy())).collect()
+}
+
+/// A process's start time (clock ticks since boot), to tell a live shim from a reused pid.
+pub fn proc_start(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn shim_alive(sb: &Sandbox) -> bool {
+    sb.shim_pid != 0 && proc_start(sb.shim_pid) == Some(sb.shim_start)
+}
+
+/// Stops a pod's shim and everything in its session.
+pub fn kill_shim(sb: &Sandbox, grace: Duration) {
+    if !shim_alive(sb) {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(sb.shim_pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && shim_alive(sb) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The shim is a session (and group) leader: take the whole group.
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+struct ProbeState {
+    ready: bool,
+    next: Instant,
+    successes: i32,
+    failures: i32,
+}
+
+pub struct Kubelet {
+    ctx: Arc<LabCtx>,
+    node: NodeNet,
+    client: kube::Client,
+    probes: HashMap<(String, String), ProbeState>,
+    pushed: HashMap<String, Value>,
+    failures: HashMap<String, (Instant, String)>,
+}
+
+impl Kubelet {
+    pub fn new(ctx: Arc<LabCtx>, node: NodeNet, client: kube::Client) -> Kubelet {
+        Kubelet { ctx, node, client, probes: HashMap::new(), pushed: HashMap::new(), failures: HashMap::new() }
+    }
+
+    pub async fn run(mut self) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n2 = notify.clone();
+        tokio::spawn(async move {
+            let mut s = watcher(pods, cfg).default_backoff().reflect(writer).applied_objects().boxed();
+            while let Some(ev) = s.next().await {
+                if ev.is_ok() {
+                    n2.notify_one();
+                }
+            }
+        });
+        let _ = reader.wait_until_ready().await;
+        loop {
+            let pods: Vec<Arc<Pod>> = reader.state();
+            if let Err(e) = self.sync(&pods).await {
+                tracing::warn!(node = %self.node.name, error = %format!("{e:#}"), "kubelet sync");
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn sync(&mut self, pods: &[Arc<Pod>]) -> Result<()> {
+        let state = self.ctx.state_dir.clone();
+        let mine: Vec<Sandbox> = all_sandboxes(&state).into_iter().filter(|s| s.node == self.node.name).collect();
+        let desired: HashMap<String, Arc<Pod>> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| Some((p.metadata.uid.clone()?, p.clone())))
+            .collect();
+        // Gone pods: tear down.
+        for sb in mine.iter().filter(|s| !desired.contains_key(&s.uid)) {
+            let (ctx, node, gone) = (self.ctx.clone(), self.node.clone(), sb.clone());
+            tokio::task::spawn_blocking(move || teardown(&ctx, &node, &gone)).await??;
+            self.pushed.remove(&sb.uid);
+            self.probes.retain(|(u, _), _| *u != sb.uid);
+        }
+        let have: HashSet<String> = mine.iter().map(|s| s.uid.clone()).collect();
+        for (uid, pod) in &desired {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+            if phase == "Succeeded" || phase == "Failed" {
+                continue;
+            }
+            let sb = if have.contains(uid) { load_sandbox(&state, uid) } else { None };
+            let sb = match sb {
+                Some(sb) if shim_alive(&sb) && netns::path(&sb.netns).exists() => sb,
+                other => {
+                    // Back off a failing pod for a few seconds.
+                    if let Some((at, _)) = self.failures.get(uid)
+                        && at.elapsed() < Duration::from_secs(3)
+                    {
+                        continue;
+                    }
+                    let (ctx, node, pod2, old) = (self.ctx.clone(), self.node.clone(), pod.clone(), other);
+                    match tokio::task::spawn_blocking(move || start_sandbox(&ctx, &node, &pod2, old)).await? {
+                        Ok(sb) => {
+                            self.failures.remove(uid);
+                            sb
+                        }
+                        Err(e) => {
+                            let msg = format!("{e:#}");
+                            tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %msg, "sandbox");
+                            self.failures.insert(uid.clone(), (Instant::now(), msg.clone()));
+                            self.push_status(
+                                pod,
+                                json!({"phase": "Pending", "conditions": [
+                                {"type": "PodScheduled", "status": "True"},
+                                {"type": "Ready", "status": "False", "reason": "SandboxFailed", "message": msg}]}),
+                            )
+                            .await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.run_probes(pod, &sb).await;
+            let status = self.pod_status(pod, &sb);
+            self.push_status(pod, status).await;
+        }
+        Ok(())
+    }
+
+    async fn push_status(&mut self, pod: &Pod, status: Value) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if self.pushed.get(&uid) == Some(&status) {
+            return;
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await {
+            Ok(_) => {
+                self.pushed.insert(uid, status);
+            }
+            Err(e) => tracing::debug!(pod = %name, error = %e, "status update"),
+        }
+    }
+
+    fn pod_status(&self, pod: &Pod, sb: &Sandbox) -> Value {
+        let st = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)).unwrap_or_default();
+        let uid = sb.uid.clone();
+        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        let mut statuses = vec![];
+        let mut all_ready = !containers.is_empty();
+        let mut all_done = !containers.is_empty();
+        let mut all_ok = true;
+        for c in &containers {
+            let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
+            let probe_ready = match &c.readiness_probe {
+                None => true,
+                Some(_) => self.probes.get(&(uid.clone(), c.name.clone())).is_some_and(|p| p.ready),
+            };
+            let ready = cs.running && probe_ready;
+            all_ready &= ready;
+            all_done &= cs.done;
+            all_ok &= cs.exit_code.unwrap_or(0) == 0;
+            let state = if cs.running {
+                json!({"running": {"startedAt": cs.started_at}})
+            } else if cs.done {
+                json!({"terminated": {"exitCode": cs.exit_code.unwrap_or(0), "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at}})
+            } else if cs.restart_count > 0 {
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {}", c.name)}})
+            } else {
+                json!({"waiting": {"reason": "ContainerCreating"}})
+            };
+            let mut s = json!({
+                "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+                "containerID": format!("weft://{}/{}", uid, c.name),
+                "ready": ready, "started": cs.running, "restartCount": cs.restart_count, "state": state,
+            });
+            if cs.restart_count > 0 && cs.exit_code.is_some() && !cs.done {
+                s["lastState"] = json!({"terminated": {"exitCode": cs.exit_code, "reason": cs.reason, "finishedAt": cs.finished_at}});
+            }
+            statuses.push(s);
+        }
+        let phase = if all_done {
+            if all_ok { "Succeeded" } else { "Failed" }
+        } else if st.containers.iter().any(|c| c.running || c.restart_count > 0) {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+        let ips: Vec<Value> = sb.ips.iter().map(|ip| json!({"ip": ip})).collect();
+        json!({
+            "phase": phase,
+            "podIP": sb.ips.first(),
+            "podIPs": ips,
+            "hostIP": self.node.ip.to_string(),
+            "hostIPs": [{"ip": self.node.ip.to_string()}],
+            "startTime": pod.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| json!(t)).unwrap_or(json!(shim::now())),
+            "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", all_ready), cond("Ready", all_ready)],
+            "containerStatuses": statuses,
+        })
+    }
+
+    async fn run_probes(&mut self, pod: &Pod, sb: &Sandbox) {
+        let Some(spec) = &pod.spec else { return };
+        let st = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)).unwrap_or_default();
+        for c in &spec.containers {
+            let Some(probe) = c.readiness_probe.clone() else { continue };
+            let key = (sb.uid.clone(), c.name.clone());
+            let running = st.containers.iter().any(|x| x.name == c.name && x.running);
+            let now = Instant::now();
+            let entry = self.probes.entry(key).or_insert_with(|| ProbeState {
+                ready: false,
+                next: now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64),
+                successes: 0,
+                failures: 0,
+            });
+            if !running {
+                entry.ready = false;
+                continue;
+            }
+            if now < entry.next {
+                continue;
+            }
+            entry.next = now + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+            let (ip, node_ns, netns_name) =
+                (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), sb.netns.clone());
+            let container = c.clone();
+            let ok = tokio::task::spawn_blocking(move || probe_once(&probe, &container, &ip, &node_ns, &netns_name))
+                .await
+                .unwrap_or(false);
+            let (succ_needed, fail_needed) = (
+                c.readiness_probe.as_ref().and_then(|p| p.success_threshold).unwrap_or(1),
+                c.readiness_probe.as_ref().and_then(|p| p.failure_threshold).unwrap_or(3),
+            );
+            if ok {
+                entry.successes += 1;
+                entry.failures = 0;
+                if entry.successes >= succ_needed {
+                    entry.ready = true;
+                }
+            } else {
+                entry.failures += 1;
+                entry.successes = 0;
+                if entry.failures >= fail_needed || !entry.ready {
+                    entry.ready = false;
+                }
+            }
+        }
+    }
+}
+
+fn resolve_port(p: &IntOrString, c: &Container) -> Option<u16> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name))
+            .and_then(|cp| u16::try_from(cp.container_port).ok()),
+    }
+}
+
+/// One probe: httpGet and tcpSocket connect to the pod IP from the node (as kubelet does);
+/// exec runs the command inside the pod's network namespace.
+fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_netns: &str) -> bool {
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(h) = &p.http_get {
+        let Some(port) = resolve_port(&h.port, c) else { return false };
+        let Ok(ip) = h.host.clone().unwrap_or_else(|| pod_ip.to_string()).parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        return netns::in_netns(node_ns, move || -> bool {
+            let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) else { return false };
+            let _ = s.set_read_timeout(Some(timeout));
+            let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
+            if s.write_all(req.as_bytes()).is_err() {
+                return false;
+            }
+            let mut head = [0u8; 12];
+            if s.read_exact(&mut head).is_err() {
+                return false;
+            }
+            let code: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
+            (200..400).contains(&code)
+        })
+        .unwrap_or(false);
+    }
+    if let Some(t) = &p.tcp_socket {
+        let Some(port) = resolve_port(&t.port, c) else { return false };
+        let Ok(ip) = pod_ip.parse::<std::net::IpAddr>() else { return false };
+        return netns::in_netns(node_ns, move || {
+            TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout).is_ok()
+        })
+        .unwrap_or(false);
+    }
+    if let Some(e) = &p.exec {
+        let argv = e.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            return false;
+        }
+        let ns = netns::path(pod_netns);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let Ok(f) = File::open(&ns) else { return false };
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        return cmd.status().map(|s| s.success()).unwrap_or(false);
+    }
+    true
+}
+
+pub fn netns_name(lab: &str, uid: &str) -> String {
+    format!("weft-{lab}-pod-{}", &uid[..uid.len().min(13)])
+}
+
+fn env_for(pod: &Pod, c: &Container, ip: &str, node: &NodeNet) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("KUBERNETES_SERVICE_HOST".to_string(), "10.96.0.1".to_string()),
+        ("KUBERNETES_SERVICE_PORT".to_string(), "443".to_string()),
+    ];
+    for e in c.env.iter().flatten() {
+        let v = if let Some(v) = &e.value {
+            v.clone()
+        } else if let Some(f) = e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+            match f.field_path.as_str() {
+                "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+                "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+                "status.podIP" => ip.to_string(),
+                "status.hostIP" => node.ip.to_string(),
+                "spec.nodeName" => node.name.clone(),
+                "spec.serviceAccountName" => {
+                    pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or("default".into())
+                }
+                _ => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        out.push((e.name.clone(), v));
+    }
+    out
+}
+
+/// What a container runs: its command, or the built-in server for its image.
+fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
+    let cmd: Vec<String> = c.command.clone().unwrap_or_default();
+    let args: Vec<String> = c.args.clone().unwrap_or_default();
+    if !cmd.is_empty() {
+        return cmd.into_iter().chain(args).collect();
+    }
+    let ports = |proto: &str| -> Vec<u16> {
+        c.ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == proto)
+            .filter_map(|p| u16::try_from(p.container_port).ok())
+            .collect()
+    };
+    let (mode, tcp, udp) = crate::builtin::plan(c.image.as_deref().unwrap_or(""), &args, &ports("TCP"), &ports("UDP"));
+    let join = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+    vec![
+        ctx.weft_exe.display().to_string(),
+        "builtin".into(),
+        "--pod".into(),
+        pod.metadata.name.clone().unwrap_or_default(),
+        "--namespace".into(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        "--mode".into(),
+        match mode {
+            crate::builtin::Mode::Echo => "echo",
+            crate::builtin::Mode::ServeHostname => "serve-hostname",
+            crate::builtin::Mode::Netexec => "netexec",
+        }
+        .into(),
+        "--tcp".into(),
+        join(&tcp),
+        "--udp".into(),
+        join(&udp),
+    ]
+}
+
+/// The pod's resolv.conf, from its dnsPolicy (ClusterFirst: the cluster DNS and search path).
+fn resolv_conf(ctx: &LabCtx, pod: &Pod) -> String {
+    let ns = pod.metadata.namespace.clone().unwrap_or("default".into());
+    let d = &ctx.cluster_domain;
+    let spec = pod.spec.as_ref();
+    let policy = spec.and_then(|s| s.dns_policy.clone()).unwrap_or("ClusterFirst".into());
+    let mut servers = vec![];
+    let mut search = vec![];
+    let mut options = vec!["ndots:5".to_string()];
+    if policy != "None" && policy != "Default" {
+        servers.push(ctx.dns_ip.clone());
+        search = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+    }
+    if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
+        servers.extend(cfg.nameservers.clone().unwrap_or_default());
+        search.extend(cfg.searches.clone().unwrap_or_default());
+        for o in cfg.options.iter().flatten() {
+            let opt = match &o.value {
+                Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                None => o.name.clone().unwrap_or_default(),
+            };
+            options.retain(|x| x.split(':').next() != opt.split(':').next());
+            options.push(opt);
+        }
+    }
+    let mut s = String::new();
+    if !search.is_empty() {
+        s.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for n in servers {
+        s.push_str(&format!("nameserver {n}\n"));
+    }
+    s.push_str(&format!("options {}\n", options.join(" ")));
+    s
+}
+
+fn conflist(ctx: &LabCtx, node: &NodeNet) -> Result<ConfList> {
+    let p = ctx.state_dir.join("nodes").join(&node.name).join("cni").join("10-weft.conflist");
+    let v: Value = serde_json::from_slice(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?;
+    ConfList::parse(&v).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+}
+
+fn port_mappings(pod: &Pod) -> Value {
+    let mut maps = vec![];
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for p in c.ports.iter().flatten() {
+            if let Some(hp) = p.host_port.filter(|h| *h > 0) {
+                maps.push(json!({"hostPort": hp, "containerPort": p.container_port,
+                                 "protocol": p.protocol.clone().unwrap_or("TCP".into()).to_lowercase()}));
+            }
+        }
+    }
+    json!({"portMappings": maps})
+}
+
+/// Makes (or re-makes) a pod's sandbox: namespace, CNI ADD, resolv.conf, shim.
+pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbox>) -> Result<Sandbox> {
+    let uid = pod.metadata.uid.clone().context("pod has no uid")?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or("default".into());
+    let dir = pod_dir(&ctx.state_dir, &uid);
+    fs::create_dir_all(&dir)?;
+    let ns_name = netns_name(&ctx.name, &uid);
+    let node_ns = File::open(node.netns_path()).with_context(|| format!("node {} has no namespace", node.name))?;
+    let list = conflist(ctx, node)?;
+    let rc = port_mappings(pod);
+    let ns_path = netns::path(&ns_name).display().to_string();
+    // Reuse a live network of a sandbox whose shim died; otherwise start from scratch.
+    let (ips, result) = match old.filter(|o| netns::path(&o.netns).exists() && !o.ips.is_empty()) {
+        Some(o) => (o.ips.clone(), o.cni_result.clone()),
+        None => {
+            netns::create(&ns_name)?;
+            let base = Invocation {
+                plugin: Path::new(""),
+                command: "ADD",
+                container_id: &uid,
+                netns: &ns_path,
+                ifname: "eth0",
+                args: &format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"),
+                cni_path: &ctx.cni_path,
+                node_netns: Some(&node_ns),
+            };
+            let result = match list.add(&base, &rc) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = list.del(&base, None, &rc);
+                    let _ = netns::delete(&ns_name);
+                    bail!("CNI ADD failed: {e}");
+                }
+            };
+            let ips: Vec<String> = result["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["address"].as_str().map(|a| a.split('/').next().unwrap_or("").to_string()))
+                .collect();
+            (ips, result)
+        }
+    };
+    let resolv = dir.join("resolv.conf");
+    fs::write(&resolv, resolv_conf(ctx, pod))?;
+    let ip = ips.first().cloned().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let shim_spec = ShimSpec {
+        pod: name.clone(),
+        namespace: namespace.clone(),
+        uid: uid.clone(),
+        netns: netns::path(&ns_name),
+        hostname: spec.hostname.clone().unwrap_or(name.clone()).chars().take(63).collect(),
+        resolv_conf: Some(resolv),
+        dir: dir.clone(),
+        restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| ContainerSpec {
+                name: c.name.clone(),
+                argv: argv_for(ctx, pod, c),
+                env: env_for(pod, c, &ip, node),
+                workdir: c.working_dir.clone(),
+            })
+            .collect(),
+    };
+    let spec_path = dir.join("shim.json");
+    fs::write(&spec_path, serde_json::to_vec_pretty(&shim_spec)?)?;
+    let log = File::create(dir.join("shim.log"))?;
+    let mut cmd = Command::new(&ctx.weft_exe);
+    cmd.arg("shim").arg(&spec_path).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    let child = cmd.spawn().context("starting the pod shim")?;
+    let pid = child.id();
+    // The shim is reaped by nobody in particular: it lives on its own, like containerd's.
+    std::mem::forget(child);
+    let start = proc_start(pid).unwrap_or(0);
+    let sb = Sandbox {
+        uid: uid.clone(),
+        namespace,
+        name,
+        node: node.name.clone(),
+        netns: ns_name,
+        ips,
+        shim_pid: pid,
+        shim_start: start,
+        cni_result: result,
+    };
+    let tmp = dir.join("sandbox.json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&sb)?)?;
+    fs::rename(&tmp, dir.join("sandbox.json"))?;
+    Ok(sb)
+}
+
+/// Stops a pod: shim, CNI DEL, namespace, state.
+pub fn teardown(ctx: &LabCtx, node: &NodeNet, sb: &Sandbox) -> Result<()> {
+    kill_shim(sb, Duration::from_secs(3));
+    if let (Ok(list), Ok(node_ns)) = (conflist(ctx, node), File::open(node.netns_path())) {
+        let ns_path = netns::path(&sb.netns).display().to_string();
+        let base = Invocation {
+            plugin: Path::new(""),
+            command: "DEL",
+            container_id: &sb.uid,
+            netns: &ns_path,
+            ifname: "eth0",
+            args: "",
+            cni_path: &ctx.cni_path,
+            node_netns: Some(&node_ns),
+        };
+        if let Err(e) = list.del(&base, Some(&sb.cni_result), &json!({})) {
+            tracing::warn!(pod = %sb.name, error = %e, "CNI DEL");
+        }
+    }
+    netns::delete(&sb.netns)?;
+    let _ = fs::remove_dir_all(pod_dir(&ctx.state_dir, &sb.uid));
+    Ok(())
+}
