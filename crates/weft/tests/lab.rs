@@ -190,3 +190,59 @@ fn kill_9_keeps_pods_and_down_leaves_nothing() {
     assert!(String::from_utf8_lossy(&shims.stdout).trim().is_empty(), "no shim left");
     assert!(!state.exists());
 }
+
+#[test]
+fn probes_restarts_and_logs() {
+    let lab = TestLab::up(&["--nodes", "1"]);
+    lab.apply_str(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ready}
+spec:
+  containers:
+  - name: web
+    image: weft/echo
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never-ready}
+spec:
+  containers:
+  - name: web
+    image: weft/echo
+    ports: [{containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crashy}
+spec:
+  containers:
+  - {name: c, image: busybox, command: ["sh", "-c", "echo hello from crashy; exit 3"]}
+"#,
+    );
+    let cond =
+        |p: &Value| p["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+    lab.wait_for("probe results", 30, || {
+        let pods = lab.pods("default");
+        let r = pods.iter().find(|p| p["metadata"]["name"] == "ready").and_then(cond);
+        let n = pods.iter().find(|p| p["metadata"]["name"] == "never-ready");
+        r.is_some_and(|c| c["status"] == "True")
+            && n.is_some_and(|p| p["status"]["phase"] == "Running" && cond(p).is_some_and(|c| c["status"] == "False"))
+    });
+    lab.wait_for("crashy to be restarted", 30, || {
+        lab.pods("default").iter().any(|p| {
+            p["metadata"]["name"] == "crashy"
+                && p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1
+        })
+    });
+    let logs = lab.weft_ok(&["logs", "crashy"]);
+    assert!(logs.contains("hello from crashy"), "{logs}");
+    let k = lab.kubectl_ok(&["logs", "crashy", "--tail=1"]);
+    assert_eq!(k.trim(), "hello from crashy");
+    let wide = lab.kubectl_ok(&["get", "pods"]);
+    assert!(wide.lines().any(|l| l.starts_with("never-ready") && l.contains("0/1")), "{wide}");
+}
