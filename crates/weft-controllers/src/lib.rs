@@ -7,6 +7,8 @@
 //! are kube-rs clients like any other, and work against a real API server too). The decisions are
 //! pure functions (`plan_*`), tested without a server.
 
+pub mod endpoints;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
@@ -30,7 +33,7 @@ where
     let (reader, writer) = reflector::store();
     tokio::spawn(async move {
         let mut s =
-            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).applied_objects().boxed();
+            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
         while let Some(ev) = s.next().await {
             if ev.is_ok() {
                 notify.notify_one();
@@ -119,6 +122,9 @@ struct Ctx {
     rss: Store<ReplicaSet>,
     deploys: Store<Deployment>,
     rcs: Store<ReplicationController>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    endpoints: Store<Endpoints>,
     /// Pods a controller has asked for but the cache does not show yet: (owner uid) -> (count, until).
     expect: HashMap<String, (usize, Instant)>,
 }
@@ -132,6 +138,9 @@ pub async fn run(client: kube::Client, cfg: Config) {
         rss: store(&client, notify.clone()),
         deploys: store(&client, notify.clone()),
         rcs: store(&client, notify.clone()),
+        services: store(&client, notify.clone()),
+        slices: store(&client, notify.clone()),
+        endpoints: store(&client, notify.clone()),
         client,
         cfg,
         expect: HashMap::new(),
@@ -141,6 +150,9 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let _ = ctx.rss.wait_until_ready().await;
     let _ = ctx.deploys.wait_until_ready().await;
     let _ = ctx.rcs.wait_until_ready().await;
+    let _ = ctx.services.wait_until_ready().await;
+    let _ = ctx.slices.wait_until_ready().await;
+    let _ = ctx.endpoints.wait_until_ready().await;
     loop {
         if let Err(e) = pass(&mut ctx).await {
             tracing::warn!(error = %format!("{e:#}"), "controllers");
@@ -173,6 +185,14 @@ async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
         replicas_of(ctx, &*rc, "v1", "ReplicationController", replicas, template, sel).await?;
     }
     schedule(ctx).await?;
+    endpoints::reconcile(
+        &ctx.client,
+        &ctx.services.state(),
+        &ctx.pods.state(),
+        &ctx.slices.state(),
+        &ctx.endpoints.state(),
+    )
+    .await?;
     Ok(())
 }
 

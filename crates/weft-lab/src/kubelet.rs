@@ -113,7 +113,7 @@ impl Kubelet {
         let notify = Arc::new(tokio::sync::Notify::new());
         let n2 = notify.clone();
         tokio::spawn(async move {
-            let mut s = watcher(pods, cfg).default_backoff().reflect(writer).applied_objects().boxed();
+            let mut s = watcher(pods, cfg).default_backoff().reflect(writer).touched_objects().boxed();
             while let Some(ev) = s.next().await {
                 if ev.is_ok() {
                     n2.notify_one();

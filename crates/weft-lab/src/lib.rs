@@ -40,6 +40,7 @@ pub struct LabCtx {
 pub struct LabSpec {
     pub nodes: u32,
     pub pod_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
     pub underlay: Ipv4Net,
     pub overlay: Overlay,
 }
@@ -115,7 +116,7 @@ pub async fn start(
         }
     ));
     for n in &nets {
-        topology::configure_node(n, &nets, spec.overlay).await?;
+        topology::configure_node(n, &nets, spec.overlay, spec.service_cidr).await?;
         let dir = ctx.state_dir.join("nodes").join(&n.name);
         std::fs::create_dir_all(dir.join("cni"))?;
         let ipam = dir.join("ipam");

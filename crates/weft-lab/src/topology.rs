@@ -132,13 +132,16 @@ pub async fn attach_host(lab: &str, host_ns: &str, port: &str, ip: Ipv4Addr, und
 }
 
 /// Node-to-node pod routes (routed) or the VXLAN device, FDB, neighbours and routes (vxlan).
-pub async fn configure_node(node: &NodeNet, peers: &[NodeNet], overlay: Overlay) -> Result<()> {
+pub async fn configure_node(node: &NodeNet, peers: &[NodeNet], overlay: Overlay, service_cidr: Ipv4Net) -> Result<()> {
     let path = node.netns_path();
     netns::sysctl(&path, "net.ipv4.ip_forward", "1")?;
     // Pods' traffic leaves through eth0 with their own source address; no reverse-path drops.
     let _ = netns::sysctl(&path, "net.ipv4.conf.all.rp_filter", "0");
     let h = netlink_in(&node.netns).await?;
     let eth0 = nl(h.link("eth0").await)?.context("eth0 missing")?;
+    // A route for Service IPs, so the node's own connections reach the proxy's DNAT (which
+    // happens after the routing decision for locally made packets).
+    nl(h.add_route(IpNet::V4(service_cidr), None, eth0.index).await)?;
     match overlay {
         Overlay::Routed => {
             for p in peers.iter().filter(|p| p.name != node.name) {

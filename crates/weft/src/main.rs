@@ -346,10 +346,22 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
             let spec = weft_lab::LabSpec {
                 nodes: cfg.nodes,
                 pod_cidr,
+                service_cidr: cfg.service_cidr.parse().context("the lab's service CIDR must be IPv4")?,
                 underlay: "172.18.0.0/16".parse()?,
                 overlay: ctx.overlay,
             };
-            weft_lab::start(ctx, &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            let nodes = weft_lab::start(ctx, &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            say("progress: starting the service proxy on every node");
+            let proxied = nodes
+                .iter()
+                .map(|n| {
+                    (
+                        weft_proxy::compile::NodeInfo { name: n.name.clone(), cluster_cidr: pod_cidr },
+                        Some(n.netns_path()),
+                    )
+                })
+                .collect();
+            tokio::spawn(weft_proxy::run(client.clone(), proxied));
         }
         Ok::<_, anyhow::Error>((lock, running))
     }

@@ -1,0 +1,64 @@
+//! weft's service proxy (a kube-proxy replacement on nftables): `compile` turns Services and
+//! EndpointSlices into one node's desired ruleset, `apply` sends the difference in one atomic
+//! transaction, and `run` watches the API and keeps a set of nodes in step.
+
+pub mod apply;
+pub mod compile;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use crate::apply::{Applier, NftCommand};
+use crate::compile::NodeInfo;
+
+/// Keeps the proxy rules of every given node (node info, its network namespace) in step with
+/// the API's Services and EndpointSlices.
+pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (svc_r, svc_w) = reflector::store::<Service>();
+    let (eps_r, eps_w) = reflector::store::<EndpointSlice>();
+    for_each_change(Api::<Service>::all(client.clone()), svc_w, notify.clone());
+    for_each_change(Api::<EndpointSlice>::all(client.clone()), eps_w, notify.clone());
+    let _ = svc_r.wait_until_ready().await;
+    let _ = eps_r.wait_until_ready().await;
+    let mut appliers: Vec<(NodeInfo, Applier<NftCommand>)> =
+        nodes.into_iter().map(|(n, ns)| (n, Applier::new(NftCommand { netns: ns }))).collect();
+    loop {
+        let svcs: Vec<Service> = svc_r.state().iter().map(|s| (**s).clone()).collect();
+        let slices: Vec<EndpointSlice> = eps_r.state().iter().map(|s| (**s).clone()).collect();
+        for (node, applier) in appliers.iter_mut() {
+            let want = compile::compile(&svcs, &slices, node);
+            if let Err(e) = applier.sync(want) {
+                tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            // Retries a failed sync.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        // A burst of changes becomes one transaction.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn for_each_change<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<tokio::sync::Notify>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut s =
+            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
+        while let Some(ev) = s.next().await {
+            if ev.is_ok() {
+                notify.notify_one();
+            }
+        }
+    });
+}
