@@ -1,0 +1,167 @@
+//! Service networking end to end in a lab: ClusterIP from pods and nodes, NodePort from the
+//! external host, distribution over endpoints, scaling, refusal without endpoints, the
+//! selector-less Service of seed 000, a pod reaching itself, and `kubectl expose`.
+
+mod common;
+use common::TestLab;
+use serde_json::Value;
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: echo, image: weft/echo, ports: [{containerPort: 8080, name: http}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-nodeport}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{protocol: TCP, port: 80, targetPort: 8080, nodePort: 32212}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nothing-here}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: ["sleep", "3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lonely, labels: {app: lonely}}
+spec:
+  nodeName: node-2
+  containers: [{name: echo, image: weft/echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lonely}
+spec:
+  selector: {app: lonely}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+fn svc_ip(lab: &TestLab, name: &str) -> String {
+    let v: Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", name, "-o", "json"])).unwrap();
+    v["spec"]["clusterIP"].as_str().unwrap().to_string()
+}
+
+fn out(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Which pods answer `n` fresh connections to `url` from `from` (counted by pod name).
+fn spread(lab: &TestLab, from: &[&str], url: &str, n: usize) -> std::collections::BTreeMap<String, u64> {
+    let prog = format!(
+        "import urllib.request,json,collections\nc=collections.Counter(json.load(urllib.request.urlopen('{url}',timeout=3))['pod'] for _ in range({n}))\nprint(json.dumps(c))"
+    );
+    let o = out(lab.exec(from, &["python3", "-c", &prog]));
+    serde_json::from_str(o.trim()).unwrap()
+}
+
+fn answer(lab: &TestLab, from: &[&str], url: &str) -> Value {
+    let o = out(lab.exec(from, &["curl", "-s", "-m", "3", url]));
+    serde_json::from_str(&o).unwrap_or_else(|e| panic!("{e}: {o}"))
+}
+
+#[test]
+fn services_in_the_lab() {
+    let lab = TestLab::up(&["--nodes", "3"]);
+    lab.apply_str(APP);
+    let pods = lab.wait_running("default", 5);
+    let ip_of = |name: &str| {
+        pods.iter().find(|p| p["metadata"]["name"] == name).unwrap()["status"]["podIP"].as_str().unwrap().to_string()
+    };
+    let web = svc_ip(&lab, "web");
+    lab.wait_for("3 endpoints", 20, || lab.weft_ok(&["get", "ep", "web"]).matches(":8080").count() == 3);
+    let slices = lab.weft_ok(&["get", "endpointslices"]);
+    assert!(slices.lines().any(|l| l.starts_with("web-") && l.contains("8080")), "{slices}");
+
+    // 1000 requests to a 3-pod Service reach all three, each 20%-47%.
+    let counts = spread(&lab, &["client"], &format!("http://{web}/"), 1000);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (pod, c) in &counts {
+        assert!((200..=470).contains(c), "{pod} got {c} of 1000: {counts:?}");
+    }
+    // Pod to ClusterIP keeps the client's address (no masquerade inside the pod network).
+    assert_eq!(answer(&lab, &["client"], &format!("http://{web}/"))["clientIP"], ip_of("client"));
+    // From a node.
+    assert!(
+        answer(&lab, &["--node", "node-3"], &format!("http://{web}/"))["pod"].as_str().unwrap().starts_with("web-")
+    );
+    // NodePort (seed 000's 32212) from the external host on every node's address.
+    for node_ip in ["172.18.0.10", "172.18.0.11", "172.18.0.12"] {
+        let r = answer(&lab, &["--external"], &format!("http://{node_ip}:32212/"));
+        assert!(r["pod"].as_str().unwrap().starts_with("web-"), "{r}");
+    }
+    // No endpoints: refused at once (connection refused, not a time-out).
+    let empty = svc_ip(&lab, "empty");
+    let start = std::time::Instant::now();
+    let o = lab.exec(&["client"], &["curl", "-s", "-m", "5", &format!("http://{empty}/")]);
+    assert_eq!(o.status.code(), Some(7), "curl: connection refused");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    // A pod reaches itself through its own Service (hairpin).
+    let lonely = svc_ip(&lab, "lonely");
+    assert_eq!(answer(&lab, &["lonely"], &format!("http://{lonely}/"))["pod"], "lonely");
+
+    // Scaling changes who answers.
+    lab.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
+    lab.wait_for("one endpoint", 30, || lab.weft_ok(&["get", "ep", "web"]).matches(":8080").count() == 1);
+    lab.wait_for("one pod answering", 30, || spread(&lab, &["client"], &format!("http://{web}/"), 20).len() == 1);
+    lab.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]);
+    lab.wait_for("two pods answering", 30, || spread(&lab, &["client"], &format!("http://{web}/"), 40).len() == 2);
+
+    // Seed 000: a Service without a selector and a hand-written Endpoints.
+    let target = ip_of("lonely");
+    lab.apply_str(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: manual}}\nspec:\n  ports: [{{protocol: TCP, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: manual}}\nsubsets:\n- addresses: [{{ip: {target}}}]\n  ports: [{{port: 8080}}]\n"
+    ));
+    let manual = svc_ip(&lab, "manual");
+    lab.wait_for("the manual endpoint", 20, || {
+        lab.exec(&["client"], &["curl", "-s", "-m", "2", &format!("http://{manual}/")]).status.success()
+    });
+    assert_eq!(answer(&lab, &["client"], &format!("http://{manual}/"))["pod"], "lonely");
+
+    // kubectl expose, as the seeds use it.
+    lab.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name",
+        "web-exposed",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+        "--type",
+        "NodePort",
+    ]);
+    let v: Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", "web-exposed", "-o", "json"])).unwrap();
+    let np = v["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    lab.wait_for("the exposed NodePort", 20, || {
+        lab.exec(&["--external"], &["curl", "-s", "-m", "2", &format!("http://172.18.0.11:{np}/")]).status.success()
+    });
+    let d = lab.weft_ok(&["describe", "svc", "web"]);
+    assert!(d.contains("Endpoints:") && d.contains(":8080"), "{d}");
+}
