@@ -1,0 +1,279 @@
+//! proxy-bench: weft's service rules against the iptables rule shape kube-proxy writes (seed
+//! 002: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT, loaded with iptables-restore), in the
+//! same run, for N Services x 10 endpoints (default N = 1000 and 10000). For each: full sync
+//! time, one-Service update time, and TCP connect latency to the last Service added.
+//! Everything happens in namespaces this program makes (weft-bench-px-*).
+//!
+//! Usage: proxy-bench [N ...]   (root)
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use weft_proxy::apply::{Applier, NftCommand};
+use weft_proxy::compile::{NodeInfo, compile};
+
+const EPS: usize = 10;
+
+struct Ns(String);
+impl Ns {
+    fn new(tag: &str) -> Result<Ns> {
+        let n = format!("weft-bench-px-{}-{tag}", std::process::id());
+        if !Command::new("ip").args(["netns", "add", &n]).status()?.success() {
+            bail!("ip netns add {n}");
+        }
+        Ok(Ns(n))
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        if !Command::new("ip").arg("-n").arg(&self.0).args(args).status()?.success() {
+            bail!("ip -n {} {args:?}", self.0);
+        }
+        Ok(())
+    }
+}
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn vip(i: usize) -> String {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1).to_string()
+}
+
+/// The k-th endpoint address: all on the one backend namespace.
+fn backend(k: usize) -> String {
+    format!("10.250.0.{}", 2 + k)
+}
+
+fn world(n: usize, bump: Option<usize>) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut svcs = vec![];
+    let mut slices = vec![];
+    for i in 0..n {
+        svcs.push(
+            serde_json::from_value(json!({"metadata": {"name": format!("s{i}"), "namespace": "default"},
+                "spec": {"clusterIP": vip(i), "ports": [{"port": 80, "protocol": "TCP"}]}}))
+            .unwrap(),
+        );
+        // Every endpoint address lives on the one backend namespace (so any pick connects).
+        let eps: Vec<_> = (0..EPS).map(|k| json!({"addresses": [backend(k)], "conditions": {"ready": true}})).collect();
+        slices.push(
+            serde_json::from_value(json!({"metadata": {"name": format!("s{i}-x"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": format!("s{i}")}}, "addressType": "IPv4", "endpoints": eps,
+                "ports": [{"name": "", "protocol": "TCP", "port": if bump == Some(i) { 8081 } else { 8080 }}]}))
+            .unwrap(),
+        );
+    }
+    (svcs, slices)
+}
+
+/// A client namespace (where the rules live) wired to a backend namespace with a server.
+fn topology() -> Result<(Ns, Ns)> {
+    let c = Ns::new("c")?;
+    let b = Ns::new("b")?;
+    c.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.0])?;
+    c.ip(&["addr", "add", "10.250.0.1/24", "dev", "eth0"])?;
+    for k in 0..EPS {
+        b.ip(&["addr", "add", &format!("{}/24", backend(k)), "dev", "eth0"])?;
+    }
+    for n in [&c, &b] {
+        n.ip(&["link", "set", "eth0", "up"])?;
+        n.ip(&["link", "set", "lo", "up"])?;
+    }
+    c.ip(&["route", "add", "10.96.0.0/12", "via", "10.250.0.2"])?;
+    Ok((c, b))
+}
+
+fn serve(b: &Ns) {
+    let f = File::open(b.path()).unwrap();
+    let fd = f.as_fd().try_clone_to_owned().unwrap();
+    for port in [8080u16, 8081] {
+        let fd = fd.try_clone().unwrap();
+        std::thread::spawn(move || {
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            for s in l.incoming() {
+                drop(s);
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Mean TCP connect latency (µs) from `c` to `addr` over `n` connections.
+fn connect_latency(c: &Ns, addr: SocketAddr, n: usize) -> Result<f64> {
+    let f = File::open(c.path())?;
+    let fd = f.as_fd().try_clone_to_owned()?;
+    std::thread::spawn(move || -> Result<f64> {
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let start = Instant::now();
+        for _ in 0..n {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            drop(s);
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
+    })
+    .join()
+    .unwrap()
+}
+
+fn iptables_restore(ns: &Ns, input: &str, noflush: bool) -> Result<Duration> {
+    let mut cmd = Command::new("iptables-nft-restore");
+    if noflush {
+        cmd.arg("--noflush");
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let f = File::open(ns.path())?;
+    unsafe {
+        cmd.pre_exec(move || nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
+    }
+    let t = Instant::now();
+    let mut child = cmd.spawn()?;
+    let wrote = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let out = child.wait_with_output()?;
+    if let Err(e) = wrote {
+        bail!("iptables-restore stopped reading ({e}): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if !out.status.success() {
+        bail!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed())
+}
+
+fn h(s: &str) -> String {
+    let mut x: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        x ^= b as u64;
+        x = x.wrapping_mul(0x100000001b3);
+    }
+    format!("{:016X}", x)
+}
+
+/// kube-proxy's iptables shape for N services (seed 002).
+fn iptables_rules(n: usize, port_of: impl Fn(usize) -> u16) -> String {
+    let mut s = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+    for i in 0..n {
+        let _ = writeln!(s, ":KUBE-SVC-{} - [0:0]", h(&format!("svc{i}")));
+        for k in 0..EPS {
+            let _ = writeln!(s, ":KUBE-SEP-{} - [0:0]", h(&format!("sep{i}-{k}")));
+        }
+    }
+    s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
+    s += "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
+    s += "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n";
+    s += "-A POSTROUTING -j KUBE-POSTROUTING\n-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n";
+    for i in 0..n {
+        let svc = h(&format!("svc{i}"));
+        let _ = writeln!(
+            s,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"default/s{i} cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{svc}",
+            vip(i)
+        );
+        s += &svc_chain(i, &port_of);
+    }
+    s += "COMMIT\n";
+    s
+}
+
+fn svc_chain(i: usize, port_of: &impl Fn(usize) -> u16) -> String {
+    let mut s = String::new();
+    let svc = h(&format!("svc{i}"));
+    for k in 0..EPS {
+        let sep = h(&format!("sep{i}-{k}"));
+        let left = EPS - k;
+        if left > 1 {
+            let _ = writeln!(
+                s,
+                "-A KUBE-SVC-{svc} -m statistic --mode random --probability {:.11} -j KUBE-SEP-{sep}",
+                1.0 / left as f64
+            );
+        } else {
+            let _ = writeln!(s, "-A KUBE-SVC-{svc} -j KUBE-SEP-{sep}");
+        }
+        let be = backend(k);
+        let _ = writeln!(s, "-A KUBE-SEP-{sep} -s {be}/32 -j KUBE-MARK-MASQ");
+        let _ = writeln!(s, "-A KUBE-SEP-{sep} -p tcp -m tcp -j DNAT --to-destination {be}:{}", port_of(i));
+    }
+    s
+}
+
+fn main() -> Result<()> {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![1000, 10000] } else { sizes };
+    let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse()? };
+    println!(
+        "== proxy-bench: N Services x {EPS} endpoints; weft (nft named maps, delta transactions) vs kube-proxy iptables shape"
+    );
+    for n in sizes {
+        // weft.
+        let (c, b) = topology()?;
+        serve(&b);
+        let (s, e) = world(n, None);
+        let mut applier = Applier::new(NftCommand { netns: Some(c.path().into()) });
+        let t = Instant::now();
+        let want = compile(&s, &e, &node);
+        let bytes = applier.sync(want)?;
+        let full = t.elapsed();
+        let (s2, e2) = world(n, Some(n - 1));
+        let t = Instant::now();
+        let want2 = compile(&s2, &e2, &node);
+        let compile_t = t.elapsed();
+        let t = Instant::now();
+        let delta = applier.sync(want2)?;
+        let one = t.elapsed();
+        let last: SocketAddr = format!("{}:80", vip(n - 1)).parse()?;
+        let _ = connect_latency(&c, last, 200)?;
+        let lat = connect_latency(&c, last, 2000)?;
+        println!(
+            "N={n:>5} weft      full sync {:7.3} s ({:.1} MB)  one-Service update {:6.1} ms ({} B; compile {:.0} ms)  connect to last Service {:6.1} us",
+            full.as_secs_f64(),
+            bytes as f64 / 1e6,
+            one.as_secs_f64() * 1e3,
+            delta,
+            compile_t.as_secs_f64() * 1e3,
+            lat
+        );
+        drop((c, b));
+        // iptables shape.
+        let (c, b) = topology()?;
+        serve(&b);
+        let full_i = iptables_restore(&c, &iptables_rules(n, |_| 8080), false)?;
+        let i = n - 1;
+        let mut upd = String::from("*nat\n");
+        let _ = writeln!(upd, ":KUBE-SVC-{} - [0:0]", h(&format!("svc{i}")));
+        for k in 0..EPS {
+            let _ = writeln!(upd, ":KUBE-SEP-{} - [0:0]", h(&format!("sep{i}-{k}")));
+        }
+        upd += &svc_chain(i, &|_| 8081);
+        upd += "COMMIT\n";
+        let one_i = iptables_restore(&c, &upd, true)?;
+        let _ = connect_latency(&c, last, 200)?;
+        let lat_i = connect_latency(&c, last, 2000)?;
+        println!(
+            "N={n:>5} iptables  full sync {:7.3} s             one-Service update {:6.1} ms                      connect to last Service {:6.1} us",
+            full_i.as_secs_f64(),
+            one_i.as_secs_f64() * 1e3,
+            lat_i
+        );
+        println!(
+            "N={n:>5} ratio weft/iptables: full sync {:.2}x, one-Service update {:.2}x, connect latency {:.2}x",
+            full.as_secs_f64() / full_i.as_secs_f64(),
+            one.as_secs_f64() / one_i.as_secs_f64(),
+            lat / lat_i
+        );
+        drop((c, b));
+    }
+    Ok(())
+}
