@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::compile::{Desired, MASQ_MARK, SvcPort};
+use std::collections::BTreeMap;
+
+use crate::compile::{Backend, Desired, MASQ_MARK, PortKey, SvcKey};
 
 pub const TABLE: &str = "weft-proxy";
 
@@ -19,6 +21,8 @@ fn base() -> String {
         r#"table ip {TABLE} {{
   map services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   map nodeports {{ type inet_proto . inet_service : verdict; }}
+  map backends {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
+  map np-backends {{ typeof meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
   set no-endpoints {{ type ipv4_addr . inet_proto . inet_service; }}
   set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
@@ -48,39 +52,40 @@ fn base() -> String {
     )
 }
 
-fn map_decl(p: &SvcPort) -> String {
-    format!("add map ip {TABLE} {} {{ typeof numgen random mod 2 : ip daddr . tcp dport; }}\n", p.map)
-}
-
-fn map_elements(p: &SvcPort) -> String {
-    if p.backends.is_empty() {
-        return String::new();
-    }
-    let els: Vec<String> = p.backends.iter().enumerate().map(|(i, b)| format!("{i} : {} . {}", b.ip, b.port)).collect();
-    format!("add element ip {TABLE} {} {{ {} }}\n", p.map, els.join(", "))
-}
-
-fn chain_rules(p: &SvcPort) -> String {
-    let mut s = String::new();
-    for r in &p.rules {
-        let _ = writeln!(s, "add rule ip {TABLE} {} {r}", p.chain);
-    }
-    s
-}
-
-fn el_service(k: &(std::net::Ipv4Addr, String, u16)) -> String {
-    format!("{} . {} . {}", k.0, k.1, k.2)
-}
-
-fn el_nodeport(k: &(String, u16)) -> String {
-    format!("{} . {}", k.0, k.1)
-}
-
 fn elements(set: &str, els: Vec<String>, add: bool) -> String {
     if els.is_empty() {
         return String::new();
     }
-    format!("{} element ip {TABLE} {set} {{ {} }}\n", if add { "add" } else { "delete" }, els.join(", "))
+    // Large batches in chunks: nft handles long element lists better split.
+    let mut out = String::new();
+    for chunk in els.chunks(2000) {
+        let _ =
+            writeln!(out, "{} element ip {TABLE} {set} {{ {} }}", if add { "add" } else { "delete" }, chunk.join(", "));
+    }
+    out
+}
+
+fn svc_el(k: &SvcKey, v: &str) -> String {
+    format!("{} . {} . {} : goto {v}", k.0, k.1, k.2)
+}
+fn np_el(k: &PortKey, v: &str) -> String {
+    format!("{} . {} : goto {v}", k.0, k.1)
+}
+fn be_el(k: &(SvcKey, u32), b: &Backend) -> String {
+    format!("{} . {} . {} . {} : {} . {}", k.0.0, k.0.1, k.0.2, k.1, b.ip, b.port)
+}
+fn npbe_el(k: &(PortKey, u32), b: &Backend) -> String {
+    format!("{} . {} . {} : {} . {}", k.0.0, k.0.1, k.1, b.ip, b.port)
+}
+
+/// Entries of `old` that `new` drops or changes (`gone`), and of `new` that are new or changed.
+fn diff<'a, K: Ord, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> (Vec<(&'a K, &'a V)>, Vec<(&'a K, &'a V)>) {
+    let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).collect();
+    let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).collect();
+    (gone, came)
 }
 
 /// The transaction that takes a node from `old` (None: unknown, start fresh) to `new`.
@@ -90,96 +95,47 @@ pub fn script(old: Option<&Desired>, new: &Desired) -> String {
         Some(o) => (String::new(), o),
         None => (format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()), &empty),
     };
-    // 1. Entries that go away or change their verdict.
-    s += &elements(
-        "services",
-        old.services
-            .iter()
-            .filter(|(k, v)| new.services.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{} : goto {v}", el_service(k)))
-            .collect(),
-        false,
-    );
-    s += &elements(
-        "nodeports",
-        old.nodeports
-            .iter()
-            .filter(|(k, v)| new.nodeports.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{} : goto {v}", el_nodeport(k)))
-            .collect(),
-        false,
-    );
+    let (svc_gone, svc_new) = diff(&old.services, &new.services);
+    let (np_gone, np_new) = diff(&old.nodeports, &new.nodeports);
+    let (be_gone, be_new) = diff(&old.backends, &new.backends);
+    let (npbe_gone, npbe_new) = diff(&old.np_backends, &new.np_backends);
+    // 1. What goes away (dispatch entries first, then what they led to).
+    s += &elements("services", svc_gone.iter().map(|(k, v)| svc_el(k, v)).collect(), false);
+    s += &elements("nodeports", np_gone.iter().map(|(k, v)| np_el(k, v)).collect(), false);
+    s += &elements("backends", be_gone.iter().map(|(k, v)| be_el(k, v)).collect(), false);
+    s += &elements("np-backends", npbe_gone.iter().map(|(k, v)| npbe_el(k, v)).collect(), false);
     s += &elements("hairpin", old.hairpin.difference(&new.hairpin).map(|ip| format!("{ip} . {ip}")).collect(), false);
-    s += &elements("no-endpoints", old.reject.difference(&new.reject).map(el_service).collect(), false);
     s += &elements(
-        "no-endpoint-nodeports",
-        old.reject_nodeports.difference(&new.reject_nodeports).map(el_nodeport).collect(),
+        "no-endpoints",
+        old.reject.difference(&new.reject).map(|k| format!("{} . {} . {}", k.0, k.1, k.2)).collect(),
         false,
     );
-    // 2. Chains (then their maps) that go away.
-    for name in old.ports.keys().filter(|n| !new.ports.contains_key(*n)) {
-        let _ = writeln!(s, "flush chain ip {TABLE} {name}\ndelete chain ip {TABLE} {name}");
-    }
-    for p in old.ports.values().filter(|p| !p.map.is_empty() && !new.ports.values().any(|n| n.map == p.map)) {
-        let _ = writeln!(s, "delete map ip {TABLE} {}", p.map);
-    }
-    // 3. Maps and chains that are new or changed.
-    for (name, p) in &new.ports {
-        match old.ports.get(name) {
-            None => {
-                if !p.map.is_empty() && !old.ports.values().any(|o| o.map == p.map) {
-                    s += &map_decl(p);
-                    s += &map_elements(p);
-                }
-                let _ = writeln!(s, "add chain ip {TABLE} {name}");
-                s += &chain_rules(p);
-            }
-            Some(o) => {
-                if !p.map.is_empty() && o.backends != p.backends {
-                    let _ = writeln!(s, "flush map ip {TABLE} {}", p.map);
-                    s += &map_elements(p);
-                }
-                if o.rules != p.rules {
-                    let _ = writeln!(s, "flush chain ip {TABLE} {name}");
-                    s += &chain_rules(p);
-                }
-            }
-        }
-    }
-    // Maps declared by chains that existed before but now own a map they did not.
-    for p in new.ports.values() {
-        if !p.map.is_empty()
-            && old.ports.get(&p.chain).is_some_and(|o| o.map != p.map)
-            && !old.ports.values().any(|o| o.map == p.map)
-        {
-            s += &map_decl(p);
-            s += &map_elements(p);
-        }
-    }
-    // 4. Entries that are new or changed.
-    s += &elements(
-        "services",
-        new.services
-            .iter()
-            .filter(|(k, v)| old.services.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{} : goto {v}", el_service(k)))
-            .collect(),
-        true,
-    );
-    s += &elements(
-        "nodeports",
-        new.nodeports
-            .iter()
-            .filter(|(k, v)| old.nodeports.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{} : goto {v}", el_nodeport(k)))
-            .collect(),
-        true,
-    );
-    s += &elements("hairpin", new.hairpin.difference(&old.hairpin).map(|ip| format!("{ip} . {ip}")).collect(), true);
-    s += &elements("no-endpoints", new.reject.difference(&old.reject).map(el_service).collect(), true);
     s += &elements(
         "no-endpoint-nodeports",
-        new.reject_nodeports.difference(&old.reject_nodeports).map(el_nodeport).collect(),
+        old.reject_nodeports.difference(&new.reject_nodeports).map(|k| format!("{} . {}", k.0, k.1)).collect(),
+        false,
+    );
+    // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
+    for (name, rules) in new.chains.iter().filter(|(n, _)| !old.chains.contains_key(*n)) {
+        let _ = writeln!(s, "add chain ip {TABLE} {name}");
+        for r in rules {
+            let _ = writeln!(s, "add rule ip {TABLE} {name} {r}");
+        }
+    }
+    // 3. What is new: endpoints before the entries that lead to them.
+    s += &elements("backends", be_new.iter().map(|(k, v)| be_el(k, v)).collect(), true);
+    s += &elements("np-backends", npbe_new.iter().map(|(k, v)| npbe_el(k, v)).collect(), true);
+    s += &elements("services", svc_new.iter().map(|(k, v)| svc_el(k, v)).collect(), true);
+    s += &elements("nodeports", np_new.iter().map(|(k, v)| np_el(k, v)).collect(), true);
+    s += &elements("hairpin", new.hairpin.difference(&old.hairpin).map(|ip| format!("{ip} . {ip}")).collect(), true);
+    s += &elements(
+        "no-endpoints",
+        new.reject.difference(&old.reject).map(|k| format!("{} . {} . {}", k.0, k.1, k.2)).collect(),
+        true,
+    );
+    s += &elements(
+        "no-endpoint-nodeports",
+        new.reject_nodeports.difference(&old.reject_nodeports).map(|k| format!("{} . {}", k.0, k.1)).collect(),
         true,
     );
     s
@@ -288,11 +244,11 @@ mod tests {
         let (s, e) = world(10_000, Some(4242));
         let after = compile(&s, &e, &node);
         let delta = script(Some(&before), &after);
-        let touched = &before.ports.values().find(|p| p.display.starts_with("default/s4242:")).unwrap().chain;
         for line in delta.lines() {
-            // Its chain and map, and the hairpin entry of its one new endpoint.
-            let own = line.contains(&touched[4..])
-                || line == "add element ip weft-proxy hairpin { 10.244.10.243 . 10.244.10.243 }";
+            // Its entries and endpoints (VIP 10.96.16.146), the shared 11-endpoint chain, and
+            // the hairpin entry of its one new endpoint.
+            let own =
+                line.contains("10.96.16.146 ") || line.contains("-11") || line.contains("hairpin { 10.244.10.243");
             assert!(own, "a line about another service: {line}");
         }
         assert!(delta.contains("mod 11"), "{delta}");
@@ -310,14 +266,15 @@ mod tests {
         let del = script(Some(&three), &two);
         assert!(
             del.contains("delete element ip weft-proxy services")
-                && del.contains("delete chain")
-                && del.contains("delete map"),
+                && del.contains("delete element ip weft-proxy backends"),
             "{del}"
         );
+        assert!(!del.contains("delete chain"), "no per-Service chains to remove: {del}");
         let add = script(Some(&two), &three);
         assert!(
-            add.contains("add map") && add.contains("add chain") && add.contains("add element ip weft-proxy services"),
+            add.contains("add element ip weft-proxy backends") && add.contains("add element ip weft-proxy services"),
             "{add}"
         );
+        assert!(!add.contains("add chain"), "the shared chain exists already: {add}");
     }
 }

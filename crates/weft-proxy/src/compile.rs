@@ -1,13 +1,15 @@
 //! The rule compiler: Services and EndpointSlices in, the desired nftables state of one node out.
 //! Pure (no I/O), so every Service feature is unit-tested without root.
 //!
-//! Shape (table `ip weft-proxy`): one verdict map `services` keyed by `daddr . l4proto . dport`
-//! (ClusterIPs, external IPs, LoadBalancer IPs) and one `nodeports` keyed by `l4proto . dport`,
-//! each pointing at a chain per Service port; that chain marks for masquerade where kube-proxy
-//! masquerades and DNATs through `numgen random mod N` into a named map of endpoints. A Service
-//! change touches its own map elements and chain only; per-packet cost does not grow with the
-//! number of Services (one map lookup). Named maps rather than kube-proxy's anonymous
-//! `numgen ... vmap` sets: the kernel re-walks the transaction for every anonymous set.
+//! Shape (table `ip weft-proxy`): a Service port costs map elements only, never a chain or a
+//! set of its own. The verdict map `services` (key `daddr . l4proto . dport`: ClusterIPs,
+//! external IPs, LoadBalancer IPs) and `nodeports` (key `l4proto . dport`) send a packet to a
+//! shared chain chosen by how many endpoints the Service has and how it masquerades
+//! (`cluster-random-3`, `masq-random-3`, `plain-affinity-2`, ...); that chain DNATs through the
+//! map `backends` keyed by `daddr . l4proto . dport . numgen random mod N` (or `jhash ip saddr
+//! mod N` for ClientIP affinity). So the per-packet cost is two map lookups whatever the number
+//! of Services, a full sync is one batch of elements (no per-Service objects for the kernel to
+//! create), and a change to one Service is a few element adds and deletes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -26,46 +28,32 @@ pub struct NodeInfo {
     pub cluster_cidr: Ipv4Net,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
     pub ip: Ipv4Addr,
     pub port: u16,
 }
 
-/// One Service port's programme.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SvcPort {
-    /// `ns/name:port-name/proto`, for comments and errors.
-    pub display: String,
-    pub chain: String,
-    pub map: String,
-    pub proto: String,
-    pub rules: Vec<String>,
-    pub backends: Vec<Backend>,
-}
+pub type SvcKey = (Ipv4Addr, String, u16);
+pub type PortKey = (String, u16);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// chain name -> its programme.
-    pub ports: BTreeMap<String, SvcPort>,
-    /// `vip . proto . port` -> chain.
-    pub services: BTreeMap<(Ipv4Addr, String, u16), String>,
-    /// `proto . port` -> chain.
-    pub nodeports: BTreeMap<(String, u16), String>,
+    /// `vip . proto . port` -> the shared chain that picks its endpoint.
+    pub services: BTreeMap<SvcKey, String>,
+    /// `proto . port` -> the shared chain (node ports).
+    pub nodeports: BTreeMap<PortKey, String>,
+    /// `vip . proto . port . slot` -> endpoint.
+    pub backends: BTreeMap<(SvcKey, u32), Backend>,
+    /// `proto . port . slot` -> endpoint (node ports).
+    pub np_backends: BTreeMap<(PortKey, u32), Backend>,
+    /// The shared chains in use, with their rules.
+    pub chains: BTreeMap<String, Vec<String>>,
     /// Endpoint IPs (for hairpin masquerade: a pod reaching itself through its Service).
     pub hairpin: BTreeSet<Ipv4Addr>,
     /// VIPs and node ports with no endpoint: refused (TCP reset / ICMP unreachable).
-    pub reject: BTreeSet<(Ipv4Addr, String, u16)>,
-    pub reject_nodeports: BTreeSet<(String, u16)>,
-}
-
-fn short_id(s: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{:012x}", h & 0xffff_ffff_ffff)
+    pub reject: BTreeSet<SvcKey>,
+    pub reject_nodeports: BTreeSet<PortKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,18 +123,50 @@ fn usable(eps: &[Ep], only_node: Option<&str>) -> Vec<Backend> {
         .collect()
 }
 
-/// The DNAT rule of a Service port over its `n` endpoints. ClientIP affinity picks by a hash of
-/// the client's address, so a client keeps its endpoint while the endpoint set is unchanged.
-fn dnat_rules(proto: &str, map: &str, n: usize, affinity: Option<i32>) -> Vec<String> {
-    if n == 0 {
-        return vec![];
-    }
-    let l4 = proto.to_lowercase();
-    let pick = match affinity {
-        Some(_) => format!("jhash ip saddr mod {n} seed 0x5eed"),
-        None => format!("numgen random mod {n}"),
+/// How a chain treats the source: `cluster` masquerades traffic from outside the pod network
+/// (ClusterIP), `masq` always (external traffic with policy Cluster), `plain` never (policy Local).
+#[derive(Clone, Copy)]
+enum Masq {
+    Cluster,
+    Always,
+    Never,
+}
+
+/// The shared chain for (masquerade, pick, N, key kind), made on first use.
+fn pick_chain(
+    d: &mut Desired,
+    cidr: Ipv4Net,
+    masq: Masq,
+    affinity: bool,
+    n: usize,
+    nodeport: bool,
+    proto: &str,
+) -> String {
+    let m = match masq {
+        Masq::Cluster => "cluster",
+        Masq::Always => "masq",
+        Masq::Never => "plain",
     };
-    vec![format!("meta l4proto {l4} dnat ip to {pick} map @{map}")]
+    let how = if affinity { "affinity" } else { "random" };
+    let kind = if nodeport { "np" } else { "vip" };
+    let name = format!("{kind}-{m}-{how}-{proto}-{n}");
+    if !d.chains.contains_key(&name) {
+        let mut rules = vec![];
+        match masq {
+            Masq::Cluster => rules.push(format!("ip saddr != {cidr} jump mark-masq")),
+            Masq::Always => rules.push("jump mark-masq".to_string()),
+            Masq::Never => {}
+        }
+        let pick =
+            if affinity { format!("jhash ip saddr mod {n} seed 0x5eed") } else { format!("numgen random mod {n}") };
+        rules.push(if nodeport {
+            format!("meta l4proto {proto} dnat ip to meta l4proto . {proto} dport . {pick} map @np-backends")
+        } else {
+            format!("meta l4proto {proto} dnat ip to ip daddr . meta l4proto . {proto} dport . {pick} map @backends")
+        });
+        d.chains.insert(name.clone(), rules);
+    }
+    name
 }
 
 /// Compiles every Service for `node`.
@@ -159,25 +179,20 @@ pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) 
             by_svc.entry((ns, svc.clone())).or_default().push(s);
         }
     }
+    let cidr = node.cluster_cidr;
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
         let cluster_ip: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok());
-        if ty == "ExternalName" || cluster_ip.is_none() {
+        let Some(vip) = cluster_ip.filter(|_| ty != "ExternalName") else {
             continue; // DNS answers ExternalName; headless Services have no virtual IP.
-        }
+        };
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let slices = by_svc.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+        let slices = by_svc.get(&(ns, name)).cloned().unwrap_or_default();
         let ext_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let int_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10800)
-        });
+        let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
         let mut external_ips: Vec<Ipv4Addr> =
             spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
         if ty == "LoadBalancer" {
@@ -196,92 +211,45 @@ pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) 
         }
         for p in spec.ports.iter().flatten() {
             let pname = p.name.clone().unwrap_or_default();
-            let proto = p.protocol.clone().unwrap_or("TCP".into());
-            let l4 = proto.to_lowercase();
+            let proto_uc = p.protocol.clone().unwrap_or("TCP".into());
+            let proto = proto_uc.to_lowercase();
             let Ok(port) = u16::try_from(p.port) else { continue };
-            let eps = endpoints_for(&slices, &pname, &proto);
+            let eps = endpoints_for(&slices, &pname, &proto_uc);
             for e in &eps {
                 d.hairpin.insert(e.ip);
             }
-            let display = format!("{ns}/{name}:{pname}/{proto}");
-            let id = short_id(&display);
-            // Internal traffic (ClusterIP): masquerade what comes from outside the pod network.
-            let internal = usable(&eps, int_local.then_some(node.name.as_str()));
-            let chain = format!("svc-{id}");
-            let map = format!("ep-{id}");
-            let mut rules = vec![format!("ip saddr != {} jump mark-masq", node.cluster_cidr)];
-            rules.extend(dnat_rules(&proto, &map, internal.len(), affinity));
-            d.ports.insert(
-                chain.clone(),
-                SvcPort {
-                    display: display.clone(),
-                    chain: chain.clone(),
-                    map,
-                    proto: l4.clone(),
-                    rules,
-                    backends: internal.clone(),
-                },
-            );
-            let vip = cluster_ip.unwrap();
-            if internal.is_empty() {
-                d.reject.insert((vip, l4.clone(), port));
-            } else {
-                d.services.insert((vip, l4.clone(), port), chain.clone());
-            }
-            // External traffic (node ports, external and LoadBalancer IPs).
-            let node_port = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0);
-            if node_port.is_none() && external_ips.is_empty() {
-                continue;
-            }
-            let (ext_chain, ext_backends) = if ext_local {
-                // Client source kept (no masquerade), only this node's endpoints.
-                let backends = usable(&eps, Some(&node.name));
-                let chain = format!("ext-{id}");
-                let map = format!("epl-{id}");
-                let rules = dnat_rules(&proto, &map, backends.len(), affinity);
-                d.ports.insert(
-                    chain.clone(),
-                    SvcPort {
-                        display: format!("{display} (local)"),
-                        chain: chain.clone(),
-                        map,
-                        proto: l4.clone(),
-                        rules,
-                        backends: backends.clone(),
-                    },
-                );
-                (chain, backends)
-            } else {
-                let chain = format!("ext-{id}");
-                let map = format!("ep-{id}");
-                let mut rules = vec!["jump mark-masq".to_string()];
-                rules.extend(dnat_rules(&proto, &map, internal.len(), affinity));
-                // Shares the internal chain's endpoint map.
-                d.ports.insert(
-                    chain.clone(),
-                    SvcPort {
-                        display: format!("{display} (external)"),
-                        chain: chain.clone(),
-                        map: String::new(),
-                        proto: l4.clone(),
-                        rules,
-                        backends: vec![],
-                    },
-                );
-                (chain, internal.clone())
-            };
-            if let Some(np) = node_port {
-                if ext_backends.is_empty() {
-                    d.reject_nodeports.insert((l4.clone(), np));
-                } else {
-                    d.nodeports.insert((l4.clone(), np), ext_chain.clone());
+            let program = |d: &mut Desired, key: SvcKey, backends: &[Backend], masq: Masq| {
+                if backends.is_empty() {
+                    d.reject.insert(key);
+                    return;
                 }
-            }
+                let chain = pick_chain(d, cidr, masq, affinity, backends.len(), false, &proto);
+                for (i, b) in backends.iter().enumerate() {
+                    d.backends.insert((key.clone(), i as u32), *b);
+                }
+                d.services.insert(key, chain);
+            };
+            let internal = usable(&eps, int_local.then_some(node.name.as_str()));
+            program(&mut d, (vip, proto.clone(), port), &internal, Masq::Cluster);
+            // External traffic: node ports, external and LoadBalancer IPs.
+            let (external, masq) = if ext_local {
+                (usable(&eps, Some(&node.name)), Masq::Never)
+            } else {
+                (internal.clone(), Masq::Always)
+            };
             for ip in &external_ips {
-                if ext_backends.is_empty() {
-                    d.reject.insert((*ip, l4.clone(), port));
+                program(&mut d, (*ip, proto.clone(), port), &external, masq);
+            }
+            if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+                let key = (proto.clone(), np);
+                if external.is_empty() {
+                    d.reject_nodeports.insert(key);
                 } else {
-                    d.services.insert((*ip, l4.clone(), port), ext_chain.clone());
+                    let chain = pick_chain(&mut d, cidr, masq, affinity, external.len(), true, &proto);
+                    for (i, b) in external.iter().enumerate() {
+                        d.np_backends.insert((key.clone(), i as u32), *b);
+                    }
+                    d.nodeports.insert(key, chain);
                 }
             }
         }
@@ -311,9 +279,12 @@ mod tests {
             "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "protocol": "TCP", "port": port}]})).unwrap()
     }
 
-    fn chain_of<'a>(d: &'a Desired, vip: &str, port: u16) -> &'a SvcPort {
-        let c = d.services.get(&(vip.parse().unwrap(), "tcp".into(), port)).expect("a service entry");
-        &d.ports[c]
+    fn key(vip: &str, port: u16) -> SvcKey {
+        (vip.parse().unwrap(), "tcp".into(), port)
+    }
+
+    fn backends_of(d: &Desired, k: &SvcKey) -> Vec<Backend> {
+        d.backends.iter().filter(|((kk, _), _)| kk == k).map(|(_, b)| *b).collect()
     }
 
     #[test]
@@ -325,12 +296,33 @@ mod tests {
             8080,
         );
         let d = compile(&[s], &[e], &node("n1"));
-        let p = chain_of(&d, "10.96.0.20", 80);
-        assert_eq!(p.backends.len(), 2, "not-ready endpoints get no traffic");
-        assert_eq!(p.rules[0], "ip saddr != 10.244.0.0/16 jump mark-masq");
-        assert!(p.rules[1].contains("numgen random mod 2 map @ep-"), "{:?}", p.rules);
+        let k = key("10.96.0.20", 80);
+        assert_eq!(backends_of(&d, &k).len(), 2, "not-ready endpoints get no traffic");
+        let chain = &d.chains[&d.services[&k]];
+        assert_eq!(chain[0], "ip saddr != 10.244.0.0/16 jump mark-masq");
+        assert!(chain[1].contains("numgen random mod 2 map @backends"), "{chain:?}");
         assert!(d.hairpin.contains(&"10.244.1.2".parse().unwrap()));
         assert!(d.nodeports.is_empty());
+    }
+
+    #[test]
+    fn services_share_chains_and_cost_only_elements() {
+        let svcs: Vec<Service> = (0..50)
+            .map(|i| {
+                svc(
+                    &format!("s{i}"),
+                    json!({"clusterIP": format!("10.96.1.{i}"), "ports": [{"port": 80, "protocol": "TCP"}]}),
+                )
+            })
+            .collect();
+        let slices: Vec<EndpointSlice> = (0..50)
+            .map(|i| {
+                slice(&format!("s{i}"), &[("10.244.1.2", "n1", true, false), ("10.244.1.3", "n1", true, false)], 8080)
+            })
+            .collect();
+        let d = compile(&svcs, &slices, &node("n1"));
+        assert_eq!(d.chains.len(), 1, "one shared chain for 50 two-endpoint Services");
+        assert_eq!(d.backends.len(), 100);
     }
 
     #[test]
@@ -340,13 +332,13 @@ mod tests {
             json!({"clusterIP": "10.96.0.20", "type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
         );
         let d = compile(std::slice::from_ref(&s), &[], &node("n1"));
-        assert!(d.reject.contains(&("10.96.0.20".parse().unwrap(), "tcp".into(), 80)));
+        assert!(d.reject.contains(&key("10.96.0.20", 80)));
         assert!(d.reject_nodeports.contains(&("tcp".into(), 30080)));
         assert!(d.services.is_empty());
         let e = slice("web", &[("10.244.1.2", "n1", false, true)], 8080);
         let d = compile(&[s], &[e], &node("n1"));
         assert_eq!(
-            chain_of(&d, "10.96.0.20", 80).backends.len(),
+            backends_of(&d, &key("10.96.0.20", 80)).len(),
             1,
             "a terminating endpoint when nothing else is left"
         );
@@ -360,9 +352,9 @@ mod tests {
             json!({"clusterIP": "10.96.0.20", "type": "NodePort", "externalTrafficPolicy": "Cluster", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
         );
         let d = compile(&[cluster], std::slice::from_ref(&e), &node("n1"));
-        let c = &d.ports[&d.nodeports[&("tcp".into(), 30080)]];
-        assert_eq!(c.rules[0], "jump mark-masq");
-        assert!(c.rules[1].contains("mod 2"));
+        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
+        assert_eq!(c[0], "jump mark-masq");
+        assert!(c[1].contains("mod 2 map @np-backends"), "{c:?}");
         let local = svc(
             "web",
             json!({"clusterIP": "10.96.0.20", "type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
@@ -371,14 +363,11 @@ mod tests {
         local_lb.status =
             Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}})).unwrap());
         let d = compile(&[local_lb], std::slice::from_ref(&e), &node("n1"));
-        let c = &d.ports[&d.nodeports[&("tcp".into(), 30080)]];
-        assert!(!c.rules.iter().any(|r| r.contains("mark-masq")), "client source kept");
-        assert_eq!(
-            c.backends,
-            vec![Backend { ip: "10.244.1.2".parse().unwrap(), port: 8080 }],
-            "only this node's endpoints"
-        );
-        assert!(d.services.contains_key(&("172.18.255.1".parse().unwrap(), "tcp".into(), 80)), "the LoadBalancer IP");
+        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
+        assert!(!c.iter().any(|r| r.contains("mark-masq")), "client source kept");
+        let np: Vec<Backend> = d.np_backends.values().copied().collect();
+        assert_eq!(np, vec![Backend { ip: "10.244.1.2".parse().unwrap(), port: 8080 }], "only this node's endpoints");
+        assert_eq!(backends_of(&d, &key("172.18.255.1", 80)).len(), 1, "the LoadBalancer IP, local endpoints only");
         // A node without local endpoints refuses.
         let d = compile(&[local], &[e], &node("n3"));
         assert!(d.reject_nodeports.contains(&("tcp".into(), 30080)));
@@ -393,10 +382,10 @@ mod tests {
             "externalIPs": ["192.0.2.10"], "ports": [{"port": 80, "protocol": "TCP"}]}),
         );
         let d = compile(&[s], &[e], &node("n2"));
-        let p = chain_of(&d, "10.96.0.20", 80);
-        assert_eq!(p.backends.len(), 1);
-        assert!(p.rules.iter().any(|r| r.contains("jhash ip saddr mod 1")), "{:?}", p.rules);
-        assert!(d.services.contains_key(&("192.0.2.10".parse().unwrap(), "tcp".into(), 80)));
+        let k = key("10.96.0.20", 80);
+        assert_eq!(backends_of(&d, &k).len(), 1);
+        assert!(d.chains[&d.services[&k]].iter().any(|r| r.contains("jhash ip saddr mod 1")));
+        assert!(d.services.contains_key(&key("192.0.2.10", 80)));
         let headless = svc("h", json!({"clusterIP": "None", "ports": [{"port": 80}]}));
         let ext = svc("x", json!({"type": "ExternalName", "externalName": "example.com"}));
         assert_eq!(compile(&[headless, ext], &[], &node("n1")), Desired::default());
@@ -412,9 +401,8 @@ mod tests {
             "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}],
             "ports": [{"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns-tcp", "protocol": "TCP", "port": 53}]})).unwrap();
         let d = compile(&[s], &[e], &node("n1"));
-        assert!(d.services.contains_key(&("10.96.0.10".parse().unwrap(), "udp".into(), 53)));
-        assert!(d.services.contains_key(&("10.96.0.10".parse().unwrap(), "tcp".into(), 53)));
-        let udp = &d.ports[&d.services[&("10.96.0.10".parse().unwrap(), "udp".into(), 53)]];
-        assert!(udp.rules.iter().any(|r| r.starts_with("meta l4proto udp dnat")));
+        let udp: SvcKey = ("10.96.0.10".parse().unwrap(), "udp".into(), 53);
+        assert!(d.services.contains_key(&udp) && d.services.contains_key(&key("10.96.0.10", 53)));
+        assert!(d.chains[&d.services[&udp]].iter().any(|r| r.starts_with("meta l4proto udp dnat")));
     }
 }
