@@ -8,6 +8,7 @@
 //! pure functions (`plan_*`), tested without a server.
 
 pub mod endpoints;
+pub mod lb;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -193,6 +194,7 @@ async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
         &ctx.endpoints.state(),
     )
     .await?;
+    lb::reconcile(&ctx.client, &ctx.services.state()).await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! `weft-<lab>-...` (and what lives inside), or a file in the lab's state directory, or a process
 //! recorded there; the root namespace's addresses, routes, links and firewall are never touched.
 
+pub mod announce;
 pub mod builtin;
 pub mod kubelet;
 pub mod netns;

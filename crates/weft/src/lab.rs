@@ -46,6 +46,12 @@ pub struct LabConfig {
     pub api_port: u16,
     #[serde(default)]
     pub egress: bool,
+    #[serde(default = "default_lb_pool")]
+    pub lb_pool: String,
+}
+
+fn default_lb_pool() -> String {
+    "172.18.255.0/24".into()
 }
 
 pub struct Lab {

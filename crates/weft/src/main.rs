@@ -148,6 +148,9 @@ struct UpArgs {
     /// API port on 127.0.0.1 (default: a free one, kept for the lab's life).
     #[arg(long, default_value_t = 0)]
     api_port: u16,
+    /// Addresses for LoadBalancer Services (CIDRs or first-last ranges, comma separated).
+    #[arg(long, default_value = "172.18.255.0/24")]
+    lb_pool: String,
     /// Give pods outbound access through the host (changes the host's firewall; off by default).
     #[arg(long)]
     egress: bool,
@@ -231,6 +234,7 @@ async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
         a.service_cidr.parse().with_context(|| format!("--service-cidr {:?} is not a CIDR", a.service_cidr))?;
     let _: ipnet::IpNet = a.pod_cidr.parse().with_context(|| format!("--pod-cidr {:?} is not a CIDR", a.pod_cidr))?;
     parse_port_range(&a.node_port_range)?;
+    weft_controllers::lb::parse_pools(&a.lb_pool).map_err(|e| anyhow::anyhow!("--lb-pool: {e}"))?;
     if a.egress {
         bail!("--egress is not built yet: pods reach only the lab's own networks");
     }
@@ -258,6 +262,7 @@ async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
             node_port_range: a.node_port_range,
             api_port: a.api_port,
             egress: a.egress,
+            lb_pool: a.lb_pool,
         };
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
     }
@@ -362,6 +367,16 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
                 })
                 .collect();
             tokio::spawn(weft_proxy::run(client.clone(), proxied));
+            // LoadBalancer addresses from --lb-pool, announced on the underlay.
+            let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                kube::Api::namespaced(client.clone(), "kube-system");
+            if cms.get_opt(weft_controllers::lb::CONFIG).await?.is_none() {
+                let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": weft_controllers::lb::CONFIG, "namespace": "kube-system"},
+                    "data": {weft_controllers::lb::POOLS_KEY: cfg.lb_pool.clone()}}))?;
+                cms.create(&Default::default(), &cm).await?;
+            }
+            tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
         }
         Ok::<_, anyhow::Error>((lock, running))
     }

@@ -165,3 +165,108 @@ fn services_in_the_lab() {
     let d = lab.weft_ok(&["describe", "svc", "web"]);
     assert!(d.contains("Endpoints:") && d.contains(":8080"), "{d}");
 }
+
+#[test]
+fn load_balancer_and_traffic_policies() {
+    let lab = TestLab::up(&["--nodes", "3"]);
+    lab.apply_str(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: nginx}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: nginx}}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec: {containers: [{name: echo, image: weft/echo, ports: [{containerPort: 80}]}]}
+---
+# Seed 003's LoadBalancer Service.
+apiVersion: v1
+kind: Service
+metadata: {name: nginx-loadbalancer}
+spec:
+  type: LoadBalancer
+  ports: [{port: 80, targetPort: 80}]
+  selector: {app: nginx}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  ports: [{port: 80, targetPort: 80, nodePort: 30100}]
+  selector: {app: nginx}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 80}]
+  selector: {app: nginx}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: ["sleep", "3600"]}]
+"#,
+    );
+    let pods = lab.wait_running("default", 4);
+    let node_of = |pod: &str| -> String {
+        pods.iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // The LoadBalancer gets an address from the lab's pool and answers from outside.
+    let mut lb_ip = String::new();
+    lab.wait_for("a LoadBalancer address", 20, || {
+        let v: Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", "nginx-loadbalancer", "-o", "json"])).unwrap();
+        lb_ip = v["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().unwrap_or("").to_string();
+        !lb_ip.is_empty()
+    });
+    assert!(lb_ip.starts_with("172.18.255."), "{lb_ip}");
+    lab.wait_for("the LoadBalancer to answer", 20, || {
+        lab.exec(&["--external"], &["curl", "-s", "-m", "2", &format!("http://{lb_ip}/")]).status.success()
+    });
+    let shown = lab.kubectl_ok(&["get", "svc", "nginx-loadbalancer"]);
+    assert!(shown.contains(&lb_ip), "{shown}");
+
+    // externalTrafficPolicy: Local keeps the client's address and never leaves the node.
+    lab.wait_for("the Local node port", 20, || {
+        lab.exec(&["--external"], &["curl", "-s", "-m", "2", "http://172.18.0.11:30100/"]).status.success()
+    });
+    for _ in 0..10 {
+        let r = answer(&lab, &["--external"], "http://172.18.0.11:30100/");
+        assert_eq!(r["clientIP"], "172.18.0.2", "client source preserved: {r}");
+        assert_eq!(node_of(r["pod"].as_str().unwrap()), "node-2", "answered on the node it entered: {r}");
+    }
+
+    // ClientIP affinity sticks.
+    let sticky = svc_ip(&lab, "sticky");
+    let counts = spread(&lab, &["client"], &format!("http://{sticky}/"), 30);
+    assert_eq!(counts.len(), 1, "{counts:?}");
+
+    // The node announcing the address goes away: another takes over.
+    let announcer = (1..=3)
+        .map(|i| format!("node-{i}"))
+        .find(|n| {
+            String::from_utf8_lossy(&lab.exec(&["--node", n], &["ip", "-o", "addr", "show", "dev", "lo"]).stdout)
+                .contains(&lb_ip)
+        })
+        .expect("one node holds the address");
+    lab.weft_ok(&["delete", "node", &announcer]);
+    lab.wait_for("another node to announce", 20, || {
+        (1..=3).map(|i| format!("node-{i}")).filter(|n| *n != announcer).any(|n| {
+            String::from_utf8_lossy(&lab.exec(&["--node", &n], &["ip", "-o", "addr", "show", "dev", "lo"]).stdout)
+                .contains(&lb_ip)
+        })
+    });
+    lab.wait_for("the LoadBalancer to answer again", 20, || {
+        lab.exec(&["--external"], &["curl", "-s", "-m", "2", &format!("http://{lb_ip}/")]).status.success()
+    });
+}

@@ -1,0 +1,195 @@
+//! Layer-2 announcement of LoadBalancer IPs on the lab's underlay, in MetalLB's manner: for each
+//! address one node, chosen by rendezvous hashing among the Ready nodes (for
+//! `externalTrafficPolicy: Local`, among those with a ready local endpoint), takes the address
+//! (so its kernel answers ARP for it and the proxy's DNAT takes the traffic) and sends a
+//! gratuitous ARP; when that node goes away another one takes over and announces.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use weft_cni::net::Netlink;
+
+use crate::topology::NodeNet;
+
+fn score(ip: Ipv4Addr, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in format!("{ip}/{node}").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Which node announces which addresses (pure).
+pub fn plan(
+    services: &[Arc<Service>],
+    nodes: &[Arc<Node>],
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+    let ready: Vec<String> = nodes.iter().filter(|n| node_ready(n)).map(|n| n.name_any()).collect();
+    let mut out: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for s in services {
+        let spec = s.spec.clone().unwrap_or_default();
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            continue;
+        }
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let with_endpoints: BTreeSet<String> = slices
+            .iter()
+            .filter(|sl| sl.namespace() == s.namespace())
+            .filter(|sl| sl.labels().get("kubernetes.io/service-name") == Some(&s.name_any()))
+            .flat_map(|sl| sl.endpoints.iter().flatten())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .filter_map(|e| e.node_name.clone())
+            .collect();
+        let ips = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        for ip in ips.into_iter().flatten().filter_map(|i| i.ip.as_deref().and_then(|x| x.parse::<Ipv4Addr>().ok())) {
+            let best = ready.iter().filter(|n| !local || with_endpoints.contains(*n)).max_by_key(|n| score(ip, n));
+            if let Some(n) = best {
+                out.entry(n.clone()).or_default().insert(ip);
+            }
+        }
+    }
+    out
+}
+
+/// A gratuitous ARP for `ip` from `ifname` in the namespace `ns`, so neighbours update their
+/// caches at once on a takeover.
+fn gratuitous_arp(ns: &std::path::Path, ifname: &str, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
+    let f = File::open(ns)?;
+    let fd = f.as_fd().try_clone_to_owned()?;
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        use nix::libc;
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        unsafe {
+            let ifindex = libc::if_nametoindex(ifname.as_ptr());
+            if ifindex == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let sock = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ARP as u16).to_be() as i32);
+            if sock < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut frame = vec![0xffu8; 6];
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&ip.octets());
+            frame.extend_from_slice(&[0u8; 6]);
+            frame.extend_from_slice(&ip.octets());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+            let r = libc::sendto(
+                sock,
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            libc::close(sock);
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("arp thread panicked"))?
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (i, p) in s.split(':').take(6).enumerate() {
+        m[i] = u8::from_str_radix(p, 16).unwrap_or(0);
+    }
+    m
+}
+
+async fn set_announced(node: &NodeNet, want: &BTreeSet<Ipv4Addr>, have: &mut BTreeSet<Ipv4Addr>) -> anyhow::Result<()> {
+    if want == have {
+        return Ok(());
+    }
+    let f = File::open(node.netns_path())?;
+    let nl = Netlink::in_netns(&f).map_err(anyhow::Error::msg)?;
+    let lo = nl.link("lo").await.map_err(anyhow::Error::msg)?.ok_or_else(|| anyhow::anyhow!("no lo"))?;
+    let eth0 = nl.link("eth0").await.map_err(anyhow::Error::msg)?.ok_or_else(|| anyhow::anyhow!("no eth0"))?;
+    for ip in have.difference(want) {
+        nl.del_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await.map_err(anyhow::Error::msg)?;
+    }
+    for ip in want.difference(have) {
+        nl.add_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await.map_err(anyhow::Error::msg)?;
+        if let Err(e) = gratuitous_arp(&node.netns_path(), "eth0", parse_mac(&eth0.mac), *ip) {
+            tracing::warn!(node = %node.name, %ip, error = %e, "gratuitous ARP");
+        }
+        tracing::info!(node = %node.name, %ip, "announcing");
+    }
+    *have = want.clone();
+    Ok(())
+}
+
+pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let (svc_r, svc_w) = reflector::store::<Service>();
+    let (node_r, node_w) = reflector::store::<Node>();
+    let (eps_r, eps_w) = reflector::store::<EndpointSlice>();
+    watch(Api::<Service>::all(client.clone()), svc_w, notify.clone());
+    watch(Api::<Node>::all(client.clone()), node_w, notify.clone());
+    watch(Api::<EndpointSlice>::all(client.clone()), eps_w, notify.clone());
+    let _ = svc_r.wait_until_ready().await;
+    let _ = node_r.wait_until_ready().await;
+    let _ = eps_r.wait_until_ready().await;
+    let mut have: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    loop {
+        let want = plan(&svc_r.state(), &node_r.state(), &eps_r.state());
+        for n in &nodes {
+            let w = want.get(&n.name).cloned().unwrap_or_default();
+            let h = have.entry(n.name.clone()).or_default();
+            if let Err(e) = set_announced(n, &w, h).await {
+                tracing::warn!(node = %n.name, error = %format!("{e:#}"), "announce");
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+fn watch<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<tokio::sync::Notify>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut s =
+            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
+        while let Some(ev) = s.next().await {
+            if ev.is_ok() {
+                notify.notify_one();
+            }
+        }
+    });
+}
