@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod compile;
+pub mod health;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +28,19 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
     for_each_change(Api::<EndpointSlice>::all(client.clone()), eps_w, notify.clone());
     let _ = svc_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
-    let mut appliers: Vec<(NodeInfo, Applier<NftCommand>)> =
-        nodes.into_iter().map(|(n, ns)| (n, Applier::new(NftCommand { netns: ns }))).collect();
+    let mut appliers: Vec<(NodeInfo, Applier<NftCommand>, health::HealthServers)> = nodes
+        .into_iter()
+        .map(|(n, ns)| (n, Applier::new(NftCommand { netns: ns.clone() }), health::HealthServers::new(ns)))
+        .collect();
     loop {
         let svcs: Vec<Service> = svc_r.state().iter().map(|s| (**s).clone()).collect();
         let slices: Vec<EndpointSlice> = eps_r.state().iter().map(|s| (**s).clone()).collect();
-        for (node, applier) in appliers.iter_mut() {
+        for (node, applier, health) in appliers.iter_mut() {
             let want = compile::compile(&svcs, &slices, node);
             if let Err(e) = applier.sync(want) {
                 tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
             }
+            health.sync(health::plan(&svcs, &slices, &node.name));
         }
         tokio::select! {
             _ = notify.notified() => {}

@@ -201,6 +201,15 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: local-lb}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  ports: [{port: 8080, targetPort: 80}]
+  selector: {app: nginx}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: sticky}
 spec:
   sessionAffinity: ClientIP
@@ -245,6 +254,19 @@ spec:
         assert_eq!(r["clientIP"], "172.18.0.2", "client source preserved: {r}");
         assert_eq!(node_of(r["pod"].as_str().unwrap()), "node-2", "answered on the node it entered: {r}");
     }
+
+    // The health check node port of a Local LoadBalancer, as kube-proxy answers it.
+    let v: Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", "local-lb", "-o", "json"])).unwrap();
+    let hc = v["spec"]["healthCheckNodePort"].as_i64().expect("a health check node port");
+    let mut body = String::new();
+    lab.wait_for("the health check answer", 20, || {
+        let o = lab.exec(&["--external"], &["curl", "-s", "-m", "2", &format!("http://172.18.0.11:{hc}/")]);
+        body = String::from_utf8_lossy(&o.stdout).to_string();
+        o.status.success() && body.contains("localEndpoints")
+    });
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["localEndpoints"], 1, "{h}");
+    assert_eq!(h["service"]["name"], "local-lb");
 
     // ClientIP affinity sticks.
     let sticky = svc_ip(&lab, "sticky");
