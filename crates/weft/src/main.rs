@@ -103,6 +103,18 @@ enum Cmd {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Cluster mode: the node agent (service proxy) against a real API server, on this node.
+    Agent {
+        /// A kubeconfig; without one, the in-cluster service account (or $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// This node's name (the Node object), for node-local endpoints.
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// The cluster's pod network: ClusterIP traffic from outside it is masqueraded.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+    },
     /// A pod's shim (started by the lab's kubelet).
     #[command(hide = true)]
     Shim { spec: PathBuf },
@@ -188,6 +200,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             exec(cli.name, pod, namespace, node, external, command).await
         }
         Cmd::Logs { pod, namespace, container, tail } => logs(cli.name, pod, namespace, container, tail).await,
+        Cmd::Agent { kubeconfig, node, cluster_cidr } => agent(kubeconfig, node, cluster_cidr).await,
         Cmd::Shim { spec } => {
             weft_lab::shim::run(&spec)?;
             Ok(ExitCode::SUCCESS)
@@ -829,4 +842,25 @@ async fn logs(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The node agent of cluster mode: the same proxy the lab runs on each of its nodes, here in this
+/// process's network namespace, fed by a real API server.
+async fn agent(kubeconfig: Option<PathBuf>, node: String, cluster_cidr: String) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init()
+        .ok();
+    let cidr: ipnet::Ipv4Net =
+        cluster_cidr.parse().with_context(|| format!("--cluster-cidr {cluster_cidr:?} is not an IPv4 CIDR"))?;
+    let client = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
+    };
+    tracing::info!(%node, "weft agent: service proxy starting");
+    weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)]).await;
+    Ok(ExitCode::SUCCESS)
 }
