@@ -673,6 +673,21 @@ fn ip_block(b: &k8s_openapi::api::networking::v1::IPBlock, f: &str, errs: &mut E
     }
 }
 
+fn np_peers(peers: Option<&Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>, f: &str, errs: &mut Errors) {
+    for (j, p) in peers.into_iter().flatten().enumerate() {
+        let pf = format!("{f}[{j}]");
+        if let Some(s) = &p.pod_selector {
+            check_selector(&format!("{pf}.podSelector"), s, errs);
+        }
+        if let Some(s) = &p.namespace_selector {
+            check_selector(&format!("{pf}.namespaceSelector"), s, errs);
+        }
+        if let Some(b) = &p.ip_block {
+            ip_block(b, &format!("{pf}.ipBlock"), errs);
+        }
+    }
+}
+
 pub fn network_policy(np: &NetworkPolicy, errs: &mut Errors) {
     check_meta(&np.metadata, NameRule::Dns1123Subdomain, true, errs);
     let Some(spec) = &np.spec else { return };
@@ -687,33 +702,11 @@ pub fn network_policy(np: &NetworkPolicy, errs: &mut Errors) {
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let f = format!("spec.ingress[{i}]");
         np_ports(r.ports.as_ref(), &f, errs);
-        for (j, p) in r.from.iter().flatten().enumerate() {
-            let pf = format!("{f}.from[{j}]");
-            if let Some(s) = &p.pod_selector {
-                check_selector(&format!("{pf}.podSelector"), s, errs);
-            }
-            if let Some(s) = &p.namespace_selector {
-                check_selector(&format!("{pf}.namespaceSelector"), s, errs);
-            }
-            if let Some(b) = &p.ip_block {
-                ip_block(b, &format!("{pf}.ipBlock"), errs);
-            }
-        }
+        np_peers(r.from.as_ref(), &format!("{f}.from"), errs);
     }
     for (i, r) in spec.egress.iter().flatten().enumerate() {
         let f = format!("spec.egress[{i}]");
         np_ports(r.ports.as_ref(), &f, errs);
-        for (j, p) in r.to.iter().flatten().enumerate() {
-            let pf = format!("{f}.to[{j}]");
-            if let Some(s) = &p.pod_selector {
-                check_selector(&format!("{pf}.podSelector"), s, errs);
-            }
-            if let Some(s) = &p.namespace_selector {
-                check_selector(&format!("{pf}.namespaceSelector"), s, errs);
-            }
-            if let Some(b) = &p.ip_block {
-                ip_block(b, &format!("{pf}.ipBlock"), errs);
-            }
-        }
+        np_peers(r.to.as_ref(), &format!("{f}.to"), errs);
     }
 }

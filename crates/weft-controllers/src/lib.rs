@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
@@ -22,27 +21,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-
-fn store<K>(client: &kube::Client, notify: Arc<tokio::sync::Notify>) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    tokio::spawn(async move {
-        let mut s =
-            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
-        while let Some(ev) = s.next().await {
-            if ev.is_ok() {
-                notify.notify_one();
-            }
-        }
-    });
-    reader
-}
 
 fn is_active(p: &Pod) -> bool {
     let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
@@ -134,14 +114,14 @@ struct Ctx {
 pub async fn run(client: kube::Client, cfg: Config) {
     let notify = Arc::new(tokio::sync::Notify::new());
     let mut ctx = Ctx {
-        pods: store(&client, notify.clone()),
-        nodes: store(&client, notify.clone()),
-        rss: store(&client, notify.clone()),
-        deploys: store(&client, notify.clone()),
-        rcs: store(&client, notify.clone()),
-        services: store(&client, notify.clone()),
-        slices: store(&client, notify.clone()),
-        endpoints: store(&client, notify.clone()),
+        pods: weft_watch::cached(&client, notify.clone()),
+        nodes: weft_watch::cached(&client, notify.clone()),
+        rss: weft_watch::cached(&client, notify.clone()),
+        deploys: weft_watch::cached(&client, notify.clone()),
+        rcs: weft_watch::cached(&client, notify.clone()),
+        services: weft_watch::cached(&client, notify.clone()),
+        slices: weft_watch::cached(&client, notify.clone()),
+        endpoints: weft_watch::cached(&client, notify.clone()),
         client,
         cfg,
         expect: HashMap::new(),

@@ -11,13 +11,10 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use weft_cni::net::Netlink;
 
 use crate::topology::NodeNet;
@@ -153,12 +150,9 @@ async fn set_announced(node: &NodeNet, want: &BTreeSet<Ipv4Addr>, have: &mut BTr
 
 pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    let (svc_r, svc_w) = reflector::store::<Service>();
-    let (node_r, node_w) = reflector::store::<Node>();
-    let (eps_r, eps_w) = reflector::store::<EndpointSlice>();
-    watch(Api::<Service>::all(client.clone()), svc_w, notify.clone());
-    watch(Api::<Node>::all(client.clone()), node_w, notify.clone());
-    watch(Api::<EndpointSlice>::all(client.clone()), eps_w, notify.clone());
+    let svc_r = weft_watch::cached::<Service>(&client, notify.clone());
+    let node_r = weft_watch::cached::<Node>(&client, notify.clone());
+    let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
     let _ = svc_r.wait_until_ready().await;
     let _ = node_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
@@ -177,19 +171,4 @@ pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-fn watch<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<tokio::sync::Notify>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    tokio::spawn(async move {
-        let mut s =
-            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
-        while let Some(ev) = s.next().await {
-            if ev.is_ok() {
-                notify.notify_one();
-            }
-        }
-    });
 }

@@ -16,11 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_cni::runtime::{ConfList, Invocation};
@@ -107,19 +106,9 @@ impl Kubelet {
     }
 
     pub async fn run(mut self) {
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let (reader, writer) = reflector::store();
-        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
         let notify = Arc::new(tokio::sync::Notify::new());
-        let n2 = notify.clone();
-        tokio::spawn(async move {
-            let mut s = watcher(pods, cfg).default_backoff().reflect(writer).touched_objects().boxed();
-            while let Some(ev) = s.next().await {
-                if ev.is_ok() {
-                    n2.notify_one();
-                }
-            }
-        });
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
+        let reader = weft_watch::cached_with(Api::<Pod>::all(self.client.clone()), cfg, notify.clone());
         let _ = reader.wait_until_ready().await;
         loop {
             let pods: Vec<Arc<Pod>> = reader.state();

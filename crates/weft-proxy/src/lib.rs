@@ -9,11 +9,8 @@ pub mod health;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use crate::apply::{Applier, NftCommand};
 use crate::compile::NodeInfo;
@@ -22,10 +19,8 @@ use crate::compile::NodeInfo;
 /// the API's Services and EndpointSlices.
 pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    let (svc_r, svc_w) = reflector::store::<Service>();
-    let (eps_r, eps_w) = reflector::store::<EndpointSlice>();
-    for_each_change(Api::<Service>::all(client.clone()), svc_w, notify.clone());
-    for_each_change(Api::<EndpointSlice>::all(client.clone()), eps_w, notify.clone());
+    let svc_r = weft_watch::cached::<Service>(&client, notify.clone());
+    let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
     let _ = svc_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
     let mut appliers: Vec<(NodeInfo, Applier<NftCommand>, health::HealthServers)> = nodes
@@ -50,19 +45,4 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
         // A burst of changes becomes one transaction.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn for_each_change<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<tokio::sync::Notify>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    tokio::spawn(async move {
-        let mut s =
-            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).touched_objects().boxed();
-        while let Some(ev) = s.next().await {
-            if ev.is_ok() {
-                notify.notify_one();
-            }
-        }
-    });
 }

@@ -1,0 +1,35 @@
+//! The one way weft's control loops see the API: a reflector cache of a kind, kept by a watch,
+//! that wakes a shared `Notify` on every change (added, modified or deleted), so a loop can be
+//! level-triggered over several caches at once.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+/// Starts watching every object of `K` (all namespaces) into a cache; `notify` fires on changes.
+pub fn cached<K>(client: &kube::Client, notify: Arc<tokio::sync::Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    cached_with(Api::all(client.clone()), watcher::Config::default(), notify)
+}
+
+/// As [`cached`], for a given API and watch configuration (a namespace, a field selector).
+pub fn cached_with<K>(api: Api<K>, cfg: watcher::Config, notify: Arc<tokio::sync::Notify>) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    tokio::spawn(async move {
+        let mut s = watcher(api, cfg).default_backoff().reflect(writer).touched_objects().boxed();
+        while let Some(ev) = s.next().await {
+            if ev.is_ok() {
+                notify.notify_one();
+            }
+        }
+    });
+    reader
+}
