@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 
 use crate::compile::{Backend, Desired, MASQ_MARK, PortKey, SvcKey};
+use crate::netlink::{Data, ElemOp, Field, proto_num};
 
 pub const TABLE: &str = "weft-proxy";
 
@@ -52,30 +53,65 @@ fn base() -> String {
     )
 }
 
-fn elements(set: &str, els: Vec<String>, add: bool) -> String {
-    if els.is_empty() {
-        return String::new();
-    }
-    // Large batches in chunks: nft handles long element lists better split.
-    let mut out = String::new();
-    for chunk in els.chunks(2000) {
-        let _ =
-            writeln!(out, "{} element ip {TABLE} {set} {{ {} }}", if add { "add" } else { "delete" }, chunk.join(", "));
-    }
-    out
+/// A change: structure (table and chains, in nft syntax; empty for most changes) and element
+/// operations, deletions before additions.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub structure: String,
+    pub ops: Vec<ElemOp>,
 }
 
-fn svc_el(k: &SvcKey, v: &str) -> String {
-    format!("{} . {} . {} : goto {v}", k.0, k.1, k.2)
+fn render_fields(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(|f| match f {
+            Field::Ip(ip) => ip.to_string(),
+            Field::Proto(p) => match p {
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                132 => "sctp".into(),
+                n => n.to_string(),
+            },
+            Field::Port(p) => p.to_string(),
+            Field::Slot(n) => n.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
 }
-fn np_el(k: &PortKey, v: &str) -> String {
-    format!("{} . {} : goto {v}", k.0, k.1)
+
+impl Delta {
+    /// The whole change in nft syntax (one `nft -f -` transaction).
+    pub fn text(&self) -> String {
+        let mut s = self.structure.clone();
+        let mut i = 0;
+        while i < self.ops.len() {
+            let (add, set) = (self.ops[i].add, self.ops[i].set);
+            let mut els = vec![];
+            while i < self.ops.len() && self.ops[i].add == add && self.ops[i].set == set && els.len() < 2000 {
+                let op = &self.ops[i];
+                let data = match &op.data {
+                    Data::None => String::new(),
+                    Data::Value(v) => format!(" : {}", render_fields(v)),
+                    Data::Goto(c) => format!(" : goto {c}"),
+                };
+                els.push(format!("{}{data}", render_fields(&op.key)));
+                i += 1;
+            }
+            let _ =
+                writeln!(s, "{} element ip {TABLE} {set} {{ {} }}", if add { "add" } else { "delete" }, els.join(", "));
+        }
+        s
+    }
 }
-fn be_el(k: &(SvcKey, u32), b: &Backend) -> String {
-    format!("{} . {} . {} . {} : {} . {}", k.0.0, k.0.1, k.0.2, k.1, b.ip, b.port)
+
+fn ip_key(k: &SvcKey) -> Vec<Field> {
+    vec![Field::Ip(k.0), Field::Proto(proto_num(&k.1)), Field::Port(k.2)]
 }
-fn npbe_el(k: &(PortKey, u32), b: &Backend) -> String {
-    format!("{} . {} . {} : {} . {}", k.0.0, k.0.1, k.1, b.ip, b.port)
+fn port_key(k: &PortKey) -> Vec<Field> {
+    vec![Field::Proto(proto_num(&k.0)), Field::Port(k.1)]
+}
+fn backend_data(b: &Backend) -> Data {
+    Data::Value(vec![Field::Ip(b.ip), Field::Port(b.port)])
 }
 
 /// Entries of `old` that `new` drops or changes (`gone`), and of `new` that are new or changed.
@@ -88,88 +124,145 @@ fn diff<'a, K: Ord, V: PartialEq>(
     (gone, came)
 }
 
-/// The transaction that takes a node from `old` (None: unknown, start fresh) to `new`.
-pub fn script(old: Option<&Desired>, new: &Desired) -> String {
+/// What takes a node from `old` (None: unknown, start fresh) to `new`.
+pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     let empty = Desired::default();
-    let (mut s, old) = match old {
-        Some(o) => (String::new(), o),
-        None => (format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()), &empty),
+    let (mut d, old) = match old {
+        Some(o) => (Delta::default(), o),
+        None => (
+            Delta { structure: format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()), ops: vec![] },
+            &empty,
+        ),
     };
     let (svc_gone, svc_new) = diff(&old.services, &new.services);
     let (np_gone, np_new) = diff(&old.nodeports, &new.nodeports);
     let (be_gone, be_new) = diff(&old.backends, &new.backends);
     let (npbe_gone, npbe_new) = diff(&old.np_backends, &new.np_backends);
-    // 1. What goes away (dispatch entries first, then what they led to).
-    s += &elements("services", svc_gone.iter().map(|(k, v)| svc_el(k, v)).collect(), false);
-    s += &elements("nodeports", np_gone.iter().map(|(k, v)| np_el(k, v)).collect(), false);
-    s += &elements("backends", be_gone.iter().map(|(k, v)| be_el(k, v)).collect(), false);
-    s += &elements("np-backends", npbe_gone.iter().map(|(k, v)| npbe_el(k, v)).collect(), false);
-    s += &elements("hairpin", old.hairpin.difference(&new.hairpin).map(|ip| format!("{ip} . {ip}")).collect(), false);
-    s += &elements(
-        "no-endpoints",
-        old.reject.difference(&new.reject).map(|k| format!("{} . {} . {}", k.0, k.1, k.2)).collect(),
-        false,
-    );
-    s += &elements(
-        "no-endpoint-nodeports",
-        old.reject_nodeports.difference(&new.reject_nodeports).map(|k| format!("{} . {}", k.0, k.1)).collect(),
-        false,
-    );
+    let op = |add: bool, set: &'static str, key: Vec<Field>, data: Data| ElemOp { add, set, key, data };
+    // 1. What goes away: dispatch entries first, then what they led to.
+    for (k, _) in &svc_gone {
+        d.ops.push(op(false, "services", ip_key(k), Data::None));
+    }
+    for (k, _) in &np_gone {
+        d.ops.push(op(false, "nodeports", port_key(k), Data::None));
+    }
+    for (k, _) in &be_gone {
+        d.ops.push(op(false, "backends", [ip_key(&k.0), vec![Field::Slot(k.1)]].concat(), Data::None));
+    }
+    for (k, _) in &npbe_gone {
+        d.ops.push(op(false, "np-backends", [port_key(&k.0), vec![Field::Slot(k.1)]].concat(), Data::None));
+    }
+    for ip in old.hairpin.difference(&new.hairpin) {
+        d.ops.push(op(false, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
+    }
+    for k in old.reject.difference(&new.reject) {
+        d.ops.push(op(false, "no-endpoints", ip_key(k), Data::None));
+    }
+    for k in old.reject_nodeports.difference(&new.reject_nodeports) {
+        d.ops.push(op(false, "no-endpoint-nodeports", port_key(k), Data::None));
+    }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
     for (name, rules) in new.chains.iter().filter(|(n, _)| !old.chains.contains_key(*n)) {
-        let _ = writeln!(s, "add chain ip {TABLE} {name}");
+        let _ = writeln!(d.structure, "add chain ip {TABLE} {name}");
         for r in rules {
-            let _ = writeln!(s, "add rule ip {TABLE} {name} {r}");
+            let _ = writeln!(d.structure, "add rule ip {TABLE} {name} {r}");
         }
     }
     // 3. What is new: endpoints before the entries that lead to them.
-    s += &elements("backends", be_new.iter().map(|(k, v)| be_el(k, v)).collect(), true);
-    s += &elements("np-backends", npbe_new.iter().map(|(k, v)| npbe_el(k, v)).collect(), true);
-    s += &elements("services", svc_new.iter().map(|(k, v)| svc_el(k, v)).collect(), true);
-    s += &elements("nodeports", np_new.iter().map(|(k, v)| np_el(k, v)).collect(), true);
-    s += &elements("hairpin", new.hairpin.difference(&old.hairpin).map(|ip| format!("{ip} . {ip}")).collect(), true);
-    s += &elements(
-        "no-endpoints",
-        new.reject.difference(&old.reject).map(|k| format!("{} . {} . {}", k.0, k.1, k.2)).collect(),
-        true,
-    );
-    s += &elements(
-        "no-endpoint-nodeports",
-        new.reject_nodeports.difference(&old.reject_nodeports).map(|k| format!("{} . {}", k.0, k.1)).collect(),
-        true,
-    );
-    s
+    for (k, b) in &be_new {
+        d.ops.push(op(true, "backends", [ip_key(&k.0), vec![Field::Slot(k.1)]].concat(), backend_data(b)));
+    }
+    for (k, b) in &npbe_new {
+        d.ops.push(op(true, "np-backends", [port_key(&k.0), vec![Field::Slot(k.1)]].concat(), backend_data(b)));
+    }
+    for (k, v) in &svc_new {
+        d.ops.push(op(true, "services", ip_key(k), Data::Goto((*v).clone())));
+    }
+    for (k, v) in &np_new {
+        d.ops.push(op(true, "nodeports", port_key(k), Data::Goto((*v).clone())));
+    }
+    for ip in new.hairpin.difference(&old.hairpin) {
+        d.ops.push(op(true, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
+    }
+    for k in new.reject.difference(&old.reject) {
+        d.ops.push(op(true, "no-endpoints", ip_key(k), Data::None));
+    }
+    for k in new.reject_nodeports.difference(&old.reject_nodeports) {
+        d.ops.push(op(true, "no-endpoint-nodeports", port_key(k), Data::None));
+    }
+    d
 }
 
-/// Where a transaction goes: `nft -f -` in a network namespace (a lab node) or here.
+/// The change in nft syntax.
+pub fn script(old: Option<&Desired>, new: &Desired) -> String {
+    delta(old, new).text()
+}
+
+/// Where a change goes.
 pub trait Sink {
-    fn apply(&self, script: &str) -> Result<()>;
+    fn apply(&self, delta: &Delta) -> Result<()>;
 }
 
+fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(ns) = netns {
+        let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd.spawn().context("running nft (install the nftables package)")?;
+    child.stdin.take().unwrap().write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft rejected the transaction: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Everything through `nft -f -`, one transaction per change.
 pub struct NftCommand {
     /// Enter this network namespace first (a lab node); `None`: this process's namespace.
     pub netns: Option<std::path::PathBuf>,
 }
 
 impl Sink for NftCommand {
-    fn apply(&self, script: &str) -> Result<()> {
-        let mut cmd = Command::new("nft");
-        cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-        if let Some(ns) = &self.netns {
-            let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-                });
+    fn apply(&self, delta: &Delta) -> Result<()> {
+        run_nft(self.netns.as_deref(), &delta.text())
+    }
+}
+
+/// Structure through `nft -f -` (rare), elements through nf_tables netlink in one batch: a
+/// Service change starts no process and costs the kernel only its elements.
+pub struct NetlinkSink {
+    pub netns: Option<std::path::PathBuf>,
+}
+
+impl Sink for NetlinkSink {
+    fn apply(&self, delta: &Delta) -> Result<()> {
+        if !delta.structure.is_empty() {
+            run_nft(self.netns.as_deref(), &delta.structure)?;
+        }
+        if delta.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = delta.ops.clone();
+        let ns = match &self.netns {
+            Some(p) => Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+            None => None,
+        };
+        std::thread::spawn(move || -> std::io::Result<()> {
+            if let Some(f) = ns {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             }
-        }
-        let mut child = cmd.spawn().context("running nft (install the nftables package)")?;
-        child.stdin.take().unwrap().write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nft rejected the transaction: {}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+            crate::netlink::send(TABLE, &ops)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netlink thread panicked"))?
+        .context("nf_tables netlink batch")
     }
 }
 
@@ -183,16 +276,18 @@ impl<S: Sink> Applier<S> {
     pub fn new(sink: S) -> Self {
         Applier { sink, applied: None }
     }
-    /// Applies `want`; returns the transaction's size in bytes (0 when nothing changed).
+    /// Applies `want`; returns the change's size (structure bytes plus element operations; 0 when
+    /// nothing changed).
     pub fn sync(&mut self, want: Desired) -> Result<usize> {
         if self.applied.as_ref() == Some(&want) {
             return Ok(0);
         }
-        let s = script(self.applied.as_ref(), &want);
-        match self.sink.apply(&s) {
+        let d = delta(self.applied.as_ref(), &want);
+        let size = d.structure.len() + d.ops.len();
+        match self.sink.apply(&d) {
             Ok(()) => {
                 self.applied = Some(want);
-                Ok(s.len())
+                Ok(size)
             }
             Err(e) => {
                 self.applied = None;

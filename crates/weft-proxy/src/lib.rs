@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod compile;
 pub mod health;
+pub mod netlink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::apply::{Applier, NftCommand};
+use crate::apply::{Applier, NetlinkSink};
 use crate::compile::NodeInfo;
 
 /// Keeps the proxy rules of every given node (node info, its network namespace) in step with
@@ -23,9 +24,9 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
     let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
     let _ = svc_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
-    let mut appliers: Vec<(NodeInfo, Applier<NftCommand>, health::HealthServers)> = nodes
+    let mut appliers: Vec<(NodeInfo, Applier<NetlinkSink>, health::HealthServers)> = nodes
         .into_iter()
-        .map(|(n, ns)| (n, Applier::new(NftCommand { netns: ns.clone() }), health::HealthServers::new(ns)))
+        .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))
         .collect();
     loop {
         let svcs: Vec<Service> = svc_r.state().iter().map(|s| (**s).clone()).collect();

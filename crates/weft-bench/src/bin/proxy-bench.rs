@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
-use weft_proxy::apply::{Applier, NftCommand};
+use weft_proxy::apply::{Applier, NetlinkSink};
 use weft_proxy::compile::{NodeInfo, compile};
 
 const EPS: usize = 10;
@@ -221,7 +221,7 @@ fn main() -> Result<()> {
         let (c, b) = topology()?;
         serve(&b);
         let (s, e) = world(n, None);
-        let mut applier = Applier::new(NftCommand { netns: Some(c.path().into()) });
+        let mut applier = Applier::new(NetlinkSink { netns: Some(c.path().into()) });
         let t = Instant::now();
         let want = compile(&s, &e, &node);
         let bytes = applier.sync(want)?;
@@ -237,9 +237,9 @@ fn main() -> Result<()> {
         let _ = connect_latency(&c, last, 200)?;
         let lat = connect_latency(&c, last, 2000)?;
         println!(
-            "N={n:>5} weft      full sync {:7.3} s ({:.1} MB)  one-Service update {:6.1} ms ({} B; compile {:.0} ms)  connect to last Service {:6.1} us",
+            "N={n:>5} weft      full sync {:7.3} s ({} ops)  one-Service update {:6.1} ms ({} ops; compile {:.0} ms)  connect to last Service {:6.1} us",
             full.as_secs_f64(),
-            bytes as f64 / 1e6,
+            bytes,
             one.as_secs_f64() * 1e3,
             delta,
             compile_t.as_secs_f64() * 1e3,
