@@ -10,9 +10,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 
-use crate::compile::{Backend, Desired, MASQ_MARK, PortKey, SvcKey};
+use crate::compile::{Backend, Desired, Fragment, MASQ_MARK, PortKey, SvcKey};
 use crate::netlink::{Data, ElemOp, Field, proto_num};
 
 pub const TABLE: &str = "weft-proxy";
@@ -114,17 +116,8 @@ fn backend_data(b: &Backend) -> Data {
     Data::Value(vec![Field::Ip(b.ip), Field::Port(b.port)])
 }
 
-/// Entries of `old` that `new` drops or changes (`gone`), and of `new` that are new or changed.
-fn diff<'a, K: Ord, V: PartialEq>(
-    old: &'a BTreeMap<K, V>,
-    new: &'a BTreeMap<K, V>,
-) -> (Vec<(&'a K, &'a V)>, Vec<(&'a K, &'a V)>) {
-    let gone = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).collect();
-    let came = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).collect();
-    (gone, came)
-}
-
-/// What takes a node from `old` (None: unknown, start fresh) to `new`.
+/// What takes a node from `old` (None: unknown, start fresh) to `new`. Only Services whose
+/// fragment changed are looked at, so the cost follows the change, not the cluster.
 pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     let empty = Desired::default();
     let (mut d, old) = match old {
@@ -134,32 +127,59 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
             &empty,
         ),
     };
-    let (svc_gone, svc_new) = diff(&old.services, &new.services);
-    let (np_gone, np_new) = diff(&old.nodeports, &new.nodeports);
-    let (be_gone, be_new) = diff(&old.backends, &new.backends);
-    let (npbe_gone, npbe_new) = diff(&old.np_backends, &new.np_backends);
+    let blank = Fragment::default();
+    let mut changed: Vec<(&Fragment, &Fragment)> = vec![];
+    for (k, o) in &old.fragments {
+        match new.fragments.get(k) {
+            Some(n) if Arc::ptr_eq(o, n) || o == n => {}
+            Some(n) => changed.push((o, n)),
+            None => changed.push((o, &blank)),
+        }
+    }
+    for (k, n) in &new.fragments {
+        if !old.fragments.contains_key(k) {
+            changed.push((&blank, n));
+        }
+    }
     let op = |add: bool, set: &'static str, key: Vec<Field>, data: Data| ElemOp { add, set, key, data };
+    let be_key = |k: &(SvcKey, u32)| [ip_key(&k.0), vec![Field::Slot(k.1)]].concat();
+    let npbe_key = |k: &(PortKey, u32)| [port_key(&k.0), vec![Field::Slot(k.1)]].concat();
+    // Entries a changed Service drops or changes, then those it gains: (old, new) pairs per set.
+    fn gone<'a, K: PartialEq, V: PartialEq>(o: &'a [(K, V)], n: &'a [(K, V)]) -> impl Iterator<Item = &'a (K, V)> {
+        o.iter().filter(move |e| !n.contains(e))
+    }
+    fn came<'a, K: PartialEq, V: PartialEq>(o: &'a [(K, V)], n: &'a [(K, V)]) -> impl Iterator<Item = &'a (K, V)> {
+        n.iter().filter(move |e| !o.contains(e))
+    }
+    let mut hairpin_touched: BTreeSet<Ipv4Addr> = BTreeSet::new();
     // 1. What goes away: dispatch entries first, then what they led to.
-    for (k, _) in &svc_gone {
-        d.ops.push(op(false, "services", ip_key(k), Data::None));
+    for (o, n) in &changed {
+        for (k, _) in gone(&o.services, &n.services) {
+            d.ops.push(op(false, "services", ip_key(k), Data::None));
+        }
+        for (k, _) in gone(&o.nodeports, &n.nodeports) {
+            d.ops.push(op(false, "nodeports", port_key(k), Data::None));
+        }
     }
-    for (k, _) in &np_gone {
-        d.ops.push(op(false, "nodeports", port_key(k), Data::None));
+    for (o, n) in &changed {
+        for (k, _) in gone(&o.backends, &n.backends) {
+            d.ops.push(op(false, "backends", be_key(k), Data::None));
+        }
+        for (k, _) in gone(&o.np_backends, &n.np_backends) {
+            d.ops.push(op(false, "np-backends", npbe_key(k), Data::None));
+        }
+        for k in o.reject.iter().filter(|k| !n.reject.contains(k)) {
+            d.ops.push(op(false, "no-endpoints", ip_key(k), Data::None));
+        }
+        for k in o.reject_nodeports.iter().filter(|k| !n.reject_nodeports.contains(k)) {
+            d.ops.push(op(false, "no-endpoint-nodeports", port_key(k), Data::None));
+        }
+        hairpin_touched.extend(o.hairpin.symmetric_difference(&n.hairpin));
     }
-    for (k, _) in &be_gone {
-        d.ops.push(op(false, "backends", [ip_key(&k.0), vec![Field::Slot(k.1)]].concat(), Data::None));
-    }
-    for (k, _) in &npbe_gone {
-        d.ops.push(op(false, "np-backends", [port_key(&k.0), vec![Field::Slot(k.1)]].concat(), Data::None));
-    }
-    for ip in old.hairpin.difference(&new.hairpin) {
+    let had = |ip: &Ipv4Addr| old.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
+    let has = |ip: &Ipv4Addr| new.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
+    for ip in hairpin_touched.iter().filter(|ip| had(ip) && !has(ip)) {
         d.ops.push(op(false, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
-    }
-    for k in old.reject.difference(&new.reject) {
-        d.ops.push(op(false, "no-endpoints", ip_key(k), Data::None));
-    }
-    for k in old.reject_nodeports.difference(&new.reject_nodeports) {
-        d.ops.push(op(false, "no-endpoint-nodeports", port_key(k), Data::None));
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
     for (name, rules) in new.chains.iter().filter(|(n, _)| !old.chains.contains_key(*n)) {
@@ -169,26 +189,30 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
         }
     }
     // 3. What is new: endpoints before the entries that lead to them.
-    for (k, b) in &be_new {
-        d.ops.push(op(true, "backends", [ip_key(&k.0), vec![Field::Slot(k.1)]].concat(), backend_data(b)));
+    for (o, n) in &changed {
+        for (k, b) in came(&o.backends, &n.backends) {
+            d.ops.push(op(true, "backends", be_key(k), backend_data(b)));
+        }
+        for (k, b) in came(&o.np_backends, &n.np_backends) {
+            d.ops.push(op(true, "np-backends", npbe_key(k), backend_data(b)));
+        }
     }
-    for (k, b) in &npbe_new {
-        d.ops.push(op(true, "np-backends", [port_key(&k.0), vec![Field::Slot(k.1)]].concat(), backend_data(b)));
+    for (o, n) in &changed {
+        for (k, v) in came(&o.services, &n.services) {
+            d.ops.push(op(true, "services", ip_key(k), Data::Goto(v.clone())));
+        }
+        for (k, v) in came(&o.nodeports, &n.nodeports) {
+            d.ops.push(op(true, "nodeports", port_key(k), Data::Goto(v.clone())));
+        }
+        for k in n.reject.iter().filter(|k| !o.reject.contains(k)) {
+            d.ops.push(op(true, "no-endpoints", ip_key(k), Data::None));
+        }
+        for k in n.reject_nodeports.iter().filter(|k| !o.reject_nodeports.contains(k)) {
+            d.ops.push(op(true, "no-endpoint-nodeports", port_key(k), Data::None));
+        }
     }
-    for (k, v) in &svc_new {
-        d.ops.push(op(true, "services", ip_key(k), Data::Goto((*v).clone())));
-    }
-    for (k, v) in &np_new {
-        d.ops.push(op(true, "nodeports", port_key(k), Data::Goto((*v).clone())));
-    }
-    for ip in new.hairpin.difference(&old.hairpin) {
+    for ip in hairpin_touched.iter().filter(|ip| !had(ip) && has(ip)) {
         d.ops.push(op(true, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
-    }
-    for k in new.reject.difference(&old.reject) {
-        d.ops.push(op(true, "no-endpoints", ip_key(k), Data::None));
-    }
-    for k in new.reject_nodeports.difference(&old.reject_nodeports) {
-        d.ops.push(op(true, "no-endpoint-nodeports", port_key(k), Data::None));
     }
     d
 }
@@ -276,13 +300,18 @@ impl<S: Sink> Applier<S> {
     pub fn new(sink: S) -> Self {
         Applier { sink, applied: None }
     }
+    /// What is in the kernel now, as far as this applier knows.
+    pub fn applied(&self) -> Option<&Desired> {
+        self.applied.as_ref()
+    }
     /// Applies `want`; returns the change's size (structure bytes plus element operations; 0 when
     /// nothing changed).
     pub fn sync(&mut self, want: Desired) -> Result<usize> {
-        if self.applied.as_ref() == Some(&want) {
+        let d = delta(self.applied.as_ref(), &want);
+        if d.structure.is_empty() && d.ops.is_empty() {
+            self.applied = Some(want);
             return Ok(0);
         }
-        let d = delta(self.applied.as_ref(), &want);
         let size = d.structure.len() + d.ops.len();
         match self.sink.apply(&d) {
             Ok(()) => {
@@ -371,5 +400,20 @@ mod tests {
             "{add}"
         );
         assert!(!add.contains("add chain"), "the shared chain exists already: {add}");
+    }
+
+    #[test]
+    fn a_hairpin_address_shared_by_two_services_stays_until_both_go() {
+        let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+        let (s, e) = world(2, None);
+        // Both Services select the same endpoints in `world`'s last octet scheme only if equal: make them so.
+        let mut e2 = e.clone();
+        e2[1].endpoints = e2[0].endpoints.clone();
+        let both = compile(&s, &e2, &node);
+        let one = compile(&s[..1], &e2[..1], &node);
+        let d = script(Some(&both), &one);
+        assert!(!d.contains("hairpin"), "still used by the other Service: {d}");
+        let none = compile(&[], &[], &node);
+        assert!(script(Some(&one), &none).contains("delete element ip weft-proxy hairpin"));
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
@@ -37,23 +38,64 @@ pub struct Backend {
 pub type SvcKey = (Ipv4Addr, String, u16);
 pub type PortKey = (String, u16);
 
+/// What one Service programs: its share of every map and set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Desired {
+pub struct Fragment {
     /// `vip . proto . port` -> the shared chain that picks its endpoint.
-    pub services: BTreeMap<SvcKey, String>,
+    pub services: Vec<(SvcKey, String)>,
     /// `proto . port` -> the shared chain (node ports).
-    pub nodeports: BTreeMap<PortKey, String>,
+    pub nodeports: Vec<(PortKey, String)>,
     /// `vip . proto . port . slot` -> endpoint.
-    pub backends: BTreeMap<(SvcKey, u32), Backend>,
+    pub backends: Vec<((SvcKey, u32), Backend)>,
     /// `proto . port . slot` -> endpoint (node ports).
-    pub np_backends: BTreeMap<(PortKey, u32), Backend>,
-    /// The shared chains in use, with their rules.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub np_backends: Vec<((PortKey, u32), Backend)>,
     /// Endpoint IPs (for hairpin masquerade: a pod reaching itself through its Service).
     pub hairpin: BTreeSet<Ipv4Addr>,
     /// VIPs and node ports with no endpoint: refused (TCP reset / ICMP unreachable).
+    pub reject: Vec<SvcKey>,
+    pub reject_nodeports: Vec<PortKey>,
+}
+
+/// A node's whole programme: a fragment per Service (so a change is diffed per Service, at a cost
+/// that does not grow with the number of Services) and the shared chains in use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub fragments: BTreeMap<(String, String), Arc<Fragment>>,
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// How many Services each hairpin address belongs to (an address leaves the set at zero).
+    pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
+    /// What each fragment was compiled from (resourceVersions), so an unchanged Service keeps its
+    /// fragment (the same `Arc`) and costs nothing to diff.
+    pub inputs: BTreeMap<(String, String), String>,
+}
+
+/// Every fragment merged, for reading a programme as a whole (tests, diagnostics).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flat {
+    pub services: BTreeMap<SvcKey, String>,
+    pub nodeports: BTreeMap<PortKey, String>,
+    pub backends: BTreeMap<(SvcKey, u32), Backend>,
+    pub np_backends: BTreeMap<(PortKey, u32), Backend>,
+    pub chains: BTreeMap<String, Vec<String>>,
+    pub hairpin: BTreeSet<Ipv4Addr>,
     pub reject: BTreeSet<SvcKey>,
     pub reject_nodeports: BTreeSet<PortKey>,
+}
+
+impl Desired {
+    pub fn flat(&self) -> Flat {
+        let mut f = Flat { chains: self.chains.clone(), ..Default::default() };
+        for fr in self.fragments.values() {
+            f.services.extend(fr.services.iter().cloned());
+            f.nodeports.extend(fr.nodeports.iter().cloned());
+            f.backends.extend(fr.backends.iter().cloned());
+            f.np_backends.extend(fr.np_backends.iter().cloned());
+            f.hairpin.extend(fr.hairpin.iter().copied());
+            f.reject.extend(fr.reject.iter().cloned());
+            f.reject_nodeports.extend(fr.reject_nodeports.iter().cloned());
+        }
+        f
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -134,7 +176,7 @@ enum Masq {
 
 /// The shared chain for (masquerade, pick, N, key kind), made on first use.
 fn pick_chain(
-    d: &mut Desired,
+    chains: &mut BTreeMap<String, Vec<String>>,
     cidr: Ipv4Net,
     masq: Masq,
     affinity: bool,
@@ -150,7 +192,7 @@ fn pick_chain(
     let how = if affinity { "affinity" } else { "random" };
     let kind = if nodeport { "np" } else { "vip" };
     let name = format!("{kind}-{m}-{how}-{proto}-{n}");
-    if !d.chains.contains_key(&name) {
+    if !chains.contains_key(&name) {
         let mut rules = vec![];
         match masq {
             Masq::Cluster => rules.push(format!("ip saddr != {cidr} jump mark-masq")),
@@ -164,14 +206,28 @@ fn pick_chain(
         } else {
             format!("meta l4proto {proto} dnat ip to ip daddr . meta l4proto . {proto} dport . {pick} map @backends")
         });
-        d.chains.insert(name.clone(), rules);
+        chains.insert(name.clone(), rules);
     }
     name
 }
 
 /// Compiles every Service for `node`.
 pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> Desired {
+    compile_from(None, services, slices, node)
+}
+
+/// Compiles every Service for `node`, reusing the fragments of `prev` whose Service and slices
+/// have the same resourceVersions: the work of a change follows the change.
+pub fn compile_from(
+    prev: Option<&Desired>,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+) -> Desired {
     let mut d = Desired::default();
+    if let Some(p) = prev {
+        d.chains = p.chains.clone();
+    }
     let mut by_svc: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
@@ -179,82 +235,124 @@ pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) 
             by_svc.entry((ns, svc.clone())).or_default().push(s);
         }
     }
-    let cidr = node.cluster_cidr;
     for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let cluster_ip: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok());
-        let Some(vip) = cluster_ip.filter(|_| ty != "ExternalName") else {
-            continue; // DNS answers ExternalName; headless Services have no virtual IP.
-        };
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let slices = by_svc.get(&(ns, name)).cloned().unwrap_or_default();
-        let ext_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let int_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
-        let mut external_ips: Vec<Ipv4Addr> =
-            spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
-        if ty == "LoadBalancer" {
-            for i in svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|l| l.ingress.as_ref())
-                .into_iter()
-                .flatten()
-            {
-                if let Some(ip) = i.ip.as_deref().and_then(|i| i.parse().ok()) {
-                    external_ips.push(ip);
-                }
+        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        let slices = by_svc.get(&key).cloned().unwrap_or_default();
+        let input = fingerprint(svc, &slices);
+        if let (Some(p), Some(i)) = (prev, &input)
+            && p.inputs.get(&key) == Some(i)
+            && let Some(f) = p.fragments.get(&key)
+        {
+            for ip in &f.hairpin {
+                *d.hairpin_counts.entry(*ip).or_default() += 1;
             }
+            d.inputs.insert(key.clone(), i.clone());
+            d.fragments.insert(key, f.clone());
+            continue;
         }
-        for p in spec.ports.iter().flatten() {
-            let pname = p.name.clone().unwrap_or_default();
-            let proto_uc = p.protocol.clone().unwrap_or("TCP".into());
-            let proto = proto_uc.to_lowercase();
-            let Ok(port) = u16::try_from(p.port) else { continue };
-            let eps = endpoints_for(&slices, &pname, &proto_uc);
-            for e in &eps {
-                d.hairpin.insert(e.ip);
+        if let Some(i) = input {
+            d.inputs.insert(key.clone(), i);
+        }
+        if let Some(f) = compile_service(svc, &slices, node, &mut d.chains) {
+            for ip in &f.hairpin {
+                *d.hairpin_counts.entry(*ip).or_default() += 1;
             }
-            let program = |d: &mut Desired, key: SvcKey, backends: &[Backend], masq: Masq| {
-                if backends.is_empty() {
-                    d.reject.insert(key);
-                    return;
-                }
-                let chain = pick_chain(d, cidr, masq, affinity, backends.len(), false, &proto);
-                for (i, b) in backends.iter().enumerate() {
-                    d.backends.insert((key.clone(), i as u32), *b);
-                }
-                d.services.insert(key, chain);
-            };
-            let internal = usable(&eps, int_local.then_some(node.name.as_str()));
-            program(&mut d, (vip, proto.clone(), port), &internal, Masq::Cluster);
-            // External traffic: node ports, external and LoadBalancer IPs.
-            let (external, masq) = if ext_local {
-                (usable(&eps, Some(&node.name)), Masq::Never)
-            } else {
-                (internal.clone(), Masq::Always)
-            };
-            for ip in &external_ips {
-                program(&mut d, (*ip, proto.clone(), port), &external, masq);
-            }
-            if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
-                let key = (proto.clone(), np);
-                if external.is_empty() {
-                    d.reject_nodeports.insert(key);
-                } else {
-                    let chain = pick_chain(&mut d, cidr, masq, affinity, external.len(), true, &proto);
-                    for (i, b) in external.iter().enumerate() {
-                        d.np_backends.insert((key.clone(), i as u32), *b);
-                    }
-                    d.nodeports.insert(key, chain);
-                }
-            }
+            d.fragments.insert(key, Arc::new(f));
         }
     }
     d
+}
+
+/// The resourceVersions a fragment depends on; None when an object has none (never reused).
+fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<String> {
+    let mut parts = vec![svc.metadata.resource_version.clone()?];
+    let mut rvs: Vec<String> = slices
+        .iter()
+        .map(|s| {
+            Some(format!("{}={}", s.metadata.name.clone().unwrap_or_default(), s.metadata.resource_version.clone()?))
+        })
+        .collect::<Option<_>>()?;
+    rvs.sort();
+    parts.extend(rvs);
+    Some(parts.join("|"))
+}
+
+/// One Service's fragment (None for Services with no virtual IP: headless, ExternalName).
+pub fn compile_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeInfo,
+    chains: &mut BTreeMap<String, Vec<String>>,
+) -> Option<Fragment> {
+    let spec = svc.spec.as_ref()?;
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let vip: Ipv4Addr = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()).filter(|_| ty != "ExternalName")?;
+    let cidr = node.cluster_cidr;
+    let mut d = Fragment::default();
+    let ext_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let int_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+    let mut external_ips: Vec<Ipv4Addr> = spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
+    if ty == "LoadBalancer" {
+        for i in svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(ip) = i.ip.as_deref().and_then(|i| i.parse().ok()) {
+                external_ips.push(ip);
+            }
+        }
+    }
+    for p in spec.ports.iter().flatten() {
+        let pname = p.name.clone().unwrap_or_default();
+        let proto_uc = p.protocol.clone().unwrap_or("TCP".into());
+        let proto = proto_uc.to_lowercase();
+        let Ok(port) = u16::try_from(p.port) else { continue };
+        let eps = endpoints_for(slices, &pname, &proto_uc);
+        for e in &eps {
+            d.hairpin.insert(e.ip);
+        }
+        let program = |d: &mut Fragment,
+                       chains: &mut BTreeMap<String, Vec<String>>,
+                       key: SvcKey,
+                       backends: &[Backend],
+                       masq: Masq| {
+            if backends.is_empty() {
+                d.reject.push(key);
+                return;
+            }
+            let chain = pick_chain(chains, cidr, masq, affinity, backends.len(), false, &proto);
+            for (i, b) in backends.iter().enumerate() {
+                d.backends.push(((key.clone(), i as u32), *b));
+            }
+            d.services.push((key, chain));
+        };
+        let internal = usable(&eps, int_local.then_some(node.name.as_str()));
+        program(&mut d, chains, (vip, proto.clone(), port), &internal, Masq::Cluster);
+        // External traffic: node ports, external and LoadBalancer IPs.
+        let (external, masq) =
+            if ext_local { (usable(&eps, Some(&node.name)), Masq::Never) } else { (internal.clone(), Masq::Always) };
+        for ip in &external_ips {
+            program(&mut d, chains, (*ip, proto.clone(), port), &external, masq);
+        }
+        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+            let key = (proto.clone(), np);
+            if external.is_empty() {
+                d.reject_nodeports.push(key);
+            } else {
+                let chain = pick_chain(chains, cidr, masq, affinity, external.len(), true, &proto);
+                for (i, b) in external.iter().enumerate() {
+                    d.np_backends.push(((key.clone(), i as u32), *b));
+                }
+                d.nodeports.push((key, chain));
+            }
+        }
+    }
+    Some(d)
 }
 
 #[cfg(test)]
@@ -279,11 +377,15 @@ mod tests {
             "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "", "protocol": "TCP", "port": port}]})).unwrap()
     }
 
+    fn compile_flat(s: &[Service], e: &[EndpointSlice], n: &NodeInfo) -> Flat {
+        compile(s, e, n).flat()
+    }
+
     fn key(vip: &str, port: u16) -> SvcKey {
         (vip.parse().unwrap(), "tcp".into(), port)
     }
 
-    fn backends_of(d: &Desired, k: &SvcKey) -> Vec<Backend> {
+    fn backends_of(d: &Flat, k: &SvcKey) -> Vec<Backend> {
         d.backends.iter().filter(|((kk, _), _)| kk == k).map(|(_, b)| *b).collect()
     }
 
@@ -295,7 +397,7 @@ mod tests {
             &[("10.244.1.2", "n1", true, false), ("10.244.2.2", "n2", true, false), ("10.244.2.3", "n2", false, false)],
             8080,
         );
-        let d = compile(&[s], &[e], &node("n1"));
+        let d = compile_flat(&[s], &[e], &node("n1"));
         let k = key("10.96.0.20", 80);
         assert_eq!(backends_of(&d, &k).len(), 2, "not-ready endpoints get no traffic");
         let chain = &d.chains[&d.services[&k]];
@@ -320,7 +422,7 @@ mod tests {
                 slice(&format!("s{i}"), &[("10.244.1.2", "n1", true, false), ("10.244.1.3", "n1", true, false)], 8080)
             })
             .collect();
-        let d = compile(&svcs, &slices, &node("n1"));
+        let d = compile_flat(&svcs, &slices, &node("n1"));
         assert_eq!(d.chains.len(), 1, "one shared chain for 50 two-endpoint Services");
         assert_eq!(d.backends.len(), 100);
     }
@@ -331,12 +433,12 @@ mod tests {
             "web",
             json!({"clusterIP": "10.96.0.20", "type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
         );
-        let d = compile(std::slice::from_ref(&s), &[], &node("n1"));
+        let d = compile_flat(std::slice::from_ref(&s), &[], &node("n1"));
         assert!(d.reject.contains(&key("10.96.0.20", 80)));
         assert!(d.reject_nodeports.contains(&("tcp".into(), 30080)));
         assert!(d.services.is_empty());
         let e = slice("web", &[("10.244.1.2", "n1", false, true)], 8080);
-        let d = compile(&[s], &[e], &node("n1"));
+        let d = compile_flat(&[s], &[e], &node("n1"));
         assert_eq!(
             backends_of(&d, &key("10.96.0.20", 80)).len(),
             1,
@@ -351,7 +453,7 @@ mod tests {
             "web",
             json!({"clusterIP": "10.96.0.20", "type": "NodePort", "externalTrafficPolicy": "Cluster", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
         );
-        let d = compile(&[cluster], std::slice::from_ref(&e), &node("n1"));
+        let d = compile_flat(&[cluster], std::slice::from_ref(&e), &node("n1"));
         let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
         assert_eq!(c[0], "jump mark-masq");
         assert!(c[1].contains("mod 2 map @np-backends"), "{c:?}");
@@ -362,14 +464,14 @@ mod tests {
         let mut local_lb = local.clone();
         local_lb.status =
             Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}})).unwrap());
-        let d = compile(&[local_lb], std::slice::from_ref(&e), &node("n1"));
+        let d = compile_flat(&[local_lb], std::slice::from_ref(&e), &node("n1"));
         let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
         assert!(!c.iter().any(|r| r.contains("mark-masq")), "client source kept");
         let np: Vec<Backend> = d.np_backends.values().copied().collect();
         assert_eq!(np, vec![Backend { ip: "10.244.1.2".parse().unwrap(), port: 8080 }], "only this node's endpoints");
         assert_eq!(backends_of(&d, &key("172.18.255.1", 80)).len(), 1, "the LoadBalancer IP, local endpoints only");
         // A node without local endpoints refuses.
-        let d = compile(&[local], &[e], &node("n3"));
+        let d = compile_flat(&[local], &[e], &node("n3"));
         assert!(d.reject_nodeports.contains(&("tcp".into(), 30080)));
     }
 
@@ -381,7 +483,7 @@ mod tests {
             json!({"clusterIP": "10.96.0.20", "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
             "externalIPs": ["192.0.2.10"], "ports": [{"port": 80, "protocol": "TCP"}]}),
         );
-        let d = compile(&[s], &[e], &node("n2"));
+        let d = compile_flat(&[s], &[e], &node("n2"));
         let k = key("10.96.0.20", 80);
         assert_eq!(backends_of(&d, &k).len(), 1);
         assert!(d.chains[&d.services[&k]].iter().any(|r| r.contains("jhash ip saddr mod 1")));
@@ -400,7 +502,7 @@ mod tests {
         let e: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "dns-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "dns"}},
             "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}],
             "ports": [{"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns-tcp", "protocol": "TCP", "port": 53}]})).unwrap();
-        let d = compile(&[s], &[e], &node("n1"));
+        let d = compile_flat(&[s], &[e], &node("n1"));
         let udp: SvcKey = ("10.96.0.10".parse().unwrap(), "udp".into(), 53);
         assert!(d.services.contains_key(&udp) && d.services.contains_key(&key("10.96.0.10", 53)));
         assert!(d.chains[&d.services[&udp]].iter().any(|r| r.starts_with("meta l4proto udp dnat")));

@@ -32,7 +32,7 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
         let svcs: Vec<Service> = svc_r.state().iter().map(|s| (**s).clone()).collect();
         let slices: Vec<EndpointSlice> = eps_r.state().iter().map(|s| (**s).clone()).collect();
         for (node, applier, health) in appliers.iter_mut() {
-            let want = compile::compile(&svcs, &slices, node);
+            let want = compile::compile_from(applier.applied(), &svcs, &slices, node);
             if let Err(e) = applier.sync(want) {
                 tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
             }
