@@ -4,13 +4,13 @@
 //!
 //! - `spec`: configuration, results (with version conversion) and errors; pure.
 //! - `ipam`: host-local on disk, safe under concurrent ADDs (flock) and crashes (O_EXCL files).
-//! - `net`: links, addresses, routes through rtnetlink, in the node's or a pod's namespace.
 //! - `nft`: the per-network masquerade table (made once) and host ports, in nftables.
 //! - `plugin`: ADD, DEL, CHECK, GC, STATUS, VERSION.
 //! - `runtime`: invoking plugins and conflists as a container runtime does.
 
 pub mod ipam;
-pub mod net;
+/// Links, addresses and routes (the `weft-netlink` crate).
+pub use weft_netlink as net;
 pub mod nft;
 pub mod plugin;
 pub mod runtime;

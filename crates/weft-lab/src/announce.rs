@@ -15,7 +15,7 @@ use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use weft_cni::net::Netlink;
+use weft_netlink::Netlink;
 
 use crate::topology::NodeNet;
 

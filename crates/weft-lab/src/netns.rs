@@ -50,7 +50,7 @@ pub fn create(name: &str) -> Result<PathBuf> {
     in_netns(&p, || -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async {
-            let nl = weft_cni::net::Netlink::here().map_err(anyhow::Error::msg)?;
+            let nl = weft_netlink::Netlink::here().map_err(anyhow::Error::msg)?;
             if let Some(lo) = nl.link("lo").await.map_err(anyhow::Error::msg)? {
                 nl.set_up(lo.index).await.map_err(anyhow::Error::msg)?;
             }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
-use weft_cni::net::Netlink;
+use weft_netlink::Netlink;
 
 use crate::netns;
 

@@ -1,6 +1,7 @@
 //! Links, addresses and routes through netlink (rtnetlink), in the caller's network namespace or
-//! in a pod's. A netlink socket opened on a thread that entered a namespace stays bound to it, so
-//! a handle for a pod's namespace is made on a short-lived thread and then used from anywhere.
+//! in another (a pod's, a lab node's); used by the CNI plugin and the lab. A netlink socket stays
+//! bound to the namespace it was opened in, so a handle for another namespace is opened after a
+//! brief `setns` and then used from anywhere.
 
 use std::fs::File;
 use std::net::IpAddr;
