@@ -76,7 +76,7 @@ fn check_labels(field: &str, labels: Option<&BTreeMap<String, String>>, errs: &m
         }
         if !is_label_value(v) {
             errs.push(FieldError::invalid_str(
-                format!("{field}"),
+                field.to_string(),
                 v,
                 "a label value must be empty or 63 characters or less of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric (e.g. 'MyValue' or 'my_value')",
             ));
@@ -129,12 +129,11 @@ pub fn check_meta(md: &ObjectMeta, rule: NameRule, namespaced: bool, errs: &mut 
         }
         _ => errs.push(FieldError::required("metadata.name", "name or generateName is required: set metadata.name")),
     }
-    if namespaced {
-        if let Some(ns) = &md.namespace
-            && !ns.is_empty()
-        {
-            check_name(ns, NameRule::Dns1123Label, "metadata.namespace", errs);
-        }
+    if namespaced
+        && let Some(ns) = &md.namespace
+        && !ns.is_empty()
+    {
+        check_name(ns, NameRule::Dns1123Label, "metadata.namespace", errs);
     }
     check_labels("metadata.labels", md.labels.as_ref(), errs);
 }
@@ -301,10 +300,11 @@ pub fn service(svc: &Service, errs: &mut Errors) {
             }
         }
     }
-    if let Some(sa) = spec.session_affinity.as_deref() {
-        if sa != "None" && sa != "ClientIP" {
-            errs.push(FieldError::not_supported("spec.sessionAffinity", sa, &["ClientIP", "None"]));
-        }
+    if let Some(sa) = spec.session_affinity.as_deref()
+        && sa != "None"
+        && sa != "ClientIP"
+    {
+        errs.push(FieldError::not_supported("spec.sessionAffinity", sa, &["ClientIP", "None"]));
     }
     if let Some(t) =
         spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds)
@@ -511,10 +511,10 @@ pub fn endpoint_slice(es: &EndpointSlice, errs: &mut Errors) {
         for (j, a) in e.addresses.iter().enumerate() {
             let f = format!("endpoints[{i}].addresses[{j}]");
             match es.address_type.as_str() {
-                "IPv4" if !a.parse::<std::net::Ipv4Addr>().is_ok() => {
+                "IPv4" if a.parse::<std::net::Ipv4Addr>().is_err() => {
                     errs.push(FieldError::invalid_str(f, a, "must be a valid IPv4 address"))
                 }
-                "IPv6" if !a.parse::<std::net::Ipv6Addr>().is_ok() => {
+                "IPv6" if a.parse::<std::net::Ipv6Addr>().is_err() => {
                     errs.push(FieldError::invalid_str(f, a, "must be a valid IPv6 address"))
                 }
                 _ => {}

@@ -135,16 +135,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
 
 /// Objects a cluster has from the start: the system namespaces and the `kubernetes` Service.
 async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
-    let ns_target = |_: &str| Target {
-        kind: kinds::by_path("", "v1", "namespaces").unwrap(),
-        namespace: None,
-        name: None,
-        sub: None,
-    };
+    let ns_target =
+        Target { kind: kinds::by_path("", "v1", "namespaces").unwrap(), namespace: None, name: None, sub: None };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if api.store.get(&Key::new("namespaces", "", ns)).is_none() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            api.create(&ns_target(ns), &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            api.create(&ns_target, &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
         }
     }
     if api.store.get(&Key::new("services", "default", "kubernetes")).is_none() {

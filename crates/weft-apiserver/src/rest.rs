@@ -111,9 +111,13 @@ impl Api {
             Some("log") => return self.log(&obj, q).map(Value::String),
             _ => {}
         }
-        let _ = q;
         if wants_table(accept) {
-            return Ok(table::table(t.kind, &[obj.clone()], rv_of(&obj).unwrap_or(0), jiff::Timestamp::now()));
+            return Ok(table::table(
+                t.kind,
+                std::slice::from_ref(&obj),
+                rv_of(&obj).unwrap_or(0),
+                jiff::Timestamp::now(),
+            ));
         }
         Ok(outgoing(t.kind, &obj))
     }

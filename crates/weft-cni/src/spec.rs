@@ -255,12 +255,12 @@ impl CniOutput {
         if v["dns"].is_null() {
             v["dns"] = json!({});
         }
-        if version.starts_with("0.") {
-            if let Some(ips) = v.get_mut("ips").and_then(|i| i.as_array_mut()) {
-                for ip in ips {
-                    let fam = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
-                    ip["version"] = json!(fam);
-                }
+        if version.starts_with("0.")
+            && let Some(ips) = v.get_mut("ips").and_then(|i| i.as_array_mut())
+        {
+            for ip in ips {
+                let fam = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
+                ip["version"] = json!(fam);
             }
         }
         v

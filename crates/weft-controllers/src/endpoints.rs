@@ -57,9 +57,10 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     let sel = spec.selector.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
-    // Group pods by their resolved port set: a slice has one port list.
-    let mut groups: BTreeMap<Vec<(String, String, i32)>, Vec<Value>> = BTreeMap::new();
-    let mut subsets: BTreeMap<Vec<(String, String, i32)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // Group pods by their resolved port set (name, protocol, port): a slice has one port list.
+    type PortSet = Vec<(String, String, i32)>;
+    let mut groups: BTreeMap<PortSet, Vec<Value>> = BTreeMap::new();
+    let mut subsets: BTreeMap<PortSet, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     let mut matching: Vec<&Arc<Pod>> = pods
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(&ns) && selects(&sel, p))

@@ -291,19 +291,17 @@ async fn replicas_of<K: Resource<DynamicType = ()>>(
         "availableReplicas": ready,
         "observedGeneration": owner.meta().generation,
     }});
-    patch_status_if_changed(ctx, owner, api_version, kind, &ns, &name, status).await
+    patch_status_if_changed(ctx, api_version, kind, &ns, &name, status).await
 }
 
-async fn patch_status_if_changed<K: Resource<DynamicType = ()>>(
+async fn patch_status_if_changed(
     ctx: &Ctx,
-    owner: &K,
     api_version: &str,
     kind: &str,
     ns: &str,
     name: &str,
     status: Value,
 ) -> anyhow::Result<()> {
-    let _ = owner;
     let current = match kind {
         "ReplicaSet" => ctx
             .rss
@@ -412,7 +410,7 @@ async fn deployments(ctx: &mut Ctx) -> anyhow::Result<()> {
             "availableReplicas": available,
             "observedGeneration": d.metadata.generation,
         }});
-        patch_status_if_changed(ctx, &*d, "apps/v1", "Deployment", &ns, &name, status).await?;
+        patch_status_if_changed(ctx, "apps/v1", "Deployment", &ns, &name, status).await?;
     }
     Ok(())
 }

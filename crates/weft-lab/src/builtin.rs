@@ -159,7 +159,7 @@ pub fn plan(image: &str, args: &[String], tcp: &[u16], udp: &[u16]) -> (Mode, Ve
                 }
                 return (Mode::Netexec, vec![http], u);
             }
-            Some("serve-hostname") | None if base == "serve_hostname" || args.first().is_some() => {
+            Some("serve-hostname") | None if base == "serve_hostname" || !args.is_empty() => {
                 let p = flag("port").unwrap_or(9376);
                 let udp_on = args.iter().any(|a| a == "--udp");
                 return (

@@ -143,6 +143,9 @@ pub enum Op {
     Delete { key: Key, pre: Precondition },
 }
 
+/// Where a write's outcome goes.
+type Reply = oneshot::Sender<Result<Arc<Value>, StoreError>>;
+
 enum WriteReq {
     Write {
         op: Op,
@@ -310,7 +313,7 @@ fn set_rv(v: &mut Value, rev: u64) {
 /// A write that passed its preconditions within the batch.
 struct Staged {
     event: Arc<Event>,
-    reply: oneshot::Sender<Result<Arc<Value>, StoreError>>,
+    reply: Reply,
 }
 
 fn writer_loop(db: Database, shared: Arc<Shared>, rx: mpsc::Receiver<WriteReq>, history: usize) {
@@ -341,12 +344,7 @@ fn writer_loop(db: Database, shared: Arc<Shared>, rx: mpsc::Receiver<WriteReq>, 
     }
 }
 
-fn commit_batch(
-    db: &Database,
-    shared: &Shared,
-    batch: Vec<(Op, oneshot::Sender<Result<Arc<Value>, StoreError>>)>,
-    history: usize,
-) {
+fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history: usize) {
     {
         // Check preconditions against memory plus the batch's own earlier writes.
         let (mut rev, mut staged) = (shared.state.read().unwrap().rev, Vec::<Staged>::new());

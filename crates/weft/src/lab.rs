@@ -172,7 +172,8 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting the weft daemon")?;
+    // The daemon outlives this command; its handle is not waited for.
+    let _daemon = cmd.spawn().context("starting the weft daemon")?;
     drop(wr);
     // Progress lines, then "ready" or the reason it failed.
     let mut last = String::new();
@@ -186,7 +187,6 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
             None => last = line,
         }
     }
-    let _ = child.id();
     let tail = fs::read_to_string(lab.dir.join("weft.log")).unwrap_or_default();
     let tail: Vec<&str> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
     bail!("the weft daemon for lab {:?} did not start: {}\n{}", lab.name, last.trim(), tail.join("\n"))

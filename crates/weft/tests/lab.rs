@@ -157,7 +157,7 @@ fn seed_workloads_run_spread_over_nodes() {
 #[test]
 fn kill_9_keeps_pods_and_down_leaves_nothing() {
     let lab = TestLab::up(&["--nodes", "2", "--overlay", "routed"]);
-    lab.apply_str(PODS.replace("node-2", "node-2").as_str());
+    lab.apply_str(PODS);
     let before = lab.wait_running("default", 3);
     let a = ip(by_name(&before, "srv-a"));
     let pid = lab.daemon_pid();
