@@ -24,8 +24,12 @@ fn base() -> String {
         r#"table ip {TABLE} {{
   map services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   map nodeports {{ type inet_proto . inet_service : verdict; }}
-  map backends {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
-  map np-backends {{ typeof meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
+  map backends-tcp {{ typeof ip daddr . meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
+  map backends-udp {{ typeof ip daddr . meta l4proto . udp dport . numgen random mod 2 : ip daddr . udp dport; }}
+  map backends-sctp {{ typeof ip daddr . meta l4proto . sctp dport . numgen random mod 2 : ip daddr . sctp dport; }}
+  map np-backends-tcp {{ typeof meta l4proto . tcp dport . numgen random mod 2 : ip daddr . tcp dport; }}
+  map np-backends-udp {{ typeof meta l4proto . udp dport . numgen random mod 2 : ip daddr . udp dport; }}
+  map np-backends-sctp {{ typeof meta l4proto . sctp dport . numgen random mod 2 : ip daddr . sctp dport; }}
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
   set no-endpoints {{ type ipv4_addr . inet_proto . inet_service; }}
   set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
@@ -61,6 +65,8 @@ fn base() -> String {
 pub struct Delta {
     pub structure: String,
     pub ops: Vec<ElemOp>,
+    /// UDP flows to endpoints that went away: their conntrack entries are removed after the change.
+    pub stale_udp: Vec<crate::conntrack::StaleFlow>,
 }
 
 fn render_fields(fields: &[Field]) -> String {
@@ -112,6 +118,22 @@ fn ip_key(k: &SvcKey) -> Vec<Field> {
 fn port_key(k: &PortKey) -> Vec<Field> {
     vec![Field::Proto(proto_num(&k.0)), Field::Port(k.1)]
 }
+/// The endpoint maps are per protocol: nft types a map's port by its protocol.
+fn backends_set(proto: &str) -> &'static str {
+    match proto {
+        "udp" => "backends-udp",
+        "sctp" => "backends-sctp",
+        _ => "backends-tcp",
+    }
+}
+fn np_backends_set(proto: &str) -> &'static str {
+    match proto {
+        "udp" => "np-backends-udp",
+        "sctp" => "np-backends-sctp",
+        _ => "np-backends-tcp",
+    }
+}
+
 fn backend_data(b: &Backend) -> Data {
     Data::Value(vec![Field::Ip(b.ip), Field::Port(b.port)])
 }
@@ -123,7 +145,10 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     let (mut d, old) = match old {
         Some(o) => (Delta::default(), o),
         None => (
-            Delta { structure: format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()), ops: vec![] },
+            Delta {
+                structure: format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()),
+                ..Default::default()
+            },
             &empty,
         ),
     };
@@ -162,11 +187,15 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
         }
     }
     for (o, n) in &changed {
-        for (k, _) in gone(&o.backends, &n.backends) {
-            d.ops.push(op(false, "backends", be_key(k), Data::None));
+        for (k, b) in gone(&o.backends, &n.backends) {
+            d.ops.push(op(false, backends_set(&k.0.1), be_key(k), Data::None));
+            let (vip, proto, port) = &k.0;
+            if proto == "udp" && !n.backends.iter().any(|(_, nb)| nb.ip == b.ip) {
+                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: b.ip });
+            }
         }
         for (k, _) in gone(&o.np_backends, &n.np_backends) {
-            d.ops.push(op(false, "np-backends", npbe_key(k), Data::None));
+            d.ops.push(op(false, np_backends_set(&k.0.0), npbe_key(k), Data::None));
         }
         for k in o.reject.iter().filter(|k| !n.reject.contains(k)) {
             d.ops.push(op(false, "no-endpoints", ip_key(k), Data::None));
@@ -191,10 +220,10 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     // 3. What is new: endpoints before the entries that lead to them.
     for (o, n) in &changed {
         for (k, b) in came(&o.backends, &n.backends) {
-            d.ops.push(op(true, "backends", be_key(k), backend_data(b)));
+            d.ops.push(op(true, backends_set(&k.0.1), be_key(k), backend_data(b)));
         }
         for (k, b) in came(&o.np_backends, &n.np_backends) {
-            d.ops.push(op(true, "np-backends", npbe_key(k), backend_data(b)));
+            d.ops.push(op(true, np_backends_set(&k.0.0), npbe_key(k), backend_data(b)));
         }
     }
     for (o, n) in &changed {
@@ -255,8 +284,30 @@ pub struct NftCommand {
 
 impl Sink for NftCommand {
     fn apply(&self, delta: &Delta) -> Result<()> {
-        run_nft(self.netns.as_deref(), &delta.text())
+        run_nft(self.netns.as_deref(), &delta.text())?;
+        if !delta.stale_udp.is_empty() {
+            let flows = delta.stale_udp.clone();
+            in_netns(self.netns.as_deref(), move || crate::conntrack::remove(&flows).map(|_| ()))?;
+        }
+        Ok(())
     }
+}
+
+/// Runs `f` on a thread in the network namespace `netns` (or here).
+fn in_netns(netns: Option<&std::path::Path>, f: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> Result<()> {
+    let ns = match netns {
+        Some(p) => Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => None,
+    };
+    std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some(f) = ns {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    .map_err(anyhow::Error::from)
 }
 
 /// Structure through `nft -f -` (rare), elements through nf_tables netlink in one batch: a
@@ -274,18 +325,14 @@ impl Sink for NetlinkSink {
             return Ok(());
         }
         let ops = delta.ops.clone();
-        let ns = match &self.netns {
-            Some(p) => Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
-            None => None,
-        };
-        std::thread::spawn(move || -> std::io::Result<()> {
-            if let Some(f) = ns {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let flows = delta.stale_udp.clone();
+        in_netns(self.netns.as_deref(), move || {
+            crate::netlink::send(TABLE, &ops)?;
+            if let Err(e) = crate::conntrack::remove(&flows) {
+                tracing::warn!(error = %e, "removing stale UDP conntrack entries");
             }
-            crate::netlink::send(TABLE, &ops)
+            Ok(())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("netlink thread panicked"))?
         .context("nf_tables netlink batch")
     }
 }
@@ -390,13 +437,14 @@ mod tests {
         let del = script(Some(&three), &two);
         assert!(
             del.contains("delete element ip weft-proxy services")
-                && del.contains("delete element ip weft-proxy backends"),
+                && del.contains("delete element ip weft-proxy backends-tcp"),
             "{del}"
         );
         assert!(!del.contains("delete chain"), "no per-Service chains to remove: {del}");
         let add = script(Some(&two), &three);
         assert!(
-            add.contains("add element ip weft-proxy backends") && add.contains("add element ip weft-proxy services"),
+            add.contains("add element ip weft-proxy backends-tcp")
+                && add.contains("add element ip weft-proxy services"),
             "{add}"
         );
         assert!(!add.contains("add chain"), "the shared chain exists already: {add}");

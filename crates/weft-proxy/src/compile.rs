@@ -202,9 +202,11 @@ fn pick_chain(
         let pick =
             if affinity { format!("jhash ip saddr mod {n} seed 0x5eed") } else { format!("numgen random mod {n}") };
         rules.push(if nodeport {
-            format!("meta l4proto {proto} dnat ip to meta l4proto . {proto} dport . {pick} map @np-backends")
+            format!("meta l4proto {proto} dnat ip to meta l4proto . {proto} dport . {pick} map @np-backends-{proto}")
         } else {
-            format!("meta l4proto {proto} dnat ip to ip daddr . meta l4proto . {proto} dport . {pick} map @backends")
+            format!(
+                "meta l4proto {proto} dnat ip to ip daddr . meta l4proto . {proto} dport . {pick} map @backends-{proto}"
+            )
         });
         chains.insert(name.clone(), rules);
     }
@@ -402,7 +404,7 @@ mod tests {
         assert_eq!(backends_of(&d, &k).len(), 2, "not-ready endpoints get no traffic");
         let chain = &d.chains[&d.services[&k]];
         assert_eq!(chain[0], "ip saddr != 10.244.0.0/16 jump mark-masq");
-        assert!(chain[1].contains("numgen random mod 2 map @backends"), "{chain:?}");
+        assert!(chain[1].contains("numgen random mod 2 map @backends-tcp"), "{chain:?}");
         assert!(d.hairpin.contains(&"10.244.1.2".parse().unwrap()));
         assert!(d.nodeports.is_empty());
     }
@@ -456,7 +458,7 @@ mod tests {
         let d = compile_flat(&[cluster], std::slice::from_ref(&e), &node("n1"));
         let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
         assert_eq!(c[0], "jump mark-masq");
-        assert!(c[1].contains("mod 2 map @np-backends"), "{c:?}");
+        assert!(c[1].contains("mod 2 map @np-backends-tcp"), "{c:?}");
         let local = svc(
             "web",
             json!({"clusterIP": "10.96.0.20", "type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod compile;
+pub mod conntrack;
 pub mod health;
 pub mod netlink;
 

@@ -59,6 +59,20 @@ metadata: {name: lonely}
 spec:
   selector: {app: lonely}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: udp-echo, labels: {app: udp-echo}}
+spec:
+  nodeName: node-3
+  containers: [{name: echo, image: weft/echo, ports: [{containerPort: 5353, protocol: UDP}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: udp}
+spec:
+  selector: {app: udp-echo}
+  ports: [{port: 53, targetPort: 5353, protocol: UDP}]
 "#;
 
 fn svc_ip(lab: &TestLab, name: &str) -> String {
@@ -89,7 +103,7 @@ fn answer(lab: &TestLab, from: &[&str], url: &str) -> Value {
 fn services_in_the_lab() {
     let lab = TestLab::up(&["--nodes", "3"]);
     lab.apply_str(APP);
-    let pods = lab.wait_running("default", 5);
+    let pods = lab.wait_running("default", 6);
     let ip_of = |name: &str| {
         pods.iter().find(|p| p["metadata"]["name"] == name).unwrap()["status"]["podIP"].as_str().unwrap().to_string()
     };
@@ -124,6 +138,14 @@ fn services_in_the_lab() {
     // A pod reaches itself through its own Service (hairpin).
     let lonely = svc_ip(&lab, "lonely");
     assert_eq!(answer(&lab, &["lonely"], &format!("http://{lonely}/"))["pod"], "lonely");
+
+    // UDP through a Service.
+    let udp = svc_ip(&lab, "udp");
+    let prog = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'hello',('{udp}',53))\nprint(s.recv(512).decode())"
+    );
+    let reply = out(lab.exec(&["client"], &["python3", "-c", &prog]));
+    assert!(reply.contains("udp-echo") && reply.contains("hello"), "{reply}");
 
     // Scaling changes who answers.
     lab.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
