@@ -5,9 +5,9 @@
 //! set of its own. The verdict map `services` (key `daddr . l4proto . dport`: ClusterIPs,
 //! external IPs, LoadBalancer IPs) and `nodeports` (key `l4proto . dport`) send a packet to a
 //! shared chain chosen by how many endpoints the Service has and how it masquerades
-//! (`cluster-random-3`, `masq-random-3`, `plain-affinity-2`, ...); that chain DNATs through the
-//! map `backends` keyed by `daddr . l4proto . dport . numgen random mod N` (or `jhash ip saddr
-//! mod N` for ClientIP affinity). So the per-packet cost is two map lookups whatever the number
+//! (`vip-cluster-random-tcp-3`, `np-masq-random-udp-2`, ...); that chain DNATs through the map
+//! `backends-<proto>` keyed by `daddr . l4proto . dport . numgen random mod N` (or `jhash ip
+//! saddr mod N` for ClientIP affinity). So the per-packet cost is two map lookups whatever the number
 //! of Services, a full sync is one batch of elements (no per-Service objects for the kernel to
 //! create), and a change to one Service is a few element adds and deletes.
 
