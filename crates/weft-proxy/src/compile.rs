@@ -228,29 +228,42 @@ pub fn compile_from(
 ) -> Desired {
     let mut d = Desired::default();
     if let Some(p) = prev {
+        // Counts carry over; only Services that change adjust them below.
         d.chains = p.chains.clone();
+        d.hairpin_counts = p.hairpin_counts.clone();
     }
-    let mut by_svc: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let uncount = |counts: &mut BTreeMap<Ipv4Addr, u32>, f: &Fragment| {
+        for ip in &f.hairpin {
+            if let Some(c) = counts.get_mut(ip) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(ip);
+                }
+            }
+        }
+    };
+    let mut by_svc: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let ns = s.metadata.namespace.as_deref().unwrap_or("");
         if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-            by_svc.entry((ns, svc.clone())).or_default().push(s);
+            by_svc.entry((ns, svc.as_str())).or_default().push(s);
         }
     }
     for svc in services {
-        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
-        let slices = by_svc.get(&key).cloned().unwrap_or_default();
+        let (ns, name) = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
+        let slices = by_svc.get(&(ns, name)).cloned().unwrap_or_default();
+        let key = (ns.to_string(), name.to_string());
         let input = fingerprint(svc, &slices);
-        if let (Some(p), Some(i)) = (prev, &input)
+        let old = prev.and_then(|p| p.fragments.get(&key));
+        if let (Some(p), Some(i), Some(f)) = (prev, &input, old)
             && p.inputs.get(&key) == Some(i)
-            && let Some(f) = p.fragments.get(&key)
         {
-            for ip in &f.hairpin {
-                *d.hairpin_counts.entry(*ip).or_default() += 1;
-            }
             d.inputs.insert(key.clone(), i.clone());
             d.fragments.insert(key, f.clone());
             continue;
+        }
+        if let Some(f) = old {
+            uncount(&mut d.hairpin_counts, f);
         }
         if let Some(i) = input {
             d.inputs.insert(key.clone(), i);
@@ -260,6 +273,14 @@ pub fn compile_from(
                 *d.hairpin_counts.entry(*ip).or_default() += 1;
             }
             d.fragments.insert(key, Arc::new(f));
+        }
+    }
+    // Services that are gone give their counts back.
+    if let Some(p) = prev {
+        for (k, f) in &p.fragments {
+            if !d.fragments.contains_key(k) {
+                uncount(&mut d.hairpin_counts, f);
+            }
         }
     }
     d
@@ -508,5 +529,35 @@ mod tests {
         let udp: SvcKey = ("10.96.0.10".parse().unwrap(), "udp".into(), 53);
         assert!(d.services.contains_key(&udp) && d.services.contains_key(&key("10.96.0.10", 53)));
         assert!(d.chains[&d.services[&udp]].iter().any(|r| r.starts_with("meta l4proto udp dnat")));
+    }
+
+    #[test]
+    fn recompiling_from_a_previous_programme_gives_the_same_result() {
+        let mk = |name: &str, rv: &str, eps: &[&str]| {
+            let mut s = svc(
+                name,
+                json!({"clusterIP": format!("10.96.0.{}", name.len() + 10), "ports": [{"port": 80, "protocol": "TCP"}]}),
+            );
+            s.metadata.resource_version = Some(rv.into());
+            let mut e = slice(name, &eps.iter().map(|ip| (*ip, "n1", true, false)).collect::<Vec<_>>(), 8080);
+            e.metadata.resource_version = Some(rv.into());
+            (s, e)
+        };
+        let (a, ea) = mk("a", "1", &["10.244.1.2", "10.244.1.3"]);
+        let (b, eb) = mk("bb", "1", &["10.244.1.3"]);
+        let first = compile(&[a.clone(), b.clone()], &[ea.clone(), eb.clone()], &node("n1"));
+        // b changes, a does not: a keeps its fragment, counts stay right.
+        let (b2, eb2) = mk("bb", "2", &["10.244.1.4"]);
+        let next = compile_from(Some(&first), &[a.clone(), b2.clone()], &[ea.clone(), eb2.clone()], &node("n1"));
+        let fresh = compile(&[a.clone(), b2], &[ea.clone(), eb2], &node("n1"));
+        assert_eq!((&next.fragments, &next.hairpin_counts), (&fresh.fragments, &fresh.hairpin_counts));
+        assert!(Arc::ptr_eq(
+            &first.fragments[&("default".into(), "a".into())],
+            &next.fragments[&("default".into(), "a".into())]
+        ));
+        // b goes away: its addresses leave the counts.
+        let last = compile_from(Some(&next), std::slice::from_ref(&a), std::slice::from_ref(&ea), &node("n1"));
+        let fresh = compile(&[a], &[ea], &node("n1"));
+        assert_eq!((&last.fragments, &last.hairpin_counts), (&fresh.fragments, &fresh.hairpin_counts));
     }
 }
