@@ -115,40 +115,38 @@ pub fn remove(flows: &[StaleFlow]) -> std::io::Result<usize> {
     let mut doomed: Vec<Vec<u8>> = vec![];
     'dump: loop {
         let mut buf = Vec::with_capacity(1 << 16);
-        let n = sock.recv(&mut buf, 0)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 || off + len > n {
+        sock.recv(&mut buf, 0)?;
+        let msgs = crate::netlink::messages(&buf);
+        if msgs.is_empty() {
+            break;
+        }
+        for m in msgs {
+            if m.ty == NLMSG_DONE || m.ty == NLMSG_ERROR {
                 break 'dump;
             }
-            if ty == NLMSG_DONE || ty == NLMSG_ERROR {
-                break 'dump;
+            if m.ty != (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW || m.body.len() < 4 {
+                continue;
             }
-            if ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && len >= 20 {
-                let body = &buf[off + 20..off + len];
-                let mut orig_raw = None;
-                let (mut orig, mut reply) = (Tuple::default(), Tuple::default());
-                for (aty, p) in attrs(body) {
-                    match aty {
-                        CTA_TUPLE_ORIG => {
-                            orig_raw = Some(p.to_vec());
-                            orig = tuple(p);
-                        }
-                        CTA_TUPLE_REPLY => reply = tuple(p),
-                        _ => {}
+            // After the 4-byte nfgenmsg: the entry's attributes.
+            let mut orig_raw = None;
+            let (mut orig, mut reply) = (Tuple::default(), Tuple::default());
+            for (aty, p) in attrs(&m.body[4..]) {
+                match aty {
+                    CTA_TUPLE_ORIG => {
+                        orig_raw = Some(p.to_vec());
+                        orig = tuple(p);
                     }
-                }
-                let hit = orig.proto == Some(UDP)
-                    && flows.iter().any(|f| {
-                        orig.dst == Some(f.vip) && orig.dport == Some(f.port) && reply.src == Some(f.endpoint)
-                    });
-                if let (true, Some(raw)) = (hit, orig_raw) {
-                    doomed.push(raw);
+                    CTA_TUPLE_REPLY => reply = tuple(p),
+                    _ => {}
                 }
             }
-            off += (len + 3) & !3;
+            let hit = orig.proto == Some(UDP)
+                && flows
+                    .iter()
+                    .any(|f| orig.dst == Some(f.vip) && orig.dport == Some(f.port) && reply.src == Some(f.endpoint));
+            if let (true, Some(raw)) = (hit, orig_raw) {
+                doomed.push(raw);
+            }
         }
     }
     let mut removed = 0;

@@ -177,6 +177,35 @@ pub fn encode(table: &str, ops: &[ElemOp]) -> (Vec<u8>, Vec<u32>) {
     (out, seqs)
 }
 
+/// One received netlink message: type, sequence number and the bytes after the 16-byte header.
+pub struct Msg<'a> {
+    pub ty: u16,
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
+/// The netlink messages in a received buffer (a malformed tail is ignored).
+pub fn messages(buf: &[u8]) -> Vec<Msg<'_>> {
+    let mut out = vec![];
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
+        out.push(Msg { ty, seq, body: &buf[off + 16..off + len] });
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// The error code of an NLMSG_ERROR message (0 is an acknowledgement).
+pub fn error_code(m: &Msg) -> i32 {
+    m.body.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0)
+}
+
 /// Sends the batch in this thread's network namespace and waits for every acknowledgement.
 pub fn send(table: &str, ops: &[ElemOp]) -> std::io::Result<()> {
     if ops.is_empty() {
@@ -205,23 +234,13 @@ pub fn send(table: &str, ops: &[ElemOp]) -> std::io::Result<()> {
     let mut first_err: Option<std::io::Error> = None;
     while !pending.is_empty() {
         let mut buf = Vec::with_capacity(1 << 16);
-        let n = sock.recv(&mut buf, 0)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-            if len < 16 {
-                break;
+        sock.recv(&mut buf, 0)?;
+        for m in messages(&buf).iter().filter(|m| m.ty == NLMSG_ERROR) {
+            pending.remove(&m.seq);
+            let code = error_code(m);
+            if code != 0 && first_err.is_none() {
+                first_err = Some(std::io::Error::from_raw_os_error(-code));
             }
-            if ty == NLMSG_ERROR {
-                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
-                pending.remove(&seq);
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(std::io::Error::from_raw_os_error(-code));
-                }
-            }
-            off += (len + 3) & !3;
         }
         // After an error the kernel aborts the batch and may not answer the rest.
         if first_err.is_some() {
