@@ -133,8 +133,8 @@ pub async fn start(
 }
 
 async fn wait_pod_cidr(api: &Api<Node>, name: &str) -> Result<Ipv4Net> {
-    // The node IPAM controller answers within a pass; bounded wait.
-    for _ in 0..300 {
+    // The node IPAM controller answers within a pass; bounded wait (generous: a loaded machine).
+    for _ in 0..3000 {
         if let Some(c) = api.get_opt(name).await?.and_then(|n| n.spec.and_then(|s| s.pod_cidr)) {
             return c.parse().with_context(|| format!("node {name}: podCIDR {c:?}"));
         }
