@@ -39,16 +39,6 @@ fn resolve(target: &Option<IntOrString>, port: i32, proto: &str, p: &Pod) -> Opt
     }
 }
 
-fn short_hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|i| ALPHA[((h >> (i * 8)) % ALPHA.len() as u64) as usize] as char).collect()
-}
-
 /// The slices and the Endpoints a Service with a selector should have (pure).
 pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     let ns = svc.namespace().unwrap_or_default();
@@ -102,7 +92,7 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     for (key, eps) in &groups {
         let port_list: Vec<Value> = key.iter().map(|(n, p, t)| json!({"name": n, "protocol": p, "port": t})).collect();
         for (i, chunk) in eps.chunks(MAX_PER_SLICE).enumerate() {
-            let suffix = short_hash(&format!("{key:?}/{i}"));
+            let suffix = crate::safe_suffix(&format!("{key:?}/{i}"), 5, 8);
             slices.push(json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": format!("{name}-{suffix}"), "namespace": ns,

@@ -77,17 +77,21 @@ pub fn plan_scale_down(mut pods: Vec<Arc<Pod>>, n: usize) -> Vec<Arc<Pod>> {
     pods.into_iter().take(n).collect()
 }
 
-/// The pod-template-hash of a Deployment's template (stable for the same template).
-pub fn template_hash(template: &Value) -> String {
-    let text = serde_json::to_string(template).unwrap_or_default();
+/// A short, stable name suffix: FNV-1a of `text`, spelled in Kubernetes' safe alphabet (no
+/// vowels, no look-alike digits), `len` characters taking `shift` bits each.
+pub(crate) fn safe_suffix(text: &str, len: usize, shift: u32) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in text.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    // Kubernetes spells it in a safe alphabet of 10 characters.
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..10).map(|i| ALPHA[((h >> (i * 6)) % ALPHA.len() as u64) as usize] as char).collect()
+    (0..len).map(|i| ALPHA[((h >> (i as u32 * shift)) % ALPHA.len() as u64) as usize] as char).collect()
+}
+
+/// The pod-template-hash of a Deployment's template (stable for the same template).
+pub fn template_hash(template: &Value) -> String {
+    safe_suffix(&serde_json::to_string(template).unwrap_or_default(), 10, 6)
 }
 
 pub struct Config {

@@ -36,15 +36,9 @@ fn by_name<'a>(pods: &'a [Value], name: &str) -> &'a Value {
     pods.iter().find(|p| p["metadata"]["name"] == name).unwrap()
 }
 
-fn stdout(o: std::process::Output) -> String {
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-/// The echo server's JSON answer to `curl` from `from`.
+/// The echo server's JSON answer on port 8080 of `to`, asked from `from`.
 fn ask(lab: &TestLab, from: &[&str], to: &str) -> Value {
-    let out = stdout(lab.exec(from, &["curl", "-s", "-m", "3", &format!("http://{to}:8080/")]));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    lab.http_json(from, &format!("http://{to}:8080/"))
 }
 
 fn pod_networking_model(overlay: &str) {
@@ -79,33 +73,33 @@ fn pod_networking_model(overlay: &str) {
         );
     }
     // The path as seeds 002 and 003 show it: eth0 with the pod IP, default via the bridge.
-    let addr = stdout(lab.exec(&["client"], &["ip", "-4", "-o", "addr", "show", "eth0"]));
+    let addr = lab.exec_ok(&["client"], &["ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(addr.contains(&format!("inet {c}/24")), "{addr}");
     let gw = {
         let o = c.rsplit_once('.').unwrap().0;
         format!("{o}.1")
     };
-    let routes = stdout(lab.exec(&["client"], &["ip", "route"]));
+    let routes = lab.exec_ok(&["client"], &["ip", "route"]);
     assert!(routes.contains(&format!("default via {gw} dev eth0")), "{routes}");
-    let br = stdout(lab.exec(&["--node", "node-1"], &["ip", "-o", "addr", "show", "cni0"]));
+    let br = lab.exec_ok(&["--node", "node-1"], &["ip", "-o", "addr", "show", "cni0"]);
     assert!(br.contains(&format!("inet {gw}/24")), "{br}");
-    let ports = stdout(lab.exec(&["--node", "node-1"], &["ip", "-o", "link", "show", "master", "cni0"]));
+    let ports = lab.exec_ok(&["--node", "node-1"], &["ip", "-o", "link", "show", "master", "cni0"]);
     assert_eq!(ports.lines().filter(|l| l.contains("veth")).count(), 2, "{ports}");
     if overlay == "vxlan" {
-        let vx = stdout(lab.exec(&["--node", "node-1"], &["ip", "-d", "link", "show", "flannel.1"]));
+        let vx = lab.exec_ok(&["--node", "node-1"], &["ip", "-d", "link", "show", "flannel.1"]);
         assert!(vx.contains("mtu 1450") && vx.contains("vxlan id 1") && vx.contains("dstport 8472"), "{vx}");
-        let fdb = stdout(lab.exec(&["--node", "node-1"], &["bridge", "fdb", "show", "dev", "flannel.1"]));
+        let fdb = lab.exec_ok(&["--node", "node-1"], &["bridge", "fdb", "show", "dev", "flannel.1"]);
         assert!(fdb.contains("dst 172.18.0.11") && fdb.contains("dst 172.18.0.12"), "{fdb}");
-        assert!(stdout(lab.exec(&["--node", "node-1"], &["ip", "link", "show", "cni0"])).contains("mtu 1450"));
+        assert!(lab.exec_ok(&["--node", "node-1"], &["ip", "link", "show", "cni0"]).contains("mtu 1450"));
     } else {
-        let r = stdout(lab.exec(&["--node", "node-1"], &["ip", "route"]));
+        let r = lab.exec_ok(&["--node", "node-1"], &["ip", "route"]);
         assert!(r.contains("10.244.1.0/24 via 172.18.0.11 dev eth0"), "{r}");
     }
     // Pods got the cluster's resolv.conf and their own hostname.
-    let resolv = stdout(lab.exec(&["client"], &["cat", "/etc/resolv.conf"]));
+    let resolv = lab.exec_ok(&["client"], &["cat", "/etc/resolv.conf"]);
     assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
     assert!(resolv.contains("nameserver 10.96.0.10") && resolv.contains("options ndots:5"), "{resolv}");
-    assert_eq!(stdout(lab.exec(&["client"], &["hostname"])).trim(), "client");
+    assert_eq!(lab.exec_ok(&["client"], &["hostname"]).trim(), "client");
     // The external host reaches nodes but not pods (no route to the pod network).
     assert!(lab.exec(&["--external"], &["ping", "-c", "1", "-W", "2", "172.18.0.11"]).status.success());
     assert!(!lab.exec(&["--external"], &["curl", "-s", "-m", "1", &format!("http://{a}:8080/")]).status.success());

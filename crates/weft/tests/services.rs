@@ -80,23 +80,13 @@ fn svc_ip(lab: &TestLab, name: &str) -> String {
     v["spec"]["clusterIP"].as_str().unwrap().to_string()
 }
 
-fn out(o: std::process::Output) -> String {
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
 /// Which pods answer `n` fresh connections to `url` from `from` (counted by pod name).
 fn spread(lab: &TestLab, from: &[&str], url: &str, n: usize) -> std::collections::BTreeMap<String, u64> {
     let prog = format!(
         "import urllib.request,json,collections\nc=collections.Counter(json.load(urllib.request.urlopen('{url}',timeout=3))['pod'] for _ in range({n}))\nprint(json.dumps(c))"
     );
-    let o = out(lab.exec(from, &["python3", "-c", &prog]));
+    let o = lab.exec_ok(from, &["python3", "-c", &prog]);
     serde_json::from_str(o.trim()).unwrap()
-}
-
-fn answer(lab: &TestLab, from: &[&str], url: &str) -> Value {
-    let o = out(lab.exec(from, &["curl", "-s", "-m", "3", url]));
-    serde_json::from_str(&o).unwrap_or_else(|e| panic!("{e}: {o}"))
 }
 
 #[test]
@@ -119,14 +109,14 @@ fn services_in_the_lab() {
         assert!((200..=470).contains(c), "{pod} got {c} of 1000: {counts:?}");
     }
     // Pod to ClusterIP keeps the client's address (no masquerade inside the pod network).
-    assert_eq!(answer(&lab, &["client"], &format!("http://{web}/"))["clientIP"], ip_of("client"));
+    assert_eq!(lab.http_json(&["client"], &format!("http://{web}/"))["clientIP"], ip_of("client"));
     // From a node.
     assert!(
-        answer(&lab, &["--node", "node-3"], &format!("http://{web}/"))["pod"].as_str().unwrap().starts_with("web-")
+        lab.http_json(&["--node", "node-3"], &format!("http://{web}/"))["pod"].as_str().unwrap().starts_with("web-")
     );
     // NodePort (seed 000's 32212) from the external host on every node's address.
     for node_ip in ["172.18.0.10", "172.18.0.11", "172.18.0.12"] {
-        let r = answer(&lab, &["--external"], &format!("http://{node_ip}:32212/"));
+        let r = lab.http_json(&["--external"], &format!("http://{node_ip}:32212/"));
         assert!(r["pod"].as_str().unwrap().starts_with("web-"), "{r}");
     }
     // No endpoints: refused at once (connection refused, not a time-out).
@@ -137,14 +127,14 @@ fn services_in_the_lab() {
     assert!(start.elapsed() < std::time::Duration::from_secs(2));
     // A pod reaches itself through its own Service (hairpin).
     let lonely = svc_ip(&lab, "lonely");
-    assert_eq!(answer(&lab, &["lonely"], &format!("http://{lonely}/"))["pod"], "lonely");
+    assert_eq!(lab.http_json(&["lonely"], &format!("http://{lonely}/"))["pod"], "lonely");
 
     // UDP through a Service.
     let udp = svc_ip(&lab, "udp");
     let prog = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\ns.sendto(b'hello',('{udp}',53))\nprint(s.recv(512).decode())"
     );
-    let reply = out(lab.exec(&["client"], &["python3", "-c", &prog]));
+    let reply = lab.exec_ok(&["client"], &["python3", "-c", &prog]);
     assert!(reply.contains("udp-echo") && reply.contains("hello"), "{reply}");
 
     // Scaling changes who answers.
@@ -163,7 +153,7 @@ fn services_in_the_lab() {
     lab.wait_for("the manual endpoint", 20, || {
         lab.exec(&["client"], &["curl", "-s", "-m", "2", &format!("http://{manual}/")]).status.success()
     });
-    assert_eq!(answer(&lab, &["client"], &format!("http://{manual}/"))["pod"], "lonely");
+    assert_eq!(lab.http_json(&["client"], &format!("http://{manual}/"))["pod"], "lonely");
 
     // kubectl expose, as the seeds use it.
     lab.kubectl_ok(&[
@@ -272,7 +262,7 @@ spec:
         lab.exec(&["--external"], &["curl", "-s", "-m", "2", "http://172.18.0.11:30100/"]).status.success()
     });
     for _ in 0..10 {
-        let r = answer(&lab, &["--external"], "http://172.18.0.11:30100/");
+        let r = lab.http_json(&["--external"], "http://172.18.0.11:30100/");
         assert_eq!(r["clientIP"], "172.18.0.2", "client source preserved: {r}");
         assert_eq!(node_of(r["pod"].as_str().unwrap()), "node-2", "answered on the node it entered: {r}");
     }

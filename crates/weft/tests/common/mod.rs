@@ -152,6 +152,19 @@ impl TestLab {
         self.weft(&args)
     }
 
+    /// Runs a command like [`exec`](Self::exec) and returns stdout, failing the test on error.
+    pub fn exec_ok(&self, target: &[&str], cmd: &[&str]) -> String {
+        let o = self.exec(target, cmd);
+        assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// The built-in echo server's JSON answer to `curl URL` run from `target`.
+    pub fn http_json(&self, target: &[&str], url: &str) -> serde_json::Value {
+        let out = self.exec_ok(target, &["curl", "-s", "-m", "3", url]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     pub fn netns_left(&self) -> Vec<String> {
         std::fs::read_dir("/run/netns")
             .map(|rd| {
