@@ -82,9 +82,18 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
             ep["nodeName"] = json!(n);
         }
+        // The pod's hostname names the endpoint when its subdomain is this Service (the DNS
+        // spec's `<hostname>.<subdomain>.<ns>.svc` records come from it).
+        let hostname = p.spec.as_ref().filter(|s| s.subdomain.as_deref() == Some(&name)).and_then(|s| s.hostname.clone());
+        if let Some(h) = &hostname {
+            ep["hostname"] = json!(h);
+        }
         groups.entry(key.clone()).or_default().push(ep);
-        let addr =
+        let mut addr =
             json!({"ip": ip, "nodeName": p.spec.as_ref().and_then(|s| s.node_name.clone()), "targetRef": target});
+        if let Some(h) = hostname {
+            addr["hostname"] = json!(h);
+        }
         let e = subsets.entry(key).or_default();
         if ready { e.0.push(addr) } else { e.1.push(addr) }
     }
@@ -136,6 +145,9 @@ pub fn plan_mirror(svc: &Service, ep: &Endpoints) -> Vec<Value> {
                 let mut e = json!({"addresses": [a.ip], "conditions": {"ready": ready, "serving": ready, "terminating": false}});
                 if let Some(n) = &a.node_name {
                     e["nodeName"] = json!(n);
+                }
+                if let Some(h) = &a.hostname {
+                    e["hostname"] = json!(h);
                 }
                 eps.push(e);
             }

@@ -1,0 +1,390 @@
+//! Everything outside the cluster zone goes to upstream servers: tried in order (healthy ones
+//! first), each with a timeout, over UDP and again over TCP when the reply is truncated. Replies
+//! are checked with `hickory-proto` and kept in a cache bounded in entries and in TTL (positive
+//! and negative). An upstream that fails is marked down and health-checked (`. IN NS`) until it
+//! answers again. At start and whenever the upstreams change, a probe with a random name is sent
+//! to each: if that name ever reaches this server, the upstream sends our queries back to us (a
+//! forwarding loop, e.g. systemd-resolved's 127.0.0.53 in the node's resolv.conf); that upstream
+//! is then left out and the problem reported in the log, the metrics and /health, and the server
+//! keeps answering the cluster zone instead of crash-looping.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RData;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::metrics::Metrics;
+use crate::wire::{self, Query};
+
+/// Positive answers are cached at most this long, negative ones at most `MAX_NEGATIVE_TTL`
+/// (CoreDNS's cache defaults).
+pub const MAX_TTL: u32 = 3600;
+pub const MAX_NEGATIVE_TTL: u32 = 1800;
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+const T_HINFO: u16 = 13;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    healthy: AtomicBool,
+    looping: AtomicBool,
+    checking: AtomicBool,
+}
+
+impl Upstream {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+    pub fn looping(&self) -> bool {
+        self.looping.load(Ordering::Relaxed)
+    }
+}
+
+type Key = (Vec<u8>, u16, u16, u8);
+
+struct Entry {
+    msg: Vec<u8>,
+    stored: Instant,
+    ttl: u32,
+}
+
+pub struct Forwarder {
+    upstreams: ArcSwap<Vec<Arc<Upstream>>>,
+    cache: Mutex<HashMap<Key, Entry>>,
+    cache_cap: usize,
+    /// Loop probe names (lowercase wire) -> the upstream they were sent to.
+    probes: Mutex<HashMap<Vec<u8>, SocketAddr>>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    /// The runtime upstream sockets are made on (the server's network namespace).
+    rt: tokio::runtime::Handle,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Forwarder {
+    /// Must be called inside the runtime that is to make upstream sockets.
+    pub fn new(metrics: Arc<Metrics>, cache_cap: usize, timeout: Duration) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            upstreams: ArcSwap::from_pointee(vec![]),
+            cache: Mutex::new(HashMap::new()),
+            cache_cap,
+            probes: Mutex::new(HashMap::new()),
+            metrics,
+            timeout,
+            rt: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.upstreams.load().iter().cloned().collect()
+    }
+
+    /// Replaces the upstream list (if it changed) and probes the new one for loops.
+    pub fn set_upstreams(self: &Arc<Self>, addrs: Vec<SocketAddr>) {
+        let cur: Vec<SocketAddr> = self.upstreams.load().iter().map(|u| u.addr).collect();
+        if cur == addrs {
+            return;
+        }
+        tracing::info!(upstreams = ?addrs, "forwarding outside the cluster zone");
+        let list: Vec<Arc<Upstream>> = addrs
+            .iter()
+            .map(|a| {
+                self.metrics.upstream_healthy.get_or_create(&Metrics::upstream_label(*a)).set(1);
+                Arc::new(Upstream {
+                    addr: *a,
+                    healthy: AtomicBool::new(true),
+                    looping: AtomicBool::new(false),
+                    checking: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        self.upstreams.store(Arc::new(list.clone()));
+        lock(&self.cache).clear();
+        for u in list {
+            let me = self.clone();
+            self.rt.spawn(async move { me.probe_loop(u).await });
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, u: Arc<Upstream>) {
+        let name = crate::zone::wire_name(&format!("{:016x}.{:016x}", rand::random::<u64>(), rand::random::<u64>()))
+            .unwrap_or_default();
+        lock(&self.probes).insert(name.clone(), u.addr);
+        let probe = wire::query(rand::random(), &name, T_HINFO);
+        let _ = exchange(&probe, u.addr, self.timeout).await;
+        // A looped probe arrives while the first exchange waits; keep the name a while longer
+        // for slow paths, then forget it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        lock(&self.probes).remove(&name);
+    }
+
+    /// Called for every query that would be forwarded: true when it is one of our loop probes
+    /// come back, which proves a forwarding loop through that upstream.
+    pub fn is_probe(&self, q: &Query) -> bool {
+        if q.qtype != T_HINFO {
+            return false;
+        }
+        let Some(addr) = lock(&self.probes).get(&q.lower).copied() else { return false };
+        for u in self.upstreams.load().iter().filter(|u| u.addr == addr) {
+            if !u.looping.swap(true, Ordering::Relaxed) {
+                let msg = format!(
+                    "forwarding loop: queries sent to upstream {addr} come back to this server \
+                     (is {addr} a local stub such as systemd-resolved's 127.0.0.53, or this server itself?); \
+                     it is no longer used: set the upstreams (--upstream, or dnsUpstreams in kube-system/weft-config) \
+                     to servers that resolve names themselves"
+                );
+                tracing::error!("{msg}");
+                self.metrics.problem(msg);
+                self.metrics.forward_loop.get_or_create(&Metrics::upstream_label(addr)).set(1);
+            }
+        }
+        true
+    }
+
+    fn cache_key(q: &Query) -> Key {
+        let e = match q.edns {
+            None => 0,
+            Some(e) if e.dnssec_ok => 2,
+            Some(_) => 1,
+        };
+        (q.lower.clone(), q.qtype, q.qclass, e)
+    }
+
+    /// The reply to a query outside the zone: from the cache, from an upstream, or SERVFAIL
+    /// (REFUSED when there are no upstreams at all).
+    pub async fn resolve(self: &Arc<Self>, q: &Query, pkt: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let ups = self.upstreams.load_full();
+        let usable: Vec<&Arc<Upstream>> = ups.iter().filter(|u| !u.looping()).collect();
+        if usable.is_empty() {
+            wire::bare_reply(q, pkt, wire::REFUSED as u16, false, false, &mut out);
+            return out;
+        }
+        let key = Self::cache_key(q);
+        if let Some(hit) = self.cached(&key, q, pkt) {
+            self.metrics.cache_hits.inc();
+            return hit;
+        }
+        self.metrics.cache_misses.inc();
+        // Healthy upstreams first, in order; then the others (one of them may be back).
+        let order = usable.iter().filter(|u| u.healthy()).chain(usable.iter().filter(|u| !u.healthy()));
+        for u in order {
+            self.metrics.forward_requests.get_or_create(&Metrics::upstream_label(u.addr)).inc();
+            match exchange(pkt, u.addr, self.timeout).await {
+                Ok(reply) => {
+                    if let Some(ttl) = cacheable(&reply) {
+                        self.store(key, &reply, ttl);
+                    }
+                    return reply;
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %u.addr, "upstream failed: {e}");
+                    self.metrics.forward_errors.get_or_create(&Metrics::upstream_label(u.addr)).inc();
+                    self.mark_down(u);
+                }
+            }
+        }
+        wire::bare_reply(q, pkt, wire::SERVFAIL as u16, false, false, &mut out);
+        out
+    }
+
+    fn cached(&self, key: &Key, q: &Query, pkt: &[u8]) -> Option<Vec<u8>> {
+        let c = lock(&self.cache);
+        let e = c.get(key)?;
+        let age = e.stored.elapsed().as_secs() as u32;
+        if age >= e.ttl {
+            return None;
+        }
+        wire::reuse(&e.msg, q, pkt, age)
+    }
+
+    fn store(&self, key: Key, reply: &[u8], ttl: u32) {
+        let mut c = lock(&self.cache);
+        if c.len() >= self.cache_cap && !c.contains_key(&key) {
+            c.retain(|_, e| e.stored.elapsed().as_secs() < e.ttl as u64);
+            // Still full: drop an eighth, whichever the map yields first.
+            if c.len() >= self.cache_cap {
+                let drop: Vec<Key> = c.keys().take(self.cache_cap / 8 + 1).cloned().collect();
+                for k in drop {
+                    c.remove(&k);
+                }
+            }
+        }
+        c.insert(key, Entry { msg: reply.to_vec(), stored: Instant::now(), ttl });
+        self.metrics.cache_entries.set(c.len() as i64);
+    }
+
+    fn mark_down(self: &Arc<Self>, u: &Arc<Upstream>) {
+        u.healthy.store(false, Ordering::Relaxed);
+        self.metrics.upstream_healthy.get_or_create(&Metrics::upstream_label(u.addr)).set(0);
+        if u.checking.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let me = self.clone();
+        let u = u.clone();
+        self.rt.spawn(async move {
+            let check = wire::query(0, &[0], wire::T_NS);
+            loop {
+                tokio::time::sleep(HEALTH_EVERY).await;
+                let current = me.upstreams.load().iter().any(|x| Arc::ptr_eq(x, &u));
+                if !current {
+                    return;
+                }
+                if exchange(&check, u.addr, me.timeout).await.is_ok() {
+                    u.healthy.store(true, Ordering::Relaxed);
+                    u.checking.store(false, Ordering::Relaxed);
+                    me.metrics.upstream_healthy.get_or_create(&Metrics::upstream_label(u.addr)).set(1);
+                    tracing::info!(upstream = %u.addr, "upstream answers again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// How long a reply may be cached: the smallest TTL of its answer and authority records
+/// (for a negative answer, the SOA's minimum too), capped; None for what is not cached
+/// (errors other than NXDOMAIN, truncated replies, what does not parse).
+pub fn cacheable(reply: &[u8]) -> Option<u32> {
+    let m = Message::from_vec(reply).ok()?;
+    if m.metadata.truncation {
+        return None;
+    }
+    let negative = match m.metadata.response_code {
+        ResponseCode::NoError => m.answers.is_empty(),
+        ResponseCode::NXDomain => true,
+        _ => return None,
+    };
+    let mut ttl = if negative { MAX_NEGATIVE_TTL } else { MAX_TTL };
+    for r in m.answers.iter().chain(&m.authorities) {
+        ttl = ttl.min(r.ttl);
+        if let RData::SOA(soa) = &r.data {
+            ttl = ttl.min(soa.minimum);
+        }
+    }
+    (ttl > 0).then_some(ttl)
+}
+
+/// One query to one upstream: UDP from a fresh socket (a random source port per query) with a
+/// random ID, the reply checked against the question; TCP when the reply is truncated. The
+/// reply carries the client's ID.
+pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let err = |s: &str| std::io::Error::other(s.to_string());
+    let client_id = pkt.get(0..2).ok_or_else(|| err("short query"))?;
+    let id: u16 = rand::random();
+    let mut m = pkt.to_vec();
+    m[0..2].copy_from_slice(&id.to_be_bytes());
+    let qend = question_end(&m).ok_or_else(|| err("query without a question"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(to).await?;
+    sock.send(&m).await?;
+    let mut buf = vec![0u8; 65535];
+    let mut reply = loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.map_err(|_| err("timed out"))??;
+        let r = &buf[..n];
+        // Ignore anything that is not the reply to this question (spoofing, late replies).
+        if n >= qend && r[0..2] == m[0..2] && r[2] & 0x80 != 0 && r[12..qend].eq_ignore_ascii_case(&m[12..qend]) {
+            break r.to_vec();
+        }
+    };
+    if reply[2] & 0x02 != 0 {
+        reply = tokio::time::timeout_at(deadline, exchange_tcp(&m, to)).await.map_err(|_| err("timed out over TCP"))??;
+        if reply.len() < qend || reply[0..2] != m[0..2] {
+            return Err(err("bad reply over TCP"));
+        }
+    }
+    Message::from_vec(&reply).map_err(|e| err(&format!("malformed reply: {e}")))?;
+    reply[0..2].copy_from_slice(client_id);
+    Ok(reply)
+}
+
+async fn exchange_tcp(m: &[u8], to: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(to).await?;
+    let mut framed = (m.len() as u16).to_be_bytes().to_vec();
+    framed.extend(m);
+    s.write_all(&framed).await?;
+    let len = s.read_u16().await? as usize;
+    let mut reply = vec![0u8; len];
+    s.read_exact(&mut reply).await?;
+    Ok(reply)
+}
+
+fn question_end(m: &[u8]) -> Option<usize> {
+    let mut i = 12;
+    loop {
+        let n = *m.get(i)? as usize;
+        if n & 0xc0 != 0 {
+            return None;
+        }
+        i += 1 + n;
+        if n == 0 {
+            return (i + 4 <= m.len()).then_some(i + 4);
+        }
+    }
+}
+
+/// The nameservers of a resolv.conf (port 53).
+pub fn resolv_conf_servers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next())?
+        })
+        .filter_map(|a| a.split('%').next()?.parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Upstream addresses written as `ip`, `ip:port` or `[v6]:port`, separated by spaces or commas.
+pub fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>, String> {
+    text.split([' ', ',', '\n', '\t'])
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| format!("upstream {s:?} is not an address: write ip, ip:port or [ipv6]:port"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_lists() {
+        assert_eq!(
+            resolv_conf_servers("search x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\n# nameserver 1.1.1.1\noptions ndots:5"),
+            vec!["10.0.0.1:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
+        );
+        assert_eq!(parse_upstreams("10.0.0.1, 10.0.0.2:5353").unwrap().len(), 2);
+        assert!(parse_upstreams("dns.example").unwrap_err().contains("dns.example"));
+    }
+
+    #[test]
+    fn what_is_cached_and_for_how_long() {
+        use hickory_proto::rr::{Name, Record, rdata};
+        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        m.add_answer(Record::from_rdata(Name::from_ascii("a.example.").unwrap(), 7200, RData::A(rdata::A::new(1, 2, 3, 4))));
+        assert_eq!(cacheable(&m.to_vec().unwrap()), Some(MAX_TTL));
+        let mut n = Message::response(1, hickory_proto::op::OpCode::Query);
+        n.metadata.response_code = ResponseCode::NXDomain;
+        let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 60);
+        n.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 300, RData::SOA(soa)));
+        assert_eq!(cacheable(&n.to_vec().unwrap()), Some(60));
+        let mut f = Message::response(1, hickory_proto::op::OpCode::Query);
+        f.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(cacheable(&f.to_vec().unwrap()), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! The listeners. UDP: one socket per thread on the same address (SO_REUSEPORT, so the kernel
+//! spreads queries over all cores), each a blocking loop that answers cluster names at once from
+//! the current zone and hands anything else to the forwarder on the async runtime. TCP: an async
+//! listener, length-prefixed messages, several per connection, idle connections closed.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::wire::{self, Outcome, Parsed, Query};
+use crate::zone::Zone;
+
+const TCP_IDLE: Duration = Duration::from_secs(10);
+const TCP_MAX_CONNECTIONS: usize = 1024;
+
+pub struct Server {
+    pub zone: Arc<ArcSwap<Zone>>,
+    pub forwarder: Arc<Forwarder>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the synchronous path made of a packet.
+pub enum Step {
+    /// The reply is in the buffer.
+    Reply(u8),
+    Drop,
+    Forward(Query),
+}
+
+impl Server {
+    /// Answers what can be answered without waiting: cluster names, errors, loop probes.
+    pub fn step(&self, pkt: &[u8], tcp: bool, out: &mut Vec<u8>) -> Step {
+        let q = match wire::parse(pkt) {
+            Parsed::Query(q) => q,
+            Parsed::Error { id, rd, rcode } => {
+                self.metrics.malformed.inc();
+                wire::error_reply(id, rd, rcode, out);
+                return Step::Reply(rcode);
+            }
+            Parsed::Drop => {
+                self.metrics.malformed.inc();
+                return Step::Drop;
+            }
+        };
+        self.metrics.request(q.qtype, tcp);
+        let limit = if tcp { 65535 } else { q.udp_limit() };
+        match wire::answer(&self.zone.load(), &q, pkt, limit, out) {
+            Outcome::Answered(rcode) => Step::Reply(rcode),
+            Outcome::Forward if self.forwarder.is_probe(&q) => {
+                wire::bare_reply(&q, pkt, wire::SERVFAIL as u16, false, false, out);
+                Step::Reply(wire::SERVFAIL)
+            }
+            Outcome::Forward => Step::Forward(q),
+        }
+    }
+
+    /// The forwarded reply, cut to what the client takes.
+    pub async fn forward(self: &Arc<Self>, q: &Query, pkt: &[u8], tcp: bool) -> Vec<u8> {
+        let mut reply = self.forwarder.resolve(q, pkt).await;
+        let limit = if tcp { 65535 } else { q.udp_limit() };
+        if reply.len() > limit {
+            let rcode = reply.get(3).map(|b| b & 0xf).unwrap_or(0) as u16;
+            wire::bare_reply(q, pkt, rcode, false, true, &mut reply);
+        }
+        reply
+    }
+
+    /// The whole answer to one packet (the TCP path, and tests).
+    pub async fn handle(self: &Arc<Self>, pkt: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(512);
+        let r = match self.step(pkt, tcp, &mut out) {
+            Step::Reply(rc) => {
+                self.metrics.response(rc);
+                Some(out)
+            }
+            Step::Drop => None,
+            Step::Forward(q) => {
+                let r = self.forward(&q, pkt, tcp).await;
+                self.metrics.response(r.get(3).map(|b| b & 0xf).unwrap_or(0));
+                Some(r)
+            }
+        };
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        r
+    }
+}
+
+/// A UDP socket that shares its port with the other workers' sockets.
+pub fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Room for bursts while a worker is busy.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Starts `threads` UDP workers on `addr`; forwarded queries run on `rt`.
+pub fn spawn_udp(server: Arc<Server>, addr: SocketAddr, threads: usize, rt: tokio::runtime::Handle) -> std::io::Result<()> {
+    for i in 0..threads.max(1) {
+        let sock = Arc::new(reuseport_udp(addr)?);
+        let server = server.clone();
+        let rt = rt.clone();
+        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || udp_worker(server, sock, rt))?;
+    }
+    Ok(())
+}
+
+fn udp_worker(server: Arc<Server>, sock: Arc<UdpSocket>, rt: tokio::runtime::Handle) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("UDP receive: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let start = Instant::now();
+        let pkt = &buf[..n];
+        match server.step(pkt, false, &mut out) {
+            Step::Reply(rc) => {
+                let _ = sock.send_to(&out, src);
+                server.metrics.response(rc);
+                server.metrics.duration.observe(start.elapsed().as_secs_f64());
+            }
+            Step::Drop => {}
+            Step::Forward(q) => {
+                let pkt = pkt.to_vec();
+                let (server, sock) = (server.clone(), sock.clone());
+                rt.spawn(async move {
+                    let reply = server.forward(&q, &pkt, false).await;
+                    let _ = sock.send_to(&reply, src);
+                    server.metrics.response(reply.get(3).map(|b| b & 0xf).unwrap_or(0));
+                    server.metrics.duration.observe(start.elapsed().as_secs_f64());
+                });
+            }
+        }
+    }
+}
+
+/// Serves DNS over TCP on `addr` until the task is dropped.
+pub async fn serve_tcp(server: Arc<Server>, listener: tokio::net::TcpListener) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNECTIONS));
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { continue };
+        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else { return };
+                let mut pkt = vec![0u8; len as usize];
+                if !matches!(tokio::time::timeout(TCP_IDLE, s.read_exact(&mut pkt)).await, Ok(Ok(_))) {
+                    return;
+                }
+                let Some(reply) = server.handle(&pkt, true).await else { return };
+                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                framed.extend(reply);
+                if s.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,675 @@
+//! The cluster zone as an index: built from a [`Snapshot`] of the cluster on every change, then
+//! read by every query. Each name maps to its record sets already in wire format (owner name as
+//! a pointer to the question), so answering is a hash lookup and a copy.
+//!
+//! What exists follows the Kubernetes DNS-Based Service Discovery specification and, where it is
+//! silent, CoreDNS's `kubernetes` plugin: a name that exists with no record of the asked type
+//! is NODATA (NOERROR, SOA in authority), a name that does not exist is NXDOMAIN; the empty
+//! non-terminals (`svc.<zone>`, `<ns>.svc.<zone>` of an existing namespace, `_tcp.<svc>...`)
+//! exist. Names are compared case-insensitively (keys are lowercase).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::model::{Snapshot, SvcKind};
+use crate::wire::{self, T_A, T_AAAA, T_ANY, T_CNAME, T_NS, T_PTR, T_SOA, T_SRV, T_TXT};
+
+/// The DNS schema version this server implements (`dns-version.<zone>` TXT).
+pub const SCHEMA_VERSION: &str = "1.1.0";
+
+/// How `<a-b-c-d>.<ns>.pod.<zone>` is answered (CoreDNS's `pods` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PodMode {
+    /// Only for an IP of a pod that exists in that namespace.
+    #[default]
+    Verified,
+    /// For any well-formed dashed IP.
+    Insecure,
+    /// Never (NXDOMAIN).
+    Disabled,
+}
+
+impl std::str::FromStr for PodMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "verified" => Ok(PodMode::Verified),
+            "insecure" => Ok(PodMode::Insecure),
+            "disabled" => Ok(PodMode::Disabled),
+            _ => Err(format!("pods mode {s:?}: use verified, insecure or disabled")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ZoneConfig {
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: String,
+    pub ttl: u32,
+    pub pods: PodMode,
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        ZoneConfig { domain: "cluster.local".into(), ttl: 5, pods: PodMode::Verified }
+    }
+}
+
+/// Resource records of one type at one name, in wire format with the owner written as a pointer
+/// to the question name, and the additional records that go with them (A/AAAA of SRV targets).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordSet {
+    pub rtype: u16,
+    pub count: u16,
+    pub wire: Vec<u8>,
+    pub extra_count: u16,
+    pub extra: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    sets: Vec<RecordSet>,
+    /// Every set at this name, for ANY.
+    any: Option<RecordSet>,
+}
+
+/// What the zone says about a question.
+#[derive(Debug, PartialEq)]
+pub enum Lookup<'a> {
+    /// NOERROR with these records (a CNAME set answers every type).
+    Answer(&'a RecordSet),
+    /// NOERROR with records made for this question (pod A/AAAA records).
+    Made(RecordSet),
+    /// The name exists without records of this type.
+    NoData,
+    NxDomain,
+    /// Not ours to answer: forward it (names outside the zone, unknown reverse names).
+    Elsewhere,
+}
+
+pub struct Zone {
+    /// The cluster domain in lowercase wire format.
+    origin: Vec<u8>,
+    nodes: HashMap<Box<[u8]>, Node>,
+    /// Pod IPs per namespace, for verified pod records.
+    pod_ips: HashMap<String, HashSet<IpAddr>>,
+    namespaces: HashSet<String>,
+    pods: PodMode,
+    ttl: u32,
+    /// The SOA record's rdata, for the authority section of negative answers.
+    soa_rdata: Vec<u8>,
+}
+
+/// A dotted name in lowercase wire format, or None if it is not a valid DNS name.
+pub fn wire_name(dotted: &str) -> Option<Vec<u8>> {
+    let s = dotted.strip_suffix('.').unwrap_or(dotted);
+    let mut out = Vec::with_capacity(s.len() + 2);
+    if !s.is_empty() {
+        for label in s.split('.') {
+            let l = label.as_bytes();
+            if l.is_empty() || l.len() > 63 {
+                return None;
+            }
+            out.push(l.len() as u8);
+            out.extend(l.iter().map(|b| b.to_ascii_lowercase()));
+        }
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}
+
+/// The reverse-lookup name of an address (`d.c.b.a.in-addr.arpa`, nibbles for IPv6).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(72);
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+            }
+            s.push_str("ip6.arpa");
+            s
+        }
+    }
+}
+
+/// The dashed form of an address used in pod and endpoint names (`10-244-1-2`, `fd00--1`).
+pub fn dashed(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
+}
+
+fn undashed(label: &str) -> Option<IpAddr> {
+    if label.matches('-').count() == 3 && !label.contains("--") {
+        label.replace('-', ".").parse().ok().filter(IpAddr::is_ipv4)
+    } else {
+        label.replace('-', ":").parse().ok().filter(IpAddr::is_ipv6)
+    }
+}
+
+fn ip_record(ip: IpAddr) -> (u16, Vec<u8>) {
+    match ip {
+        IpAddr::V4(a) => (T_A, a.octets().to_vec()),
+        IpAddr::V6(a) => (T_AAAA, a.octets().to_vec()),
+    }
+}
+
+fn srv_rdata(priority: u16, weight: u16, port: u16, target: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(6 + target.len());
+    r.extend(priority.to_be_bytes());
+    r.extend(weight.to_be_bytes());
+    r.extend(port.to_be_bytes());
+    r.extend(target);
+    r
+}
+
+/// Records gathered while building: (name, type) -> rdatas in insertion order, without repeats.
+#[derive(Default)]
+struct Builder {
+    sets: BTreeMap<(Vec<u8>, u16), Vec<Vec<u8>>>,
+    names: BTreeSet<Vec<u8>>,
+}
+
+impl Builder {
+    fn add(&mut self, name: &[u8], rtype: u16, rdata: Vec<u8>) {
+        let v = self.sets.entry((name.to_vec(), rtype)).or_default();
+        if !v.contains(&rdata) {
+            v.push(rdata);
+        }
+        self.names.insert(name.to_vec());
+    }
+}
+
+/// The parent of a wire name (without its first label), or None at the root.
+fn parent(name: &[u8]) -> Option<&[u8]> {
+    let n = *name.first()? as usize;
+    (n > 0).then(|| &name[1 + n..])
+}
+
+impl Zone {
+    /// Builds the index (pure: the snapshot and configuration in, the zone out).
+    pub fn build(snap: &Snapshot, cfg: &ZoneConfig, serial: u32) -> Zone {
+        let origin = wire_name(&cfg.domain).unwrap_or_else(|| wire_name("cluster.local").unwrap_or_default());
+        let d = cfg.domain.trim_end_matches('.').to_ascii_lowercase();
+        let name = |s: &str| wire_name(s);
+        let mut b = Builder::default();
+        let ns_host = name(&format!("ns.dns.{d}")).unwrap_or_default();
+        let soa_rdata = {
+            let mut r = ns_host.clone();
+            r.extend(name(&format!("hostmaster.{d}")).unwrap_or_default());
+            for v in [serial, 7200, 1800, 86400, cfg.ttl] {
+                r.extend(v.to_be_bytes());
+            }
+            r
+        };
+        b.add(&origin, T_SOA, soa_rdata.clone());
+        b.add(&origin, T_NS, ns_host.clone());
+        if let Some(v) = name(&format!("dns-version.{d}")) {
+            let mut txt = vec![SCHEMA_VERSION.len() as u8];
+            txt.extend(SCHEMA_VERSION.as_bytes());
+            b.add(&v, T_TXT, txt);
+        }
+        for n in ["svc", "pod"] {
+            if let Some(w) = name(&format!("{n}.{d}")) {
+                b.names.insert(w);
+            }
+        }
+        let mut namespaces: HashSet<String> = snap.namespace_names().cloned().collect();
+        for ns in snap.namespace_names() {
+            for kind in ["svc", "pod"] {
+                if let Some(w) = name(&format!("{ns}.{kind}.{d}")) {
+                    b.names.insert(w);
+                }
+            }
+        }
+        // Ready endpoints per Service, from its slices.
+        let mut endpoints: HashMap<(&str, &str), Vec<&crate::model::Slice>> = HashMap::new();
+        for s in snap.slices.values() {
+            endpoints.entry((s.namespace.as_str(), s.service.as_str())).or_default().push(s);
+        }
+        let mut reverse: Vec<(IpAddr, Vec<u8>)> = vec![];
+        for svc in snap.services.values() {
+            namespaces.insert(svc.namespace.clone());
+            let Some(svc_name) = name(&format!("{}.{}.svc.{d}", svc.name, svc.namespace)) else { continue };
+            if svc.name == "kube-dns" && svc.namespace == "kube-system" {
+                for ip in svc.cluster_ips() {
+                    let (t, r) = ip_record(ip);
+                    b.add(&ns_host, t, r);
+                }
+            }
+            match &svc.kind {
+                SvcKind::ExternalName(target) => {
+                    if let Some(t) = name(target) {
+                        b.add(&svc_name, T_CNAME, t);
+                    }
+                }
+                SvcKind::ClusterIp(ips) => {
+                    for ip in ips {
+                        let (t, r) = ip_record(*ip);
+                        b.add(&svc_name, t, r);
+                        reverse.push((*ip, svc_name.clone()));
+                    }
+                    let named: Vec<_> = svc.ports.iter().filter(|p| !p.name.is_empty()).collect();
+                    let weight = (100 / named.len().max(1)) as u16;
+                    for p in named {
+                        let rdata = srv_rdata(0, 100, p.port, &svc_name);
+                        if let Some(srv) = name(&format!("_{}._{}.{}.{}.svc.{d}", p.name, p.protocol, svc.name, svc.namespace)) {
+                            b.add(&srv, T_SRV, rdata);
+                        }
+                        b.add(&svc_name, T_SRV, srv_rdata(0, weight, p.port, &svc_name));
+                    }
+                }
+                SvcKind::Headless => {
+                    let slices = endpoints.get(&(svc.namespace.as_str(), svc.name.as_str()));
+                    let mut ready: Vec<(IpAddr, String)> = vec![];
+                    let mut ports: Vec<(String, String, u16)> = vec![];
+                    for s in slices.into_iter().flatten() {
+                        for p in &s.ports {
+                            if !p.name.is_empty() && !ports.contains(&(p.name.clone(), p.protocol.clone(), p.port)) {
+                                ports.push((p.name.clone(), p.protocol.clone(), p.port));
+                            }
+                        }
+                        for e in &s.endpoints {
+                            if !(e.ready || svc.publish_not_ready) {
+                                continue;
+                            }
+                            for ip in &e.ips {
+                                let host = e.hostname.clone().unwrap_or_else(|| dashed(*ip));
+                                ready.push((*ip, host));
+                            }
+                        }
+                    }
+                    // No ready endpoint: the name does not exist (NXDOMAIN), as the spec says.
+                    let hosts: BTreeSet<&String> = ready.iter().map(|(_, h)| h).collect();
+                    let weight = (100 / (hosts.len() * ports.len().max(1)).max(1)) as u16;
+                    for (ip, host) in &ready {
+                        let (t, r) = ip_record(*ip);
+                        b.add(&svc_name, t, r.clone());
+                        let Some(host_name) = name(&format!("{host}.{}.{}.svc.{d}", svc.name, svc.namespace)) else {
+                            continue;
+                        };
+                        b.add(&host_name, t, r);
+                        reverse.push((*ip, host_name.clone()));
+                        for (pname, proto, port) in &ports {
+                            if let Some(srv) = name(&format!("_{pname}._{proto}.{}.{}.svc.{d}", svc.name, svc.namespace)) {
+                                b.add(&srv, T_SRV, srv_rdata(0, weight, *port, &host_name));
+                            }
+                            b.add(&svc_name, T_SRV, srv_rdata(0, weight, *port, &host_name));
+                        }
+                    }
+                }
+            }
+        }
+        // Empty non-terminals: every in-zone name's ancestors exist.
+        let in_zone: Vec<Vec<u8>> = b.names.iter().filter(|n| n.ends_with(&origin)).cloned().collect();
+        for n in in_zone {
+            let mut cur: &[u8] = &n;
+            while let Some(p) = parent(cur) {
+                if p.len() < origin.len() {
+                    break;
+                }
+                b.names.insert(p.to_vec());
+                cur = p;
+            }
+        }
+        for (ip, target) in reverse {
+            if let Some(r) = name(&reverse_name(ip)) {
+                b.add(&r, T_PTR, target);
+            }
+        }
+        Zone::assemble(b, origin, cfg, soa_rdata, snap, namespaces)
+    }
+
+    fn assemble(
+        b: Builder,
+        origin: Vec<u8>,
+        cfg: &ZoneConfig,
+        soa_rdata: Vec<u8>,
+        snap: &Snapshot,
+        namespaces: HashSet<String>,
+    ) -> Zone {
+        let ttl = cfg.ttl;
+        let mut nodes: HashMap<Box<[u8]>, Node> = HashMap::with_capacity(b.names.len());
+        for n in &b.names {
+            nodes.entry(n.clone().into_boxed_slice()).or_default();
+        }
+        for ((n, rtype), rdatas) in &b.sets {
+            let mut set = RecordSet { rtype: *rtype, ..Default::default() };
+            for r in rdatas {
+                wire::push_rr(&mut set.wire, &wire::QNAME_PTR, *rtype, ttl, r);
+                set.count += 1;
+            }
+            // SRV answers carry their targets' addresses in the additional section.
+            if *rtype == T_SRV {
+                let targets: BTreeSet<&[u8]> = rdatas.iter().map(|r| &r[6..]).collect();
+                for t in targets {
+                    for at in [T_A, T_AAAA] {
+                        for r in b.sets.get(&(t.to_vec(), at)).into_iter().flatten() {
+                            wire::push_rr(&mut set.extra, t, at, ttl, r);
+                            set.extra_count += 1;
+                        }
+                    }
+                }
+            }
+            if let Some(node) = nodes.get_mut(n.as_slice()) {
+                node.sets.push(set);
+            }
+        }
+        for node in nodes.values_mut() {
+            if node.sets.len() > 1 {
+                let mut any = RecordSet { rtype: T_ANY, ..Default::default() };
+                for s in &node.sets {
+                    any.wire.extend(&s.wire);
+                    any.count += s.count;
+                }
+                node.any = Some(any);
+            }
+        }
+        let mut pod_ips: HashMap<String, HashSet<IpAddr>> = HashMap::new();
+        for p in snap.pods.values() {
+            pod_ips.entry(p.namespace.clone()).or_default().extend(p.ips.iter().copied());
+        }
+        Zone { origin, nodes, pod_ips, namespaces, pods: cfg.pods, ttl, soa_rdata }
+    }
+
+    /// The cluster domain in wire format.
+    pub fn origin(&self) -> &[u8] {
+        &self.origin
+    }
+
+    pub fn soa_rdata(&self) -> &[u8] {
+        &self.soa_rdata
+    }
+
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// Number of names in the index (for metrics).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Where the zone's name starts inside `qname` (a lowercase wire name), if it is in the zone.
+    pub fn zone_offset(&self, qname: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < qname.len() {
+            if qname.len() - i == self.origin.len() {
+                return (qname[i..] == self.origin[..]).then_some(i);
+            }
+            if qname.len() - i < self.origin.len() {
+                return None;
+            }
+            i += 1 + qname[i] as usize;
+        }
+        None
+    }
+
+    /// Answers a question: `qname` is the lowercase wire name.
+    pub fn lookup(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        if let Some(node) = self.nodes.get(qname) {
+            if qtype == T_ANY {
+                if let Some(a) = &node.any {
+                    return Lookup::Answer(a);
+                }
+                return node.sets.first().map(Lookup::Answer).unwrap_or(Lookup::NoData);
+            }
+            if let Some(s) = node.sets.iter().find(|s| s.rtype == qtype) {
+                return Lookup::Answer(s);
+            }
+            if let Some(c) = node.sets.iter().find(|s| s.rtype == T_CNAME) {
+                return Lookup::Answer(c);
+            }
+            return Lookup::NoData;
+        }
+        let Some(at) = self.zone_offset(qname) else { return Lookup::Elsewhere };
+        self.pod_record(&qname[..at], qtype).unwrap_or(Lookup::NxDomain)
+    }
+
+    /// `<a-b-c-d>.<ns>.pod` (the part before the zone, in wire format).
+    fn pod_record(&self, rel: &[u8], qtype: u16) -> Option<Lookup<'_>> {
+        let mut labels = vec![];
+        let mut i = 0;
+        while i < rel.len() {
+            let n = rel[i] as usize;
+            labels.push(std::str::from_utf8(rel.get(i + 1..i + 1 + n)?).ok()?);
+            i += 1 + n;
+        }
+        let [ip, ns, "pod"] = labels[..] else { return None };
+        if self.pods == PodMode::Disabled || !self.namespaces.contains(ns) {
+            return None;
+        }
+        let ip = undashed(ip)?;
+        if self.pods == PodMode::Verified && !self.pod_ips.get(ns).is_some_and(|s| s.contains(&ip)) {
+            return None;
+        }
+        let (t, r) = ip_record(ip);
+        if qtype != t && qtype != T_ANY {
+            return Some(Lookup::NoData);
+        }
+        let mut set = RecordSet { rtype: t, count: 1, ..Default::default() };
+        wire::push_rr(&mut set.wire, &wire::QNAME_PTR, t, self.ttl, &r);
+        Some(Lookup::Made(set))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, Pod, Port, Service, Slice};
+
+    fn svc(ns: &str, name: &str, kind: SvcKind, ports: &[(&str, &str, u16)]) -> Service {
+        Service {
+            namespace: ns.into(),
+            name: name.into(),
+            kind,
+            ports: ports.iter().map(|(n, p, port)| Port { name: (*n).into(), protocol: (*p).into(), port: *port }).collect(),
+            publish_not_ready: false,
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        for ns in ["default", "kube-system", "other", "empty"] {
+            s.add_namespace(ns);
+        }
+        let ip = |x: &str| -> IpAddr { x.parse().unwrap() };
+        s.put_service(svc("default", "kubernetes", SvcKind::ClusterIp(vec![ip("10.96.0.1")]), &[("https", "tcp", 443)]));
+        s.put_service(svc("kube-system", "kube-dns", SvcKind::ClusterIp(vec![ip("10.96.0.10")]), &[("dns", "udp", 53), ("dns-tcp", "tcp", 53)]));
+        s.put_service(svc("default", "dual", SvcKind::ClusterIp(vec![ip("10.96.0.20"), ip("fd00::20")]), &[("", "tcp", 80)]));
+        s.put_service(svc("other", "ext", SvcKind::ExternalName("www.example.com".into()), &[]));
+        s.put_service(svc("default", "db", SvcKind::Headless, &[("pg", "tcp", 5432)]));
+        s.put_service(svc("default", "nobody", SvcKind::Headless, &[]));
+        s.slices.insert(
+            ("default".into(), "db-abc".into()),
+            Slice {
+                namespace: "default".into(),
+                service: "db".into(),
+                ports: vec![Port { name: "pg".into(), protocol: "tcp".into(), port: 5432 }],
+                endpoints: vec![
+                    Endpoint { ips: vec![ip("10.244.1.5")], hostname: Some("db-0".into()), ready: true },
+                    Endpoint { ips: vec![ip("10.244.2.6")], hostname: None, ready: true },
+                    Endpoint { ips: vec![ip("10.244.2.7")], hostname: Some("db-2".into()), ready: false },
+                ],
+            },
+        );
+        s.slices.insert(
+            ("default".into(), "nobody-x".into()),
+            Slice {
+                namespace: "default".into(),
+                service: "nobody".into(),
+                ports: vec![],
+                endpoints: vec![Endpoint { ips: vec![ip("10.244.3.3")], hostname: None, ready: false }],
+            },
+        );
+        s.pods.insert(("default".into(), "p".into()), Pod { namespace: "default".into(), ips: vec![ip("10.244.1.2")] });
+        s
+    }
+
+    fn zone(pods: PodMode) -> Zone {
+        Zone::build(&snapshot(), &ZoneConfig { pods, ..Default::default() }, 1)
+    }
+
+    fn q<'a>(z: &'a Zone, name: &str, t: u16) -> Lookup<'a> {
+        z.lookup(&wire_name(name).unwrap(), t)
+    }
+
+    /// The rdatas of an answer, as (type, rdata) pairs (owner pointers skipped).
+    fn rdatas(l: &Lookup) -> Vec<(u16, Vec<u8>)> {
+        let set = match l {
+            Lookup::Answer(s) => (*s).clone(),
+            Lookup::Made(s) => s.clone(),
+            other => panic!("not an answer: {other:?}"),
+        };
+        let mut out = vec![];
+        let mut i = 0;
+        let w = &set.wire;
+        while i < w.len() {
+            assert_eq!(&w[i..i + 2], &[0xc0, 0x0c]);
+            let t = u16::from_be_bytes([w[i + 2], w[i + 3]]);
+            let len = u16::from_be_bytes([w[i + 10], w[i + 11]]) as usize;
+            out.push((t, w[i + 12..i + 12 + len].to_vec()));
+            i += 12 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn cluster_ip_service_a_srv_ptr() {
+        let z = zone(PodMode::Verified);
+        assert_eq!(rdatas(&q(&z, "kubernetes.default.svc.cluster.local", T_A)), vec![(T_A, vec![10, 96, 0, 1])]);
+        // Case-insensitive.
+        assert!(matches!(q(&z, "KUBERNETES.Default.SVC.cluster.LOCAL", T_A), Lookup::Answer(_)));
+        // AAAA of an IPv4-only Service: the name exists, NODATA.
+        assert_eq!(q(&z, "kubernetes.default.svc.cluster.local", T_AAAA), Lookup::NoData);
+        let srv = rdatas(&q(&z, "_https._tcp.kubernetes.default.svc.cluster.local", T_SRV));
+        let mut want = vec![0, 0, 0, 100, 1, 187];
+        want.extend(wire_name("kubernetes.default.svc.cluster.local").unwrap());
+        assert_eq!(srv, vec![(T_SRV, want)]);
+        if let Lookup::Answer(s) = q(&z, "_https._tcp.kubernetes.default.svc.cluster.local", T_SRV) {
+            assert_eq!(s.extra_count, 1, "the target's A record goes in the additional section");
+        }
+        let ptr = rdatas(&q(&z, "1.0.96.10.in-addr.arpa", T_PTR));
+        assert_eq!(ptr, vec![(T_PTR, wire_name("kubernetes.default.svc.cluster.local").unwrap())]);
+        // Unnamed ports have no SRV record; the _tcp label of a named one is an empty non-terminal.
+        assert_eq!(q(&z, "_tcp.kubernetes.default.svc.cluster.local", T_SRV), Lookup::NoData);
+        assert_eq!(q(&z, "_http._tcp.kubernetes.default.svc.cluster.local", T_SRV), Lookup::NxDomain);
+    }
+
+    #[test]
+    fn dual_stack_service() {
+        let z = zone(PodMode::Verified);
+        assert_eq!(rdatas(&q(&z, "dual.default.svc.cluster.local", T_A)), vec![(T_A, vec![10, 96, 0, 20])]);
+        let v6: std::net::Ipv6Addr = "fd00::20".parse().unwrap();
+        assert_eq!(rdatas(&q(&z, "dual.default.svc.cluster.local", T_AAAA)), vec![(T_AAAA, v6.octets().to_vec())]);
+        let rev = reverse_name(IpAddr::V6(v6));
+        assert!(rev.starts_with("0.2.0.0.0.0.0.0.") && rev.ends_with(".0.0.d.f.ip6.arpa"), "{rev}");
+        assert!(matches!(q(&z, &rev, T_PTR), Lookup::Answer(_)));
+    }
+
+    #[test]
+    fn headless_service_records() {
+        let z = zone(PodMode::Verified);
+        let a = rdatas(&q(&z, "db.default.svc.cluster.local", T_A));
+        assert_eq!(a, vec![(T_A, vec![10, 244, 1, 5]), (T_A, vec![10, 244, 2, 6])], "ready endpoints only");
+        assert_eq!(rdatas(&q(&z, "db-0.db.default.svc.cluster.local", T_A)), vec![(T_A, vec![10, 244, 1, 5])]);
+        // No hostname: a unique identifier (the dashed IP) names the endpoint.
+        assert_eq!(rdatas(&q(&z, "10-244-2-6.db.default.svc.cluster.local", T_A)), vec![(T_A, vec![10, 244, 2, 6])]);
+        assert_eq!(q(&z, "db-2.db.default.svc.cluster.local", T_A), Lookup::NxDomain, "not ready");
+        let srv = rdatas(&q(&z, "_pg._tcp.db.default.svc.cluster.local", T_SRV));
+        assert_eq!(srv.len(), 2);
+        let mut want = vec![0, 0, 0, 50, 0x15, 0x38];
+        want.extend(wire_name("db-0.db.default.svc.cluster.local").unwrap());
+        assert_eq!(srv[0], (T_SRV, want));
+        let ptr = rdatas(&q(&z, "5.1.244.10.in-addr.arpa", T_PTR));
+        assert_eq!(ptr, vec![(T_PTR, wire_name("db-0.db.default.svc.cluster.local").unwrap())]);
+        // A headless Service with no ready endpoint: NXDOMAIN.
+        assert_eq!(q(&z, "nobody.default.svc.cluster.local", T_A), Lookup::NxDomain);
+    }
+
+    #[test]
+    fn headless_publish_not_ready() {
+        let mut s = snapshot();
+        s.services.get_mut(&("default".to_string(), "nobody".to_string())).unwrap().publish_not_ready = true;
+        let z = Zone::build(&s, &ZoneConfig::default(), 1);
+        assert_eq!(rdatas(&q(&z, "nobody.default.svc.cluster.local", T_A)), vec![(T_A, vec![10, 244, 3, 3])]);
+    }
+
+    #[test]
+    fn external_name_is_a_cname_for_every_type() {
+        let z = zone(PodMode::Verified);
+        for t in [T_A, T_AAAA, T_CNAME, T_SRV] {
+            assert_eq!(rdatas(&q(&z, "ext.other.svc.cluster.local", t)), vec![(T_CNAME, wire_name("www.example.com").unwrap())]);
+        }
+    }
+
+    #[test]
+    fn apex_version_and_nodata_nxdomain() {
+        let z = zone(PodMode::Verified);
+        let soa = rdatas(&q(&z, "cluster.local", T_SOA));
+        assert_eq!(soa.len(), 1);
+        assert!(soa[0].1.starts_with(&wire_name("ns.dns.cluster.local").unwrap()));
+        assert_eq!(rdatas(&q(&z, "cluster.local", T_NS)), vec![(T_NS, wire_name("ns.dns.cluster.local").unwrap())]);
+        assert_eq!(rdatas(&q(&z, "ns.dns.cluster.local", T_A)), vec![(T_A, vec![10, 96, 0, 10])]);
+        assert_eq!(rdatas(&q(&z, "dns-version.cluster.local", T_TXT)), vec![(T_TXT, b"\x051.1.0".to_vec())]);
+        assert_eq!(q(&z, "cluster.local", T_A), Lookup::NoData);
+        assert_eq!(q(&z, "svc.cluster.local", T_A), Lookup::NoData);
+        assert_eq!(q(&z, "default.svc.cluster.local", T_A), Lookup::NoData);
+        assert_eq!(q(&z, "empty.svc.cluster.local", T_A), Lookup::NoData, "a namespace without Services exists");
+        assert_eq!(q(&z, "nosuchns.svc.cluster.local", T_A), Lookup::NxDomain);
+        assert_eq!(q(&z, "missing.default.svc.cluster.local", T_A), Lookup::NxDomain);
+        // What the search list makes of a short name that is not ours.
+        assert_eq!(q(&z, "example.com.default.svc.cluster.local", T_A), Lookup::NxDomain);
+        assert_eq!(q(&z, "example.com", T_A), Lookup::Elsewhere);
+        assert_eq!(q(&z, "local", T_A), Lookup::Elsewhere);
+        assert_eq!(q(&z, "9.9.9.9.in-addr.arpa", T_PTR), Lookup::Elsewhere, "unknown reverse names fall through");
+        // ANY gives every set at the apex.
+        if let Lookup::Answer(s) = q(&z, "cluster.local", T_ANY) {
+            assert_eq!(s.count, 2);
+        } else {
+            panic!("ANY at the apex");
+        }
+    }
+
+    #[test]
+    fn pod_records_verified_insecure_disabled() {
+        let v = zone(PodMode::Verified);
+        assert_eq!(rdatas(&q(&v, "10-244-1-2.default.pod.cluster.local", T_A)), vec![(T_A, vec![10, 244, 1, 2])]);
+        assert_eq!(q(&v, "10-244-1-2.default.pod.cluster.local", T_AAAA), Lookup::NoData);
+        assert_eq!(q(&v, "10-244-9-9.default.pod.cluster.local", T_A), Lookup::NxDomain, "no such pod");
+        assert_eq!(q(&v, "10-244-1-2.other.pod.cluster.local", T_A), Lookup::NxDomain, "pod is in another namespace");
+        assert_eq!(q(&v, "default.pod.cluster.local", T_A), Lookup::NoData);
+        let i = zone(PodMode::Insecure);
+        assert_eq!(rdatas(&q(&i, "1-2-3-4.other.pod.cluster.local", T_A)), vec![(T_A, vec![1, 2, 3, 4])]);
+        assert_eq!(q(&i, "1-2-3.other.pod.cluster.local", T_A), Lookup::NxDomain);
+        assert_eq!(q(&i, "1-2-3-4.nosuchns.pod.cluster.local", T_A), Lookup::NxDomain);
+        let v6 = rdatas(&q(&i, "fd00--1.other.pod.cluster.local", T_AAAA));
+        assert_eq!(v6[0].1, "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec());
+        let d = zone(PodMode::Disabled);
+        assert_eq!(q(&d, "10-244-1-2.default.pod.cluster.local", T_A), Lookup::NxDomain);
+    }
+
+    #[test]
+    fn other_cluster_domain() {
+        let z = Zone::build(&snapshot(), &ZoneConfig { domain: "corp.example".into(), ..Default::default() }, 1);
+        assert!(matches!(q(&z, "kubernetes.default.svc.corp.example", T_A), Lookup::Answer(_)));
+        assert_eq!(q(&z, "kubernetes.default.svc.cluster.local", T_A), Lookup::Elsewhere);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(wire_name("a.B."), Some(b"\x01a\x01b\x00".to_vec()));
+        assert_eq!(wire_name(""), Some(vec![0]));
+        assert_eq!(wire_name("a..b"), None);
+        assert_eq!(wire_name(&"x".repeat(64)), None);
+        assert_eq!(dashed("10.244.1.2".parse().unwrap()), "10-244-1-2");
+        assert_eq!(undashed("fd00--1"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(undashed("256-1-1-1"), None);
+    }
+}
