@@ -142,6 +142,17 @@ pub async fn run(b: Builtin) -> Result<()> {
 /// What a container without a command of its own runs, from its image and ports: the `agnhost`
 /// verbs for agnhost images, otherwise the echo server on the declared ports (or the image's
 /// usual port for well-known web servers).
+/// CoreDNS's image (any registry, any tag): the lab runs weft's cluster DNS for it.
+pub fn is_cluster_dns(image: &str) -> bool {
+    let path = image.split('@').next().unwrap_or("");
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry's port).
+    let path = match path.rfind(':') {
+        Some(i) if i > path.rfind('/').unwrap_or(0) => &path[..i],
+        _ => path,
+    };
+    path.rsplit('/').next() == Some("coredns")
+}
+
 pub fn plan(image: &str, args: &[String], tcp: &[u16], udp: &[u16]) -> (Mode, Vec<u16>, Vec<u16>) {
     let base = image.rsplit('/').next().unwrap_or(image).split(':').next().unwrap_or("");
     let flag = |name: &str| -> Option<u16> {
@@ -191,5 +202,9 @@ mod tests {
         let s: Vec<String> = vec!["serve-hostname".into()];
         assert_eq!(plan("agnhost", &s, &[], &[]), (Mode::ServeHostname, vec![9376], vec![]));
         assert_eq!(plan("busybox", &[], &[], &[]).1, Vec::<u16>::new());
+        assert!(is_cluster_dns("registry.k8s.io/coredns/coredns:v1.11.3"));
+        assert!(is_cluster_dns("coredns/coredns"));
+        assert!(is_cluster_dns("localhost:5000/coredns:1.0"));
+        assert!(!is_cluster_dns("nginx") && !is_cluster_dns("coredns-helper:1"));
     }
 }

@@ -418,6 +418,18 @@ fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect()
     };
+    if crate::builtin::is_cluster_dns(c.image.as_deref().unwrap_or("")) {
+        // CoreDNS's image runs weft's DNS, watching the lab's API from the host's network
+        // namespace (the shim passes it as WEFT_HOST_NETNS).
+        return vec![
+            ctx.weft_exe.display().to_string(),
+            "dns".into(),
+            "--kubeconfig".into(),
+            ctx.state_dir.join("kubeconfig").display().to_string(),
+            "--cluster-domain".into(),
+            ctx.cluster_domain.clone(),
+        ];
+    }
     let (mode, tcp, udp) = crate::builtin::plan(c.image.as_deref().unwrap_or(""), &args, &ports("TCP"), &ports("UDP"));
     let join = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     vec![

@@ -19,6 +19,9 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use serde::{Deserialize, Serialize};
 
+/// The shim's handle on the host's network namespace, as a path its children can open.
+static HOST_NETNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A log file is rotated at this size; one old file is kept.
 pub const LOG_LIMIT: u64 = 10 << 20;
 
@@ -134,6 +137,11 @@ pub fn run(spec_path: &Path) -> Result<()> {
     mask.add(nix::sys::signal::Signal::SIGTERM);
     mask.add(nix::sys::signal::Signal::SIGINT);
     mask.thread_block()?;
+    // The host's network namespace stays open here so processes that need the host (the lab's
+    // DNS watching the lab's API on 127.0.0.1) can reach it: WEFT_HOST_NETNS names it.
+    let host_netns = File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
+    let _ = HOST_NETNS
+        .set(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&host_netns)));
     enter(&spec)?;
     let status = Arc::new(Mutex::new(ShimStatus {
         shim_pid: std::process::id(),
@@ -202,6 +210,7 @@ fn supervise(
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOSTNAME", &spec.hostname)
+            .env("WEFT_HOST_NETNS", HOST_NETNS.get().map(String::as_str).unwrap_or(""))
             .envs(c.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -115,6 +115,8 @@ enum Cmd {
         #[arg(long, default_value = "10.244.0.0/16")]
         cluster_cidr: String,
     },
+    /// Cluster DNS (a CoreDNS replacement) for the API server the kubeconfig names.
+    Dns(DnsArgs),
     /// A pod's shim (started by the lab's kubelet).
     #[command(hide = true)]
     Shim { spec: PathBuf },
@@ -168,6 +170,48 @@ struct UpArgs {
     egress: bool,
 }
 
+#[derive(clap::Args)]
+struct DnsArgs {
+    /// A kubeconfig; without one, the in-cluster service account (or $KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where DNS is served, UDP and TCP (repeatable).
+    #[arg(long, default_value = "0.0.0.0:53")]
+    listen: Vec<std::net::SocketAddr>,
+    /// UDP workers per address (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Upstream servers for names outside the cluster (repeatable; ip or ip:port). Default:
+    /// `dnsUpstreams` in ConfigMap kube-system/weft-config, else the nameservers of --resolv-conf.
+    #[arg(long, value_parser = parse_upstream)]
+    upstream: Vec<std::net::SocketAddr>,
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// TTL of cluster records (CoreDNS's default is 5).
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: verified, insecure or disabled.
+    #[arg(long, default_value = "verified")]
+    pods: weft_dns::PodMode,
+    /// Where /health, /ready and /metrics are served (repeatable).
+    #[arg(long, default_values = ["0.0.0.0:8080", "0.0.0.0:8181", "0.0.0.0:9153"])]
+    http: Vec<std::net::SocketAddr>,
+    /// Entries in the cache of forwarded answers.
+    #[arg(long, default_value_t = 10_000)]
+    cache_size: usize,
+    /// A network namespace (a path) from which the API server is reached, when it is not this
+    /// process's own (the lab's DNS pod reaches the lab's API in the host's namespace).
+    #[arg(long, env = "WEFT_HOST_NETNS")]
+    api_netns: Option<PathBuf>,
+}
+
+fn parse_upstream(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    let v = weft_dns::forward::parse_upstreams(s)?;
+    v.into_iter().next().ok_or_else(|| "an empty upstream".to_string())
+}
+
 fn main() -> ExitCode {
     // Called as `weft-cni` (a link the lab makes), this binary is the CNI plugin.
     if std::env::args_os().next().is_some_and(|a| std::path::Path::new(&a).file_name().is_some_and(|f| f == "weft-cni"))
@@ -201,6 +245,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Logs { pod, namespace, container, tail } => logs(cli.name, pod, namespace, container, tail).await,
         Cmd::Agent { kubeconfig, node, cluster_cidr } => agent(kubeconfig, node, cluster_cidr).await,
+        Cmd::Dns(a) => dns(a).await,
         Cmd::Shim { spec } => {
             weft_lab::shim::run(&spec)?;
             Ok(ExitCode::SUCCESS)
@@ -368,7 +413,7 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
                 underlay: "172.18.0.0/16".parse()?,
                 overlay: ctx.overlay,
             };
-            let nodes = weft_lab::start(ctx, &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            let nodes = weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
             say("progress: starting the service proxy on every node");
             let proxied = nodes
                 .iter()
@@ -390,6 +435,8 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
                 cms.create(&Default::default(), &cm).await?;
             }
             tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
+            say("progress: starting the cluster DNS");
+            cluster_dns(&client, &ctx.dns_ip).await?;
         }
         Ok::<_, anyhow::Error>((lock, running))
     }
@@ -411,6 +458,27 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
     tracing::info!("stopping");
     running.api.store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kube-dns Service and its Deployment, made once (a user's changes to them are kept).
+async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
+    let text = include_str!("cluster-dns.yaml").replace("CLUSTER_DNS_IP", ip);
+    for doc in weft_api::yaml::parse_manifests(&text).map_err(anyhow::Error::msg)? {
+        if doc["kind"] == "Service" {
+            let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(doc)?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client.clone(), "kube-system");
+            if api.get_opt("kube-dns").await?.is_none() {
+                api.create(&Default::default(), &svc).await?;
+            }
+        } else {
+            let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(doc)?;
+            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
+            if api.get_opt("coredns").await?.is_none() {
+                api.create(&Default::default(), &d).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The cluster DNS Service's address: the tenth of the service range (10.96.0.10 by default).
@@ -844,6 +912,62 @@ async fn logs(
     }
 }
 
+async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
+    Ok(match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
+    })
+}
+
+/// `weft dns`: the cluster DNS. With --api-netns the watches run on a runtime of their own whose
+/// threads sit in that namespace (a socket belongs to the namespace of the thread that made
+/// it); the listeners and the forwarder stay in this process's namespace.
+async fn dns(a: DnsArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init()
+        .ok();
+    if weft_dns::zone::wire_name(&a.cluster_domain).is_none_or(|w| w.len() < 2) {
+        anyhow::bail!("--cluster-domain {:?} is not a domain name: use one such as cluster.local", a.cluster_domain);
+    }
+    let api = match &a.api_netns {
+        Some(path) => {
+            let ns = std::fs::File::open(path).with_context(|| format!("opening --api-netns {}", path.display()))?;
+            let ns = Arc::new(ns);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .on_thread_start(move || {
+                    if let Err(e) = nix::sched::setns(&*ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        eprintln!("weft dns: cannot enter the API's network namespace: {e}");
+                        std::process::exit(1);
+                    }
+                })
+                .build()?;
+            // Lives as long as the process.
+            Box::leak(Box::new(rt)).handle().clone()
+        }
+        None => tokio::runtime::Handle::current(),
+    };
+    let kubeconfig = a.kubeconfig.clone();
+    let client = api.spawn(kube_client(kubeconfig)).await??;
+    let opts = weft_dns::Options {
+        zone: weft_dns::ZoneConfig { domain: a.cluster_domain, ttl: a.ttl, pods: a.pods },
+        listen: a.listen,
+        threads: a.threads,
+        upstreams: a.upstream,
+        resolv_conf: a.resolv_conf,
+        http: a.http,
+        cache_size: a.cache_size.max(1),
+        ..Default::default()
+    };
+    weft_dns::run(client, opts, api).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The node agent of cluster mode: the same proxy the lab runs on each of its nodes, here in this
 /// process's network namespace, fed by a real API server.
 async fn agent(kubeconfig: Option<PathBuf>, node: String, cluster_cidr: String) -> Result<ExitCode> {
@@ -853,13 +977,7 @@ async fn agent(kubeconfig: Option<PathBuf>, node: String, cluster_cidr: String) 
         .ok();
     let cidr: ipnet::Ipv4Net =
         cluster_cidr.parse().with_context(|| format!("--cluster-cidr {cluster_cidr:?} is not an IPv4 CIDR"))?;
-    let client = match kubeconfig {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
-            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
-        }
-        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
-    };
+    let client = kube_client(kubeconfig).await?;
     tracing::info!(%node, "weft agent: service proxy starting");
     weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)]).await;
     Ok(ExitCode::SUCCESS)
