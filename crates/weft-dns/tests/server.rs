@@ -1,0 +1,352 @@
+//! The server over real sockets on loopback: answers over UDP and TCP, EDNS and truncation,
+//! forwarding to test upstreams this test runs, the cache, failover, loop detection, and
+//! malformed packets that must neither crash it nor stop it answering.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType, rdata};
+use weft_dns::model::{Endpoint, Port, Service, Slice, Snapshot, SvcKind};
+use weft_dns::{Options, Zone, ZoneConfig};
+
+fn snapshot(headless_endpoints: usize) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.add_namespace("default");
+    s.put_service(Service {
+        namespace: "default".into(),
+        name: "web".into(),
+        kind: SvcKind::ClusterIp(vec!["10.96.0.50".parse().unwrap()]),
+        ports: vec![Port { name: "http".into(), protocol: "tcp".into(), port: 80 }],
+        publish_not_ready: false,
+    });
+    s.put_service(Service {
+        namespace: "default".into(),
+        name: "big".into(),
+        kind: SvcKind::Headless,
+        ports: vec![],
+        publish_not_ready: false,
+    });
+    s.slices.insert(
+        ("default".into(), "big-1".into()),
+        Slice {
+            namespace: "default".into(),
+            service: "big".into(),
+            ports: vec![],
+            endpoints: (0..headless_endpoints)
+                .map(|i| Endpoint {
+                    ips: vec![format!("10.244.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                    hostname: None,
+                    ready: true,
+                })
+                .collect(),
+        },
+    );
+    s
+}
+
+/// A server on 127.0.0.1 (a free port), UDP and TCP.
+async fn start(upstreams: Vec<SocketAddr>) -> (SocketAddr, Arc<weft_dns::server::Server>) {
+    let zone = Arc::new(ArcSwap::from_pointee(Zone::build(&snapshot(100), &ZoneConfig::default(), 1)));
+    // A port free for both UDP and TCP.
+    let port = loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let opts = Options {
+        listen: vec![addr],
+        threads: 2,
+        http: vec![],
+        upstream_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let srv = weft_dns::server(zone, &opts);
+    weft_dns::listen(&srv, &opts).await.unwrap();
+    srv.forwarder.set_upstreams(upstreams);
+    (addr, srv)
+}
+
+fn query(name: &str, t: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = rand::random();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+    if let Some(size) = edns {
+        let mut e = hickory_proto::op::Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+async fn udp(server: SocketAddr, pkt: &[u8]) -> Message {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(pkt, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.recv(&mut buf)).await.expect("a UDP reply").unwrap();
+    Message::from_vec(&buf[..n]).expect("a well-formed reply")
+}
+
+async fn tcp(server: SocketAddr, pkt: &[u8]) -> Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut f = (pkt.len() as u16).to_be_bytes().to_vec();
+    f.extend(pkt);
+    s.write_all(&f).await.unwrap();
+    let len = s.read_u16().await.unwrap() as usize;
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn a_records(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A test upstream: answers every A query with 192.0.2.1 (TTL 60), `nx.example.` with NXDOMAIN,
+/// and counts the queries it gets. `silent` makes it take queries and never answer.
+fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            c.fetch_add(1, Ordering::SeqCst);
+            if silent {
+                continue;
+            }
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.message_type = MessageType::Response;
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.add_queries(q.queries.clone());
+            if let Some(qq) = q.queries.first() {
+                if qq.name().to_ascii().starts_with("nx.") {
+                    r.metadata.response_code = ResponseCode::NXDomain;
+                    let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 30);
+                    r.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 30, RData::SOA(soa)));
+                } else if qq.query_type() == RecordType::A {
+                    r.add_answer(Record::from_rdata(qq.name().clone(), 60, RData::A(rdata::A::new(192, 0, 2, 1))));
+                }
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_udp_and_tcp() {
+    let (addr, _srv) = start(vec![]).await;
+    let r = udp(addr, &query("web.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    assert!(r.metadata.authoritative);
+    let r = tcp(addr, &query("WEB.default.svc.cluster.local.", RecordType::A, Some(1232))).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    assert_eq!(r.queries[0].name().to_ascii(), "WEB.default.svc.cluster.local.", "the client's letter case is kept");
+    assert!(r.edns.is_some(), "EDNS in, EDNS out");
+    let nx = udp(addr, &query("nope.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(nx.authorities[0].data, RData::SOA(_)), "negative answers carry the SOA");
+    // No upstreams: names outside the zone are refused, not black-holed.
+    let out = udp(addr, &query("example.com.", RecordType::A, None)).await;
+    assert_eq!(out.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncates_over_udp_and_answers_whole_over_tcp() {
+    let (addr, _srv) = start(vec![]).await;
+    // 100 A records (16 bytes each) do not fit in 512 bytes; with EDNS 4096 they do.
+    let small = udp(addr, &query("big.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert!(small.metadata.truncation && small.answers.is_empty());
+    let edns = udp(addr, &query("big.default.svc.cluster.local.", RecordType::A, Some(4096))).await;
+    assert!(!edns.metadata.truncation);
+    assert_eq!(edns.answers.len(), 100);
+    let whole = tcp(addr, &query("big.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert_eq!(whole.answers.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_and_caches() {
+    let (up, count) = test_upstream(false);
+    let (addr, srv) = start(vec![up]).await;
+    let r = udp(addr, &query("www.example.org.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["192.0.2.1"]);
+    // The loop probe reached the upstream too; count from here.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = count.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        let r = udp(addr, &query("www.example.org.", RecordType::A, None)).await;
+        assert_eq!(a_records(&r), vec!["192.0.2.1"]);
+        assert!(r.answers[0].ttl <= 60);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), before, "repeated queries come from the cache");
+    // Negative answers are cached too (TTL from the SOA).
+    for _ in 0..3 {
+        let r = udp(addr, &query("nx.example.", RecordType::A, None)).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), before + 1);
+    assert!(srv.metrics.render().contains("weft_dns_cache_hits_total 7"), "{}", srv.metrics.render());
+    // Cluster names are never forwarded.
+    udp(addr, &query("web.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert_eq!(count.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_upstream() {
+    let (dead, dead_count) = test_upstream(true);
+    let (good, _) = test_upstream(false);
+    let (addr, srv) = start(vec![dead, good]).await;
+    let r = udp(addr, &query("a.example.net.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["192.0.2.1"], "answered by the second upstream after the first timed out");
+    let down = srv.forwarder.upstreams();
+    assert!(!down[0].healthy() && down[1].healthy());
+    // The first is now skipped: the next query is answered at once.
+    let t = std::time::Instant::now();
+    let r = udp(addr, &query("b.example.net.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["192.0.2.1"]);
+    assert!(t.elapsed() < Duration::from_millis(400), "took {:?}", t.elapsed());
+    // It keeps being health-checked.
+    let seen = dead_count.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(dead_count.load(Ordering::SeqCst) > seen, "health checks go to the failed upstream");
+    assert!(srv.metrics.render().contains(&format!("weft_dns_upstream_healthy{{to=\"{dead}\"}} 0")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_loop_is_reported_not_fatal() {
+    // The upstream is this server itself: everything it forwards comes back.
+    let zone = Arc::new(ArcSwap::from_pointee(Zone::build(&snapshot(1), &ZoneConfig::default(), 1)));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    drop(sock);
+    let opts = Options { listen: vec![addr], threads: 1, http: vec![], ..Default::default() };
+    let srv = weft_dns::server(zone, &opts);
+    weft_dns::listen(&srv, &opts).await.unwrap();
+    srv.forwarder.set_upstreams(vec![addr]);
+    let mut looped = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if srv.forwarder.upstreams()[0].looping() {
+            looped = true;
+            break;
+        }
+    }
+    assert!(looped, "the loop probe came back and was recognised");
+    let problems = srv.metrics.problems.lock().unwrap().join("\n");
+    assert!(problems.contains("forwarding loop") && problems.contains(&addr.to_string()), "{problems}");
+    assert!(srv.metrics.render().contains(&format!("weft_dns_forward_loop{{to=\"{addr}\"}} 1")));
+    // Still serving: cluster names answer, the rest is refused at once instead of looping.
+    let r = udp(addr, &query("web.default.svc.cluster.local.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    let r = udp(addr, &query("example.com.", RecordType::A, None)).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_neither_crash_nor_stall_it() {
+    let (up, _) = test_upstream(false);
+    let (addr, srv) = start(vec![up]).await;
+    let good = query("web.default.svc.cluster.local.", RecordType::A, None);
+    let mut bad: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0; 11],
+        good[..good.len() - 3].to_vec(),                        // truncated question
+        vec![0xff; 65507],                                      // oversized garbage
+        { let mut p = good.clone(); p[12] = 0xc0; p[13] = 12; p }, // pointer to itself in the question
+        { let mut p = good.clone(); p[2] |= 0x80; p },          // a response
+        { let mut p = good.clone(); p[11] = 5; p },             // claims records it lacks
+        { let mut p = good.clone(); p[11] = 1; p.extend([0xc0, 0x0c + p.len() as u8]); p }, // pointer loop in additional
+        { let mut p = good.clone(); p[12] = 63; p },            // label running past the end
+    ];
+    // A pointer loop inside an upstream-bound query.
+    let mut looped = query("x.example.", RecordType::A, None);
+    looped[11] = 1;
+    let at = looped.len();
+    looped.extend([0xc0, at as u8, 0, 41, 0, 0, 0, 0, 0, 0, 0, 0]);
+    bad.push(looped);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for b in &bad {
+        let _ = s.send_to(b, addr);
+    }
+    // Over TCP too, including a length prefix longer than what follows.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+        t.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+        drop(t);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = udp(addr, &good).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"], "still answering after malformed input");
+    let r = tcp(addr, &good).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    assert!(srv.metrics.render().contains("weft_dns_malformed_total"));
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn server() -> Arc<weft_dns::server::Server> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        let zone = Arc::new(ArcSwap::from_pointee(Zone::build(&snapshot(20), &ZoneConfig::default(), 1)));
+        let s = weft_dns::server(zone, &Options { http: vec![], ..Default::default() });
+        std::mem::forget(rt);
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never panic the query path; what it answers always parses.
+        #[test]
+        fn arbitrary_bytes(pkt in proptest::collection::vec(any::<u8>(), 0..600)) {
+            thread_local!(static S: Arc<weft_dns::server::Server> = server());
+            let mut out = vec![];
+            S.with(|s| {
+                if let weft_dns::server::Step::Reply(_) = s.step(&pkt, false, &mut out) {
+                    prop_assert!(out.len() >= 12);
+                }
+                Ok(())
+            })?;
+        }
+
+        /// Mutations of a real query: still no panic, and every reply is well-formed DNS.
+        #[test]
+        fn mutated_queries(flips in proptest::collection::vec((0usize..64, any::<u8>()), 1..6), cut in 0usize..80) {
+            thread_local!(static S: Arc<weft_dns::server::Server> = server());
+            let mut pkt = query("web.default.svc.cluster.local.", RecordType::SRV, Some(1232));
+            for (i, b) in flips {
+                if let Some(x) = pkt.get_mut(i) { *x = b; }
+            }
+            pkt.truncate(pkt.len().saturating_sub(cut % 8));
+            let mut out = vec![];
+            S.with(|s| {
+                if let weft_dns::server::Step::Reply(_) = s.step(&pkt, false, &mut out) {
+                    prop_assert!(Message::from_vec(&out).is_ok(), "reply does not parse: {:?}", out);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
