@@ -42,6 +42,19 @@ pub struct Target {
 
 pub type Query = HashMap<String, String>;
 
+/// A list continuation: the last (namespace, name) sent and the list's revision.
+fn encode_continue(key: &(String, String), rev: u64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([key.0, key.1, rev]).to_string())
+}
+
+fn decode_continue(token: &str) -> Option<((String, String), u64)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    Some(((v[0].as_str()?.to_string(), v[1].as_str()?.to_string()), v[2].as_u64()?))
+}
+
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -170,9 +183,40 @@ impl Api {
         if wants_table(accept) {
             return Ok(table::table(t.kind, &items, rev, jiff::Timestamp::now()));
         }
+        // Pages (`limit` and `continue`), as kube-rs watchers and kubectl ask for them: a large
+        // list is then sent (and decoded by the client) a page at a time. Later pages come from
+        // the current state and carry the first page's revision, so a watch from it replays
+        // whatever changed while the pages were read.
+        let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+        let (after, list_rev) = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let (key, rv) = decode_continue(token).ok_or_else(|| {
+                    ApiError::bad_request("the continue token is not one this server gave: list again without it")
+                })?;
+                (Some(key), rv)
+            }
+            None => (None, rev),
+        };
+        let key_of = |o: &Value| -> (String, String) {
+            let m = &o["metadata"];
+            (m["namespace"].as_str().unwrap_or("").to_string(), m["name"].as_str().unwrap_or("").to_string())
+        };
+        let mut items: Vec<Arc<Value>> = match &after {
+            Some(a) => items.into_iter().filter(|o| key_of(o) > *a).collect(),
+            None => items,
+        };
+        let mut meta = json!({"resourceVersion": list_rev.to_string()});
+        if let Some(l) = limit.filter(|l| items.len() > *l) {
+            let rest = items.len() - l;
+            items.truncate(l);
+            if let Some(last) = items.last() {
+                meta["continue"] = json!(encode_continue(&key_of(last), list_rev));
+                meta["remainingItemCount"] = json!(rest);
+            }
+        }
         let items: Vec<Value> = items.iter().map(|o| outgoing(t.kind, o)).collect();
         Ok(json!({"kind": format!("{}List", t.kind.kind), "apiVersion": t.kind.api_version(),
-                  "metadata": {"resourceVersion": rev.to_string()}, "items": items}))
+                  "metadata": meta, "items": items}))
     }
 
     /// Starts a watch; the events arrive as JSON lines on the returned channel.

@@ -126,8 +126,21 @@ pub async fn run(client: kube::Client, cfg: ZoneConfig, zone: Arc<ArcSwap<Zone>>
         metrics.zone_names.set(z.len() as i64);
         metrics.zone_builds.inc();
         tracing::debug!(names = z.len(), took = ?t.elapsed(), "zone rebuilt");
-        zone.store(Arc::new(z));
+        let old = zone.swap(Arc::new(z));
+        drop(old);
         metrics.ready.store(true, Ordering::Relaxed);
+        release_freed_memory();
+    }
+}
+
+/// Gives memory freed by the last list and index build back to the system. glibc keeps freed
+/// heap pages for reuse, so after the initial list of a large cluster (whole API objects,
+/// dropped once converted) the process would otherwise stay at its high-water mark.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

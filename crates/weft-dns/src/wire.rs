@@ -7,7 +7,7 @@
 //! Every read is bounds-checked; a packet that does not parse gets FORMERR or is dropped, never
 //! a panic (`tests/malformed.rs` feeds it arbitrary bytes).
 
-use crate::zone::{Lookup, RecordSet, Zone};
+use crate::zone::{Lookup, SetRef, Zone};
 
 pub const T_A: u16 = 1;
 pub const T_NS: u16 = 2;
@@ -236,10 +236,10 @@ pub fn answer(zone: &Zone, q: &Query, pkt: &[u8], limit: usize, out: &mut Vec<u8
         return Outcome::Forward;
     }
     let lookup = zone.lookup(&q.lower, q.qtype);
-    let (rcode, set): (u8, Option<&RecordSet>) = match &lookup {
+    let (rcode, set): (u8, Option<SetRef>) = match &lookup {
         Lookup::Elsewhere => return Outcome::Forward,
-        Lookup::Answer(s) => (NOERROR, Some(s)),
-        Lookup::Made(s) => (NOERROR, Some(s)),
+        Lookup::Answer(s) => (NOERROR, Some(*s)),
+        Lookup::Made(s) => (NOERROR, Some(s.as_ref())),
         Lookup::NoData => (NOERROR, None),
         Lookup::NxDomain => (NXDOMAIN, None),
     };
@@ -250,8 +250,8 @@ pub fn answer(zone: &Zone, q: &Query, pkt: &[u8], limit: usize, out: &mut Vec<u8
         Some(s) => {
             header(out, q.id, flags, [1, s.count, 0, s.extra_count + edns]);
             out.extend(&pkt[12..q.question_end]);
-            out.extend(&s.wire);
-            out.extend(&s.extra);
+            out.extend(s.wire);
+            out.extend(s.extra);
         }
         None => {
             // Negative answers carry the zone's SOA, its owner pointing into the question.

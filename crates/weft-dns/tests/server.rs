@@ -38,7 +38,7 @@ fn snapshot(headless_endpoints: usize) -> Snapshot {
             ports: vec![],
             endpoints: (0..headless_endpoints)
                 .map(|i| Endpoint {
-                    ips: vec![format!("10.244.{}.{}", i / 250, i % 250 + 1).parse().unwrap()],
+                    ip: format!("10.244.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
                     hostname: None,
                     ready: true,
                 })

@@ -1,0 +1,288 @@
+//! dns-bench: weft's cluster DNS against Knot DNS (Debian `knot`) serving the same names, both
+//! under dnsperf (Debian `dnsperf`), each server pinned to one core (dnsperf on the other), in
+//! one run. Prints queries per second, average and p99 latency for both and the ratio, and
+//! weft's resident memory with the whole cluster loaded, against CoreDNS's published memory
+//! formula (49 MB + 0.86 KB per pod and Service).
+//!
+//! The cluster: SERVICES ClusterIP Services `svc-N` in namespaces `ns-(N % 100)` (the names of
+//! `../shared/anchors/dns-anchor.sh`), each with an EndpointSlice of ENDPOINTS endpoints, in a
+//! lab with the API alone (`--nodes 0`). Loopback only: weft on 127.0.0.85, Knot on 127.0.0.86.
+//!
+//! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS]   (defaults 10000 10 10; root not needed)
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PostParams};
+use weft_bench::{BenchLab, rss_mib, weft_bin};
+
+const WEFT_ADDR: &str = "127.0.0.85";
+const KNOT_ADDR: &str = "127.0.0.86";
+const PORT: u16 = 5300;
+
+/// Stops a child by its pid when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Perf {
+    qps: f64,
+    avg_ms: f64,
+    p99_ms: f64,
+    lost: String,
+}
+
+fn dnsperf(addr: &str, queries: &std::path::Path, secs: u64, verbose: bool) -> Result<String> {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "0", "dnsperf", "-s", addr, "-p", &PORT.to_string(), "-d"])
+        .arg(queries)
+        .args(["-l", &secs.to_string(), "-T", "1", "-c", "1", "-q", "100"]);
+    if verbose {
+        c.arg("-v");
+    }
+    let out = c.output().context("running dnsperf (Debian package dnsperf)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn measure(addr: &str, queries: &std::path::Path, secs: u64) -> Result<Perf> {
+    let out = dnsperf(addr, queries, secs, false)?;
+    let field = |key: &str| -> Option<String> {
+        out.lines().find(|l| l.contains(key)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string())
+    };
+    let qps: f64 = field("Queries per second").and_then(|v| v.parse().ok()).context(out.clone())?;
+    let avg: f64 = field("Average Latency").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN);
+    let lost = field("Queries lost").unwrap_or_default();
+    // Percentiles: dnsperf prints every query's latency with -v (which costs it some speed).
+    let v = dnsperf(addr, queries, secs.min(5), true)?;
+    let mut lat: Vec<f64> = v
+        .lines()
+        .filter(|l| l.starts_with("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(f64::NAN) * 1000.0;
+    Ok(Perf { qps, avg_ms: avg * 1000.0, p99_ms: p99, lost })
+}
+
+fn answers(addr: &str, name: &str) -> String {
+    Command::new("dig")
+        .args([&format!("@{addr}"), "-p", &PORT.to_string(), "+short", "+time=1", "+tries=1", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let per: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).clamp(1, 120);
+    for tool in ["dnsperf", "knotd", "dig", "taskset"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?.stdout.is_empty() {
+            bail!("{tool} is missing: apt-get install dnsperf knot dnsutils util-linux");
+        }
+    }
+    let work = tempfile::tempdir()?;
+    let lab = BenchLab::up(&format!("weft-bench-dns-{}", std::process::id()), &["--nodes", "0"])?;
+    let client = lab.client().await?;
+    println!("== dns-bench: {n} Services x {per} endpoints, dnsperf -q 100 for {secs} s per server, servers on core 1");
+
+    // The cluster.
+    let t = Instant::now();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for m in 0..100.min(n) {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("ns-{m}")}}))?;
+        nss.create(&PostParams::default(), &ns).await?;
+    }
+    let created: Vec<Result<(usize, String)>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let c = client.clone();
+            async move {
+                let ns = format!("ns-{}", i % 100);
+                let svcs: Api<Service> = Api::namespaced(c.clone(), &ns);
+                let s: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}")},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
+                let s = svcs.create(&PostParams::default(), &s).await?;
+                let ip = s.spec.and_then(|s| s.cluster_ip).context("no ClusterIP")?;
+                let eps: Vec<serde_json::Value> = (0..per)
+                    .map(|k| {
+                        let x = i * per + k;
+                        serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + (x >> 16) % 64, (x >> 8) & 255, x & 255)],
+                                           "conditions": {"ready": true}})
+                    })
+                    .collect();
+                let sl: EndpointSlice = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("svc-{i}-1"), "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+                    "addressType": "IPv4", "endpoints": eps,
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))?;
+                Api::<EndpointSlice>::namespaced(c, &ns).create(&PostParams::default(), &sl).await?;
+                Ok((i, ip))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut ips = vec![String::new(); n];
+    for r in created {
+        let (i, ip) = r?;
+        ips[i] = ip;
+    }
+    println!("cluster: {n} Services, {n} EndpointSlices, {} endpoints created in {:.1} s", n * per, t.elapsed().as_secs_f64());
+
+    // weft's DNS, one UDP worker, pinned to core 1.
+    let kubeconfig = lab.state_dir().join("kubeconfig");
+    let listen = format!("{WEFT_ADDR}:{PORT}");
+    let health = format!("{WEFT_ADDR}:8181");
+    let t = Instant::now();
+    let weft = Proc(
+        Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(weft_bin())
+            .arg("dns")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--listen", &listen, "--threads", "1", "--http", &health, "--upstream", "127.0.0.1:9"])
+            .env("WEFT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting weft dns")?,
+    );
+    let wpid = weft.0.id() as i32;
+    let probe = format!("svc-{}.ns-{}.svc.cluster.local", n - 1, (n - 1) % 100);
+    let until = Instant::now() + Duration::from_secs(120);
+    while answers(WEFT_ADDR, &probe) != ips[n - 1] {
+        if Instant::now() > until {
+            bail!("weft dns did not answer {probe} within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("weft dns: whole zone served {:.2} s after start", t.elapsed().as_secs_f64());
+    // Let the lab's own controllers finish with the new objects before measuring (bounded).
+    let cpu = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0)
+    };
+    let daemon = lab.daemon_pid();
+    for _ in 0..30 {
+        let (a, b) = (cpu(daemon) + cpu(wpid), Instant::now());
+        std::thread::sleep(Duration::from_millis(500));
+        // Clock ticks are 1/100 s: under 5 ticks in half a second is under 10% of a core.
+        if cpu(daemon) + cpu(wpid) - a < 5 && b.elapsed() < Duration::from_secs(1) {
+            break;
+        }
+    }
+    println!("weft dns: RSS {:.1} MiB with the zone loaded, before any query", rss_mib(wpid)?);
+    // Where it is: the mappings over 2 MiB (the binary's own pages, the allocator's arenas).
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("awk '/^[0-9a-f]+-/{{m=$6}} /^Rss:/{{if ($2>2048) printf \"  %6.1f MiB %s\\n\", $2/1024, (m==\"\" ? \"(anonymous)\" : m)}}' /proc/{wpid}/smaps"))
+        .status();
+
+    // Knot with the same names and addresses, one UDP worker, pinned to core 1.
+    let zone = work.path().join("cluster.local.zone");
+    let mut z = std::fs::File::create(&zone)?;
+    writeln!(z, "$ORIGIN cluster.local.\n$TTL 5\n@ SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5\n@ NS ns.dns\nns.dns A 10.96.0.10")?;
+    for (i, ip) in ips.iter().enumerate() {
+        writeln!(z, "svc-{i}.ns-{}.svc A {ip}", i % 100)?;
+    }
+    drop(z);
+    let conf = work.path().join("knot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n    rundir: \"{d}\"\n    listen: {KNOT_ADDR}@{PORT}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n\
+             log:\n  - target: stderr\n    any: error\ndatabase:\n    storage: \"{d}/db\"\n\
+             template:\n  - id: default\n    storage: \"{d}\"\n    file: \"%s.zone\"\n    journal-content: none\n    semantic-checks: off\n\
+             zone:\n  - domain: cluster.local\n",
+            d = work.path().display()
+        ),
+    )?;
+    let _knot = Proc(
+        Command::new("taskset").args(["-c", "1", "knotd", "-c"]).arg(&conf).stderr(Stdio::null()).spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while answers(KNOT_ADDR, &probe) != ips[n - 1] {
+        if Instant::now() > until {
+            bail!("knotd did not answer {probe}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The queries of the anchor: every Service name once, shuffled (deterministically).
+    let queries = work.path().join("queries.txt");
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 1;
+    for i in (1..n).rev() {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        order.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    let text: String = order.iter().map(|i| format!("svc-{i}.ns-{}.svc.cluster.local A\n", i % 100)).collect();
+    std::fs::write(&queries, text)?;
+
+    // Alternate the servers over two rounds so drift on a shared machine hits both.
+    let mut w = vec![];
+    let mut k = vec![];
+    for _ in 0..2 {
+        w.push(measure(&format!("{WEFT_ADDR}"), &queries, secs)?);
+        k.push(measure(KNOT_ADDR, &queries, secs)?);
+    }
+    let best = |v: &[Perf]| -> usize { if v[0].qps >= v[1].qps { 0 } else { 1 } };
+    let (wb, kb) = (&w[best(&w)], &k[best(&k)]);
+    for (name, v) in [("weft", &w), ("knot", &k)] {
+        for (r, p) in v.iter().enumerate() {
+            println!(
+                "{name:5} round {}: {:>9.0} qps  avg {:.3} ms  p99 {:.3} ms  lost {}",
+                r + 1,
+                p.qps,
+                p.avg_ms,
+                p.p99_ms,
+                p.lost
+            );
+        }
+    }
+    let rss = rss_mib(wpid)?;
+    let metrics = Command::new("curl").args(["-s", &format!("http://{health}/metrics")]).output()?;
+    let builds = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .find(|l| l.starts_with("weft_dns_zone_builds_total"))
+        .map(|l| l.to_string())
+        .unwrap_or_default();
+    println!("weft: {builds} (index rebuilds over the run)");
+    let services = n as f64;
+    let endpoints = (n * per) as f64;
+    // CoreDNS's published formula counts pods and Services; here each endpoint stands for a pod.
+    let coredns_mb = 49.0 + 0.86 * (services + endpoints) / 1024.0;
+    println!(
+        "SUMMARY: dns-bench {n} Services / {} endpoints: weft {:.0} qps (avg {:.3} ms, p99 {:.3} ms) vs knot {:.0} qps (avg {:.3} ms, p99 {:.3} ms): ratio {:.2}x; \
+         weft RSS {:.1} MiB vs CoreDNS formula {:.0} MB (ratio {:.2})",
+        n * per,
+        wb.qps,
+        wb.avg_ms,
+        wb.p99_ms,
+        kb.qps,
+        kb.avg_ms,
+        kb.p99_ms,
+        wb.qps / kb.qps,
+        rss,
+        coredns_mb,
+        rss * 1.048576 / coredns_mb
+    );
+    drop(weft);
+    Ok(())
+}
