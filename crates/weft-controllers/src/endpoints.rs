@@ -84,7 +84,8 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
         }
         // The pod's hostname names the endpoint when its subdomain is this Service (the DNS
         // spec's `<hostname>.<subdomain>.<ns>.svc` records come from it).
-        let hostname = p.spec.as_ref().filter(|s| s.subdomain.as_deref() == Some(&name)).and_then(|s| s.hostname.clone());
+        let hostname =
+            p.spec.as_ref().filter(|s| s.subdomain.as_deref() == Some(&name)).and_then(|s| s.hostname.clone());
         if let Some(h) = &hostname {
             ep["hostname"] = json!(h);
         }

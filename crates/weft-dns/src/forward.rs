@@ -285,7 +285,8 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
     m[0..2].copy_from_slice(&id.to_be_bytes());
     let qend = question_end(&m).ok_or_else(|| err("query without a question"))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let bind: SocketAddr = if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let bind: SocketAddr =
+        if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(to).await?;
     sock.send(&m).await?;
@@ -299,7 +300,8 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
         }
     };
     if reply[2] & 0x02 != 0 {
-        reply = tokio::time::timeout_at(deadline, exchange_tcp(&m, to)).await.map_err(|_| err("timed out over TCP"))??;
+        reply =
+            tokio::time::timeout_at(deadline, exchange_tcp(&m, to)).await.map_err(|_| err("timed out over TCP"))??;
         if reply.len() < qend || reply[0..2] != m[0..2] {
             return Err(err("bad reply over TCP"));
         }
@@ -365,7 +367,9 @@ mod tests {
     #[test]
     fn upstream_lists() {
         assert_eq!(
-            resolv_conf_servers("search x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\n# nameserver 1.1.1.1\noptions ndots:5"),
+            resolv_conf_servers(
+                "search x\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\n# nameserver 1.1.1.1\noptions ndots:5"
+            ),
             vec!["10.0.0.1:53".parse().unwrap(), "[fe80::1]:53".parse().unwrap()]
         );
         assert_eq!(parse_upstreams("10.0.0.1, 10.0.0.2:5353").unwrap().len(), 2);
@@ -376,7 +380,11 @@ mod tests {
     fn what_is_cached_and_for_how_long() {
         use hickory_proto::rr::{Name, Record, rdata};
         let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
-        m.add_answer(Record::from_rdata(Name::from_ascii("a.example.").unwrap(), 7200, RData::A(rdata::A::new(1, 2, 3, 4))));
+        m.add_answer(Record::from_rdata(
+            Name::from_ascii("a.example.").unwrap(),
+            7200,
+            RData::A(rdata::A::new(1, 2, 3, 4)),
+        ));
         assert_eq!(cacheable(&m.to_vec().unwrap()), Some(MAX_TTL));
         let mut n = Message::response(1, hickory_proto::op::OpCode::Query);
         n.metadata.response_code = ResponseCode::NXDomain;

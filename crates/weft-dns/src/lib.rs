@@ -74,7 +74,9 @@ pub async fn listen(srv: &Arc<server::Server>, opts: &Options) -> anyhow::Result
         tokio::spawn(server::serve_tcp(srv.clone(), l));
     }
     for a in &opts.http {
-        let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("listening on {a} for health and metrics"))?;
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("listening on {a} for health and metrics"))?;
         tokio::spawn(metrics::serve_http(l, srv.metrics.clone()));
     }
     Ok(())

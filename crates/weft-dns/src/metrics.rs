@@ -61,7 +61,8 @@ impl Metrics {
         let requests = TYPES
             .iter()
             .map(|(_, t)| {
-                ["udp", "tcp"].map(|p| req.get_or_create(&vec![("proto".into(), p.into()), ("type".into(), (*t).into())]).clone())
+                ["udp", "tcp"]
+                    .map(|p| req.get_or_create(&vec![("proto".into(), p.into()), ("type".into(), (*t).into())]).clone())
             })
             .collect();
         let resp: Family<Vec<(String, String)>, Counter> = Family::default();
@@ -69,7 +70,8 @@ impl Metrics {
         let mut responses: Vec<Counter> =
             RCODES.iter().map(|r| resp.get_or_create(&vec![("rcode".into(), (*r).into())]).clone()).collect();
         responses.push(resp.get_or_create(&vec![("rcode".into(), "other".into())]).clone());
-        let duration = Histogram::new([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0]);
+        let duration =
+            Histogram::new([0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0]);
         registry.register("request_duration_seconds", "Time to answer a request", duration.clone());
         let m = Metrics {
             requests,
@@ -95,9 +97,17 @@ impl Metrics {
         r.register("cache_misses", "Forwarded queries not in the cache", m.cache_misses.clone());
         r.register("cache_entries", "Entries in the cache", m.cache_entries.clone());
         r.register("forward_requests", "Queries sent upstream", m.forward_requests.clone());
-        r.register("forward_errors", "Upstream queries that failed (timeout, refused, bad reply)", m.forward_errors.clone());
+        r.register(
+            "forward_errors",
+            "Upstream queries that failed (timeout, refused, bad reply)",
+            m.forward_errors.clone(),
+        );
         r.register("upstream_healthy", "1 when the upstream answers its health check", m.upstream_healthy.clone());
-        r.register("forward_loop", "1 when queries sent to this upstream come back to this server", m.forward_loop.clone());
+        r.register(
+            "forward_loop",
+            "1 when queries sent to this upstream come back to this server",
+            m.forward_loop.clone(),
+        );
         r.register("zone_names", "Names in the cluster zone index", m.zone_names.clone());
         r.register("zone_builds", "Times the cluster zone index was rebuilt", m.zone_builds.clone());
         r.register("malformed", "Packets that were not well-formed queries", m.malformed.clone());

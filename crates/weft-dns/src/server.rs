@@ -106,7 +106,12 @@ pub fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Starts `threads` UDP workers on `addr`; forwarded queries run on `rt`.
-pub fn spawn_udp(server: Arc<Server>, addr: SocketAddr, threads: usize, rt: tokio::runtime::Handle) -> std::io::Result<()> {
+pub fn spawn_udp(
+    server: Arc<Server>,
+    addr: SocketAddr,
+    threads: usize,
+    rt: tokio::runtime::Handle,
+) -> std::io::Result<()> {
     for i in 0..threads.max(1) {
         let sock = Arc::new(reuseport_udp(addr)?);
         let server = server.clone();

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use tokio::sync::Notify;
 
 use crate::forward::Forwarder;
@@ -116,10 +116,8 @@ pub async fn run(client: kube::Client, cfg: ZoneConfig, zone: Arc<ArcSwap<Zone>>
         if !st.synced.iter().all(|s| *s) {
             continue;
         }
-        let serial = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(1);
+        let serial =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
         let t = std::time::Instant::now();
         let z = Zone::build(&st.snap, &cfg, serial);
         drop(st);
@@ -169,7 +167,9 @@ pub async fn upstreams_from_config(client: kube::Client, fwd: Arc<Forwarder>, de
         match text.map(|t| crate::forward::parse_upstreams(&t)) {
             None => fwd.set_upstreams(default.clone()),
             Some(Ok(list)) => fwd.set_upstreams(list),
-            Some(Err(e)) => tracing::error!("kube-system/{CONFIG}: data.{UPSTREAMS_KEY}: {e}; keeping the upstreams in use"),
+            Some(Err(e)) => {
+                tracing::error!("kube-system/{CONFIG}: data.{UPSTREAMS_KEY}: {e}; keeping the upstreams in use")
+            }
         }
     }
 }

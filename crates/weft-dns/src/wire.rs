@@ -87,7 +87,11 @@ impl Query {
 pub enum Parsed {
     Query(Query),
     /// Answer with this rcode and no question (the question could not be read).
-    Error { id: u16, rd: bool, rcode: u8 },
+    Error {
+        id: u16,
+        rd: bool,
+        rcode: u8,
+    },
     /// Not a query (a response, or too short to carry an ID): send nothing.
     Drop,
 }

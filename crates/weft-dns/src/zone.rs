@@ -78,7 +78,13 @@ pub struct SetRef<'a> {
 
 impl RecordSet {
     pub fn as_ref(&self) -> SetRef<'_> {
-        SetRef { rtype: self.rtype, count: self.count, wire: &self.wire, extra_count: self.extra_count, extra: &self.extra }
+        SetRef {
+            rtype: self.rtype,
+            count: self.count,
+            wire: &self.wire,
+            extra_count: self.extra_count,
+            extra: &self.extra,
+        }
     }
 }
 
@@ -109,7 +115,13 @@ fn unpack(mut blob: &[u8]) -> impl Iterator<Item = SetRef<'_>> {
         let u32_at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as usize;
         let (wl, el) = (u32_at(6), u32_at(10));
         let body = blob.get(SET_HEADER..SET_HEADER + wl + el)?;
-        let set = SetRef { rtype: u16_at(0), count: u16_at(2), extra_count: u16_at(4), wire: &body[..wl], extra: &body[wl..] };
+        let set = SetRef {
+            rtype: u16_at(0),
+            count: u16_at(2),
+            extra_count: u16_at(4),
+            wire: &body[..wl],
+            extra: &body[wl..],
+        };
         blob = &blob[SET_HEADER + wl + el..];
         Some(set)
     })
@@ -298,7 +310,9 @@ impl Zone {
                     let weight = (100 / named.len().max(1)) as u16;
                     for p in named {
                         let rdata = srv_rdata(0, 100, p.port, &svc_name);
-                        if let Some(srv) = name(&format!("_{}._{}.{}.{}.svc.{d}", p.name, p.protocol, svc.name, svc.namespace)) {
+                        if let Some(srv) =
+                            name(&format!("_{}._{}.{}.{}.svc.{d}", p.name, p.protocol, svc.name, svc.namespace))
+                        {
                             b.add(&srv, T_SRV, rdata);
                         }
                         b.add(&svc_name, T_SRV, srv_rdata(0, weight, p.port, &svc_name));
@@ -333,7 +347,9 @@ impl Zone {
                         b.add(&host_name, t, r);
                         reverse.push((*ip, host_name.clone()));
                         for (pname, proto, port) in &ports {
-                            if let Some(srv) = name(&format!("_{pname}._{proto}.{}.{}.svc.{d}", svc.name, svc.namespace)) {
+                            if let Some(srv) =
+                                name(&format!("_{pname}._{proto}.{}.{}.svc.{d}", svc.name, svc.namespace))
+                            {
                                 b.add(&srv, T_SRV, srv_rdata(0, weight, *port, &host_name));
                             }
                             b.add(&svc_name, T_SRV, srv_rdata(0, weight, *port, &host_name));
@@ -504,7 +520,10 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             kind,
-            ports: ports.iter().map(|(n, p, port)| Port { name: (*n).into(), protocol: (*p).into(), port: *port }).collect(),
+            ports: ports
+                .iter()
+                .map(|(n, p, port)| Port { name: (*n).into(), protocol: (*p).into(), port: *port })
+                .collect(),
             publish_not_ready: false,
         }
     }
@@ -515,9 +534,24 @@ mod tests {
             s.add_namespace(ns);
         }
         let ip = |x: &str| -> IpAddr { x.parse().unwrap() };
-        s.put_service(svc("default", "kubernetes", SvcKind::ClusterIp(vec![ip("10.96.0.1")]), &[("https", "tcp", 443)]));
-        s.put_service(svc("kube-system", "kube-dns", SvcKind::ClusterIp(vec![ip("10.96.0.10")]), &[("dns", "udp", 53), ("dns-tcp", "tcp", 53)]));
-        s.put_service(svc("default", "dual", SvcKind::ClusterIp(vec![ip("10.96.0.20"), ip("fd00::20")]), &[("", "tcp", 80)]));
+        s.put_service(svc(
+            "default",
+            "kubernetes",
+            SvcKind::ClusterIp(vec![ip("10.96.0.1")]),
+            &[("https", "tcp", 443)],
+        ));
+        s.put_service(svc(
+            "kube-system",
+            "kube-dns",
+            SvcKind::ClusterIp(vec![ip("10.96.0.10")]),
+            &[("dns", "udp", 53), ("dns-tcp", "tcp", 53)],
+        ));
+        s.put_service(svc(
+            "default",
+            "dual",
+            SvcKind::ClusterIp(vec![ip("10.96.0.20"), ip("fd00::20")]),
+            &[("", "tcp", 80)],
+        ));
         s.put_service(svc("other", "ext", SvcKind::ExternalName("www.example.com".into()), &[]));
         s.put_service(svc("default", "db", SvcKind::Headless, &[("pg", "tcp", 5432)]));
         s.put_service(svc("default", "nobody", SvcKind::Headless, &[]));
@@ -558,7 +592,13 @@ mod tests {
     /// The rdatas of an answer, as (type, rdata) pairs (owner pointers skipped).
     fn rdatas(l: &Lookup) -> Vec<(u16, Vec<u8>)> {
         let set = match l {
-            Lookup::Answer(s) => RecordSet { rtype: s.rtype, count: s.count, wire: s.wire.to_vec(), extra_count: s.extra_count, extra: s.extra.to_vec() },
+            Lookup::Answer(s) => RecordSet {
+                rtype: s.rtype,
+                count: s.count,
+                wire: s.wire.to_vec(),
+                extra_count: s.extra_count,
+                extra: s.extra.to_vec(),
+            },
             Lookup::Made(s) => s.clone(),
             other => panic!("not an answer: {other:?}"),
         };
@@ -640,7 +680,10 @@ mod tests {
     fn external_name_is_a_cname_for_every_type() {
         let z = zone(PodMode::Verified);
         for t in [T_A, T_AAAA, T_CNAME, T_SRV] {
-            assert_eq!(rdatas(&q(&z, "ext.other.svc.cluster.local", t)), vec![(T_CNAME, wire_name("www.example.com").unwrap())]);
+            assert_eq!(
+                rdatas(&q(&z, "ext.other.svc.cluster.local", t)),
+                vec![(T_CNAME, wire_name("www.example.com").unwrap())]
+            );
         }
     }
 

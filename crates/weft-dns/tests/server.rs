@@ -269,13 +269,35 @@ async fn malformed_packets_neither_crash_nor_stall_it() {
     let mut bad: Vec<Vec<u8>> = vec![
         vec![],
         vec![0; 11],
-        good[..good.len() - 3].to_vec(),                        // truncated question
-        vec![0xff; 65507],                                      // oversized garbage
-        { let mut p = good.clone(); p[12] = 0xc0; p[13] = 12; p }, // pointer to itself in the question
-        { let mut p = good.clone(); p[2] |= 0x80; p },          // a response
-        { let mut p = good.clone(); p[11] = 5; p },             // claims records it lacks
-        { let mut p = good.clone(); p[11] = 1; p.extend([0xc0, 0x0c + p.len() as u8]); p }, // pointer loop in additional
-        { let mut p = good.clone(); p[12] = 63; p },            // label running past the end
+        good[..good.len() - 3].to_vec(), // truncated question
+        vec![0xff; 65507],               // oversized garbage
+        {
+            let mut p = good.clone();
+            p[12] = 0xc0;
+            p[13] = 12;
+            p
+        }, // pointer to itself in the question
+        {
+            let mut p = good.clone();
+            p[2] |= 0x80;
+            p
+        }, // a response
+        {
+            let mut p = good.clone();
+            p[11] = 5;
+            p
+        }, // claims records it lacks
+        {
+            let mut p = good.clone();
+            p[11] = 1;
+            p.extend([0xc0, 0x0c + p.len() as u8]);
+            p
+        }, // pointer loop in additional
+        {
+            let mut p = good.clone();
+            p[12] = 63;
+            p
+        }, // label running past the end
     ];
     // A pointer loop inside an upstream-bound query.
     let mut looped = query("x.example.", RecordType::A, None);

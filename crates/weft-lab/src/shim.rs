@@ -140,8 +140,7 @@ pub fn run(spec_path: &Path) -> Result<()> {
     // The host's network namespace stays open here so processes that need the host (the lab's
     // DNS watching the lab's API on 127.0.0.1) can reach it: WEFT_HOST_NETNS names it.
     let host_netns = File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
-    let _ = HOST_NETNS
-        .set(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&host_netns)));
+    let _ = HOST_NETNS.set(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&host_netns)));
     enter(&spec)?;
     let status = Arc::new(Mutex::new(ShimStatus {
         shim_pid: std::process::id(),

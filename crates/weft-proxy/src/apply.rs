@@ -191,7 +191,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
             d.ops.push(op(false, backends_set(&k.0.1), be_key(k), Data::None));
             let (vip, proto, port) = &k.0;
             if proto == "udp" && !n.backends.iter().any(|(_, nb)| nb.ip == b.ip) {
-                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: b.ip });
+                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: Some(b.ip) });
             }
         }
         for (k, _) in gone(&o.np_backends, &n.np_backends) {
@@ -199,6 +199,11 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
         }
         for k in o.reject.iter().filter(|k| !n.reject.contains(k)) {
             d.ops.push(op(false, "no-endpoints", ip_key(k), Data::None));
+            // Endpoints arrived: UDP flows made while there were none are not translated.
+            let (vip, proto, port) = k;
+            if proto == "udp" {
+                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: None });
+            }
         }
         for k in o.reject_nodeports.iter().filter(|k| !n.reject_nodeports.contains(k)) {
             d.ops.push(op(false, "no-endpoint-nodeports", port_key(k), Data::None));
@@ -425,6 +430,31 @@ mod tests {
         assert!(delta.contains("mod 11"), "{delta}");
         assert!(delta.len() < 2_000, "{} bytes", delta.len());
         assert_eq!(script(Some(&after), &after), "", "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_udp_service_that_gains_endpoints_clears_its_untranslated_flows() {
+        let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}}))
+        .unwrap();
+        let slice: EndpointSlice =
+            serde_json::from_value(json!({"metadata": {"name": "dns-x", "namespace": "kube-system",
+            "labels": {"kubernetes.io/service-name": "dns"}}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.2"], "conditions": {"ready": true}}],
+            "ports": [{"name": "", "protocol": "UDP", "port": 53}]}))
+            .unwrap();
+        let empty = compile(std::slice::from_ref(&svc), &[], &node);
+        let ready = compile(std::slice::from_ref(&svc), &[slice], &node);
+        let d = delta(Some(&empty), &ready);
+        let vip = "10.96.0.10".parse().unwrap();
+        assert_eq!(d.stale_udp, vec![crate::conntrack::StaleFlow { vip, port: 53, endpoint: None }]);
+        // And the way back: the endpoint's own flows go.
+        let d = delta(Some(&ready), &empty);
+        assert_eq!(
+            d.stale_udp,
+            vec![crate::conntrack::StaleFlow { vip, port: 53, endpoint: Some("10.244.0.2".parse().unwrap()) }]
+        );
     }
 
     #[test]

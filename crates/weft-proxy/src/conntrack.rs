@@ -27,12 +27,14 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 const AF_INET: u8 = 2;
 const UDP: u8 = 17;
 
-/// A flow to remove: UDP to `vip:port` answered by `endpoint`.
+/// A flow to remove: UDP to `vip:port` answered by `endpoint`, or (`None`) not translated at
+/// all: flows made while the Service had no endpoint, which would otherwise keep a client's
+/// socket talking to nothing after endpoints appear (kube-proxy clears these too).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleFlow {
     pub vip: Ipv4Addr,
     pub port: u16,
-    pub endpoint: Ipv4Addr,
+    pub endpoint: Option<Ipv4Addr>,
 }
 
 fn header(ty: u16, flags: u16, seq: u32, body_len: usize) -> Vec<u8> {
@@ -141,9 +143,11 @@ pub fn remove(flows: &[StaleFlow]) -> std::io::Result<usize> {
                 }
             }
             let hit = orig.proto == Some(UDP)
-                && flows
-                    .iter()
-                    .any(|f| orig.dst == Some(f.vip) && orig.dport == Some(f.port) && reply.src == Some(f.endpoint));
+                && flows.iter().any(|f| {
+                    orig.dst == Some(f.vip)
+                        && orig.dport == Some(f.port)
+                        && reply.src == Some(f.endpoint.unwrap_or(f.vip))
+                });
             if let (true, Some(raw)) = (hit, orig_raw) {
                 doomed.push(raw);
             }

@@ -413,7 +413,8 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
                 underlay: "172.18.0.0/16".parse()?,
                 overlay: ctx.overlay,
             };
-            let nodes = weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            let nodes =
+                weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
             say("progress: starting the service proxy on every node");
             let proxied = nodes
                 .iter()
@@ -466,13 +467,15 @@ async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
     for doc in weft_api::yaml::parse_manifests(&text).map_err(anyhow::Error::msg)? {
         if doc["kind"] == "Service" {
             let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(doc)?;
-            let api: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(client.clone(), "kube-system");
+            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+                kube::Api::namespaced(client.clone(), "kube-system");
             if api.get_opt("kube-dns").await?.is_none() {
                 api.create(&Default::default(), &svc).await?;
             }
         } else {
             let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(doc)?;
-            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
+            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+                kube::Api::namespaced(client.clone(), "kube-system");
             if api.get_opt("coredns").await?.is_none() {
                 api.create(&Default::default(), &d).await?;
             }

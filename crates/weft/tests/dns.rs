@@ -76,7 +76,8 @@ spec:
 "#;
 
 fn svc_ip(lab: &TestLab, ns: &str, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", name, "-n", ns, "-o", "json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft_ok(&["get", "svc", name, "-n", ns, "-o", "json"])).unwrap();
     v["spec"]["clusterIP"].as_str().unwrap().to_string()
 }
 
@@ -112,7 +113,8 @@ fn wait_dns_ready(lab: &TestLab) {
 /// Waits until pods resolve through the kube-dns Service (the proxy has its endpoints).
 fn wait_resolving(lab: &TestLab) {
     lab.wait_for("kube-dns answering through its Service", 30, || {
-        let o = lab.exec(&["client"], &["dig", "+short", "+time=1", "+tries=1", "kubernetes.default.svc.cluster.local"]);
+        let o =
+            lab.exec(&["client"], &["dig", "+short", "+time=1", "+tries=1", "kubernetes.default.svc.cluster.local"]);
         String::from_utf8_lossy(&o.stdout).trim() == "10.96.0.1"
     });
 }
@@ -131,7 +133,10 @@ fn cluster_dns_answers_the_spec_from_pods() {
 
     // The pod's resolv.conf points at the kube-dns Service.
     let resolv = lab.exec_ok(&["client"], &["cat", "/etc/resolv.conf"]);
-    assert!(resolv.contains("nameserver 10.96.0.10") && resolv.contains("search default.svc.cluster.local"), "{resolv}");
+    assert!(
+        resolv.contains("nameserver 10.96.0.10") && resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
 
     // glibc with the search list: short names in the namespace, <svc>.<ns> across namespaces.
     assert!(lab.exec_ok(&["client"], &["getent", "hosts", "web"]).starts_with(&format!("{web} ")));
@@ -176,7 +181,9 @@ fn cluster_dns_answers_the_spec_from_pods() {
 
     // The zone apex, the schema version, NXDOMAIN versus NODATA.
     assert_eq!(dig(&lab, &["+short", "TXT", "dns-version.cluster.local"]).trim(), "\"1.1.0\"");
-    assert!(dig(&lab, &["+short", "SOA", "cluster.local"]).starts_with("ns.dns.cluster.local. hostmaster.cluster.local."));
+    assert!(
+        dig(&lab, &["+short", "SOA", "cluster.local"]).starts_with("ns.dns.cluster.local. hostmaster.cluster.local.")
+    );
     assert_eq!(dig(&lab, &["+short", "NS", "cluster.local"]).trim(), "ns.dns.cluster.local.");
     assert_eq!(dig(&lab, &["+short", "ns.dns.cluster.local"]).trim(), "10.96.0.10");
     assert_eq!(status(&lab, &["nosuch.default.svc.cluster.local"]), "NXDOMAIN");
@@ -210,7 +217,8 @@ fn new_and_deleted_services_resolve_within_a_second() {
         );
         lab.cmd(common::WEFT).args(["exec", "client", "--", "sh", "-c", &script]).output().unwrap()
     };
-    let fresh = "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  ports: [{port: 80}]\n";
+    let fresh =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  ports: [{port: 80}]\n";
     std::thread::scope(|s| {
         let seen = s.spawn(|| poll(true));
         std::thread::sleep(Duration::from_millis(500));

@@ -84,7 +84,14 @@ fn pod_networking_model(overlay: &str) {
     let br = lab.exec_ok(&["--node", "node-1"], &["ip", "-o", "addr", "show", "cni0"]);
     assert!(br.contains(&format!("inet {gw}/24")), "{br}");
     let ports = lab.exec_ok(&["--node", "node-1"], &["ip", "-o", "link", "show", "master", "cni0"]);
-    assert_eq!(ports.lines().filter(|l| l.contains("veth")).count(), 2, "{ports}");
+    // One veth per pod on the node: ours, and the cluster DNS pod if it landed there.
+    let on_node_1 = lab
+        .pods("default")
+        .iter()
+        .chain(&lab.pods("kube-system"))
+        .filter(|p| p["spec"]["nodeName"] == "node-1")
+        .count();
+    assert_eq!(ports.lines().filter(|l| l.contains("veth")).count(), on_node_1, "{ports}");
     if overlay == "vxlan" {
         let vx = lab.exec_ok(&["--node", "node-1"], &["ip", "-d", "link", "show", "flannel.1"]);
         assert!(vx.contains("mtu 1450") && vx.contains("vxlan id 1") && vx.contains("dstport 8472"), "{vx}");
@@ -170,11 +177,13 @@ fn kill_9_keeps_pods_and_down_leaves_nothing() {
         assert_eq!(p["metadata"]["uid"], q["metadata"]["uid"]);
     }
     let state = lab.state_dir();
+    // Our three pods and the cluster DNS pod.
+    let all = 3 + lab.pods("kube-system").len();
     let sandboxes = std::fs::read_dir(state.join("pods")).unwrap().count();
-    assert_eq!(sandboxes, 3, "one sandbox per pod");
+    assert_eq!(sandboxes, all, "one sandbox per pod");
     let shims =
         std::process::Command::new("pgrep").args(["-f", &format!("{}/pods/", state.display())]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&shims.stdout).lines().count(), 3, "one shim per pod");
+    assert_eq!(String::from_utf8_lossy(&shims.stdout).lines().count(), all, "one shim per pod");
     assert_eq!(ask(&lab, &["client"], &a)["pod"], "srv-a");
     // And `weft down` leaves nothing behind.
     lab.weft_ok(&["down"]);

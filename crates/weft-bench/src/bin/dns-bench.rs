@@ -43,9 +43,16 @@ struct Perf {
 
 fn dnsperf(addr: &str, queries: &std::path::Path, secs: u64, verbose: bool) -> Result<String> {
     let mut c = Command::new("taskset");
-    c.args(["-c", "0", "dnsperf", "-s", addr, "-p", &PORT.to_string(), "-d"])
-        .arg(queries)
-        .args(["-l", &secs.to_string(), "-T", "1", "-c", "1", "-q", "100"]);
+    c.args(["-c", "0", "dnsperf", "-s", addr, "-p", &PORT.to_string(), "-d"]).arg(queries).args([
+        "-l",
+        &secs.to_string(),
+        "-T",
+        "1",
+        "-c",
+        "1",
+        "-q",
+        "100",
+    ]);
     if verbose {
         c.arg("-v");
     }
@@ -63,11 +70,8 @@ fn measure(addr: &str, queries: &std::path::Path, secs: u64) -> Result<Perf> {
     let lost = field("Queries lost").unwrap_or_default();
     // Percentiles: dnsperf prints every query's latency with -v (which costs it some speed).
     let v = dnsperf(addr, queries, secs.min(5), true)?;
-    let mut lat: Vec<f64> = v
-        .lines()
-        .filter(|l| l.starts_with("> "))
-        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
-        .collect();
+    let mut lat: Vec<f64> =
+        v.lines().filter(|l| l.starts_with("> ")).filter_map(|l| l.split_whitespace().last()?.parse().ok()).collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(f64::NAN) * 1000.0;
     Ok(Perf { qps, avg_ms: avg * 1000.0, p99_ms: p99, lost })
@@ -138,7 +142,11 @@ async fn main() -> Result<()> {
         let (i, ip) = r?;
         ips[i] = ip;
     }
-    println!("cluster: {n} Services, {n} EndpointSlices, {} endpoints created in {:.1} s", n * per, t.elapsed().as_secs_f64());
+    println!(
+        "cluster: {n} Services, {n} EndpointSlices, {} endpoints created in {:.1} s",
+        n * per,
+        t.elapsed().as_secs_f64()
+    );
 
     // weft's DNS, one UDP worker, pinned to core 1.
     let kubeconfig = lab.state_dir().join("kubeconfig");
@@ -197,7 +205,10 @@ async fn main() -> Result<()> {
     // Knot with the same names and addresses, one UDP worker, pinned to core 1.
     let zone = work.path().join("cluster.local.zone");
     let mut z = std::fs::File::create(&zone)?;
-    writeln!(z, "$ORIGIN cluster.local.\n$TTL 5\n@ SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5\n@ NS ns.dns\nns.dns A 10.96.0.10")?;
+    writeln!(
+        z,
+        "$ORIGIN cluster.local.\n$TTL 5\n@ SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5\n@ NS ns.dns\nns.dns A 10.96.0.10"
+    )?;
     for (i, ip) in ips.iter().enumerate() {
         writeln!(z, "svc-{i}.ns-{}.svc A {ip}", i % 100)?;
     }
@@ -213,9 +224,8 @@ async fn main() -> Result<()> {
             d = work.path().display()
         ),
     )?;
-    let _knot = Proc(
-        Command::new("taskset").args(["-c", "1", "knotd", "-c"]).arg(&conf).stderr(Stdio::null()).spawn()?,
-    );
+    let _knot =
+        Proc(Command::new("taskset").args(["-c", "1", "knotd", "-c"]).arg(&conf).stderr(Stdio::null()).spawn()?);
     let until = Instant::now() + Duration::from_secs(60);
     while answers(KNOT_ADDR, &probe) != ips[n - 1] {
         if Instant::now() > until {
@@ -239,7 +249,7 @@ async fn main() -> Result<()> {
     let mut w = vec![];
     let mut k = vec![];
     for _ in 0..2 {
-        w.push(measure(&format!("{WEFT_ADDR}"), &queries, secs)?);
+        w.push(measure(WEFT_ADDR, &queries, secs)?);
         k.push(measure(KNOT_ADDR, &queries, secs)?);
     }
     let best = |v: &[Perf]| -> usize { if v[0].qps >= v[1].qps { 0 } else { 1 } };
