@@ -11,7 +11,7 @@
 //! of Services, a full sync is one batch of elements (no per-Service objects for the kernel to
 //! create), and a change to one Service is a few element adds and deletes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ pub struct Desired {
     pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
     /// What each fragment was compiled from (resourceVersions), so an unchanged Service keeps its
     /// fragment (the same `Arc`) and costs nothing to diff.
-    pub inputs: BTreeMap<(String, String), String>,
+    pub inputs: BTreeMap<(String, String), u64>,
 }
 
 /// Every fragment merged, for reading a programme as a whole (tests, diagnostics).
@@ -174,8 +174,31 @@ enum Masq {
     Never,
 }
 
-/// The shared chain for (masquerade, pick, N, key kind), made on first use.
+/// The shared chain for (masquerade, pick, N, key kind). One that is new is made together with
+/// its neighbours for N-1 and N+1, so a Service scaled by one pod from where it settled changes
+/// map elements only, without a structural transaction.
 fn pick_chain(
+    chains: &mut BTreeMap<String, Vec<String>>,
+    cidr: Ipv4Net,
+    masq: Masq,
+    affinity: bool,
+    n: usize,
+    nodeport: bool,
+    proto: &str,
+) -> String {
+    let before = chains.len();
+    let name = make_chain(chains, cidr, masq, affinity, n, nodeport, proto);
+    if chains.len() > before {
+        for k in [n.saturating_sub(1), n + 1] {
+            if k > 0 {
+                make_chain(chains, cidr, masq, affinity, k, nodeport, proto);
+            }
+        }
+    }
+    name
+}
+
+fn make_chain(
     chains: &mut BTreeMap<String, Vec<String>>,
     cidr: Ipv4Net,
     masq: Masq,
@@ -242,7 +265,7 @@ pub fn compile_from(
             }
         }
     };
-    let mut by_svc: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut by_svc: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::with_capacity(services.len());
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or("");
         if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
@@ -251,14 +274,14 @@ pub fn compile_from(
     }
     for svc in services {
         let (ns, name) = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
-        let slices = by_svc.get(&(ns, name)).cloned().unwrap_or_default();
+        let slices: &[&EndpointSlice] = by_svc.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
         let key = (ns.to_string(), name.to_string());
-        let input = fingerprint(svc, &slices);
+        let input = fingerprint(svc, slices);
         let old = prev.and_then(|p| p.fragments.get(&key));
-        if let (Some(p), Some(i), Some(f)) = (prev, &input, old)
-            && p.inputs.get(&key) == Some(i)
+        if let (Some(p), Some(i), Some(f)) = (prev, input, old)
+            && p.inputs.get(&key) == Some(&i)
         {
-            d.inputs.insert(key.clone(), i.clone());
+            d.inputs.insert(key.clone(), i);
             d.fragments.insert(key, f.clone());
             continue;
         }
@@ -268,7 +291,7 @@ pub fn compile_from(
         if let Some(i) = input {
             d.inputs.insert(key.clone(), i);
         }
-        if let Some(f) = compile_service(svc, &slices, node, &mut d.chains) {
+        if let Some(f) = compile_service(svc, slices, node, &mut d.chains) {
             for ip in &f.hairpin {
                 *d.hairpin_counts.entry(*ip).or_default() += 1;
             }
@@ -286,18 +309,21 @@ pub fn compile_from(
     d
 }
 
-/// The resourceVersions a fragment depends on; None when an object has none (never reused).
-fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<String> {
-    let mut parts = vec![svc.metadata.resource_version.clone()?];
-    let mut rvs: Vec<String> = slices
-        .iter()
-        .map(|s| {
-            Some(format!("{}={}", s.metadata.name.clone().unwrap_or_default(), s.metadata.resource_version.clone()?))
-        })
-        .collect::<Option<_>>()?;
-    rvs.sort();
-    parts.extend(rvs);
-    Some(parts.join("|"))
+/// A digest of the resourceVersions a fragment depends on (the Service's and each slice's, in
+/// any order), made without allocating: this runs for every Service on every change. None when
+/// an object has no resourceVersion (never reused then).
+fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<u64> {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let mut h = state.build_hasher();
+    svc.metadata.resource_version.as_deref()?.hash(&mut h);
+    let mut sum = h.finish();
+    for s in slices {
+        let mut h = state.build_hasher();
+        (s.metadata.name.as_deref(), s.metadata.resource_version.as_deref()?).hash(&mut h);
+        sum = sum.wrapping_add(h.finish());
+    }
+    Some(sum)
 }
 
 /// One Service's fragment (None for Services with no virtual IP: headless, ExternalName).
@@ -446,7 +472,11 @@ mod tests {
             })
             .collect();
         let d = compile_flat(&svcs, &slices, &node("n1"));
-        assert_eq!(d.chains.len(), 1, "one shared chain for 50 two-endpoint Services");
+        // One shared chain for 50 two-endpoint Services, made with its 1- and 3-endpoint neighbours.
+        assert_eq!(
+            d.chains.keys().collect::<Vec<_>>(),
+            ["vip-cluster-random-tcp-1", "vip-cluster-random-tcp-2", "vip-cluster-random-tcp-3"]
+        );
         assert_eq!(d.backends.len(), 100);
     }
 
