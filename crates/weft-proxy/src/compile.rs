@@ -562,6 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn sctp_services_and_node_ports() {
+        let s = svc(
+            "sig",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.30", "ports": [{"port": 3868, "nodePort": 30868, "protocol": "SCTP"}]}),
+        );
+        let e: EndpointSlice = serde_json::from_value(json!({"metadata": {"name": "sig-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "sig"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": true}}],
+            "ports": [{"name": "", "protocol": "SCTP", "port": 3868}]})).unwrap();
+        let d = compile_flat(&[s], &[e], &node("n1"));
+        let k: SvcKey = ("10.96.0.30".parse().unwrap(), "sctp".into(), 3868);
+        assert!(d.chains[&d.services[&k]].iter().any(|r| r.contains("sctp dport") && r.contains("@backends-sctp")));
+        assert_eq!(backends_of(&d, &k), vec![Backend { ip: "10.244.0.7".parse().unwrap(), port: 3868 }]);
+        let np: PortKey = ("sctp".into(), 30868);
+        assert!(d.chains[&d.nodeports[&np]].iter().any(|r| r.contains("@np-backends-sctp")));
+        // And the delta names the SCTP maps (a map's port is typed by its protocol).
+        let script = crate::apply::script(
+            None,
+            &compile(
+                &[svc(
+                    "sig",
+                    json!({"type": "NodePort", "clusterIP": "10.96.0.30",
+            "ports": [{"port": 3868, "nodePort": 30868, "protocol": "SCTP"}]}),
+                )],
+                &[],
+                &node("n1"),
+            ),
+        );
+        assert!(script.contains("no-endpoint"), "{script}");
+    }
+
+    #[test]
     fn recompiling_from_a_previous_programme_gives_the_same_result() {
         let mk = |name: &str, rv: &str, eps: &[&str]| {
             let mut s = svc(
