@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::compile::{Backend, Desired, Fragment, MASQ_MARK, PortKey, SvcKey};
+use crate::compile::{Backend, Desired, Fragment, MASQ_MARK, Patch, PortKey, SvcKey};
 use crate::netlink::{Data, ElemOp, Field, proto_num};
 
 pub const TABLE: &str = "weft-proxy";
@@ -142,7 +142,7 @@ fn backend_data(b: &Backend) -> Data {
 /// fragment changed are looked at, so the cost follows the change, not the cluster.
 pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     let empty = Desired::default();
-    let (mut d, old) = match old {
+    let (d, old) = match old {
         Some(o) => (Delta::default(), o),
         None => (
             Delta {
@@ -166,6 +166,35 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
             changed.push((&blank, n));
         }
     }
+    let had = |ip: &Ipv4Addr| old.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
+    let has = |ip: &Ipv4Addr| new.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
+    let chains = new.chains.iter().filter(|(n, _)| !old.chains.contains_key(*n));
+    delta_of(d, &changed, had, has, chains)
+}
+
+/// What takes a node from `old` to `old` with `patch` in: the same as [`delta`], looking at the
+/// patched Services only.
+pub fn delta_patch(old: &Desired, patch: &Patch) -> Delta {
+    let blank = Fragment::default();
+    let changed: Vec<(&Fragment, &Fragment)> = patch
+        .fragments
+        .iter()
+        .map(|(k, n, _)| (old.fragments.get(k).map(|f| &**f).unwrap_or(&blank), n.as_deref().unwrap_or(&blank)))
+        .filter(|(o, n)| o != n)
+        .collect();
+    let had = |ip: &Ipv4Addr| old.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
+    let has = |ip: &Ipv4Addr| patch.hairpin_counts.get(ip).map(|c| *c > 0).unwrap_or_else(|| had(ip));
+    delta_of(Delta::default(), &changed, had, has, patch.new_chains.iter())
+}
+
+/// The operations for pairs of (old, new) fragments.
+fn delta_of<'a>(
+    mut d: Delta,
+    changed: &[(&Fragment, &Fragment)],
+    had: impl Fn(&Ipv4Addr) -> bool,
+    has: impl Fn(&Ipv4Addr) -> bool,
+    new_chains: impl Iterator<Item = (&'a String, &'a Vec<String>)>,
+) -> Delta {
     let op = |add: bool, set: &'static str, key: Vec<Field>, data: Data| ElemOp { add, set, key, data };
     let be_key = |k: &(SvcKey, u32)| [ip_key(&k.0), vec![Field::Slot(k.1)]].concat();
     let npbe_key = |k: &(PortKey, u32)| [port_key(&k.0), vec![Field::Slot(k.1)]].concat();
@@ -178,7 +207,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     }
     let mut hairpin_touched: BTreeSet<Ipv4Addr> = BTreeSet::new();
     // 1. What goes away: dispatch entries first, then what they led to.
-    for (o, n) in &changed {
+    for (o, n) in changed {
         for (k, _) in gone(&o.services, &n.services) {
             d.ops.push(op(false, "services", ip_key(k), Data::None));
         }
@@ -186,7 +215,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
             d.ops.push(op(false, "nodeports", port_key(k), Data::None));
         }
     }
-    for (o, n) in &changed {
+    for (o, n) in changed {
         for (k, b) in gone(&o.backends, &n.backends) {
             d.ops.push(op(false, backends_set(&k.0.1), be_key(k), Data::None));
             let (vip, proto, port) = &k.0;
@@ -210,20 +239,18 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
         }
         hairpin_touched.extend(o.hairpin.symmetric_difference(&n.hairpin));
     }
-    let had = |ip: &Ipv4Addr| old.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
-    let has = |ip: &Ipv4Addr| new.hairpin_counts.get(ip).is_some_and(|c| *c > 0);
     for ip in hairpin_touched.iter().filter(|ip| had(ip) && !has(ip)) {
         d.ops.push(op(false, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
-    for (name, rules) in new.chains.iter().filter(|(n, _)| !old.chains.contains_key(*n)) {
+    for (name, rules) in new_chains {
         let _ = writeln!(d.structure, "add chain ip {TABLE} {name}");
         for r in rules {
             let _ = writeln!(d.structure, "add rule ip {TABLE} {name} {r}");
         }
     }
     // 3. What is new: endpoints before the entries that lead to them.
-    for (o, n) in &changed {
+    for (o, n) in changed {
         for (k, b) in came(&o.backends, &n.backends) {
             d.ops.push(op(true, backends_set(&k.0.1), be_key(k), backend_data(b)));
         }
@@ -231,7 +258,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
             d.ops.push(op(true, np_backends_set(&k.0.0), npbe_key(k), backend_data(b)));
         }
     }
-    for (o, n) in &changed {
+    for (o, n) in changed {
         for (k, v) in came(&o.services, &n.services) {
             d.ops.push(op(true, "services", ip_key(k), Data::Goto(v.clone())));
         }
@@ -356,6 +383,24 @@ impl<S: Sink> Applier<S> {
     pub fn applied(&self) -> Option<&Desired> {
         self.applied.as_ref()
     }
+    /// Applies a patch on top of what was applied; returns the change's size. Needs a programme
+    /// applied before (after a failure, [`sync`](Self::sync) a whole one first).
+    pub fn sync_patch(&mut self, patch: &Patch) -> Result<usize> {
+        let Some(applied) = self.applied.as_ref() else { anyhow::bail!("nothing applied yet: a full sync comes first") };
+        let d = delta_patch(applied, patch);
+        let size = d.structure.len() + d.ops.len();
+        if size > 0
+            && let Err(e) = self.sink.apply(&d)
+        {
+            self.applied = None;
+            return Err(e);
+        }
+        if let Some(a) = self.applied.as_mut() {
+            a.apply_patch(patch);
+        }
+        Ok(size)
+    }
+
     /// Applies `want`; returns the change's size (structure bytes plus element operations; 0 when
     /// nothing changed).
     pub fn sync(&mut self, want: Desired) -> Result<usize> {
@@ -430,6 +475,52 @@ mod tests {
         assert!(delta.contains("goto vip-cluster-random-tcp-11") && !delta.contains("chain"), "{delta}");
         assert!(delta.len() < 2_000, "{} bytes", delta.len());
         assert_eq!(script(Some(&after), &after), "", "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_patch_of_the_changed_services_equals_a_whole_recompile() {
+        let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+        let (s, e) = world(300, None);
+        let before = compile(&s, &e, &node);
+        // Service 42 gains an endpoint, service 7 goes, service 300 is new; 8 shares 42's slices.
+        let (mut s2, mut e2) = world(301, Some(42));
+        e2[8].endpoints = e2[42].endpoints.clone();
+        s2.remove(7);
+        e2.remove(7);
+        let after = compile(&s2, &e2, &node);
+        let key = |i: usize| ("default".to_string(), format!("s{i}"));
+        let find = |i: usize| s2.iter().find(|x| x.metadata.name.as_deref() == Some(&format!("s{i}")));
+        let slices_of = |i: usize| -> Vec<&EndpointSlice> {
+            e2.iter()
+                .filter(|x| x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&format!("s{i}")))
+                .collect()
+        };
+        let changed: Vec<crate::compile::Changed> = [42, 7, 300, 8].iter().map(|i| (key(*i), find(*i), slices_of(*i))).collect();
+        let patch = crate::compile::compile_patch(&before, &changed, &node);
+        // Every element operation, whatever the order.
+        let ops = |d: Delta| -> Vec<String> {
+            let mut v: Vec<String> = d
+                .text()
+                .lines()
+                .flat_map(|l| {
+                    let (head, rest) = l.split_once('{').unwrap_or((l, ""));
+                    let head = head.to_string();
+                    rest.trim_end_matches('}').split(", ").map(move |e| format!("{head}{}", e.trim())).collect::<Vec<_>>()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let (whole, part) = (ops(delta(Some(&before), &after)), ops(delta_patch(&before, &patch)));
+        assert!(whole.len() > 40);
+        assert_eq!(part, whole, "the same operations");
+        let mut patched = before.clone();
+        patched.apply_patch(&patch);
+        assert_eq!(patched, after, "the same programme");
+        // An unchanged Service in a patch sends nothing.
+        let same = crate::compile::compile_patch(&after, &[(key(1), find(1), slices_of(1))], &node);
+        let d = delta_patch(&after, &same);
+        assert!(d.ops.is_empty() && d.structure.is_empty());
     }
 
     #[test]

@@ -309,19 +309,89 @@ pub fn compile_from(
     d
 }
 
+/// What a change does to some Services' part of a programme: their fragments now (None: the
+/// Service programs nothing now, or is gone) with what they were compiled from, the shared
+/// chains that are new, and the new hairpin count of every address they touch (0: gone). It is
+/// computed from the changed Services alone, so its cost does not grow with the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    pub fragments: Vec<((String, String), Option<Arc<Fragment>>, Option<u64>)>,
+    pub new_chains: BTreeMap<String, Vec<String>>,
+    pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
+}
+
+/// A Service whose objects changed: its key, the Service (None when deleted) and its slices.
+pub type Changed<'a> = ((String, String), Option<&'a Service>, Vec<&'a EndpointSlice>);
+
+/// Recompiles only `changed` on top of `prev` (left as it is).
+pub fn compile_patch(prev: &Desired, changed: &[Changed<'_>], node: &NodeInfo) -> Patch {
+    let mut chains = prev.chains.clone();
+    let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    let count = |counts: &BTreeMap<Ipv4Addr, u32>, ip: &Ipv4Addr| {
+        counts.get(ip).copied().unwrap_or_else(|| prev.hairpin_counts.get(ip).copied().unwrap_or(0))
+    };
+    let mut patch = Patch::default();
+    for (key, svc, slices) in changed {
+        let old = prev.fragments.get(key);
+        let input = svc.and_then(|s| fingerprint(s, slices));
+        if let (Some(i), Some(_)) = (input, old)
+            && prev.inputs.get(key) == Some(&i)
+        {
+            continue;
+        }
+        let new = svc.and_then(|s| compile_service(s, slices, node, &mut chains)).map(Arc::new);
+        if let Some(f) = old {
+            for ip in &f.hairpin {
+                let c = count(&counts, ip).saturating_sub(1);
+                counts.insert(*ip, c);
+            }
+        }
+        if let Some(f) = &new {
+            for ip in &f.hairpin {
+                let c = count(&counts, ip) + 1;
+                counts.insert(*ip, c);
+            }
+        }
+        patch.fragments.push((key.clone(), new, input));
+    }
+    patch.new_chains = chains.into_iter().filter(|(n, _)| !prev.chains.contains_key(n)).collect();
+    patch.hairpin_counts = counts;
+    patch
+}
+
+impl Desired {
+    /// Takes a patch in (after it was applied to the kernel).
+    pub fn apply_patch(&mut self, p: &Patch) {
+        for (k, f, i) in &p.fragments {
+            match f {
+                Some(f) => self.fragments.insert(k.clone(), f.clone()),
+                None => self.fragments.remove(k),
+            };
+            match i {
+                Some(i) => self.inputs.insert(k.clone(), *i),
+                None => self.inputs.remove(k),
+            };
+        }
+        self.chains.extend(p.new_chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (ip, c) in &p.hairpin_counts {
+            if *c == 0 {
+                self.hairpin_counts.remove(ip);
+            } else {
+                self.hairpin_counts.insert(*ip, *c);
+            }
+        }
+    }
+}
+
 /// A digest of the resourceVersions a fragment depends on (the Service's and each slice's, in
 /// any order), made without allocating: this runs for every Service on every change. None when
 /// an object has no resourceVersion (never reused then).
 fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<u64> {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    let mut h = state.build_hasher();
-    svc.metadata.resource_version.as_deref()?.hash(&mut h);
-    let mut sum = h.finish();
+    let mut sum = state.hash_one(svc.metadata.resource_version.as_deref()?);
     for s in slices {
-        let mut h = state.build_hasher();
-        (s.metadata.name.as_deref(), s.metadata.resource_version.as_deref()?).hash(&mut h);
-        sum = sum.wrapping_add(h.finish());
+        sum = sum.wrapping_add(state.hash_one((s.metadata.name.as_deref(), s.metadata.resource_version.as_deref()?)));
     }
     Some(sum)
 }
