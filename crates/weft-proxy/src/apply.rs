@@ -386,7 +386,9 @@ impl<S: Sink> Applier<S> {
     /// Applies a patch on top of what was applied; returns the change's size. Needs a programme
     /// applied before (after a failure, [`sync`](Self::sync) a whole one first).
     pub fn sync_patch(&mut self, patch: &Patch) -> Result<usize> {
-        let Some(applied) = self.applied.as_ref() else { anyhow::bail!("nothing applied yet: a full sync comes first") };
+        let Some(applied) = self.applied.as_ref() else {
+            anyhow::bail!("nothing applied yet: a full sync comes first")
+        };
         let d = delta_patch(applied, patch);
         let size = d.structure.len() + d.ops.len();
         if size > 0
@@ -492,10 +494,14 @@ mod tests {
         let find = |i: usize| s2.iter().find(|x| x.metadata.name.as_deref() == Some(&format!("s{i}")));
         let slices_of = |i: usize| -> Vec<&EndpointSlice> {
             e2.iter()
-                .filter(|x| x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&format!("s{i}")))
+                .filter(|x| {
+                    x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
+                        == Some(&format!("s{i}"))
+                })
                 .collect()
         };
-        let changed: Vec<crate::compile::Changed> = [42, 7, 300, 8].iter().map(|i| (key(*i), find(*i), slices_of(*i))).collect();
+        let changed: Vec<crate::compile::Changed> =
+            [42, 7, 300, 8].iter().map(|i| (key(*i), find(*i), slices_of(*i))).collect();
         let patch = crate::compile::compile_patch(&before, &changed, &node);
         // Every element operation, whatever the order.
         let ops = |d: Delta| -> Vec<String> {
@@ -505,7 +511,10 @@ mod tests {
                 .flat_map(|l| {
                     let (head, rest) = l.split_once('{').unwrap_or((l, ""));
                     let head = head.to_string();
-                    rest.trim_end_matches('}').split(", ").map(move |e| format!("{head}{}", e.trim())).collect::<Vec<_>>()
+                    rest.trim_end_matches('}')
+                        .split(", ")
+                        .map(move |e| format!("{head}{}", e.trim()))
+                        .collect::<Vec<_>>()
                 })
                 .collect();
             v.sort();

@@ -315,10 +315,13 @@ pub fn compile_from(
 /// computed from the changed Services alone, so its cost does not grow with the cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Patch {
-    pub fragments: Vec<((String, String), Option<Arc<Fragment>>, Option<u64>)>,
+    pub fragments: Vec<PatchedService>,
     pub new_chains: BTreeMap<String, Vec<String>>,
     pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
 }
+
+/// One Service in a patch: its key, its fragment now and what it was compiled from.
+pub type PatchedService = ((String, String), Option<Arc<Fragment>>, Option<u64>);
 
 /// A Service whose objects changed: its key, the Service (None when deleted) and its slices.
 pub type Changed<'a> = ((String, String), Option<&'a Service>, Vec<&'a EndpointSlice>);

@@ -8,36 +8,160 @@ pub mod conntrack;
 pub mod health;
 pub mod netlink;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 
 use crate::apply::{Applier, NetlinkSink};
 use crate::compile::NodeInfo;
 
+type Key = (String, String);
+
+/// The Services and EndpointSlices as the watches last saw them, indexed by Service, and which
+/// Services changed since the last pass (`full` after a (re)list: everything is recompiled).
+#[derive(Default)]
+struct World {
+    services: HashMap<Key, Arc<Service>>,
+    /// Slices by their Service, then by slice name.
+    slices: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Which Service each slice (namespace, slice name) belongs to.
+    owner: HashMap<Key, Key>,
+    dirty: BTreeSet<Key>,
+    full: bool,
+    synced: [bool; 2],
+}
+
+fn meta_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (m.namespace.clone().unwrap_or_default(), m.name.clone().unwrap_or_default())
+}
+
+fn service_of(s: &EndpointSlice) -> Option<Key> {
+    let svc = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    Some((s.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+}
+
+impl World {
+    fn put_service(&mut self, s: Service) {
+        let k = meta_key(&s.metadata);
+        self.dirty.insert(k.clone());
+        self.services.insert(k, Arc::new(s));
+    }
+    fn drop_service(&mut self, s: &Service) {
+        let k = meta_key(&s.metadata);
+        self.services.remove(&k);
+        self.dirty.insert(k);
+    }
+    fn drop_slice(&mut self, k: &Key) {
+        if let Some(owner) = self.owner.remove(k) {
+            if let Some(m) = self.slices.get_mut(&owner) {
+                m.remove(&k.1);
+                if m.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            self.dirty.insert(owner);
+        }
+    }
+    fn put_slice(&mut self, s: EndpointSlice) {
+        let k = meta_key(&s.metadata);
+        self.drop_slice(&k);
+        if let Some(owner) = service_of(&s) {
+            self.owner.insert(k.clone(), owner.clone());
+            self.slices.entry(owner.clone()).or_default().insert(k.1, Arc::new(s));
+            self.dirty.insert(owner);
+        }
+    }
+    fn slices_of(&self, k: &Key) -> Vec<&EndpointSlice> {
+        self.slices.get(k).map(|m| m.values().map(|s| &**s).collect()).unwrap_or_default()
+    }
+}
+
+/// Feeds one kind's watch events into the world.
+fn watch_into<K>(
+    api: kube::Api<K>,
+    world: Arc<Mutex<World>>,
+    notify: Arc<tokio::sync::Notify>,
+    slot: usize,
+    put: fn(&mut World, K),
+    drop: fn(&mut World, &K),
+    reset: fn(&mut World),
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut fresh: Vec<K> = vec![];
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                Event::Init => fresh.clear(),
+                Event::InitApply(o) => fresh.push(o),
+                Event::InitDone => {
+                    reset(&mut w);
+                    for o in fresh.drain(..) {
+                        put(&mut w, o);
+                    }
+                    w.synced[slot] = true;
+                    w.full = true;
+                }
+                Event::Apply(o) => put(&mut w, o),
+                Event::Delete(o) => drop(&mut w, &o),
+            }
+            std::mem::drop(w);
+            notify.notify_one();
+        }
+    });
+}
+
 /// Keeps the proxy rules of every given node (node info, its network namespace) in step with
-/// the API's Services and EndpointSlices.
+/// the API's Services and EndpointSlices. After the first whole sync, a change recompiles and
+/// sends only the Services it touched (their objects are found through the world's index), so
+/// its cost does not grow with the number of Services.
 pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    let svc_r = weft_watch::cached::<Service>(&client, notify.clone());
-    let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
-    let _ = svc_r.wait_until_ready().await;
-    let _ = eps_r.wait_until_ready().await;
+    let world = Arc::new(Mutex::new(World::default()));
+    watch_into::<Service>(
+        kube::Api::all(client.clone()),
+        world.clone(),
+        notify.clone(),
+        0,
+        World::put_service,
+        World::drop_service,
+        |w| w.services.clear(),
+    );
+    watch_into::<EndpointSlice>(
+        kube::Api::all(client.clone()),
+        world.clone(),
+        notify.clone(),
+        1,
+        World::put_slice,
+        |w, s| w.drop_slice(&meta_key(&s.metadata)),
+        |w| {
+            w.slices.clear();
+            w.owner.clear();
+        },
+    );
     let mut appliers: Vec<(NodeInfo, Applier<NetlinkSink>, health::HealthServers)> = nodes
         .into_iter()
         .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))
         .collect();
     loop {
-        let svcs: Vec<Service> = svc_r.state().iter().map(|s| (**s).clone()).collect();
-        let slices: Vec<EndpointSlice> = eps_r.state().iter().map(|s| (**s).clone()).collect();
-        for (node, applier, health) in appliers.iter_mut() {
-            let want = compile::compile_from(applier.applied(), &svcs, &slices, node);
-            if let Err(e) = applier.sync(want) {
-                tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
+        {
+            let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
+            if w.synced.iter().all(|s| *s) {
+                let full = std::mem::take(&mut w.full);
+                let dirty = std::mem::take(&mut w.dirty);
+                let w = &*w;
+                sync_nodes(w, full, &dirty, &mut appliers);
             }
-            health.sync(health::plan(&svcs, &slices, &node.name));
         }
         tokio::select! {
             _ = notify.notified() => {}
@@ -46,5 +170,42 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
         }
         // A burst of changes becomes one transaction.
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sync_nodes(
+    w: &World,
+    full: bool,
+    dirty: &BTreeSet<Key>,
+    appliers: &mut [(NodeInfo, Applier<NetlinkSink>, health::HealthServers)],
+) {
+    let changed: Vec<compile::Changed> =
+        dirty.iter().map(|k| (k.clone(), w.services.get(k).map(|s| &**s), w.slices_of(k))).collect();
+    for (node, applier, health) in appliers.iter_mut() {
+        let result = match applier.applied() {
+            Some(prev) if !full => {
+                let patch = compile::compile_patch(prev, &changed, node);
+                applier.sync_patch(&patch)
+            }
+            _ => {
+                let svcs: Vec<Service> = w.services.values().map(|s| (**s).clone()).collect();
+                let slices: Vec<EndpointSlice> =
+                    w.slices.values().flat_map(|m| m.values().map(|s| (**s).clone())).collect();
+                applier.sync(compile::compile(&svcs, &slices, node))
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
+        }
+        // Health check ports: only LoadBalancers with externalTrafficPolicy Local have one.
+        let lbs: Vec<Service> = w
+            .services
+            .values()
+            .filter(|s| s.spec.as_ref().is_some_and(|sp| sp.health_check_node_port.is_some()))
+            .map(|s| (**s).clone())
+            .collect();
+        let slices: Vec<EndpointSlice> =
+            lbs.iter().flat_map(|s| w.slices_of(&meta_key(&s.metadata))).cloned().collect();
+        health.sync(health::plan(&lbs, &slices, &node.name));
     }
 }

@@ -15,12 +15,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use weft_proxy::apply::{Applier, NetlinkSink};
-use weft_proxy::compile::{NodeInfo, compile, compile_from};
+use weft_proxy::compile::{NodeInfo, compile, compile_patch};
 
 const EPS: usize = 10;
 
@@ -230,11 +230,19 @@ fn main() -> Result<()> {
         let bytes = applier.sync(want)?;
         let full = t.elapsed();
         let (s2, e2) = world(n, Some(n - 1));
-        // What the proxy does on a change: compile (reusing unchanged Services), diff, apply.
+        // What the proxy does on a change: recompile the Service the watch says changed, diff
+        // it against what is applied, send the difference.
+        let name = format!("s{}", n - 1);
+        let svc = s2.iter().find(|x| x.metadata.name.as_deref() == Some(&name));
+        let slices: Vec<&EndpointSlice> = e2
+            .iter()
+            .filter(|x| x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name))
+            .collect();
+        let changed = vec![(("default".to_string(), name.clone()), svc, slices)];
         let t = Instant::now();
-        let want2 = compile_from(applier.applied(), &s2, &e2, &node);
+        let patch = compile_patch(applier.applied().context("applied")?, &changed, &node);
         let compile_t = t.elapsed();
-        let delta = applier.sync(want2)?;
+        let delta = applier.sync_patch(&patch)?;
         let one = t.elapsed();
         let last: SocketAddr = format!("{}:80", vip(n - 1)).parse()?;
         let _ = connect_latency(&c, last, 200)?;
