@@ -42,6 +42,15 @@ pub struct Target {
 
 pub type Query = HashMap<String, String>;
 
+/// Whether a patch body sets `metadata.resourceVersion` (an optimistic-concurrency precondition).
+fn body_names_rv(body: &[u8]) -> bool {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(ops)) => ops.iter().any(|op| op["path"] == "/metadata/resourceVersion" && op["op"] != "test"),
+        Ok(v) => v.pointer("/metadata/resourceVersion").is_some_and(|r| !r.is_null()),
+        Err(_) => false,
+    }
+}
+
 /// A list continuation: the last (namespace, name) sent and the list's revision.
 fn encode_continue(key: &(String, String), rev: u64) -> String {
     use base64::Engine;
@@ -429,7 +438,10 @@ impl Api {
                 return self.scale(t, replicas, None).await;
             }
             let cur_rv = rv_of(&current);
-            let asked_rv = rv_of(&patched);
+            // The precondition is a resourceVersion the patch itself names (the view it was
+            // applied to always carries the current one); without one, a write that raced this
+            // one is retried on the newer object.
+            let asked_rv = if body_names_rv(body) { rv_of(&patched) } else { None };
             if asked_rv.is_some() && asked_rv != cur_rv {
                 return Err(ApiError::from_store(
                     StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
@@ -916,4 +928,25 @@ fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let fs = FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
         .map_err(ApiError::bad_request)?;
     Ok((ls, fs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_names_a_resource_version_only_when_its_body_does() {
+        assert!(!body_names_rv(br#"{"status": {"phase": "Running"}}"#));
+        assert!(body_names_rv(br#"{"metadata": {"resourceVersion": "12"}}"#));
+        assert!(!body_names_rv(br#"{"metadata": {"resourceVersion": null}}"#));
+        assert!(body_names_rv(br#"[{"op": "replace", "path": "/metadata/resourceVersion", "value": "3"}]"#));
+        assert!(!body_names_rv(br#"[{"op": "replace", "path": "/spec/replicas", "value": 3}]"#));
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let key = ("default".to_string(), "web".to_string());
+        assert_eq!(decode_continue(&encode_continue(&key, 42)), Some((key, 42)));
+        assert_eq!(decode_continue("not-a-token"), None);
+    }
 }

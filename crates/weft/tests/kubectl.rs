@@ -34,6 +34,18 @@ fn kubectl_drives_the_embedded_api() {
     assert!(ipnet::Ipv4Net::new("10.96.0.0".parse().unwrap(), 12).unwrap().contains(&ip));
     assert!(wide.lines().any(|l| l.starts_with("kubernetes") && l.contains("10.96.0.1")));
 
+    // Paged lists (limit/continue) give the same objects as one list.
+    let all = lab.kubectl_ok(&["get", "svc", "-A", "-o", "name"]);
+    let paged = lab.kubectl_ok(&["get", "svc", "-A", "-o", "name", "--chunk-size=1"]);
+    assert!(all.lines().count() >= 3 && paged == all, "{paged} vs {all}");
+    let page: serde_json::Value =
+        serde_json::from_str(&lab.kubectl_ok(&["get", "--raw", "/api/v1/services?limit=1"])).unwrap();
+    assert_eq!(page["items"].as_array().map(|i| i.len()), Some(1));
+    assert!(
+        page["metadata"]["continue"].is_string() && page["metadata"]["remainingItemCount"].as_u64() >= Some(2),
+        "{page}"
+    );
+
     // describe shows the update.
     let d = lab.kubectl_ok(&["describe", "svc", "my-nodeport"]);
     assert!(d.contains("TargetPort:") && d.contains("8080/TCP"), "{d}");
