@@ -93,6 +93,15 @@ fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option
     Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?))
 }
 
+/// A port as SRV names use it (lowercase name and protocol); None when out of range.
+fn port(name: &Option<String>, protocol: &Option<String>, port: i32) -> Option<Port> {
+    Some(Port {
+        name: name.clone().unwrap_or_default().to_ascii_lowercase(),
+        protocol: protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+        port: u16::try_from(port).ok()?,
+    })
+}
+
 /// A Service as DNS sees it; None when it has no DNS records yet (no ClusterIP allocated).
 pub fn service(s: &core::Service) -> Option<((String, String), Service)> {
     let k = key(&s.metadata)?;
@@ -118,13 +127,7 @@ pub fn service(s: &core::Service) -> Option<((String, String), Service)> {
         .ports
         .iter()
         .flatten()
-        .filter_map(|p| {
-            Some(Port {
-                name: p.name.clone().unwrap_or_default().to_ascii_lowercase(),
-                protocol: p.protocol.clone().unwrap_or("TCP".into()).to_ascii_lowercase(),
-                port: u16::try_from(p.port).ok()?,
-            })
-        })
+        .filter_map(|p| port(&p.name, &p.protocol, p.port))
         .collect();
     Some((
         k.clone(),
@@ -146,13 +149,7 @@ pub fn slice(s: &discovery::EndpointSlice) -> Option<((String, String), Slice)> 
         .ports
         .iter()
         .flatten()
-        .filter_map(|p| {
-            Some(Port {
-                name: p.name.clone().unwrap_or_default().to_ascii_lowercase(),
-                protocol: p.protocol.clone().unwrap_or("TCP".into()).to_ascii_lowercase(),
-                port: u16::try_from(p.port?).ok()?,
-            })
-        })
+        .filter_map(|p| port(&p.name, &p.protocol, p.port?))
         .collect();
     let endpoints = s
         .endpoints
