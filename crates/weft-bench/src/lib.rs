@@ -18,6 +18,11 @@ pub fn weft_bin() -> PathBuf {
     PathBuf::from("weft")
 }
 
+/// Another binary of the weft package next to `weft` (e.g. `weft-dns`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    weft_bin().with_file_name(name)
+}
+
 /// A lab with its own `$WEFT_HOME`, brought down on drop.
 pub struct BenchLab {
     pub name: String,
@@ -60,13 +65,18 @@ impl Drop for BenchLab {
 
 /// Resident memory of a process in MiB.
 pub fn rss_mib(pid: i32) -> Result<f64> {
+    status_mib(pid, "VmRSS")
+}
+
+/// A memory figure of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`, `VmHWM`) in MiB.
+pub fn status_mib(pid: i32, field: &str) -> Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = s
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.split(':').next() == Some(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(kb / 1024.0)
 }
 

@@ -5,6 +5,7 @@
 //! (`server`), the watches that keep the index current (`watch`), and metrics with health and
 //! readiness endpoints (`metrics`).
 
+pub mod cli;
 pub mod forward;
 pub mod metrics;
 pub mod model;
@@ -87,6 +88,7 @@ pub async fn listen(srv: &Arc<server::Server>, opts: &Options) -> anyhow::Result
 /// is reachable); listeners and upstream sockets are made on the current runtime. Never returns
 /// unless a listener cannot be bound.
 pub async fn run(client: kube::Client, opts: Options, api: tokio::runtime::Handle) -> anyhow::Result<()> {
+    tune_allocator();
     let empty = Zone::build(&model::Snapshot::default(), &opts.zone, 1);
     let zone = Arc::new(ArcSwap::from_pointee(empty));
     let srv = server(zone.clone(), &opts);
@@ -103,4 +105,16 @@ pub async fn run(client: kube::Client, opts: Options, api: tokio::runtime::Handl
     tracing::info!(listen = ?opts.listen, zone = %opts.zone.domain, "cluster DNS serving");
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// glibc's allocator for a long-running server whose large blocks (list pages, the index) come
+/// and go: blocks of 256 KiB and more get mappings of their own, returned when freed. By
+/// default glibc raises that threshold each time such a block is freed, after which the next
+/// index lands in the heap and leaves a hole there when it is replaced.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::model::{self, Snapshot};
+use crate::model::{self, Key, Snapshot, key_of};
 use crate::zone::{Zone, ZoneConfig};
 
 /// The ConfigMap (in kube-system) and key that can set the upstream servers.
@@ -31,8 +31,6 @@ struct State {
     snap: Snapshot,
     synced: [bool; 4],
 }
-
-type Key = (String, String);
 
 /// Runs one watch into one map of the snapshot.
 fn watch_into<K, V>(
@@ -83,11 +81,6 @@ fn watch_into<K, V>(
             notify.notify_one();
         }
     });
-}
-
-fn key_of<K: kube::Resource>(o: &K) -> Option<Key> {
-    let m = o.meta();
-    Some((m.namespace.clone().unwrap_or_default(), m.name.clone()?))
 }
 
 /// Watches the cluster and keeps `zone` current. Never returns.

@@ -10,41 +10,28 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType, rdata};
-use weft_dns::model::{Endpoint, Port, Service, Slice, Snapshot, SvcKind};
+use weft_dns::model::{Endpoint, Port, Protocol, Service, Slice, Snapshot, SvcKind};
 use weft_dns::{Options, Zone, ZoneConfig};
 
 fn snapshot(headless_endpoints: usize) -> Snapshot {
     let mut s = Snapshot::default();
     s.add_namespace("default");
-    s.put_service(Service {
-        namespace: "default".into(),
-        name: "web".into(),
-        kind: SvcKind::ClusterIp(vec!["10.96.0.50".parse().unwrap()]),
-        ports: vec![Port { name: "http".into(), protocol: "tcp".into(), port: 80 }],
-        publish_not_ready: false,
-    });
-    s.put_service(Service {
-        namespace: "default".into(),
-        name: "big".into(),
-        kind: SvcKind::Headless,
-        ports: vec![],
-        publish_not_ready: false,
-    });
-    s.slices.insert(
-        ("default".into(), "big-1".into()),
-        Slice {
-            namespace: "default".into(),
-            service: "big".into(),
-            ports: vec![],
-            endpoints: (0..headless_endpoints)
-                .map(|i| Endpoint {
-                    ip: format!("10.244.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
-                    hostname: None,
-                    ready: true,
-                })
-                .collect(),
+    s.put_service(
+        "default",
+        "web",
+        Service {
+            kind: SvcKind::ClusterIp(Box::new(["10.96.0.50".parse().unwrap()])),
+            ports: Box::new([Port::new("http", Protocol::Tcp, 80)]),
+            publish_not_ready: false,
         },
     );
+    s.put_service("default", "big", Service { kind: SvcKind::Headless, ports: Box::new([]), publish_not_ready: false });
+    let endpoints = (0..headless_endpoints).map(|i| Endpoint {
+        ip: format!("10.244.{}.{}", i / 250, i % 250 + 1).parse().unwrap(),
+        hostname: None,
+        ready: true,
+    });
+    s.put_slice("default", "big-1", Slice::new("big", vec![], endpoints));
     s
 }
 

@@ -420,15 +420,20 @@ fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
     };
     if crate::builtin::is_cluster_dns(c.image.as_deref().unwrap_or("")) {
         // CoreDNS's image runs weft's DNS, watching the lab's API from the host's network
-        // namespace (the shim passes it as WEFT_HOST_NETNS).
-        return vec![
-            ctx.weft_exe.display().to_string(),
-            "dns".into(),
+        // namespace (the shim passes it as WEFT_HOST_NETNS): the `weft-dns` binary built next
+        // to `weft` (smaller in memory), else `weft dns`.
+        let alone = ctx.weft_exe.with_file_name("weft-dns");
+        let mut argv = match alone.is_file() {
+            true => vec![alone.display().to_string()],
+            false => vec![ctx.weft_exe.display().to_string(), "dns".into()],
+        };
+        argv.extend([
             "--kubeconfig".into(),
             ctx.state_dir.join("kubeconfig").display().to_string(),
             "--cluster-domain".into(),
             ctx.cluster_domain.clone(),
-        ];
+        ]);
+        return argv;
     }
     let (mode, tcp, udp) = crate::builtin::plan(c.image.as_deref().unwrap_or(""), &args, &ports("TCP"), &ports("UDP"));
     let join = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");

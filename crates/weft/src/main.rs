@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 use weft_api::kinds;
+use weft_dns::cli::kube_client;
 
 use crate::lab::{Lab, LabConfig};
 
@@ -116,7 +117,7 @@ enum Cmd {
         cluster_cidr: String,
     },
     /// Cluster DNS (a CoreDNS replacement) for the API server the kubeconfig names.
-    Dns(DnsArgs),
+    Dns(weft_dns::cli::Args),
     /// A pod's shim (started by the lab's kubelet).
     #[command(hide = true)]
     Shim { spec: PathBuf },
@@ -168,48 +169,6 @@ struct UpArgs {
     /// Give pods outbound access through the host (changes the host's firewall; off by default).
     #[arg(long)]
     egress: bool,
-}
-
-#[derive(clap::Args)]
-struct DnsArgs {
-    /// A kubeconfig; without one, the in-cluster service account (or $KUBECONFIG).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// Where DNS is served, UDP and TCP (repeatable).
-    #[arg(long, default_value = "0.0.0.0:53")]
-    listen: Vec<std::net::SocketAddr>,
-    /// UDP workers per address (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Upstream servers for names outside the cluster (repeatable; ip or ip:port). Default:
-    /// `dnsUpstreams` in ConfigMap kube-system/weft-config, else the nameservers of --resolv-conf.
-    #[arg(long, value_parser = parse_upstream)]
-    upstream: Vec<std::net::SocketAddr>,
-    #[arg(long, default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
-    /// TTL of cluster records (CoreDNS's default is 5).
-    #[arg(long, default_value_t = 5)]
-    ttl: u32,
-    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: verified, insecure or disabled.
-    #[arg(long, default_value = "verified")]
-    pods: weft_dns::PodMode,
-    /// Where /health, /ready and /metrics are served (repeatable).
-    #[arg(long, default_values = ["0.0.0.0:8080", "0.0.0.0:8181", "0.0.0.0:9153"])]
-    http: Vec<std::net::SocketAddr>,
-    /// Entries in the cache of forwarded answers.
-    #[arg(long, default_value_t = 10_000)]
-    cache_size: usize,
-    /// A network namespace (a path) from which the API server is reached, when it is not this
-    /// process's own (the lab's DNS pod reaches the lab's API in the host's namespace).
-    #[arg(long, env = "WEFT_HOST_NETNS")]
-    api_netns: Option<PathBuf>,
-}
-
-fn parse_upstream(s: &str) -> std::result::Result<std::net::SocketAddr, String> {
-    let v = weft_dns::forward::parse_upstreams(s)?;
-    v.into_iter().next().ok_or_else(|| "an empty upstream".to_string())
 }
 
 fn main() -> ExitCode {
@@ -915,59 +874,13 @@ async fn logs(
     }
 }
 
-async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
-    Ok(match kubeconfig {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
-            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
-        }
-        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
-    })
-}
-
-/// `weft dns`: the cluster DNS. With --api-netns the watches run on a runtime of their own whose
-/// threads sit in that namespace (a socket belongs to the namespace of the thread that made
-/// it); the listeners and the forwarder stay in this process's namespace.
-async fn dns(a: DnsArgs) -> Result<ExitCode> {
+/// `weft dns`: the cluster DNS (the same server as the `weft-dns` binary).
+async fn dns(a: weft_dns::cli::Args) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
         .try_init()
         .ok();
-    if weft_dns::zone::wire_name(&a.cluster_domain).is_none_or(|w| w.len() < 2) {
-        anyhow::bail!("--cluster-domain {:?} is not a domain name: use one such as cluster.local", a.cluster_domain);
-    }
-    let api = match &a.api_netns {
-        Some(path) => {
-            let ns = std::fs::File::open(path).with_context(|| format!("opening --api-netns {}", path.display()))?;
-            let ns = Arc::new(ns);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .on_thread_start(move || {
-                    if let Err(e) = nix::sched::setns(&*ns, nix::sched::CloneFlags::CLONE_NEWNET) {
-                        eprintln!("weft dns: cannot enter the API's network namespace: {e}");
-                        std::process::exit(1);
-                    }
-                })
-                .build()?;
-            // Lives as long as the process.
-            Box::leak(Box::new(rt)).handle().clone()
-        }
-        None => tokio::runtime::Handle::current(),
-    };
-    let kubeconfig = a.kubeconfig.clone();
-    let client = api.spawn(kube_client(kubeconfig)).await??;
-    let opts = weft_dns::Options {
-        zone: weft_dns::ZoneConfig { domain: a.cluster_domain, ttl: a.ttl, pods: a.pods },
-        listen: a.listen,
-        threads: a.threads,
-        upstreams: a.upstream,
-        resolv_conf: a.resolv_conf,
-        http: a.http,
-        cache_size: a.cache_size.max(1),
-        ..Default::default()
-    };
-    weft_dns::run(client, opts, api).await?;
+    weft_dns::cli::run(a).await?;
     Ok(ExitCode::SUCCESS)
 }
 

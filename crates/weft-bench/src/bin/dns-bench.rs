@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
-use weft_bench::{BenchLab, rss_mib, weft_bin};
+use weft_bench::{BenchLab, rss_mib, sibling_bin, status_mib};
 
 const WEFT_ADDR: &str = "127.0.0.85";
 const KNOT_ADDR: &str = "127.0.0.86";
@@ -148,7 +148,7 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    // weft's DNS, one UDP worker, pinned to core 1.
+    // weft's DNS (the `weft-dns` binary the lab's DNS pod runs), one UDP worker, pinned to core 1.
     let kubeconfig = lab.state_dir().join("kubeconfig");
     let listen = format!("{WEFT_ADDR}:{PORT}");
     let health = format!("{WEFT_ADDR}:8181");
@@ -156,15 +156,14 @@ async fn main() -> Result<()> {
     let weft = Proc(
         Command::new("taskset")
             .args(["-c", "1"])
-            .arg(weft_bin())
-            .arg("dns")
+            .arg(sibling_bin("weft-dns"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["--listen", &listen, "--threads", "1", "--http", &health, "--upstream", "127.0.0.1:9"])
             .env("WEFT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .context("starting weft dns")?,
+            .context("starting weft-dns (cargo build --release -p weft builds it)")?,
     );
     let wpid = weft.0.id() as i32;
     let probe = format!("svc-{}.ns-{}.svc.cluster.local", n - 1, (n - 1) % 100);
@@ -195,7 +194,13 @@ async fn main() -> Result<()> {
             break;
         }
     }
-    println!("weft dns: RSS {:.1} MiB with the zone loaded, before any query", rss_mib(wpid)?);
+    println!(
+        "weft dns: RSS {:.1} MiB with the zone loaded, before any query ({:.1} MiB anonymous, {:.1} MiB of the binary and libraries; peak {:.1} MiB while listing)",
+        rss_mib(wpid)?,
+        status_mib(wpid, "RssAnon")?,
+        status_mib(wpid, "RssFile")?,
+        status_mib(wpid, "VmHWM")?
+    );
     // Where it is: the mappings over 2 MiB (the binary's own pages, the allocator's arenas).
     let _ = Command::new("sh")
         .arg("-c")

@@ -1,0 +1,105 @@
+//! The command line of the cluster DNS, shared by `weft dns` and the `weft-dns` binary (the
+//! one the lab's DNS pod and the cluster-mode Deployment run: it holds only this server, so
+//! it maps a fraction of the code pages the whole `weft` binary would).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::{Options, PodMode, ZoneConfig};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// A kubeconfig; without one, the in-cluster service account (or $KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where DNS is served, UDP and TCP (repeatable).
+    #[arg(long, default_value = "0.0.0.0:53")]
+    pub listen: Vec<SocketAddr>,
+    /// UDP workers per address (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Upstream servers for names outside the cluster (repeatable; ip or ip:port). Default:
+    /// `dnsUpstreams` in ConfigMap kube-system/weft-config, else the nameservers of --resolv-conf.
+    #[arg(long, value_parser = parse_upstream)]
+    pub upstream: Vec<SocketAddr>,
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// TTL of cluster records (CoreDNS's default is 5).
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u32,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: verified, insecure or disabled.
+    #[arg(long, default_value = "verified")]
+    pub pods: PodMode,
+    /// Where /health, /ready and /metrics are served (repeatable).
+    #[arg(long, default_values = ["0.0.0.0:8080", "0.0.0.0:8181", "0.0.0.0:9153"])]
+    pub http: Vec<SocketAddr>,
+    /// Entries in the cache of forwarded answers.
+    #[arg(long, default_value_t = 10_000)]
+    pub cache_size: usize,
+    /// A network namespace (a path) from which the API server is reached, when it is not this
+    /// process's own (the lab's DNS pod reaches the lab's API in the host's namespace).
+    #[arg(long, env = "WEFT_HOST_NETNS")]
+    pub api_netns: Option<PathBuf>,
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    let v = crate::forward::parse_upstreams(s)?;
+    v.into_iter().next().ok_or_else(|| "an empty upstream".to_string())
+}
+
+/// A client from a kubeconfig, else the in-cluster service account (or $KUBECONFIG).
+pub async fn kube_client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
+    Ok(match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
+    })
+}
+
+/// Serves DNS as `a` says (logging already set up). With --api-netns the watches run on a
+/// runtime of their own whose threads sit in that namespace (a socket belongs to the namespace
+/// of the thread that made it); the listeners and the forwarder stay in this process's
+/// namespace. Returns only on an error.
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    if crate::zone::wire_name(&a.cluster_domain).is_none_or(|w| w.len() < 2) {
+        anyhow::bail!("--cluster-domain {:?} is not a domain name: use one such as cluster.local", a.cluster_domain);
+    }
+    let api = match &a.api_netns {
+        Some(path) => {
+            let ns = std::fs::File::open(path).with_context(|| format!("opening --api-netns {}", path.display()))?;
+            let ns = Arc::new(ns);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .on_thread_start(move || {
+                    if let Err(e) = nix::sched::setns(&*ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        eprintln!("weft dns: cannot enter the API's network namespace: {e}");
+                        std::process::exit(1);
+                    }
+                })
+                .build()?;
+            // Lives as long as the process.
+            Box::leak(Box::new(rt)).handle().clone()
+        }
+        None => tokio::runtime::Handle::current(),
+    };
+    let client = api.spawn(kube_client(a.kubeconfig.clone())).await??;
+    let opts = Options {
+        zone: ZoneConfig { domain: a.cluster_domain, ttl: a.ttl, pods: a.pods },
+        listen: a.listen,
+        threads: a.threads,
+        upstreams: a.upstream,
+        resolv_conf: a.resolv_conf,
+        http: a.http,
+        cache_size: a.cache_size.max(1),
+        ..Default::default()
+    };
+    crate::run(client, opts, api).await
+}
