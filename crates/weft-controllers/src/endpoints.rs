@@ -5,7 +5,7 @@
 //! endpoints a slice, labelled `kubernetes.io/service-name`. For a Service without a selector,
 //! the Endpoints a user writes are mirrored into a slice (the mirroring controller's job).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
@@ -176,19 +176,36 @@ pub async fn reconcile(
     slices: &[Arc<EndpointSlice>],
     endpoints: &[Arc<Endpoints>],
 ) -> anyhow::Result<()> {
+    // Indexed once per pass: looking each Service's objects up in the whole lists made a pass
+    // quadratic (seconds of CPU every pass at 10 000 Services).
+    let mut pods_in: HashMap<&str, Vec<Arc<Pod>>> = HashMap::new();
+    for p in pods {
+        pods_in.entry(p.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(p.clone());
+    }
+    let endpoints_of: HashMap<(&str, &str), &Arc<Endpoints>> = endpoints
+        .iter()
+        .filter_map(|e| Some(((e.metadata.namespace.as_deref()?, e.metadata.name.as_deref()?), e)))
+        .collect();
+    let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+    for sl in slices {
+        let owner = sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
+        if let (Some(ns), Some(owner)) = (sl.metadata.namespace.as_deref(), owner) {
+            slices_of.entry((ns, owner.as_str())).or_default().push(sl);
+        }
+    }
     for svc in services {
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
+        let cur_endpoints = endpoints_of.get(&(ns.as_str(), name.as_str())).copied();
         let spec = svc.spec.clone().unwrap_or_default();
         if spec.type_.as_deref() == Some("ExternalName") {
             continue;
         }
         let has_selector = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
         let (want, managed_by) = if has_selector {
-            let (slices_want, ep_want) = plan(svc, pods);
+            let (slices_want, ep_want) = plan(svc, pods_in.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default());
             let api: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
-            let cur = endpoints.iter().find(|e| e.name_any() == name && e.namespace().as_deref() == Some(&ns));
-            let cur_v = cur.map(|c| serde_json::to_value(&**c).unwrap_or_default());
+            let cur_v = cur_endpoints.map(|c| serde_json::to_value(&**c).unwrap_or_default());
             let norm = |v: &Value| {
                 v.get("subsets").cloned().filter(|s| s.as_array().is_some_and(|a| !a.is_empty())).unwrap_or(Value::Null)
             };
@@ -207,18 +224,15 @@ pub async fn reconcile(
             }
             (slices_want, CONTROLLER)
         } else {
-            let cur = endpoints.iter().find(|e| e.name_any() == name && e.namespace().as_deref() == Some(&ns));
-            (cur.map(|e| plan_mirror(svc, e)).unwrap_or_default(), MIRROR)
+            (cur_endpoints.map(|e| plan_mirror(svc, e)).unwrap_or_default(), MIRROR)
         };
         let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        let mine: Vec<&Arc<EndpointSlice>> = slices
-            .iter()
-            .filter(|s| s.namespace().as_deref() == Some(&ns))
-            .filter(|s| {
-                let l = s.metadata.labels.clone().unwrap_or_default();
-                l.get("kubernetes.io/service-name") == Some(&name)
-                    && l.get(MANAGED_BY).map(|m| m.as_str()) == Some(managed_by)
-            })
+        let mine: Vec<&Arc<EndpointSlice>> = slices_of
+            .get(&(ns.as_str(), name.as_str()))
+            .into_iter()
+            .flatten()
+            .filter(|s| s.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str) == Some(managed_by))
+            .copied()
             .collect();
         for w in &want {
             let wname = w.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");

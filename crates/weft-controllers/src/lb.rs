@@ -44,7 +44,7 @@ pub fn parse_pools(spec: &str) -> Result<Vec<Ipv4Addr>, String> {
 }
 
 fn wants_ip(s: &Service) -> bool {
-    let spec = s.spec.clone().unwrap_or_default();
+    let Some(spec) = s.spec.as_ref() else { return false };
     spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.as_deref().is_none_or(|c| c == CLASS)
 }
 
