@@ -231,7 +231,9 @@ pub async fn reconcile(
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
             .flatten()
-            .filter(|s| s.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str) == Some(managed_by))
+            .filter(|s| {
+                s.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).map(String::as_str) == Some(managed_by)
+            })
             .copied()
             .collect();
         for w in &want {

@@ -332,7 +332,8 @@ impl Zone {
                     let weight = (100 / named.len().max(1)) as u16;
                     for p in named {
                         let rdata = srv_rdata(0, 100, p.port, &svc_name);
-                        if let Some(srv) = name(&format!("_{}._{}.{svc_n}.{svc_ns}.svc.{d}", p.name, p.protocol.label()))
+                        if let Some(srv) =
+                            name(&format!("_{}._{}.{svc_n}.{svc_ns}.svc.{d}", p.name, p.protocol.label()))
                         {
                             b.add(&srv, T_SRV, rdata);
                         }
@@ -368,7 +369,8 @@ impl Zone {
                         b.add(&host_name, t, r);
                         reverse.push((*ip, host_name.clone()));
                         for p in &ports {
-                            if let Some(srv) = name(&format!("_{}._{}.{svc_n}.{svc_ns}.svc.{d}", p.name, p.protocol.label()))
+                            if let Some(srv) =
+                                name(&format!("_{}._{}.{svc_n}.{svc_ns}.svc.{d}", p.name, p.protocol.label()))
                             {
                                 b.add(&srv, T_SRV, srv_rdata(0, weight, p.port, &host_name));
                             }
@@ -566,13 +568,7 @@ mod tests {
             s.add_namespace(ns);
         }
         let ip = |x: &str| -> IpAddr { x.parse().unwrap() };
-        put(
-            &mut s,
-            "default",
-            "kubernetes",
-            SvcKind::ClusterIp(Box::new([ip("10.96.0.1")])),
-            &[("https", "tcp", 443)],
-        );
+        put(&mut s, "default", "kubernetes", SvcKind::ClusterIp(Box::new([ip("10.96.0.1")])), &[("https", "tcp", 443)]);
         put(
             &mut s,
             "kube-system",

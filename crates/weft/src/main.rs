@@ -397,6 +397,10 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
             tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
             say("progress: starting the cluster DNS");
             cluster_dns(&client, &ctx.dns_ip).await?;
+            // Pods made right after `weft up` resolve names (seed 000's `nslookup kubernetes`).
+            if !dns_ready(&client, Duration::from_secs(30)).await {
+                say("progress: the cluster DNS is not ready yet; see kubectl -n kube-system get pods");
+            }
         }
         Ok::<_, anyhow::Error>((lock, running))
     }
@@ -441,6 +445,27 @@ async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits (bounded) until the kube-dns Service has a ready endpoint.
+async fn dns_ready(client: &kube::Client, within: Duration) -> bool {
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(client.clone(), "kube-system");
+    let lp = kube::api::ListParams::default().labels("kubernetes.io/service-name=kube-dns");
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Ok(list) = slices.list(&lp).await
+            && list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// The cluster DNS Service's address: the tenth of the service range (10.96.0.10 by default).
