@@ -111,7 +111,7 @@ pub async fn run(client: kube::Client, opts: Options, api: tokio::runtime::Handl
 /// and go: blocks of 256 KiB and more get mappings of their own, returned when freed. By
 /// default glibc raises that threshold each time such a block is freed, after which the next
 /// index lands in the heap and leaves a hole there when it is replaced.
-fn tune_allocator() {
+pub(crate) fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a parameter of the allocator.
     unsafe {

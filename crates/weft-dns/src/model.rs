@@ -161,9 +161,73 @@ impl Slice {
     }
 }
 
+/// A pod's identity (its UID as 16 bytes) and what verified pod records need of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pod {
+    pub uid: [u8; 16],
+    pub namespace: Box<str>,
     pub ips: Box<[IpAddr]>,
+}
+
+/// The pods of the cluster, kept small because there can be hundreds of thousands: by UID
+/// (16 bytes; Kubernetes' own identity of a pod, so a name reused by a new pod is a new
+/// entry), the namespace as a number, and the IPv4 address inline; IPv6 addresses aside.
+/// About 40 bytes a pod where a map keyed by `namespace/name` of boxed addresses took 150.
+#[derive(Clone, Debug, Default)]
+pub struct Pods {
+    v4: HashMap<[u8; 16], (u32, Option<Ipv4Addr>)>,
+    v6: HashMap<[u8; 16], Ipv6Addr>,
+    /// Namespace names by number (only grows; a relist starts afresh).
+    namespaces: Vec<Box<str>>,
+    numbers: HashMap<Box<str>, u32>,
+}
+
+impl Pods {
+    pub fn put(&mut self, p: &Pod) {
+        let ns = match self.numbers.get(&p.namespace) {
+            Some(n) => *n,
+            None => {
+                let n = self.namespaces.len() as u32;
+                self.namespaces.push(p.namespace.clone());
+                self.numbers.insert(p.namespace.clone(), n);
+                n
+            }
+        };
+        let v4 = p.ips.iter().find_map(|i| match i {
+            IpAddr::V4(a) => Some(*a),
+            _ => None,
+        });
+        self.v4.insert(p.uid, (ns, v4));
+        match p.ips.iter().find_map(|i| match i {
+            IpAddr::V6(a) => Some(*a),
+            _ => None,
+        }) {
+            Some(a) => self.v6.insert(p.uid, a),
+            None => self.v6.remove(&p.uid),
+        };
+    }
+
+    pub fn remove(&mut self, uid: &[u8; 16]) {
+        self.v4.remove(uid);
+        self.v6.remove(uid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty()
+    }
+
+    /// Every (namespace, address) pair.
+    pub fn addresses(&self) -> impl Iterator<Item = (&str, IpAddr)> {
+        self.v4.iter().flat_map(move |(uid, (ns, v4))| {
+            let ns: &str = self.namespaces.get(*ns as usize).map(|n| &**n).unwrap_or_default();
+            let v6 = self.v6.get(uid).map(|a| (ns, IpAddr::V6(*a)));
+            v4.map(|a| (ns, IpAddr::V4(a))).into_iter().chain(v6)
+        })
+    }
 }
 
 /// The cluster as DNS sees it, each map keyed by `namespace/name` (namespaces by `/name`).
@@ -171,7 +235,7 @@ pub struct Pod {
 pub struct Snapshot {
     pub services: HashMap<Key, Service>,
     pub slices: HashMap<Key, Slice>,
-    pub pods: HashMap<Key, Pod>,
+    pub pods: Pods,
     pub namespaces: HashMap<Key, ()>,
 }
 
@@ -184,8 +248,8 @@ impl Snapshot {
         self.slices.insert(key(namespace, name), s);
     }
 
-    pub fn put_pod(&mut self, namespace: &str, name: &str, p: Pod) {
-        self.pods.insert(key(namespace, name), p);
+    pub fn put_pod(&mut self, p: &Pod) {
+        self.pods.put(p);
     }
 
     pub fn add_namespace(&mut self, name: &str) {
@@ -250,8 +314,31 @@ pub fn slice(s: &discovery::EndpointSlice) -> Option<(Key, Slice)> {
     Some((k, Slice::new(service, ports, endpoints)))
 }
 
-pub fn pod(p: &core::Pod) -> Option<(Key, Pod)> {
-    let k = key_of(p)?;
+/// A pod's UID as 16 bytes: the UUID it is, else (an API server that makes UIDs some other
+/// way) the UID's own bytes, padded, or a hash of them when longer.
+pub fn pod_uid(p: &core::Pod) -> Option<[u8; 16]> {
+    let uid = p.metadata.uid.as_deref()?;
+    let hex: Vec<u8> = uid.bytes().filter(|b| *b != b'-').collect();
+    let mut out = [0u8; 16];
+    if hex.len() == 32 && hex.iter().all(u8::is_ascii_hexdigit) {
+        for (i, pair) in hex.chunks(2).enumerate() {
+            out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+    } else if uid.len() <= 16 {
+        out[..uid.len()].copy_from_slice(uid.as_bytes());
+    } else {
+        use std::hash::{Hash, Hasher};
+        for (half, seed) in [(0usize, 0u8), (8, 1)] {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (seed, uid).hash(&mut h);
+            out[half..half + 8].copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    Some(out)
+}
+
+/// A pod as verified pod records need it; None until it has an address.
+pub fn pod(p: &core::Pod) -> Option<Pod> {
     let st = p.status.as_ref()?;
     let mut ips: Vec<IpAddr> = st.pod_ips.iter().flatten().filter_map(|i| i.ip.parse().ok()).collect();
     if ips.is_empty() {
@@ -260,7 +347,8 @@ pub fn pod(p: &core::Pod) -> Option<(Key, Pod)> {
     if ips.is_empty() {
         return None;
     }
-    Some((k, Pod { ips: ips.into_boxed_slice() }))
+    let namespace = p.metadata.namespace.as_deref()?.into();
+    Some(Pod { uid: pod_uid(p)?, namespace, ips: ips.into_boxed_slice() })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
+use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::forward::Forwarder;
@@ -32,52 +33,121 @@ struct State {
     synced: [bool; 4],
 }
 
-/// Runs one watch into one map of the snapshot.
-fn watch_into<K, V>(
-    api: Api<K>,
-    state: Arc<Mutex<State>>,
-    notify: Arc<Notify>,
-    slot: usize,
-    convert: fn(&K) -> Option<(Key, V)>,
-    key_of: fn(&K) -> Option<Key>,
-    map: fn(&mut Snapshot) -> &mut HashMap<Key, V>,
-) where
-    K: kube::Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    V: Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        let mut fresh: Option<HashMap<Key, V>> = None;
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
-            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                Event::Init => fresh = Some(HashMap::new()),
-                Event::InitApply(o) => {
-                    if let (Some(f), Some((k, v))) = (fresh.as_mut(), convert(&o)) {
-                        f.insert(k, v);
-                    }
-                }
-                Event::InitDone => {
-                    *map(&mut st.snap) = fresh.take().unwrap_or_default();
-                    st.synced[slot] = true;
-                }
-                Event::Apply(o) => match (convert(&o), key_of(&o)) {
-                    (Some((k, v)), _) => {
-                        map(&mut st.snap).insert(k, v);
-                    }
-                    (None, Some(k)) => {
-                        map(&mut st.snap).remove(&k);
-                    }
-                    _ => {}
-                },
-                Event::Delete(o) => {
-                    if let Some(k) = key_of(&o) {
-                        map(&mut st.snap).remove(&k);
-                    }
+/// A kind the DNS watches, and how its events change its part of the snapshot.
+trait Watched: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
+    type Part: Default + Send + 'static;
+    fn part(s: &mut Snapshot) -> &mut Self::Part;
+    fn apply(part: &mut Self::Part, o: &Self);
+    fn delete(part: &mut Self::Part, o: &Self);
+}
+
+/// An object converted into a keyed map (one that does not convert, such as a Service without
+/// a ClusterIP yet, is removed).
+fn apply_keyed<K: kube::Resource, V>(m: &mut HashMap<Key, V>, o: &K, convert: fn(&K) -> Option<(Key, V)>) {
+    match convert(o) {
+        Some((k, v)) => {
+            m.insert(k, v);
+        }
+        None => {
+            if let Some(k) = key_of(o) {
+                m.remove(&k);
+            }
+        }
+    }
+}
+
+fn delete_keyed<K: kube::Resource, V>(m: &mut HashMap<Key, V>, o: &K) {
+    if let Some(k) = key_of(o) {
+        m.remove(&k);
+    }
+}
+
+impl Watched for Service {
+    type Part = HashMap<Key, model::Service>;
+    fn part(s: &mut Snapshot) -> &mut Self::Part {
+        &mut s.services
+    }
+    fn apply(part: &mut Self::Part, o: &Self) {
+        apply_keyed(part, o, model::service)
+    }
+    fn delete(part: &mut Self::Part, o: &Self) {
+        delete_keyed(part, o)
+    }
+}
+
+impl Watched for EndpointSlice {
+    type Part = HashMap<Key, model::Slice>;
+    fn part(s: &mut Snapshot) -> &mut Self::Part {
+        &mut s.slices
+    }
+    fn apply(part: &mut Self::Part, o: &Self) {
+        apply_keyed(part, o, model::slice)
+    }
+    fn delete(part: &mut Self::Part, o: &Self) {
+        delete_keyed(part, o)
+    }
+}
+
+impl Watched for Namespace {
+    type Part = HashMap<Key, ()>;
+    fn part(s: &mut Snapshot) -> &mut Self::Part {
+        &mut s.namespaces
+    }
+    fn apply(part: &mut Self::Part, o: &Self) {
+        apply_keyed(part, o, |o| Some((key_of(o)?, ())))
+    }
+    fn delete(part: &mut Self::Part, o: &Self) {
+        delete_keyed(part, o)
+    }
+}
+
+impl Watched for Pod {
+    type Part = model::Pods;
+    fn part(s: &mut Snapshot) -> &mut Self::Part {
+        &mut s.pods
+    }
+    fn apply(part: &mut Self::Part, o: &Self) {
+        match model::pod(o) {
+            Some(p) => part.put(&p),
+            None => {
+                if let Some(uid) = model::pod_uid(o) {
+                    part.remove(&uid)
                 }
             }
-            drop(st);
+        }
+    }
+    fn delete(part: &mut Self::Part, o: &Self) {
+        if let Some(uid) = model::pod_uid(o) {
+            part.remove(&uid)
+        }
+    }
+}
+
+/// Runs one watch into its part of the snapshot. A (re)list is gathered apart and swapped in
+/// whole when it is complete, so the zone never sees half a list.
+fn watch_into<K: Watched>(api: Api<K>, state: Arc<Mutex<State>>, notify: Arc<Notify>, slot: usize) {
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut fresh: Option<K::Part> = None;
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            match ev {
+                Event::Init => fresh = Some(K::Part::default()),
+                Event::InitApply(o) => {
+                    if let Some(f) = fresh.as_mut() {
+                        K::apply(f, &o);
+                    }
+                    // Nothing for the zone yet.
+                    continue;
+                }
+                Event::InitDone => {
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    *K::part(&mut st.snap) = fresh.take().unwrap_or_default();
+                    st.synced[slot] = true;
+                }
+                Event::Apply(o) => K::apply(K::part(&mut state.lock().unwrap_or_else(|e| e.into_inner()).snap), &o),
+                Event::Delete(o) => K::delete(K::part(&mut state.lock().unwrap_or_else(|e| e.into_inner()).snap), &o),
+            }
             notify.notify_one();
         }
     });
@@ -87,22 +157,10 @@ fn watch_into<K, V>(
 pub async fn run(client: kube::Client, cfg: ZoneConfig, zone: Arc<ArcSwap<Zone>>, metrics: Arc<Metrics>) {
     let state = Arc::new(Mutex::new(State::default()));
     let notify = Arc::new(Notify::new());
-    let (s, n) = (state.clone(), notify.clone());
-    watch_into::<Service, _>(Api::all(client.clone()), s, n, 0, model::service, key_of, |s| &mut s.services);
-    let (s, n) = (state.clone(), notify.clone());
-    watch_into::<EndpointSlice, _>(Api::all(client.clone()), s, n, 1, model::slice, key_of, |s| &mut s.slices);
-    let (s, n) = (state.clone(), notify.clone());
-    watch_into::<Pod, _>(Api::all(client.clone()), s, n, 2, model::pod, key_of, |s| &mut s.pods);
-    let (s, n) = (state.clone(), notify.clone());
-    watch_into::<Namespace, _>(
-        Api::all(client.clone()),
-        s,
-        n,
-        3,
-        |o| Some((key_of(o)?, ())),
-        key_of,
-        |s| &mut s.namespaces,
-    );
+    watch_into::<Service>(Api::all(client.clone()), state.clone(), notify.clone(), 0);
+    watch_into::<EndpointSlice>(Api::all(client.clone()), state.clone(), notify.clone(), 1);
+    watch_into::<Pod>(Api::all(client.clone()), state.clone(), notify.clone(), 2);
+    watch_into::<Namespace>(Api::all(client.clone()), state.clone(), notify.clone(), 3);
     loop {
         notify.notified().await;
         let st = state.lock().unwrap_or_else(|e| e.into_inner());
