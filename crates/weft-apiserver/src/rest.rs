@@ -52,6 +52,12 @@ fn body_names_rv(body: &[u8]) -> bool {
 }
 
 /// A list continuation: the last (namespace, name) sent and the list's revision.
+/// An object's (namespace, name): its place in list order.
+fn key_of(o: &Value) -> (String, String) {
+    let m = &o["metadata"];
+    (m["namespace"].as_str().unwrap_or("").to_string(), m["name"].as_str().unwrap_or("").to_string())
+}
+
 fn encode_continue(key: &(String, String), rev: u64) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([key.0, key.1, rev]).to_string())
@@ -186,41 +192,50 @@ impl Api {
 
     pub fn list(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
         let (ls, fs) = selectors(q)?;
-        let (items, rev) =
-            self.store.list(&t.kind.resource_key(), t.namespace.as_deref().filter(|_| t.kind.namespaced));
-        let items: Vec<Arc<Value>> = items.into_iter().filter(|o| ls.matches(o) && fs.matches(o)).collect();
-        if wants_table(accept) {
-            return Ok(table::table(t.kind, &items, rev, jiff::Timestamp::now()));
-        }
+        let resource = t.kind.resource_key();
+        let namespace = t.namespace.as_deref().filter(|_| t.kind.namespaced);
         // Pages (`limit` and `continue`), as kube-rs watchers and kubectl ask for them: a large
         // list is then sent (and decoded by the client) a page at a time. Later pages come from
         // the current state and carry the first page's revision, so a watch from it replays
         // whatever changed while the pages were read.
         let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
-        let (after, list_rev) = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => {
-                let (key, rv) = decode_continue(token).ok_or_else(|| {
-                    ApiError::bad_request("the continue token is not one this server gave: list again without it")
-                })?;
-                (Some(key), rv)
+        let after = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token).ok_or_else(|| {
+                ApiError::bad_request("the continue token is not one this server gave: list again without it")
+            })?),
+            None => None,
+        };
+        // Tables (kubectl's printing) are sent whole.
+        let paged = (limit.is_some() || after.is_some()) && !wants_table(accept);
+        let (items, list_rev, next) = match paged {
+            false => {
+                let (items, rev) = self.store.list(&resource, namespace);
+                let items: Vec<Arc<Value>> = items.into_iter().filter(|o| ls.matches(o) && fs.matches(o)).collect();
+                (items, rev, None)
             }
-            None => (None, rev),
+            true => {
+                let page = self.store.list_page(
+                    &resource,
+                    namespace,
+                    after.as_ref().map(|(k, _)| k),
+                    limit.unwrap_or(usize::MAX),
+                    |o| ls.matches(o) && fs.matches(o),
+                );
+                let rev = after.as_ref().map(|(_, rv)| *rv).unwrap_or(page.rev);
+                // As kube-apiserver: the count of what follows only when nothing was filtered out.
+                let remaining = (ls.is_empty() && fs.is_empty()).then_some(page.remaining);
+                let next = page.more.then(|| page.items.last().map(|o| (key_of(o), remaining))).flatten();
+                (page.items, rev, next)
+            }
         };
-        let key_of = |o: &Value| -> (String, String) {
-            let m = &o["metadata"];
-            (m["namespace"].as_str().unwrap_or("").to_string(), m["name"].as_str().unwrap_or("").to_string())
-        };
-        let mut items: Vec<Arc<Value>> = match &after {
-            Some(a) => items.into_iter().filter(|o| key_of(o) > *a).collect(),
-            None => items,
-        };
+        if wants_table(accept) {
+            return Ok(table::table(t.kind, &items, list_rev, jiff::Timestamp::now()));
+        }
         let mut meta = json!({"resourceVersion": list_rev.to_string()});
-        if let Some(l) = limit.filter(|l| items.len() > *l) {
-            let rest = items.len() - l;
-            items.truncate(l);
-            if let Some(last) = items.last() {
-                meta["continue"] = json!(encode_continue(&key_of(last), list_rev));
-                meta["remainingItemCount"] = json!(rest);
+        if let Some((last, remaining)) = next {
+            meta["continue"] = json!(encode_continue(&last, list_rev));
+            if let Some(r) = remaining {
+                meta["remainingItemCount"] = json!(r);
             }
         }
         let items: Vec<Value> = items.iter().map(|o| outgoing(t.kind, o)).collect();

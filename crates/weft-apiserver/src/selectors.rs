@@ -43,6 +43,11 @@ fn set_values(s: &str) -> Result<Vec<String>, String> {
 }
 
 impl LabelSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> Result<LabelSelector, String> {
         let mut reqs = vec![];
         for part in split_top(s) {
@@ -98,6 +103,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(s: &str) -> Result<FieldSelector, String> {
         let mut out = vec![];
         for part in s.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()) {

@@ -639,7 +639,11 @@ mod tests {
             "nobody-x",
             Slice::new("nobody", vec![], [Endpoint { ip: ip("10.244.3.3"), hostname: None, ready: false }]),
         );
-        s.put_pod(&Pod { uid: [1; 16], namespace: "default".into(), ips: Box::new([ip("10.244.1.2"), ip("fd00::1:2")]) });
+        s.put_pod(&Pod {
+            uid: [1; 16],
+            namespace: "default".into(),
+            ips: Box::new([ip("10.244.1.2"), ip("fd00::1:2")]),
+        });
         s
     }
 

@@ -13,6 +13,7 @@
 //! `metadata.resourceVersion`; validation, defaulting and allocation live in the API server.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock, mpsc};
 use std::thread;
@@ -171,6 +172,17 @@ struct Shared {
 }
 
 /// A handle to the store; cheap to clone.
+/// A page of a list (see [`Store::list_page`]).
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Arc<Value>>,
+    /// Objects accepted by the filter follow the page.
+    pub more: bool,
+    /// Objects of the kind (in the namespace) after the page's last one, filtered or not.
+    pub remaining: usize,
+    pub rev: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
@@ -261,6 +273,45 @@ impl Store {
             },
         };
         (items, st.rev)
+    }
+
+    /// One page of a list: up to `limit` objects that `keep` accepts, in (namespace, name)
+    /// order, starting after the key `after`. Reads only as far as the page goes (and, for
+    /// `remaining`, counts the keys after it), so paging through a kind is linear in its size.
+    pub fn list_page(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+        mut keep: impl FnMut(&Value) -> bool,
+    ) -> Page {
+        let st = self.shared.state.read().unwrap();
+        let mut page = Page { items: vec![], more: false, remaining: 0, rev: st.rev };
+        let Some(m) = st.objects.get(resource) else { return page };
+        let first = namespace.map(|ns| (ns.to_string(), String::new()));
+        let start = match (after, first) {
+            // A key before the namespace (only a made-up token has one) starts at the namespace.
+            (Some(a), Some(f)) if *a < f => Bound::Included(f),
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(f)) => Bound::Included(f),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut range = m.range((start, Bound::Unbounded)).take_while(|((n, _), _)| namespace.is_none_or(|ns| n == ns));
+        for (_, v) in range.by_ref() {
+            if keep(v) {
+                if page.items.len() == limit {
+                    page.more = true;
+                    page.remaining = 1;
+                    break;
+                }
+                page.items.push(v.clone());
+            }
+        }
+        if page.more {
+            page.remaining += range.count();
+        }
+        page
     }
 
     /// Starts a watch of everything after revision `from` (the caller filters by resource).
@@ -510,6 +561,41 @@ mod tests {
         let w = s.watch(1).unwrap();
         let kinds: Vec<_> = w.backlog.iter().map(|e| (e.rev, e.kind)).collect();
         assert_eq!(kinds, vec![(2, EventType::Modified), (3, EventType::Added), (4, EventType::Deleted)]);
+    }
+
+    #[tokio::test]
+    async fn pages_follow_list_order_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), 100).unwrap();
+        for (ns, name) in [("a", "1"), ("b", "1"), ("b", "2"), ("b", "3"), ("b", "4"), ("c", "1")] {
+            let o = json!({"metadata": {"name": name, "namespace": ns}, "spec": {}});
+            s.create(Key::new("pods", ns, name), o).await.unwrap();
+        }
+        let names = |p: &Page| -> Vec<String> {
+            p.items
+                .iter()
+                .map(|o| format!("{}/{}", o["metadata"]["namespace"], o["metadata"]["name"]).replace('"', ""))
+                .collect()
+        };
+        let all = |_: &Value| true;
+        let p = s.list_page("pods", None, None, 2, all);
+        assert_eq!((names(&p), p.more, p.remaining), (vec!["a/1".into(), "b/1".into()], true, 4));
+        let after = ("b".to_string(), "1".to_string());
+        let p = s.list_page("pods", None, Some(&after), 10, all);
+        assert_eq!((names(&p).len(), p.more, p.remaining), (4, false, 0));
+        let p = s.list_page("pods", Some("b"), Some(&after), 2, all);
+        assert_eq!((names(&p), p.more, p.remaining), (vec!["b/2".into(), "b/3".into()], true, 1));
+        // A key from before the namespace starts at the namespace; the next one never leaves it.
+        let early = ("a".to_string(), "9".to_string());
+        assert_eq!(names(&s.list_page("pods", Some("b"), Some(&early), 1, all)), vec!["b/1".to_string()]);
+        let last = ("b".to_string(), "4".to_string());
+        assert!(s.list_page("pods", Some("b"), Some(&last), 5, all).items.is_empty());
+        // A filter skips objects; `more` says whether an accepted one follows.
+        let even = |o: &Value| o["metadata"]["name"].as_str().is_some_and(|n| n == "2" || n == "4");
+        let p = s.list_page("pods", None, None, 1, even);
+        assert_eq!((names(&p), p.more), (vec!["b/2".to_string()], true));
+        let p = s.list_page("pods", None, Some(&("b".to_string(), "2".to_string())), 1, even);
+        assert_eq!((names(&p), p.more), (vec!["b/4".to_string()], false));
     }
 
     #[tokio::test]

@@ -5,10 +5,13 @@
 //! formula (49 MB + 0.86 KB per pod and Service).
 //!
 //! The cluster: SERVICES ClusterIP Services `svc-N` in namespaces `ns-(N % 100)` (the names of
-//! `../shared/anchors/dns-anchor.sh`), each with an EndpointSlice of ENDPOINTS endpoints, in a
-//! lab with the API alone (`--nodes 0`). Loopback only: weft on 127.0.0.85, Knot on 127.0.0.86.
+//! `../shared/anchors/dns-anchor.sh`), each with an EndpointSlice of ENDPOINTS endpoints and, as
+//! in a real cluster, a pod behind each endpoint (with its address in its status: weft keeps
+//! pods for verified pod records; `--no-pods` leaves them out), in a lab with the API alone
+//! (`--nodes 0`). Loopback only: weft on 127.0.0.85, Knot on 127.0.0.86.
 //!
-//! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS]   (defaults 10000 10 10; root not needed)
+//! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS] [--no-pods]   (defaults 10000 10 10; root
+//! not needed)
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -16,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use weft_bench::{BenchLab, rss_mib, sibling_bin, status_mib};
 
 const WEFT_ADDR: &str = "127.0.0.85";
@@ -87,7 +90,9 @@ fn answers(addr: &str, name: &str) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let pods = !args.iter().any(|a| a == "--no-pods");
+    args.retain(|a| a != "--no-pods");
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let per: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).clamp(1, 120);
@@ -119,18 +124,27 @@ async fn main() -> Result<()> {
                     "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
                 let s = svcs.create(&PostParams::default(), &s).await?;
                 let ip = s.spec.and_then(|s| s.cluster_ip).context("no ClusterIP")?;
-                let eps: Vec<serde_json::Value> = (0..per)
-                    .map(|k| {
-                        let x = i * per + k;
-                        serde_json::json!({"addresses": [format!("10.{}.{}.{}", 128 + (x >> 16) % 64, (x >> 8) & 255, x & 255)],
-                                           "conditions": {"ready": true}})
-                    })
-                    .collect();
+                let addr = |k: usize| {
+                    let x = i * per + k;
+                    format!("10.{}.{}.{}", 128 + (x >> 16) % 64, (x >> 8) & 255, x & 255)
+                };
+                let eps: Vec<serde_json::Value> =
+                    (0..per).map(|k| serde_json::json!({"addresses": [addr(k)], "conditions": {"ready": true}})).collect();
                 let sl: EndpointSlice = serde_json::from_value(serde_json::json!({
                     "metadata": {"name": format!("svc-{i}-1"), "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
                     "addressType": "IPv4", "endpoints": eps,
                     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))?;
-                Api::<EndpointSlice>::namespaced(c, &ns).create(&PostParams::default(), &sl).await?;
+                Api::<EndpointSlice>::namespaced(c.clone(), &ns).create(&PostParams::default(), &sl).await?;
+                let pod_api: Api<Pod> = Api::namespaced(c, &ns);
+                for k in (0..per).filter(|_| pods) {
+                    let name = format!("svc-{i}-{k}");
+                    let p: Pod = serde_json::from_value(serde_json::json!({
+                        "metadata": {"name": name, "labels": {"app": format!("svc-{i}")}},
+                        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}))?;
+                    pod_api.create(&PostParams::default(), &p).await?;
+                    let st = serde_json::json!({"status": {"phase": "Running", "podIP": addr(k), "podIPs": [{"ip": addr(k)}]}});
+                    pod_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st)).await?;
+                }
                 Ok((i, ip))
             }
         })
@@ -143,8 +157,9 @@ async fn main() -> Result<()> {
         ips[i] = ip;
     }
     println!(
-        "cluster: {n} Services, {n} EndpointSlices, {} endpoints created in {:.1} s",
+        "cluster: {n} Services, {n} EndpointSlices, {} endpoints, {} pods created in {:.1} s",
         n * per,
+        if pods { n * per } else { 0 },
         t.elapsed().as_secs_f64()
     );
 
@@ -286,12 +301,13 @@ async fn main() -> Result<()> {
     println!("weft: {builds} (index rebuilds over the run)");
     let services = n as f64;
     let endpoints = (n * per) as f64;
-    // CoreDNS's published formula counts pods and Services; here each endpoint stands for a pod.
+    // CoreDNS's published formula counts pods and Services; a pod stands behind each endpoint.
     let coredns_mb = 49.0 + 0.86 * (services + endpoints) / 1024.0;
     println!(
-        "SUMMARY: dns-bench {n} Services / {} endpoints: weft {:.0} qps (avg {:.3} ms, p99 {:.3} ms) vs knot {:.0} qps (avg {:.3} ms, p99 {:.3} ms): ratio {:.2}x; \
+        "SUMMARY: dns-bench {n} Services / {} endpoints / {} pods: weft {:.0} qps (avg {:.3} ms, p99 {:.3} ms) vs knot {:.0} qps (avg {:.3} ms, p99 {:.3} ms): ratio {:.2}x; \
          weft RSS {:.1} MiB vs CoreDNS formula {:.0} MB (ratio {:.2})",
         n * per,
+        if pods { n * per } else { 0 },
         wb.qps,
         wb.avg_ms,
         wb.p99_ms,
