@@ -273,6 +273,7 @@ async fn main() -> Result<()> {
     // Alternate the servers over two rounds so drift on a shared machine hits both.
     let mut w = vec![];
     let mut k = vec![];
+    let (daemon_ticks, rounds_start) = (cpu(daemon), Instant::now());
     for _ in 0..2 {
         w.push(measure(WEFT_ADDR, &queries, secs)?);
         k.push(measure(KNOT_ADDR, &queries, secs)?);
@@ -291,6 +292,12 @@ async fn main() -> Result<()> {
             );
         }
     }
+    // The lab's API and controllers share the machine; how busy they were says how much to trust
+    // the tail latencies.
+    println!(
+        "lab daemon: {:.0}% of a core during the rounds",
+        (cpu(daemon) - daemon_ticks) as f64 / rounds_start.elapsed().as_secs_f64()
+    );
     let rss = rss_mib(wpid)?;
     let metrics = Command::new("curl").args(["-s", &format!("http://{health}/metrics")]).output()?;
     let builds = String::from_utf8_lossy(&metrics.stdout)
