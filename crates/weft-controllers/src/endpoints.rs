@@ -197,11 +197,11 @@ pub async fn reconcile(
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let cur_endpoints = endpoints_of.get(&(ns.as_str(), name.as_str())).copied();
-        let spec = svc.spec.clone().unwrap_or_default();
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let spec = svc.spec.as_ref();
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             continue;
         }
-        let has_selector = spec.selector.as_ref().is_some_and(|s| !s.is_empty());
+        let has_selector = spec.and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
         let (want, managed_by) = if has_selector {
             let (slices_want, ep_want) = plan(svc, pods_in.get(ns.as_str()).map(Vec::as_slice).unwrap_or_default());
             let api: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
@@ -226,7 +226,6 @@ pub async fn reconcile(
         } else {
             (cur_endpoints.map(|e| plan_mirror(svc, e)).unwrap_or_default(), MIRROR)
         };
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
         let mine: Vec<&Arc<EndpointSlice>> = slices_of
             .get(&(ns.as_str(), name.as_str()))
             .into_iter()
@@ -236,6 +235,11 @@ pub async fn reconcile(
             })
             .copied()
             .collect();
+        if want.is_empty() && mine.is_empty() {
+            // Most Services of a large cluster on a pass with nothing to do.
+            continue;
+        }
+        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
         for w in &want {
             let wname = w.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
             match mine.iter().find(|s| s.name_any() == wname) {

@@ -212,6 +212,9 @@ async fn node_ipam(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
     let nodes = ctx.nodes.state();
+    if nodes.is_empty() {
+        return Ok(());
+    }
     let mut pods = ctx.pods.state();
     let pending: Vec<Arc<Pod>> = pods
         .iter()
