@@ -52,17 +52,6 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     v.into_iter().next().ok_or_else(|| "an empty upstream".to_string())
 }
 
-/// A client from a kubeconfig, else the in-cluster service account (or $KUBECONFIG).
-pub async fn kube_client(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Client> {
-    Ok(match kubeconfig {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
-            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
-        }
-        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
-    })
-}
-
 /// Serves DNS as `a` says (logging already set up). With --api-netns the watches run on a
 /// runtime of their own whose threads sit in that namespace (a socket belongs to the namespace
 /// of the thread that made it); the listeners and the forwarder stay in this process's
@@ -90,7 +79,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Handle::current(),
     };
-    let client = api.spawn(kube_client(a.kubeconfig.clone())).await??;
+    let client = api.spawn(weft_watch::client(a.kubeconfig.clone())).await??;
     let opts = Options {
         zone: ZoneConfig { domain: a.cluster_domain, ttl: a.ttl, pods: a.pods },
         listen: a.listen,

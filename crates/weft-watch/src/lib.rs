@@ -1,6 +1,7 @@
 //! The one way weft's control loops see the API: a reflector cache of a kind, kept by a watch,
 //! that wakes a shared `Notify` on every change (added, modified or deleted), so a loop can be
-//! level-triggered over several caches at once.
+//! level-triggered over several caches at once; and the client the daemons of cluster mode
+//! make from a kubeconfig or the in-cluster service account.
 
 use std::sync::Arc;
 
@@ -8,6 +9,18 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+/// A client from a kubeconfig, else the in-cluster service account (or $KUBECONFIG).
+pub async fn client(kubeconfig: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    Ok(match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
+    })
+}
 
 /// Starts watching every object of `K` (all namespaces) into a cache; `notify` fires on changes.
 pub fn cached<K>(client: &kube::Client, notify: Arc<tokio::sync::Notify>) -> Store<K>

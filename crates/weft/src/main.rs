@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 use weft_api::kinds;
-use weft_dns::cli::kube_client;
 
 use crate::lab::{Lab, LabConfig};
 
@@ -918,7 +917,7 @@ async fn agent(kubeconfig: Option<PathBuf>, node: String, cluster_cidr: String) 
         .ok();
     let cidr: ipnet::Ipv4Net =
         cluster_cidr.parse().with_context(|| format!("--cluster-cidr {cluster_cidr:?} is not an IPv4 CIDR"))?;
-    let client = kube_client(kubeconfig).await?;
+    let client = weft_watch::client(kubeconfig).await?;
     tracing::info!(%node, "weft agent: service proxy starting");
     weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)]).await;
     Ok(ExitCode::SUCCESS)
