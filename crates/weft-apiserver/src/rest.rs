@@ -51,13 +51,13 @@ fn body_names_rv(body: &[u8]) -> bool {
     }
 }
 
-/// A list continuation: the last (namespace, name) sent and the list's revision.
 /// An object's (namespace, name): its place in list order.
 fn key_of(o: &Value) -> (String, String) {
     let m = &o["metadata"];
     (m["namespace"].as_str().unwrap_or("").to_string(), m["name"].as_str().unwrap_or("").to_string())
 }
 
+/// A list continuation: the last (namespace, name) sent and the list's revision.
 fn encode_continue(key: &(String, String), rev: u64) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!([key.0, key.1, rev]).to_string())

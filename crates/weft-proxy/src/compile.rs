@@ -174,47 +174,42 @@ enum Masq {
     Never,
 }
 
-/// The shared chain for (masquerade, pick, N, key kind). One that is new is made together with
-/// its neighbours for N-1 and N+1, so a Service scaled by one pod from where it settled changes
-/// map elements only, without a structural transaction.
-fn pick_chain(
-    chains: &mut BTreeMap<String, Vec<String>>,
+/// What a shared chain is for, apart from its endpoint count.
+#[derive(Clone, Copy)]
+struct ChainKind<'a> {
     cidr: Ipv4Net,
     masq: Masq,
     affinity: bool,
-    n: usize,
     nodeport: bool,
-    proto: &str,
-) -> String {
+    proto: &'a str,
+}
+
+/// The shared chain for (kind, N). One that is new is made together with its neighbours for
+/// N-1 and N+1, so a Service scaled by one pod from where it settled changes map elements only,
+/// without a structural transaction.
+fn pick_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: usize) -> String {
     let before = chains.len();
-    let name = make_chain(chains, cidr, masq, affinity, n, nodeport, proto);
+    let name = make_chain(chains, kind, n);
     if chains.len() > before {
         for k in [n.saturating_sub(1), n + 1] {
             if k > 0 {
-                make_chain(chains, cidr, masq, affinity, k, nodeport, proto);
+                make_chain(chains, kind, k);
             }
         }
     }
     name
 }
 
-fn make_chain(
-    chains: &mut BTreeMap<String, Vec<String>>,
-    cidr: Ipv4Net,
-    masq: Masq,
-    affinity: bool,
-    n: usize,
-    nodeport: bool,
-    proto: &str,
-) -> String {
+fn make_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: usize) -> String {
+    let ChainKind { cidr, masq, affinity, nodeport, proto } = kind;
     let m = match masq {
         Masq::Cluster => "cluster",
         Masq::Always => "masq",
         Masq::Never => "plain",
     };
     let how = if affinity { "affinity" } else { "random" };
-    let kind = if nodeport { "np" } else { "vip" };
-    let name = format!("{kind}-{m}-{how}-{proto}-{n}");
+    let key = if nodeport { "np" } else { "vip" };
+    let name = format!("{key}-{m}-{how}-{proto}-{n}");
     if !chains.contains_key(&name) {
         let mut rules = vec![];
         match masq {
@@ -447,7 +442,8 @@ pub fn compile_service(
                 d.reject.push(key);
                 return;
             }
-            let chain = pick_chain(chains, cidr, masq, affinity, backends.len(), false, &proto);
+            let kind = ChainKind { cidr, masq, affinity, nodeport: false, proto: &proto };
+            let chain = pick_chain(chains, kind, backends.len());
             for (i, b) in backends.iter().enumerate() {
                 d.backends.push(((key.clone(), i as u32), *b));
             }
@@ -466,7 +462,8 @@ pub fn compile_service(
             if external.is_empty() {
                 d.reject_nodeports.push(key);
             } else {
-                let chain = pick_chain(chains, cidr, masq, affinity, external.len(), true, &proto);
+                let kind = ChainKind { cidr, masq, affinity, nodeport: true, proto: &proto };
+                let chain = pick_chain(chains, kind, external.len());
                 for (i, b) in external.iter().enumerate() {
                     d.np_backends.push(((key.clone(), i as u32), *b));
                 }

@@ -181,31 +181,40 @@ fn sync_nodes(
 ) {
     let changed: Vec<compile::Changed> =
         dirty.iter().map(|k| (k.clone(), w.services.get(k).map(|s| &**s), w.slices_of(k))).collect();
+    // What every node's programme is made from: the whole world only when some node needs a
+    // whole sync (after a relist or a failure), read once for all of them.
+    let needs_all = full || appliers.iter().any(|(_, a, _)| a.applied().is_none());
+    let (svcs, slices): (Vec<Service>, Vec<EndpointSlice>) = if needs_all {
+        (
+            w.services.values().map(|s| (**s).clone()).collect(),
+            w.slices.values().flat_map(|m| m.values().map(|s| (**s).clone())).collect(),
+        )
+    } else {
+        (vec![], vec![])
+    };
+    // Health check ports: only LoadBalancers with externalTrafficPolicy Local have one.
+    let lbs: Vec<Service> = w
+        .services
+        .values()
+        .filter(|s| s.spec.as_ref().is_some_and(|sp| sp.health_check_node_port.is_some()))
+        .map(|s| (**s).clone())
+        .collect();
+    let lb_slices: Vec<EndpointSlice> = lbs.iter().flat_map(|s| w.slices_of(&meta_key(&s.metadata))).cloned().collect();
     for (node, applier, health) in appliers.iter_mut() {
         let result = match applier.applied() {
             Some(prev) if !full => {
                 let patch = compile::compile_patch(prev, &changed, node);
                 applier.sync_patch(&patch)
             }
-            _ => {
-                let svcs: Vec<Service> = w.services.values().map(|s| (**s).clone()).collect();
-                let slices: Vec<EndpointSlice> =
-                    w.slices.values().flat_map(|m| m.values().map(|s| (**s).clone())).collect();
-                applier.sync(compile::compile(&svcs, &slices, node))
+            // A relist: fragments of Services that did not change are reused.
+            prev => {
+                let want = compile::compile_from(prev, &svcs, &slices, node);
+                applier.sync(want)
             }
         };
         if let Err(e) = result {
             tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
         }
-        // Health check ports: only LoadBalancers with externalTrafficPolicy Local have one.
-        let lbs: Vec<Service> = w
-            .services
-            .values()
-            .filter(|s| s.spec.as_ref().is_some_and(|sp| sp.health_check_node_port.is_some()))
-            .map(|s| (**s).clone())
-            .collect();
-        let slices: Vec<EndpointSlice> =
-            lbs.iter().flat_map(|s| w.slices_of(&meta_key(&s.metadata))).cloned().collect();
-        health.sync(health::plan(&lbs, &slices, &node.name));
+        health.sync(health::plan(&lbs, &lb_slices, &node.name));
     }
 }
