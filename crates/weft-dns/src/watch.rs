@@ -4,7 +4,6 @@
 //! everything, so a starting server never answers NXDOMAIN for names that exist.
 
 use std::collections::HashMap;
-use std::fmt::Debug;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +14,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
-use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
+use weft_watch::{Fold, fold};
 
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
@@ -31,14 +30,6 @@ pub const UPSTREAMS_KEY: &str = "dnsUpstreams";
 struct State {
     snap: Snapshot,
     synced: [bool; 4],
-}
-
-/// A kind the DNS watches, and how its events change its part of the snapshot.
-trait Watched: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
-    type Part: Default + Send + 'static;
-    fn part(s: &mut Snapshot) -> &mut Self::Part;
-    fn apply(part: &mut Self::Part, o: &Self);
-    fn delete(part: &mut Self::Part, o: &Self);
 }
 
 /// An object converted into a keyed map (one that does not convert, such as a Service without
@@ -56,111 +47,74 @@ fn apply_keyed<K: kube::Resource, V>(m: &mut HashMap<Key, V>, o: &K, convert: fn
     }
 }
 
-fn delete_keyed<K: kube::Resource, V>(m: &mut HashMap<Key, V>, o: &K) {
-    if let Some(k) = key_of(o) {
-        m.remove(&k);
-    }
-}
-
-impl Watched for Service {
-    type Part = HashMap<Key, model::Service>;
-    fn part(s: &mut Snapshot) -> &mut Self::Part {
-        &mut s.services
-    }
-    fn apply(part: &mut Self::Part, o: &Self) {
-        apply_keyed(part, o, model::service)
-    }
-    fn delete(part: &mut Self::Part, o: &Self) {
-        delete_keyed(part, o)
-    }
-}
-
-impl Watched for EndpointSlice {
-    type Part = HashMap<Key, model::Slice>;
-    fn part(s: &mut Snapshot) -> &mut Self::Part {
-        &mut s.slices
-    }
-    fn apply(part: &mut Self::Part, o: &Self) {
-        apply_keyed(part, o, model::slice)
-    }
-    fn delete(part: &mut Self::Part, o: &Self) {
-        delete_keyed(part, o)
-    }
-}
-
-impl Watched for Namespace {
-    type Part = HashMap<Key, ()>;
-    fn part(s: &mut Snapshot) -> &mut Self::Part {
-        &mut s.namespaces
-    }
-    fn apply(part: &mut Self::Part, o: &Self) {
-        apply_keyed(part, o, |o| Some((key_of(o)?, ())))
-    }
-    fn delete(part: &mut Self::Part, o: &Self) {
-        delete_keyed(part, o)
-    }
-}
-
-impl Watched for Pod {
-    type Part = model::Pods;
-    fn part(s: &mut Snapshot) -> &mut Self::Part {
-        &mut s.pods
-    }
-    fn apply(part: &mut Self::Part, o: &Self) {
-        match model::pod(o) {
-            Some(p) => part.put(&p),
-            None => {
-                if let Some(uid) = model::pod_uid(o) {
-                    part.remove(&uid)
+/// A kind the snapshot keeps by `namespace/name`: what of it is kept, its field, its slot in
+/// `synced`, and how an object converts.
+macro_rules! keyed {
+    ($kind:ty, $model:ty, $field:ident, $slot:expr, $convert:expr) => {
+        impl Fold<$kind> for State {
+            type Fresh = HashMap<Key, $model>;
+            fn gather(fresh: &mut Self::Fresh, o: $kind) {
+                apply_keyed(fresh, &o, $convert)
+            }
+            fn relisted(&mut self, fresh: Self::Fresh) {
+                self.snap.$field = fresh;
+                self.synced[$slot] = true;
+            }
+            fn applied(&mut self, o: $kind) {
+                apply_keyed(&mut self.snap.$field, &o, $convert)
+            }
+            fn deleted(&mut self, o: $kind) {
+                if let Some(k) = key_of(&o) {
+                    self.snap.$field.remove(&k);
                 }
             }
         }
+    };
+}
+
+keyed!(Service, model::Service, services, 0, model::service);
+keyed!(EndpointSlice, model::Slice, slices, 1, model::slice);
+keyed!(Namespace, (), namespaces, 3, |o: &Namespace| Some((key_of(o)?, ())));
+
+impl Fold<Pod> for State {
+    type Fresh = model::Pods;
+    fn gather(fresh: &mut Self::Fresh, o: Pod) {
+        apply_pod(fresh, &o)
     }
-    fn delete(part: &mut Self::Part, o: &Self) {
-        if let Some(uid) = model::pod_uid(o) {
-            part.remove(&uid)
+    fn relisted(&mut self, fresh: Self::Fresh) {
+        self.snap.pods = fresh;
+        self.synced[2] = true;
+    }
+    fn applied(&mut self, o: Pod) {
+        apply_pod(&mut self.snap.pods, &o)
+    }
+    fn deleted(&mut self, o: Pod) {
+        if let Some(uid) = model::pod_uid(&o) {
+            self.snap.pods.remove(&uid)
         }
     }
 }
 
-/// Runs one watch into its part of the snapshot. A (re)list is gathered apart and swapped in
-/// whole when it is complete, so the zone never sees half a list.
-fn watch_into<K: Watched>(api: Api<K>, state: Arc<Mutex<State>>, notify: Arc<Notify>, slot: usize) {
-    tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        let mut fresh: Option<K::Part> = None;
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
-            match ev {
-                Event::Init => fresh = Some(K::Part::default()),
-                Event::InitApply(o) => {
-                    if let Some(f) = fresh.as_mut() {
-                        K::apply(f, &o);
-                    }
-                    // Nothing for the zone yet.
-                    continue;
-                }
-                Event::InitDone => {
-                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                    *K::part(&mut st.snap) = fresh.take().unwrap_or_default();
-                    st.synced[slot] = true;
-                }
-                Event::Apply(o) => K::apply(K::part(&mut state.lock().unwrap_or_else(|e| e.into_inner()).snap), &o),
-                Event::Delete(o) => K::delete(K::part(&mut state.lock().unwrap_or_else(|e| e.into_inner()).snap), &o),
+/// A pod with an address is put; one without (any more) is removed.
+fn apply_pod(pods: &mut model::Pods, o: &Pod) {
+    match model::pod(o) {
+        Some(p) => pods.put(&p),
+        None => {
+            if let Some(uid) = model::pod_uid(o) {
+                pods.remove(&uid)
             }
-            notify.notify_one();
         }
-    });
+    }
 }
 
 /// Watches the cluster and keeps `zone` current. Never returns.
 pub async fn run(client: kube::Client, cfg: ZoneConfig, zone: Arc<ArcSwap<Zone>>, metrics: Arc<Metrics>) {
     let state = Arc::new(Mutex::new(State::default()));
     let notify = Arc::new(Notify::new());
-    watch_into::<Service>(Api::all(client.clone()), state.clone(), notify.clone(), 0);
-    watch_into::<EndpointSlice>(Api::all(client.clone()), state.clone(), notify.clone(), 1);
-    watch_into::<Pod>(Api::all(client.clone()), state.clone(), notify.clone(), 2);
-    watch_into::<Namespace>(Api::all(client.clone()), state.clone(), notify.clone(), 3);
+    fold::<Service, _>(Api::all(client.clone()), state.clone(), notify.clone());
+    fold::<EndpointSlice, _>(Api::all(client.clone()), state.clone(), notify.clone());
+    fold::<Pod, _>(Api::all(client.clone()), state.clone(), notify.clone());
+    fold::<Namespace, _>(Api::all(client.clone()), state.clone(), notify.clone());
     loop {
         notify.notified().await;
         let st = state.lock().unwrap_or_else(|e| e.into_inner());

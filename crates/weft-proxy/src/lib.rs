@@ -9,15 +9,11 @@ pub mod health;
 pub mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
 
 use crate::apply::{Applier, NetlinkSink};
 use crate::compile::NodeInfo;
@@ -83,42 +79,47 @@ impl World {
     }
 }
 
-/// Feeds one kind's watch events into the world.
-fn watch_into<K>(
-    api: kube::Api<K>,
-    world: Arc<Mutex<World>>,
-    notify: Arc<tokio::sync::Notify>,
-    slot: usize,
-    put: fn(&mut World, K),
-    drop: fn(&mut World, &K),
-    reset: fn(&mut World),
-) where
-    K: kube::Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        let mut fresh: Vec<K> = vec![];
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
-            let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                Event::Init => fresh.clear(),
-                Event::InitApply(o) => fresh.push(o),
-                Event::InitDone => {
-                    reset(&mut w);
-                    for o in fresh.drain(..) {
-                        put(&mut w, o);
-                    }
-                    w.synced[slot] = true;
-                    w.full = true;
-                }
-                Event::Apply(o) => put(&mut w, o),
-                Event::Delete(o) => drop(&mut w, &o),
-            }
-            std::mem::drop(w);
-            notify.notify_one();
+impl weft_watch::Fold<Service> for World {
+    type Fresh = Vec<Service>;
+    fn gather(fresh: &mut Vec<Service>, o: Service) {
+        fresh.push(o);
+    }
+    fn relisted(&mut self, fresh: Vec<Service>) {
+        self.services.clear();
+        for o in fresh {
+            self.put_service(o);
         }
-    });
+        self.synced[0] = true;
+        self.full = true;
+    }
+    fn applied(&mut self, o: Service) {
+        self.put_service(o);
+    }
+    fn deleted(&mut self, o: Service) {
+        self.drop_service(&o);
+    }
+}
+
+impl weft_watch::Fold<EndpointSlice> for World {
+    type Fresh = Vec<EndpointSlice>;
+    fn gather(fresh: &mut Vec<EndpointSlice>, o: EndpointSlice) {
+        fresh.push(o);
+    }
+    fn relisted(&mut self, fresh: Vec<EndpointSlice>) {
+        self.slices.clear();
+        self.owner.clear();
+        for o in fresh {
+            self.put_slice(o);
+        }
+        self.synced[1] = true;
+        self.full = true;
+    }
+    fn applied(&mut self, o: EndpointSlice) {
+        self.put_slice(o);
+    }
+    fn deleted(&mut self, o: EndpointSlice) {
+        self.drop_slice(&meta_key(&o.metadata));
+    }
 }
 
 /// Keeps the proxy rules of every given node (node info, its network namespace) in step with
@@ -128,27 +129,8 @@ fn watch_into<K>(
 pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
     let notify = Arc::new(tokio::sync::Notify::new());
     let world = Arc::new(Mutex::new(World::default()));
-    watch_into::<Service>(
-        kube::Api::all(client.clone()),
-        world.clone(),
-        notify.clone(),
-        0,
-        World::put_service,
-        World::drop_service,
-        |w| w.services.clear(),
-    );
-    watch_into::<EndpointSlice>(
-        kube::Api::all(client.clone()),
-        world.clone(),
-        notify.clone(),
-        1,
-        World::put_slice,
-        |w, s| w.drop_slice(&meta_key(&s.metadata)),
-        |w| {
-            w.slices.clear();
-            w.owner.clear();
-        },
-    );
+    weft_watch::fold::<Service, _>(kube::Api::all(client.clone()), world.clone(), notify.clone());
+    weft_watch::fold::<EndpointSlice, _>(kube::Api::all(client.clone()), world.clone(), notify.clone());
     let mut appliers: Vec<(NodeInfo, Applier<NetlinkSink>, health::HealthServers)> = nodes
         .into_iter()
         .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))

@@ -46,3 +46,49 @@ where
     });
     reader
 }
+
+/// How the events of a watch of `K` change an owner's own state (one that keeps its own index
+/// or a compact model instead of a cache of whole objects), for [`fold`].
+pub trait Fold<K>: Send + 'static {
+    /// Where a (re)list is gathered before it replaces what the state holds of `K`.
+    type Fresh: Default + Send;
+    fn gather(fresh: &mut Self::Fresh, o: K);
+    /// A (re)list is complete: it replaces what the state held of `K`.
+    fn relisted(&mut self, fresh: Self::Fresh);
+    fn applied(&mut self, o: K);
+    fn deleted(&mut self, o: K);
+}
+
+/// Feeds every event of a watch of `api` into `state`. A (re)list is gathered apart (without the
+/// lock) and handed over whole, so the state never shows half a list; `notify` fires after each
+/// change, not for each object of a list.
+pub fn fold<K, S>(api: Api<K>, state: Arc<std::sync::Mutex<S>>, notify: Arc<tokio::sync::Notify>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    S: Fold<K>,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut fresh: Option<S::Fresh> = None;
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                watcher::Event::Init => {
+                    fresh = Some(S::Fresh::default());
+                    continue;
+                }
+                watcher::Event::InitApply(o) => {
+                    if let Some(f) = fresh.as_mut() {
+                        S::gather(f, o);
+                    }
+                    continue;
+                }
+                watcher::Event::InitDone => lock().relisted(fresh.take().unwrap_or_default()),
+                watcher::Event::Apply(o) => lock().applied(o),
+                watcher::Event::Delete(o) => lock().deleted(o),
+            }
+            notify.notify_one();
+        }
+    });
+}
