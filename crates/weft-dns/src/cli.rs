@@ -41,6 +41,9 @@ pub struct Args {
     /// Entries in the cache of forwarded answers.
     #[arg(long, default_value_t = 10_000)]
     pub cache_size: usize,
+    /// Forwarded queries waiting on upstreams at once; more are REFUSED (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    pub max_concurrent: usize,
     /// A network namespace (a path) from which the API server is reached, when it is not this
     /// process's own (the lab's DNS pod reaches the lab's API in the host's namespace).
     #[arg(long, env = "WEFT_HOST_NETNS")]
@@ -88,6 +91,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         resolv_conf: a.resolv_conf,
         http: a.http,
         cache_size: a.cache_size.max(1),
+        max_concurrent: a.max_concurrent,
         ..Default::default()
     };
     crate::run(client, opts, api).await

@@ -28,6 +28,9 @@ use crate::wire::{self, Query};
 pub const MAX_TTL: u32 = 3600;
 pub const MAX_NEGATIVE_TTL: u32 = 1800;
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
+/// The receive buffer for a UDP reply: a datagram that fills it may have been cut by the
+/// kernel, so it is fetched again over TCP. Small, as there is one per query in flight.
+const UDP_REPLY_MAX: usize = 4096;
 const T_HINFO: u16 = 13;
 
 pub struct Upstream {
@@ -62,6 +65,9 @@ pub struct Forwarder {
     probes: Mutex<HashMap<Vec<u8>, SocketAddr>>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// One permit per query waiting on upstreams: a flood of names under a black-holed domain
+    /// would otherwise pile up tasks and sockets, each holding on for the whole timeout.
+    in_flight: tokio::sync::Semaphore,
     /// The runtime upstream sockets are made on (the server's network namespace).
     rt: tokio::runtime::Handle,
 }
@@ -72,14 +78,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Forwarder {
     /// Must be called inside the runtime that is to make upstream sockets.
-    pub fn new(metrics: Arc<Metrics>, cache_cap: usize, timeout: Duration) -> Arc<Forwarder> {
+    pub fn new(metrics: Arc<Metrics>, opts: &crate::Options) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             upstreams: ArcSwap::from_pointee(vec![]),
             cache: Mutex::new(HashMap::new()),
-            cache_cap,
+            cache_cap: opts.cache_size,
             probes: Mutex::new(HashMap::new()),
             metrics,
-            timeout,
+            timeout: opts.upstream_timeout,
+            in_flight: tokio::sync::Semaphore::new(match opts.max_concurrent {
+                0 => tokio::sync::Semaphore::MAX_PERMITS,
+                n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+            }),
             rt: tokio::runtime::Handle::current(),
         })
     }
@@ -160,7 +170,9 @@ impl Forwarder {
     }
 
     /// The reply to a query outside the zone: from the cache, from an upstream, or SERVFAIL
-    /// (REFUSED when there are no upstreams at all).
+    /// (REFUSED when there are no upstreams at all, or too many queries wait on them already,
+    /// as CoreDNS's `max_concurrent` does: the client's resolver tries another server, and
+    /// the refusal says nothing about the upstreams' health).
     pub async fn resolve(self: &Arc<Self>, q: &Query, pkt: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let ups = self.upstreams.load_full();
@@ -175,6 +187,11 @@ impl Forwarder {
             return hit;
         }
         self.metrics.cache_misses.inc();
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.metrics.forward_max_concurrent_rejects.inc();
+            wire::bare_reply(q, pkt, wire::REFUSED as u16, false, false, &mut out);
+            return out;
+        };
         // Healthy upstreams first, in order; then the others (one of them may be back).
         let order = usable.iter().filter(|u| u.healthy()).chain(usable.iter().filter(|u| !u.healthy()));
         for u in order {
@@ -290,7 +307,7 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(to).await?;
     sock.send(&m).await?;
-    let mut buf = vec![0u8; 65535];
+    let mut buf = vec![0u8; UDP_REPLY_MAX + 1];
     let mut reply = loop {
         let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.map_err(|_| err("timed out"))??;
         let r = &buf[..n];
@@ -299,7 +316,7 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
             break r.to_vec();
         }
     };
-    if reply[2] & 0x02 != 0 {
+    if reply[2] & 0x02 != 0 || reply.len() > UDP_REPLY_MAX {
         reply =
             tokio::time::timeout_at(deadline, exchange_tcp(&m, to)).await.map_err(|_| err("timed out over TCP"))??;
         if reply.len() < qend || reply[0..2] != m[0..2] {

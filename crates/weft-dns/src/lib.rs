@@ -38,6 +38,9 @@ pub struct Options {
     pub http: Vec<SocketAddr>,
     pub cache_size: usize,
     pub upstream_timeout: Duration,
+    /// Forwarded queries waiting on upstreams at once (0: no limit); beyond it, REFUSED
+    /// (CoreDNS forward's `max_concurrent`).
+    pub max_concurrent: usize,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             http: vec![([0, 0, 0, 0], 8080).into(), ([0, 0, 0, 0], 8181).into(), ([0, 0, 0, 0], 9153).into()],
             cache_size: 10_000,
             upstream_timeout: Duration::from_secs(2),
+            max_concurrent: 1000,
         }
     }
 }
@@ -58,7 +62,7 @@ impl Default for Options {
 /// A server over a zone that someone else keeps current (tests, benchmarks, the watch).
 pub fn server(zone: Arc<ArcSwap<Zone>>, opts: &Options) -> Arc<server::Server> {
     let metrics = metrics::Metrics::new();
-    let forwarder = forward::Forwarder::new(metrics.clone(), opts.cache_size, opts.upstream_timeout);
+    let forwarder = forward::Forwarder::new(metrics.clone(), opts);
     Arc::new(server::Server { zone, forwarder, metrics })
 }
 

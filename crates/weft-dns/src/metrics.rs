@@ -42,6 +42,7 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub forward_requests: Family<Vec<(String, String)>, Counter>,
     pub forward_errors: Family<Vec<(String, String)>, Counter>,
+    pub forward_max_concurrent_rejects: Counter,
     pub upstream_healthy: Family<Vec<(String, String)>, Gauge>,
     pub forward_loop: Family<Vec<(String, String)>, Gauge>,
     pub zone_names: Gauge,
@@ -82,6 +83,7 @@ impl Metrics {
             cache_entries: Gauge::default(),
             forward_requests: Family::default(),
             forward_errors: Family::default(),
+            forward_max_concurrent_rejects: Counter::default(),
             upstream_healthy: Family::default(),
             forward_loop: Family::default(),
             zone_names: Gauge::default(),
@@ -101,6 +103,11 @@ impl Metrics {
             "forward_errors",
             "Upstream queries that failed (timeout, refused, bad reply)",
             m.forward_errors.clone(),
+        );
+        r.register(
+            "forward_max_concurrent_rejects",
+            "Queries refused because max_concurrent queries were waiting on upstreams",
+            m.forward_max_concurrent_rejects.clone(),
         );
         r.register("upstream_healthy", "1 when the upstream answers its health check", m.upstream_healthy.clone());
         r.register(

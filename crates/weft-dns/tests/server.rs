@@ -37,6 +37,14 @@ fn snapshot(headless_endpoints: usize) -> Snapshot {
 
 /// A server on 127.0.0.1 (a free port), UDP and TCP.
 async fn start(upstreams: Vec<SocketAddr>) -> (SocketAddr, Arc<weft_dns::server::Server>) {
+    start_with(upstreams, |_| {}).await
+}
+
+/// `start` with some options changed.
+async fn start_with(
+    upstreams: Vec<SocketAddr>,
+    tweak: impl FnOnce(&mut Options),
+) -> (SocketAddr, Arc<weft_dns::server::Server>) {
     let zone = Arc::new(ArcSwap::from_pointee(Zone::build(&snapshot(100), &ZoneConfig::default(), 1)));
     // A port free for both UDP and TCP.
     let port = loop {
@@ -47,13 +55,14 @@ async fn start(upstreams: Vec<SocketAddr>) -> (SocketAddr, Arc<weft_dns::server:
         }
     };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let opts = Options {
+    let mut opts = Options {
         listen: vec![addr],
         threads: 2,
         http: vec![],
         upstream_timeout: Duration::from_millis(500),
         ..Default::default()
     };
+    tweak(&mut opts);
     let srv = weft_dns::server(zone, &opts);
     weft_dns::listen(&srv, &opts).await.unwrap();
     srv.forwarder.set_upstreams(upstreams);
@@ -309,6 +318,31 @@ async fn malformed_packets_neither_crash_nor_stall_it() {
     let r = tcp(addr, &good).await;
     assert_eq!(a_records(&r), vec!["10.96.0.50"]);
     assert!(srv.metrics.render().contains("weft_dns_malformed_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_queries_beyond_max_concurrent_are_refused() {
+    // A black-holed upstream: every forwarded query waits out the whole timeout.
+    let (up, _) = test_upstream(true);
+    let (addr, srv) = start_with(vec![up], |o| o.max_concurrent = 4).await;
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..20 {
+        s.send_to(&query(&format!("r{i}.blackhole.example."), RecordType::A, None), addr).await.unwrap();
+    }
+    let mut rcodes = vec![];
+    let mut buf = vec![0u8; 4096];
+    while rcodes.len() < 20 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+            .await
+            .expect("every query answered")
+            .unwrap();
+        rcodes.push(Message::from_vec(&buf[..n]).unwrap().metadata.response_code);
+    }
+    let refused = rcodes.iter().filter(|r| **r == ResponseCode::Refused).count();
+    assert_eq!(refused, 16, "4 wait on the upstream, the rest are refused at once: {rcodes:?}");
+    assert_eq!(rcodes.iter().filter(|r| **r == ResponseCode::ServFail).count(), 4);
+    let m = srv.metrics.render();
+    assert!(m.contains("weft_dns_forward_max_concurrent_rejects_total 16"), "{m}");
 }
 
 mod fuzz {
