@@ -41,6 +41,9 @@ pub struct Args {
     /// Entries in the cache of forwarded answers.
     #[arg(long, default_value_t = 10_000)]
     pub cache_size: usize,
+    /// Bytes the cache of forwarded answers may take (messages and names).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub cache_bytes: usize,
     /// Forwarded queries waiting on upstreams at once; more are REFUSED (0: no limit).
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: usize,
@@ -92,6 +95,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         http: a.http,
         cache_size: a.cache_size.max(1),
         max_concurrent: a.max_concurrent,
+        cache_bytes: a.cache_bytes,
         ..Default::default()
     };
     crate::run(client, opts, api).await

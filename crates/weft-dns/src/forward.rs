@@ -1,6 +1,6 @@
 //! Everything outside the cluster zone goes to upstream servers: tried in order (healthy ones
 //! first), each with a timeout, over UDP and again over TCP when the reply is truncated. Replies
-//! are checked with `hickory-proto` and kept in a cache bounded in entries and in TTL (positive
+//! are checked with `hickory-proto` and kept in a cache bounded in entries, bytes and TTL (positive
 //! and negative). An upstream that fails is marked down and health-checked (`. IN NS`) until it
 //! answers again. At start and whenever the upstreams change, a probe with a random name is sent
 //! to each: if that name ever reaches this server, the upstream sends our queries back to us (a
@@ -57,10 +57,96 @@ struct Entry {
     ttl: u32,
 }
 
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored).as_secs() < self.ttl as u64
+    }
+}
+
+/// What an entry is charged against the byte budget: the message, the name in its key, and
+/// about what the map's slot and the two allocations' headers take.
+fn entry_cost(key: &Key, msg_len: usize) -> usize {
+    msg_len + key.0.len() + 96
+}
+
+/// The cache of forwarded answers, bounded in entries and in bytes.
+struct Cache {
+    map: HashMap<Key, Entry>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Cache {
+    fn new(max_entries: usize, max_bytes: usize) -> Cache {
+        Cache { map: HashMap::new(), bytes: 0, max_entries: max_entries.max(1), max_bytes }
+    }
+
+    fn get(&self, key: &Key) -> Option<&Entry> {
+        self.map.get(key)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= entry_cost(key, old.msg.len());
+        }
+    }
+
+    /// Stores a reply unless it alone would take more than an eighth of the budget (one huge
+    /// answer must not flush everything else), making room first.
+    fn insert(&mut self, key: Key, msg: &[u8], ttl: u32, now: Instant) {
+        let cost = entry_cost(&key, msg.len());
+        if cost > self.max_bytes / 8 {
+            return;
+        }
+        self.remove(&key);
+        if self.map.len() >= self.max_entries || self.bytes + cost > self.max_bytes {
+            self.make_room(cost, now);
+        }
+        self.bytes += cost;
+        self.map.insert(key, Entry { msg: msg.to_vec(), stored: now, ttl });
+    }
+
+    /// Drops expired entries; if that is not enough, drops whichever entries the map yields
+    /// first down to seven eighths of both bounds, so that the next inserts find room at once.
+    fn make_room(&mut self, cost: usize, now: Instant) {
+        let bytes = &mut self.bytes;
+        self.map.retain(|k, e| {
+            let keep = e.live(now);
+            if !keep {
+                *bytes -= entry_cost(k, e.msg.len());
+            }
+            keep
+        });
+        if self.map.len() < self.max_entries && self.bytes + cost <= self.max_bytes {
+            return;
+        }
+        let entries_goal = self.max_entries - self.max_entries / 8 - 1;
+        let bytes_goal = (self.max_bytes - self.max_bytes / 8).saturating_sub(cost);
+        let (mut left, mut bytes) = (self.map.len(), self.bytes);
+        let mut drop = vec![];
+        for (k, e) in &self.map {
+            if left <= entries_goal && bytes <= bytes_goal {
+                break;
+            }
+            left -= 1;
+            bytes -= entry_cost(k, e.msg.len());
+            drop.push(k.clone());
+        }
+        for k in drop {
+            self.remove(&k);
+        }
+    }
+}
+
 pub struct Forwarder {
     upstreams: ArcSwap<Vec<Arc<Upstream>>>,
-    cache: Mutex<HashMap<Key, Entry>>,
-    cache_cap: usize,
+    cache: Mutex<Cache>,
     /// Loop probe names (lowercase wire) -> the upstream they were sent to.
     probes: Mutex<HashMap<Vec<u8>, SocketAddr>>,
     metrics: Arc<Metrics>,
@@ -81,8 +167,7 @@ impl Forwarder {
     pub fn new(metrics: Arc<Metrics>, opts: &crate::Options) -> Arc<Forwarder> {
         Arc::new(Forwarder {
             upstreams: ArcSwap::from_pointee(vec![]),
-            cache: Mutex::new(HashMap::new()),
-            cache_cap: opts.cache_size,
+            cache: Mutex::new(Cache::new(opts.cache_size, opts.cache_bytes)),
             probes: Mutex::new(HashMap::new()),
             metrics,
             timeout: opts.upstream_timeout,
@@ -119,6 +204,8 @@ impl Forwarder {
             .collect();
         self.upstreams.store(Arc::new(list.clone()));
         lock(&self.cache).clear();
+        self.metrics.cache_entries.set(0);
+        self.metrics.cache_bytes.set(0);
         for u in list {
             let me = self.clone();
             self.rt.spawn(async move { me.probe_loop(u).await });
@@ -217,27 +304,17 @@ impl Forwarder {
     fn cached(&self, key: &Key, q: &Query, pkt: &[u8]) -> Option<Vec<u8>> {
         let c = lock(&self.cache);
         let e = c.get(key)?;
-        let age = e.stored.elapsed().as_secs() as u32;
-        if age >= e.ttl {
+        if !e.live(Instant::now()) {
             return None;
         }
-        wire::reuse(&e.msg, q, pkt, age)
+        wire::reuse(&e.msg, q, pkt, e.stored.elapsed().as_secs() as u32)
     }
 
     fn store(&self, key: Key, reply: &[u8], ttl: u32) {
         let mut c = lock(&self.cache);
-        if c.len() >= self.cache_cap && !c.contains_key(&key) {
-            c.retain(|_, e| e.stored.elapsed().as_secs() < e.ttl as u64);
-            // Still full: drop an eighth, whichever the map yields first.
-            if c.len() >= self.cache_cap {
-                let drop: Vec<Key> = c.keys().take(self.cache_cap / 8 + 1).cloned().collect();
-                for k in drop {
-                    c.remove(&k);
-                }
-            }
-        }
-        c.insert(key, Entry { msg: reply.to_vec(), stored: Instant::now(), ttl });
-        self.metrics.cache_entries.set(c.len() as i64);
+        c.insert(key, reply, ttl, Instant::now());
+        self.metrics.cache_entries.set(c.map.len() as i64);
+        self.metrics.cache_bytes.set(c.bytes as i64);
     }
 
     fn mark_down(self: &Arc<Self>, u: &Arc<Upstream>) {
@@ -391,6 +468,36 @@ mod tests {
         );
         assert_eq!(parse_upstreams("10.0.0.1, 10.0.0.2:5353").unwrap().len(), 2);
         assert!(parse_upstreams("dns.example").unwrap_err().contains("dns.example"));
+    }
+
+    fn key(i: usize) -> Key {
+        (format!("n{i}").into_bytes(), 1, 1, 0)
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_byte_budget() {
+        let now = Instant::now();
+        let mut c = Cache::new(1000, 8000);
+        for i in 0..100 {
+            c.insert(key(i), &[0; 500], 60, now);
+            assert!(c.bytes <= 8000, "{} bytes after {i}", c.bytes);
+            assert_eq!(c.bytes, c.map.iter().map(|(k, e)| entry_cost(k, e.msg.len())).sum::<usize>());
+        }
+        assert!(c.map.len() >= 8, "room was made, not everything dropped");
+        // Replacing an entry does not count it twice; one over an eighth of the budget is not kept.
+        let before = c.bytes;
+        c.insert(key(99), &[0; 500], 60, now);
+        assert_eq!(c.bytes, before);
+        c.insert(key(1000), &[0; 1000], 60, now);
+        assert!(c.get(&key(1000)).is_none());
+        // Expired entries go first.
+        let mut c = Cache::new(4, 1 << 20);
+        c.insert(key(0), &[0; 10], 1, now);
+        for i in 1..4 {
+            c.insert(key(i), &[0; 10], 60, now + Duration::from_secs(2));
+        }
+        c.insert(key(4), &[0; 10], 60, now + Duration::from_secs(2));
+        assert!(c.get(&key(0)).is_none() && c.map.len() == 4);
     }
 
     #[test]

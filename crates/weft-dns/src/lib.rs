@@ -36,7 +36,10 @@ pub struct Options {
     pub resolv_conf: PathBuf,
     /// Where /health, /ready and /metrics are served.
     pub http: Vec<SocketAddr>,
+    /// The cache of forwarded answers holds at most `cache_size` entries and `cache_bytes`
+    /// bytes (answers up to 64 KiB each would make an entry bound alone worth gigabytes).
     pub cache_size: usize,
+    pub cache_bytes: usize,
     pub upstream_timeout: Duration,
     /// Forwarded queries waiting on upstreams at once (0: no limit); beyond it, REFUSED
     /// (CoreDNS forward's `max_concurrent`).
@@ -53,6 +56,7 @@ impl Default for Options {
             resolv_conf: "/etc/resolv.conf".into(),
             http: vec![([0, 0, 0, 0], 8080).into(), ([0, 0, 0, 0], 8181).into(), ([0, 0, 0, 0], 9153).into()],
             cache_size: 10_000,
+            cache_bytes: 32 << 20,
             upstream_timeout: Duration::from_secs(2),
             max_concurrent: 1000,
         }

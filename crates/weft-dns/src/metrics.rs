@@ -40,6 +40,7 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
     pub forward_requests: Family<Vec<(String, String)>, Counter>,
     pub forward_errors: Family<Vec<(String, String)>, Counter>,
     pub forward_max_concurrent_rejects: Counter,
@@ -81,6 +82,7 @@ impl Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
             forward_requests: Family::default(),
             forward_errors: Family::default(),
             forward_max_concurrent_rejects: Counter::default(),
@@ -98,6 +100,7 @@ impl Metrics {
         r.register("cache_hits", "Forwarded answers served from the cache", m.cache_hits.clone());
         r.register("cache_misses", "Forwarded queries not in the cache", m.cache_misses.clone());
         r.register("cache_entries", "Entries in the cache", m.cache_entries.clone());
+        r.register("cache_bytes", "Bytes the cache's entries take (messages and names)", m.cache_bytes.clone());
         r.register("forward_requests", "Queries sent upstream", m.forward_requests.clone());
         r.register(
             "forward_errors",

@@ -112,7 +112,8 @@ fn a_records(m: &Message) -> Vec<String> {
         .collect()
 }
 
-/// A test upstream: answers every A query with 192.0.2.1 (TTL 60), `nx.example.` with NXDOMAIN,
+/// A test upstream: answers every A query with 192.0.2.1 (TTL 60), `big*` with 40 A records
+/// (about 700 bytes), `nx.example.` with NXDOMAIN,
 /// and counts the queries it gets. `silent` makes it take queries and never answer.
 fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -138,6 +139,11 @@ fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                     r.metadata.response_code = ResponseCode::NXDomain;
                     let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 30);
                     r.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 30, RData::SOA(soa)));
+                } else if qq.name().to_ascii().starts_with("big") {
+                    for i in 0..40 {
+                        let a = RData::A(rdata::A::new(192, 0, 2, i));
+                        r.add_answer(Record::from_rdata(qq.name().clone(), 60, a));
+                    }
                 } else if qq.query_type() == RecordType::A {
                     r.add_answer(Record::from_rdata(qq.name().clone(), 60, RData::A(rdata::A::new(192, 0, 2, 1))));
                 }
@@ -343,6 +349,32 @@ async fn forwarded_queries_beyond_max_concurrent_are_refused() {
     assert_eq!(rcodes.iter().filter(|r| **r == ResponseCode::ServFail).count(), 4);
     let m = srv.metrics.render();
     assert!(m.contains("weft_dns_forward_max_concurrent_rejects_total 16"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_bounded_in_bytes() {
+    let (up, count) = test_upstream(false);
+    let budget = 8192;
+    let (addr, srv) = start_with(vec![up], |o| o.cache_bytes = budget).await;
+    let names: Vec<String> = (0..20).map(|i| format!("big{i}.example.")).collect();
+    for n in &names {
+        assert_eq!(udp(addr, &query(n, RecordType::A, Some(1232))).await.answers.len(), 40);
+    }
+    let before = count.load(Ordering::SeqCst);
+    for n in &names {
+        assert_eq!(udp(addr, &query(n, RecordType::A, Some(1232))).await.answers.len(), 40);
+    }
+    // 20 answers of ~700 bytes: no more than a dozen fit in 8 KiB, the rest are asked again.
+    let again = count.load(Ordering::SeqCst) - before;
+    assert!(again >= 8, "only {again} of 20 went upstream again: the cache outgrew its byte budget");
+    let m = srv.metrics.render();
+    let bytes: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_dns_cache_bytes "))
+        .unwrap_or_else(|| panic!("no weft_dns_cache_bytes in {m}"))
+        .parse()
+        .unwrap();
+    assert!(bytes > 0 && bytes <= budget, "{bytes} bytes cached");
 }
 
 mod fuzz {
