@@ -27,6 +27,10 @@ use crate::wire::{self, Query};
 /// (CoreDNS's cache defaults).
 pub const MAX_TTL: u32 = 3600;
 pub const MAX_NEGATIVE_TTL: u32 = 1800;
+/// Negative answers without an SOA (a server asked not to recurse, a broken one) SHOULD NOT
+/// be cached (RFC 2308 section 5); CoreDNS keeps them for its floor of 5 seconds, which still
+/// absorbs a burst of the same question.
+pub const NEGATIVE_NO_SOA_TTL: u32 = 5;
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 /// The receive buffer for a UDP reply: a datagram that fills it may have been cut by the
 /// kernel, so it is fetched again over TCP. Small, as there is one per query in flight.
@@ -49,6 +53,7 @@ impl Upstream {
     }
 }
 
+/// Name, type, class, and the query's bits that change the answer (`key_flags`).
 type Key = (Vec<u8>, u16, u16, u8);
 
 struct Entry {
@@ -247,13 +252,21 @@ impl Forwarder {
         true
     }
 
+    /// Queries that differ in what they ask of the upstream get answers of their own: RD=0
+    /// (an empty answer from what the upstream happens to have cached), CD (answers that
+    /// failed validation), AD and DO (the AD bit, signatures), EDNS (the OPT record).
     fn cache_key(q: &Query) -> Key {
-        let e = match q.edns {
-            None => 0,
-            Some(e) if e.dnssec_ok => 2,
-            Some(_) => 1,
-        };
-        (q.lower.clone(), q.qtype, q.qclass, e)
+        let mut f = 0;
+        for (bit, on) in [
+            (1, q.flags & wire::RD != 0),
+            (2, q.flags & wire::CD != 0),
+            (4, q.flags & wire::AD != 0),
+            (8, q.edns.is_some()),
+            (16, q.edns.is_some_and(|e| e.dnssec_ok)),
+        ] {
+            f |= if on { bit } else { 0 };
+        }
+        (q.lower.clone(), q.qtype, q.qclass, f)
     }
 
     /// The reply to a query outside the zone: from the cache, from an upstream, or SERVFAIL
@@ -346,7 +359,8 @@ impl Forwarder {
 }
 
 /// How long a reply may be cached: the smallest TTL of its answer and authority records
-/// (for a negative answer, the SOA's minimum too), capped; None for what is not cached
+/// (for a negative answer, the SOA's minimum too), capped by `MAX_TTL`, `MAX_NEGATIVE_TTL`,
+/// or `NEGATIVE_NO_SOA_TTL` for a negative answer without SOA; None for what is not cached
 /// (errors other than NXDOMAIN, truncated replies, what does not parse).
 pub fn cacheable(reply: &[u8]) -> Option<u32> {
     let m = Message::from_vec(reply).ok()?;
@@ -358,7 +372,12 @@ pub fn cacheable(reply: &[u8]) -> Option<u32> {
         ResponseCode::NXDomain => true,
         _ => return None,
     };
-    let mut ttl = if negative { MAX_NEGATIVE_TTL } else { MAX_TTL };
+    let has_soa = m.authorities.iter().any(|r| matches!(r.data, RData::SOA(_)));
+    let mut ttl = match (negative, has_soa) {
+        (false, _) => MAX_TTL,
+        (true, true) => MAX_NEGATIVE_TTL,
+        (true, false) => NEGATIVE_NO_SOA_TTL,
+    };
     for r in m.answers.iter().chain(&m.authorities) {
         ttl = ttl.min(r.ttl);
         if let RData::SOA(soa) = &r.data {
@@ -457,6 +476,7 @@ pub fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::{Name, Record, rdata};
 
     #[test]
     fn upstream_lists() {
@@ -501,8 +521,49 @@ mod tests {
     }
 
     #[test]
+    fn flags_that_change_the_answer_are_in_the_key() {
+        let key = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = wire::query(1, &crate::zone::wire_name("a.example").unwrap(), wire::T_A);
+            edit(&mut p);
+            let wire::Parsed::Query(q) = wire::parse(&p) else { panic!() };
+            Forwarder::cache_key(&q)
+        };
+        let edns = |p: &mut Vec<u8>, flags: u8| {
+            p[11] = 1;
+            p.extend([0, 0, 41, 4, 0xd0, 0, 0, flags, 0, 0, 0]);
+        };
+        let keys = [
+            key(&|_| {}),
+            key(&|p| p[2] &= !0x01), // RD=0
+            key(&|p| p[3] |= 0x10),  // CD
+            key(&|p| p[3] |= 0x20),  // AD
+            key(&|p| edns(p, 0)),    // EDNS
+            key(&|p| edns(p, 0x80)), // EDNS with DO
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(key(&|p| p[1] = 9), keys[0], "the ID is not in the key");
+    }
+
+    #[test]
+    fn negative_answers_without_soa_are_hardly_cached() {
+        let mut n = Message::response(1, hickory_proto::op::OpCode::Query);
+        n.metadata.response_code = ResponseCode::NXDomain;
+        // RFC 2308 section 5: SHOULD NOT be cached; a few seconds (CoreDNS's floor) at most.
+        assert!(cacheable(&n.to_vec().unwrap()).is_none_or(|t| t <= 5));
+        let mut nodata = Message::response(1, hickory_proto::op::OpCode::Query);
+        assert!(cacheable(&nodata.to_vec().unwrap()).is_none_or(|t| t <= 5));
+        // With an SOA: the smaller of its TTL and its MINIMUM.
+        let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 600);
+        nodata.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 300, RData::SOA(soa)));
+        assert_eq!(cacheable(&nodata.to_vec().unwrap()), Some(300));
+    }
+
+    #[test]
     fn what_is_cached_and_for_how_long() {
-        use hickory_proto::rr::{Name, Record, rdata};
         let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
         m.add_answer(Record::from_rdata(
             Name::from_ascii("a.example.").unwrap(),

@@ -39,8 +39,10 @@ pub const EDNS_UDP: u16 = 1232;
 const QR: u16 = 0x8000;
 const AA: u16 = 0x0400;
 const TC: u16 = 0x0200;
-const RD: u16 = 0x0100;
+pub const RD: u16 = 0x0100;
 const RA: u16 = 0x0080;
+pub const AD: u16 = 0x0020;
+pub const CD: u16 = 0x0010;
 
 /// Appends one resource record.
 pub fn push_rr(out: &mut Vec<u8>, owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
@@ -64,6 +66,8 @@ pub struct Edns {
 pub struct Query {
     pub id: u16,
     pub rd: bool,
+    /// The header's flags as sent (RD, CD, AD: the bits that change a forwarded answer).
+    pub flags: u16,
     /// The question name in lowercase wire format.
     pub lower: Vec<u8>,
     pub qtype: u16,
@@ -98,8 +102,8 @@ pub enum Parsed {
 
 impl PartialEq for Query {
     fn eq(&self, o: &Self) -> bool {
-        (self.id, self.rd, &self.lower, self.qtype, self.qclass, self.question_end, self.edns)
-            == (o.id, o.rd, &o.lower, o.qtype, o.qclass, o.question_end, o.edns)
+        (self.id, self.flags, &self.lower, self.qtype, self.qclass, self.question_end, self.edns)
+            == (o.id, o.flags, &o.lower, o.qtype, o.qclass, o.question_end, o.edns)
     }
 }
 
@@ -178,7 +182,7 @@ pub fn parse(p: &[u8]) -> Parsed {
             return err;
         }
     }
-    Parsed::Query(Query { id, rd, lower, qtype, qclass, question_end, edns })
+    Parsed::Query(Query { id, rd, flags, lower, qtype, qclass, question_end, edns })
 }
 
 fn header(out: &mut Vec<u8>, id: u16, flags: u16, counts: [u16; 4]) {

@@ -113,7 +113,7 @@ fn a_records(m: &Message) -> Vec<String> {
 }
 
 /// A test upstream: answers every A query with 192.0.2.1 (TTL 60), `big*` with 40 A records
-/// (about 700 bytes), `nx.example.` with NXDOMAIN,
+/// (about 700 bytes), `nx.example.` with NXDOMAIN, queries without RD with an empty answer,
 /// and counts the queries it gets. `silent` makes it take queries and never answer.
 fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -135,7 +135,10 @@ fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
             r.metadata.recursion_available = true;
             r.add_queries(q.queries.clone());
             if let Some(qq) = q.queries.first() {
-                if qq.name().to_ascii().starts_with("nx.") {
+                if !q.metadata.recursion_desired {
+                    // A recursive server asked not to recurse, with nothing cached: an empty
+                    // NOERROR without SOA.
+                } else if qq.name().to_ascii().starts_with("nx.") {
                     r.metadata.response_code = ResponseCode::NXDomain;
                     let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 30);
                     r.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 30, RData::SOA(soa)));
@@ -375,6 +378,23 @@ async fn the_cache_is_bounded_in_bytes() {
         .parse()
         .unwrap();
     assert!(bytes > 0 && bytes <= budget, "{bytes} bytes cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_norecurse_query_does_not_pin_an_empty_answer() {
+    let (up, _) = test_upstream(false);
+    let (addr, _srv) = start(vec![up]).await;
+    let mut norecurse = query("pinned.example.org.", RecordType::A, None);
+    norecurse[2] &= !0x01;
+    let r = udp(addr, &norecurse).await;
+    assert!(r.answers.is_empty() && !r.metadata.recursion_desired);
+    let r = udp(addr, &query("pinned.example.org.", RecordType::A, None)).await;
+    assert_eq!(a_records(&r), vec!["192.0.2.1"], "the RD=1 query is not answered from the RD=0 one");
+    // And the other way round: an RD=0 query is answered as an RD=0 query.
+    let mut norecurse = query("other.example.org.", RecordType::A, None);
+    udp(addr, &query("other.example.org.", RecordType::A, None)).await;
+    norecurse[2] &= !0x01;
+    assert!(!udp(addr, &norecurse).await.metadata.recursion_desired);
 }
 
 mod fuzz {
