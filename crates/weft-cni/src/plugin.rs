@@ -6,13 +6,17 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::ipam::{HostLocal, Lease};
 use crate::net::{self, Netlink};
-use crate::spec::{CniError, CniOutput, CniResult, Interface, IpConfig, NetConf, Route, code, version_info};
+use crate::spec::{
+    CniError, CniOutput, CniResult, HostPort, Interface, IpConfig, NetConf, Route, code, interface_name_problem,
+    valid_cni_name, version_info,
+};
 use crate::{nft, runtime};
 
 /// The CNI_* environment of one invocation.
@@ -24,6 +28,15 @@ pub struct Env {
     pub ifname: String,
     pub args: String,
     pub path: String,
+    /// How long a delegated plugin or `nft` may run (`WEFT_CNI_EXEC_TIMEOUT_MS`; default 30 s).
+    pub exec_timeout: Option<Duration>,
+}
+
+/// A delegated plugin or `nft` that runs longer than this is hung: killed, and the command fails.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn invalid_env(name: &str, value: &str, why: &str, fix: &str) -> CniError {
+    CniError::new(code::INVALID_ENV, format!("{name} {value:?} {why}"), fix)
 }
 
 impl Env {
@@ -36,7 +49,12 @@ impl Env {
             ifname: g("CNI_IFNAME"),
             args: g("CNI_ARGS"),
             path: g("CNI_PATH"),
+            exec_timeout: g("WEFT_CNI_EXEC_TIMEOUT_MS").parse().ok().filter(|ms| *ms > 0).map(Duration::from_millis),
         }
+    }
+
+    pub fn exec_timeout(&self) -> Duration {
+        self.exec_timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT)
     }
 
     fn require(&self, what: &[(&str, &str)]) -> CniResult<()> {
@@ -51,6 +69,63 @@ impl Env {
         }
         Ok(())
     }
+
+    /// Every CNI_* value the command uses, checked before any is used: the container ID names
+    /// files, the interface name goes into sysctl paths, all of them reach delegated plugins.
+    fn validate(&self) -> CniResult<()> {
+        let attachment = matches!(self.command.as_str(), "ADD" | "DEL" | "CHECK");
+        if attachment {
+            self.require(&[("CNI_CONTAINERID", &self.container_id), ("CNI_IFNAME", &self.ifname)])?;
+            if self.command != "DEL" {
+                self.require(&[("CNI_NETNS", &self.netns)])?;
+            }
+        }
+        if !self.container_id.is_empty() && !valid_cni_name(&self.container_id) {
+            return Err(invalid_env(
+                "CNI_CONTAINERID",
+                &self.container_id,
+                "has invalid characters",
+                "use letters, digits, '_', '.' and '-', starting with a letter or digit",
+            ));
+        }
+        if attachment && let Some(why) = interface_name_problem(&self.ifname) {
+            return Err(invalid_env("CNI_IFNAME", &self.ifname, why, "give a valid interface name, e.g. eth0"));
+        }
+        if !self.netns.is_empty() && !valid_netns_path(&self.netns) {
+            return Err(invalid_env(
+                "CNI_NETNS",
+                &self.netns,
+                "is not a plain absolute path",
+                "give the namespace's path, e.g. /run/netns/NAME, without '..', quotes or control characters",
+            ));
+        }
+        check_cni_args(&self.args)
+    }
+}
+
+fn plain_text(s: &str) -> bool {
+    !s.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '`') || c.is_control())
+}
+
+fn valid_netns_path(p: &str) -> bool {
+    p.starts_with('/') && plain_text(p) && !p.split('/').any(|seg| seg == "..")
+}
+
+/// CNI_ARGS is `KEY=VALUE` pairs separated by ';' (the spec: "alphanumeric key-value pairs").
+fn check_cni_args(args: &str) -> CniResult<()> {
+    for pair in args.split(';').filter(|p| !p.is_empty()) {
+        let bad = |why: &str| {
+            invalid_env("CNI_ARGS", args, &format!("has a bad pair {pair:?}: {why}"), "use KEY=VALUE;KEY=VALUE")
+        };
+        let Some((k, v)) = pair.split_once('=') else { return Err(bad("no '='")) };
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            return Err(bad("the key is not alphanumeric"));
+        }
+        if !plain_text(v) || v.split('/').any(|seg| seg == "..") {
+            return Err(bad("the value has '..', a quote, a backslash or a control character"));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one command; `Ok` carries what goes to stdout (nothing for DEL, GC and STATUS).
@@ -59,6 +134,7 @@ pub async fn run(env: &Env, stdin: &[u8]) -> CniResult<Option<Value>> {
         return Ok(Some(version_info()));
     }
     let conf = NetConf::parse(stdin)?;
+    env.validate()?;
     // Delegated IPAM plugins get the configuration exactly as it came.
     let raw: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
     match env.command.as_str() {
@@ -113,7 +189,7 @@ async fn ipam_add(env: &Env, conf: &NetConf, stdin: &Value) -> CniResult<(Vec<Le
         let leases = store.allocate(&sets, &env.container_id, &env.ifname)?;
         return Ok((leases, ipam.routes.clone(), Value::Null));
     }
-    let out = runtime::exec_plugin(&ipam.type_, &env.path, "ADD", env, stdin).await?;
+    let out = runtime::exec_plugin(&ipam.type_, "ADD", env, stdin).await?;
     let r = CniOutput::from_json(&out.unwrap_or(Value::Null))?;
     let leases = r
         .ips
@@ -128,7 +204,7 @@ async fn ipam_del(env: &Env, conf: &NetConf, stdin: &Value) -> CniResult<()> {
     if builtin_ipam(conf) {
         return HostLocal::open(ipam.data_dir.as_deref(), &conf.name)?.release(&env.container_id, &env.ifname);
     }
-    runtime::exec_plugin(&ipam.type_, &env.path, "DEL", env, stdin).await.map(|_| ())
+    runtime::exec_plugin(&ipam.type_, "DEL", env, stdin).await.map(|_| ())
 }
 
 fn first_host(n: IpNet) -> IpAddr {
@@ -147,14 +223,24 @@ fn state_dir(conf: &NetConf) -> PathBuf {
     Path::new(&base).join(&conf.name)
 }
 
+/// The host-port undo script of a container. Checked here too: this path is read, fed to nft
+/// and removed, so an ID that is not one plain path component must never reach it.
+fn hostport_file(conf: &NetConf, container_id: &str) -> CniResult<PathBuf> {
+    if !valid_cni_name(container_id) {
+        return Err(invalid_env("CNI_CONTAINERID", container_id, "has invalid characters", "see libcni's rule"));
+    }
+    Ok(state_dir(conf).join("hostports").join(container_id))
+}
+
 async fn add(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<CniOutput> {
-    env.require(&[("CNI_CONTAINERID", &env.container_id), ("CNI_NETNS", &env.netns), ("CNI_IFNAME", &env.ifname)])?;
+    // Checked before anything is made, so a bad mapping leaves nothing to undo.
+    let ports = conf.runtime_config.validate()?;
     let netns = open_netns(&env.netns)?;
     let host = Netlink::here().map_err(nl_err("netlink"))?;
     let pod = Netlink::in_netns(&netns).map_err(nl_err("netlink in the pod's namespace"))?;
     let (leases, routes, ipam_dns) = ipam_add(env, conf, raw).await?;
     let made = AddUndo { env: env.clone(), conf: conf.clone(), raw: raw.clone() };
-    match wire(env, conf, &host, &pod, &netns, &leases, &routes).await {
+    match wire(env, conf, &host, &pod, &netns, &leases, &routes, &ports).await {
         Ok(mut out) => {
             if out.dns.is_null() {
                 out.dns = conf.dns.clone().filter(|d| !d.is_null()).unwrap_or(ipam_dns);
@@ -184,6 +270,7 @@ impl AddUndo {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn wire(
     env: &Env,
     conf: &NetConf,
@@ -192,6 +279,7 @@ async fn wire(
     netns: &File,
     leases: &[Lease],
     ipam_routes: &[Route],
+    ports: &[HostPort],
 ) -> CniResult<CniOutput> {
     let is_gateway = conf.is_gateway || conf.is_default_gateway;
     let br = host.ensure_bridge(conf.bridge_name(), conf.mtu, conf.promisc_mode).await.map_err(nl_err("bridge"))?;
@@ -284,14 +372,15 @@ async fn wire(
     }
     let subnets: Vec<IpNet> = leases.iter().map(|l| l.address.trunc()).collect();
     if conf.ip_masq {
-        nft::ensure_masquerade(&conf.name, &subnets)?;
+        nft::ensure_masquerade(&conf.name, &subnets, env.exec_timeout())?;
     }
-    if !conf.runtime_config.port_mappings.is_empty() {
+    if !ports.is_empty() {
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.address.addr()).collect();
-        let undo = nft::add_host_ports(&conf.runtime_config.port_mappings, &ips)?;
-        let dir = state_dir(conf).join("hostports");
-        std::fs::create_dir_all(&dir).map_err(|e| CniError::io("host-port state", e))?;
-        std::fs::write(dir.join(&env.container_id), undo).map_err(|e| CniError::io("host-port state", e))?;
+        let undo = nft::add_host_ports(ports, &ips, env.exec_timeout())?;
+        let file = hostport_file(conf, &env.container_id)?;
+        let dir = file.parent().expect("a state file has a directory");
+        std::fs::create_dir_all(dir).map_err(|e| CniError::io("host-port state", e))?;
+        std::fs::write(&file, undo).map_err(|e| CniError::io("host-port state", e))?;
     }
     Ok(CniOutput {
         interfaces: vec![
@@ -314,15 +403,14 @@ async fn wire(
 }
 
 async fn del(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
-    env.require(&[("CNI_CONTAINERID", &env.container_id), ("CNI_IFNAME", &env.ifname)])?;
     if conf.ipam.is_some() {
         ipam_del(env, conf, raw).await?;
     }
-    let undo = state_dir(conf).join("hostports").join(&env.container_id);
+    let undo = hostport_file(conf, &env.container_id)?;
     if let Ok(script) = std::fs::read_to_string(&undo) {
         if !script.is_empty() {
             // Elements already gone are not an error for DEL.
-            let _ = nft::apply(&script);
+            let _ = nft::apply(&script, env.exec_timeout());
         }
         let _ = std::fs::remove_file(&undo);
     }
@@ -339,7 +427,6 @@ async fn del(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
 }
 
 async fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
-    env.require(&[("CNI_CONTAINERID", &env.container_id), ("CNI_NETNS", &env.netns), ("CNI_IFNAME", &env.ifname)])?;
     let prev = conf
         .prev_result
         .as_ref()
@@ -388,13 +475,28 @@ async fn check(env: &Env, conf: &NetConf) -> CniResult<()> {
     Ok(())
 }
 
+/// The attachments GC must keep. SPEC.md 1.1.0, "GC: Clean up any stale resources": the runtime
+/// provides the configuration with "an additional key; `cni.dev/valid-attachments`", and the plugin
+/// "may then remove any resources related to attachments that do not exist in this set". Without
+/// the key there is no set, so nothing is proven stale: an error, never "free everything".
+/// (A present `null` is libcni's empty list; `cni.dev/attachments` is the spec's first spelling.)
+fn valid_attachments(conf: &NetConf) -> CniResult<&[crate::spec::Attachment]> {
+    conf.valid_attachments.as_deref().or(conf.attachments.as_deref()).ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC without \"cni.dev/valid-attachments\": nothing freed",
+            "the runtime must list the attachments still in use (an empty list frees everything)",
+        )
+    })
+}
+
 async fn gc(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
-    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let valid = valid_attachments(conf)?;
     if builtin_ipam(conf) {
         let ipam = ipam_of(conf)?;
-        HostLocal::open(ipam.data_dir.as_deref(), &conf.name)?.gc(&valid)?;
+        HostLocal::open(ipam.data_dir.as_deref(), &conf.name)?.gc(valid)?;
     } else if let Some(ipam) = &conf.ipam {
-        runtime::exec_plugin(&ipam.type_, &env.path, "GC", env, raw).await?;
+        runtime::exec_plugin(&ipam.type_, "GC", env, raw).await?;
     }
     // Host-port undo scripts of attachments that are gone.
     if let Ok(rd) = std::fs::read_dir(state_dir(conf).join("hostports")) {
@@ -402,7 +504,7 @@ async fn gc(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
             let id = e.file_name().to_string_lossy().to_string();
             if !valid.iter().any(|a| a.container_id == id) {
                 if let Ok(script) = std::fs::read_to_string(e.path()) {
-                    let _ = nft::apply(&script);
+                    let _ = nft::apply(&script, env.exec_timeout());
                 }
                 let _ = std::fs::remove_file(e.path());
             }
@@ -423,4 +525,170 @@ fn status(conf: &NetConf) -> CniResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Attachment;
+    use serde_json::json;
+
+    fn env(command: &str, vars: &[(&str, &str)]) -> Env {
+        let mut m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        m.insert("CNI_COMMAND".into(), command.into());
+        Env::from_vars(&m)
+    }
+
+    fn run_now(env: &Env, conf: &Value) -> CniResult<Option<Value>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(env, conf.to_string().as_bytes()))
+    }
+
+    fn conf(dir: &Path) -> Value {
+        json!({"cniVersion": "1.1.0", "name": "net", "type": "weft-cni",
+               "ipam": {"type": "host-local", "dataDir": dir.to_str().unwrap(), "ranges": [[{"subnet": "10.30.0.0/24"}]]}})
+    }
+
+    #[test]
+    fn del_refuses_a_container_id_that_climbs_out_of_the_state_dir() {
+        let d = tempfile::tempdir().unwrap();
+        // DEL would feed <dataDir>/net/hostports/<id> to nft and remove it.
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "").unwrap();
+        let e = run_now(&env("DEL", &[("CNI_CONTAINERID", "../../victim"), ("CNI_IFNAME", "eth0")]), &conf(d.path()))
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV, "{e:?}");
+        assert!(e.msg.contains("CNI_CONTAINERID"), "{e:?}");
+        assert!(victim.exists(), "the file outside the state directory is untouched");
+    }
+
+    #[test]
+    fn container_ids_are_checked_as_libcni_does() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["../x", "a/b", ".hidden", "-x", "_x", "a b", "a\nb", "a\r\nb", "a\"b", "a'b", "a;b", "a\u{0}b", "é"]
+        {
+            let e = run_now(&env("DEL", &[("CNI_CONTAINERID", bad), ("CNI_IFNAME", "eth0")]), &conf(d.path()))
+                .expect_err(bad);
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}: {e:?}");
+        }
+        for good in ["c1", "9", "a.b_c-d", "0123456789abcdef0123456789abcdef", "A.."] {
+            run_now(&env("DEL", &[("CNI_CONTAINERID", good), ("CNI_IFNAME", "eth0")]), &conf(d.path())).expect(good);
+        }
+    }
+
+    #[test]
+    fn ifnames_are_checked_as_libcni_does() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../../x",
+            "a:b",
+            "a b",
+            "a\tb",
+            "eth0\n",
+            "a\u{a0}b",
+            "sixteen-chars-xx",
+            "a\"b",
+            "a'b",
+            "a\u{1}b",
+        ] {
+            let e = run_now(&env("DEL", &[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", bad)]), &conf(d.path()))
+                .expect_err(bad);
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}: {e:?}");
+            assert!(e.msg.contains("CNI_IFNAME"), "{e:?}");
+        }
+        for good in ["eth0", "net1", "a.b", "fifteen-chars-x", "veth-1_2"] {
+            run_now(&env("DEL", &[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", good)]), &conf(d.path())).expect(good);
+        }
+    }
+
+    #[test]
+    fn netns_paths_and_cni_args_with_traversal_newlines_or_quotes_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let base = [("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
+        for (var, bad) in [
+            ("CNI_NETNS", "/run/netns/../../etc/passwd"),
+            ("CNI_NETNS", "run/netns/x"),
+            ("CNI_NETNS", "/run/netns/x\ny"),
+            ("CNI_NETNS", "/run/netns/x\"y"),
+            ("CNI_ARGS", "K8S_POD_NAME=../../x"),
+            ("CNI_ARGS", "K8S_POD_NAME=a\r\nb"),
+            ("CNI_ARGS", "K8S_POD_NAME=\"a\""),
+            ("CNI_ARGS", "novalue"),
+            ("CNI_ARGS", "a b=c"),
+        ] {
+            let e = run_now(&env("DEL", &[base[0], base[1], (var, bad)]), &conf(d.path())).expect_err(bad);
+            assert_eq!(e.code, code::INVALID_ENV, "{var}={bad:?}: {e:?}");
+            assert!(e.msg.contains(var), "{e:?}");
+        }
+        let ok = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IP=10.0.0.5/24";
+        run_now(
+            &env("DEL", &[base[0], base[1], ("CNI_ARGS", ok), ("CNI_NETNS", "/run/netns/weft-gone")]),
+            &conf(d.path()),
+        )
+        .unwrap();
+    }
+
+    fn reserved(dir: &Path) -> usize {
+        HostLocal::open(Some(dir.to_str().unwrap()), "net").unwrap().reservations().len()
+    }
+
+    #[test]
+    fn gc_without_valid_attachments_frees_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let h = HostLocal::open(Some(d.path().to_str().unwrap()), "net").unwrap();
+        let sets = conf(d.path())["ipam"]["ranges"].clone();
+        let sets: Vec<Vec<crate::spec::Range>> = serde_json::from_value(sets).unwrap();
+        for id in ["c1", "c2"] {
+            h.allocate(&sets, id, "eth0").unwrap();
+        }
+        let e = run_now(&env("GC", &[]), &conf(d.path())).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e:?}");
+        assert!(e.msg.contains("cni.dev/valid-attachments"), "{e:?}");
+        assert_eq!(reserved(d.path()), 2, "a GC that names no valid attachments frees nothing");
+        // The old spec text's key (libcni sends both).
+        let mut c = conf(d.path());
+        c["cni.dev/attachments"] = json!([Attachment { container_id: "c1".into(), ifname: "eth0".into() }]);
+        run_now(&env("GC", &[]), &c).unwrap();
+        assert_eq!(reserved(d.path()), 1);
+        // libcni encodes an empty list as null: nothing is valid any more.
+        let mut c = conf(d.path());
+        c["cni.dev/valid-attachments"] = Value::Null;
+        run_now(&env("GC", &[]), &c).unwrap();
+        assert_eq!(reserved(d.path()), 0);
+    }
+
+    #[test]
+    fn a_hung_delegated_ipam_plugin_is_killed_after_the_timeout() {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        let kid = bin.path().join("kid");
+        let script = format!("#!/bin/sh\nsleep 20 &\necho $! > {}\nwait\n", kid.display());
+        let plugin = bin.path().join("hang");
+        std::fs::write(&plugin, script).unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let mut c = conf(d.path());
+        c["ipam"] = json!({"type": "hang"});
+        c["cni.dev/valid-attachments"] = json!([]);
+        let e = env("GC", &[("CNI_PATH", bin.path().to_str().unwrap()), ("WEFT_CNI_EXEC_TIMEOUT_MS", "300")]);
+        let t = std::time::Instant::now();
+        let err = run_now(&e, &c).unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "returned after {:?}", t.elapsed());
+        assert!(err.msg.contains("hang") && err.msg.contains("did not finish"), "{err:?}");
+        // The plugin's own children went with it.
+        let pid = std::fs::read_to_string(&kid).unwrap().trim().to_string();
+        let gone = (0..100).any(|_| {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let dead = st.is_empty() || st.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
+            if !dead {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            dead
+        });
+        assert!(gone, "the hung plugin's child {pid} was killed");
+    }
 }

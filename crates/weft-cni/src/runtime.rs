@@ -3,11 +3,13 @@
 //! kubelet, the tests and the benchmarks use it; the plugin uses it to delegate IPAM.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -46,7 +48,13 @@ pub struct Invocation<'a> {
 }
 
 impl Invocation<'_> {
+    /// Runs the plugin to completion, however long it takes (a runtime bounds it itself).
     pub fn run(&self, conf: &Value) -> CniResult<Option<Value>> {
+        self.run_within(conf, None)
+    }
+
+    /// Runs the plugin; one still running after `timeout` is killed (with anything it started).
+    pub fn run_within(&self, conf: &Value, timeout: Option<Duration>) -> CniResult<Option<Value>> {
         let mut cmd = Command::new(self.plugin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
@@ -55,10 +63,7 @@ impl Invocation<'_> {
             .env("CNI_NETNS", self.netns)
             .env("CNI_IFNAME", self.ifname)
             .env("CNI_ARGS", self.args)
-            .env("CNI_PATH", self.cni_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("CNI_PATH", self.cni_path);
         if let Some(ns) = self.node_netns {
             let fd = ns.as_fd().try_clone_to_owned().map_err(|e| CniError::io("node netns", e))?;
             unsafe {
@@ -67,10 +72,8 @@ impl Invocation<'_> {
                 });
             }
         }
-        let mut child = cmd.spawn().map_err(|e| CniError::io(format!("cannot run {}", self.plugin.display()), e))?;
         let body = serde_json::to_vec(conf).unwrap_or_default();
-        child.stdin.take().unwrap().write_all(&body).map_err(|e| CniError::io("writing the plugin's stdin", e))?;
-        let out = child.wait_with_output().map_err(|e| CniError::io("waiting for the plugin", e))?;
+        let out = output_within(&mut cmd, body, timeout, &self.plugin.display().to_string())?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
@@ -91,14 +94,83 @@ impl Invocation<'_> {
     }
 }
 
-/// Used by the plugin to delegate IPAM to another binary, with its own invocation's environment.
-pub async fn exec_plugin(
-    name: &str,
-    cni_path: &str,
-    command: &str,
-    env: &Env,
-    conf: &Value,
-) -> CniResult<Option<Value>> {
+/// Runs `cmd` with `input` on its stdin and collects its output. With a timeout the child leads
+/// its own process group, and when the time is up the group (the child's pid) is killed and the
+/// child reaped: a hung plugin, or a shell script's `sleep`, never outlives the call.
+pub fn output_within(cmd: &mut Command, input: Vec<u8>, timeout: Option<Duration>, what: &str) -> CniResult<Output> {
+    if timeout.is_some() {
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CniError::io(format!("cannot run {what}"), e))?;
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    // Threads feed and drain the pipes, so a child that neither reads nor exits cannot block us.
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let status = wait_until(&mut child, deadline, timeout, what)?;
+    let collect = |rx: mpsc::Receiver<Vec<u8>>| match deadline {
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_secs(1))).ok(),
+        None => rx.recv().ok(),
+    };
+    let (Some(stdout), Some(stderr)) = (collect(stdout), collect(stderr)) else {
+        return Err(CniError::io(format!("{what} exited but something it started keeps its output open"), ""));
+    };
+    Ok(Output { status, stdout, stderr })
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![];
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+fn wait_until(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    what: &str,
+) -> CniResult<std::process::ExitStatus> {
+    let Some(deadline) = deadline else {
+        return child.wait().map_err(|e| CniError::io(format!("waiting for {what}"), e));
+    };
+    let mut nap = Duration::from_millis(1);
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| CniError::io(format!("waiting for {what}"), e))? {
+            return Ok(st);
+        }
+        if Instant::now() >= deadline {
+            // Not reaped yet, so the pid (and the group it leads) is still this child's.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CniError::new(
+                code::IO,
+                format!("{what} did not finish within {:?} and was killed", timeout.unwrap_or_default()),
+                "find out why it hangs; the command can be retried",
+            ));
+        }
+        std::thread::sleep(nap.min(deadline.saturating_duration_since(Instant::now())));
+        nap = (nap * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Used by the plugin to delegate IPAM to another binary, with its own invocation's environment,
+/// bounded by the invocation's exec timeout.
+pub async fn exec_plugin(name: &str, command: &str, env: &Env, conf: &Value) -> CniResult<Option<Value>> {
+    let cni_path = env.path.as_str();
     let plugin = find_plugin(name, cni_path)?;
     let inv = Invocation {
         plugin: &plugin,
@@ -110,7 +182,7 @@ pub async fn exec_plugin(
         cni_path,
         node_netns: None,
     };
-    inv.run(conf)
+    inv.run_within(conf, Some(env.exec_timeout()))
 }
 
 /// A network configuration list (`.conflist`): plugins run in order for ADD, each given the

@@ -107,6 +107,62 @@ impl Ipam {
     }
 }
 
+/// libcni's `ValidateContainerID` and `ValidateNetworkName`: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`. Such a
+/// name is one path component (never `.` or `..`) and needs no quoting in nft text.
+pub fn valid_cni_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// What is wrong with an interface name, if anything: libcni's `ValidateInterfaceName` (the
+/// kernel's `dev_valid_name`: 1-15 bytes, not `.` or `..`, no '/', ':' or whitespace), and, being
+/// stricter than both, no quotes, backslashes or control characters.
+pub fn interface_name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("is empty");
+    }
+    if s.len() > 15 {
+        return Some("is longer than 15 bytes (IFNAMSIZ-1)");
+    }
+    if s == "." || s == ".." {
+        return Some("is \".\" or \"..\"");
+    }
+    if s.chars().any(|c| matches!(c, '/' | ':' | '"' | '\'' | '\\') || c.is_whitespace() || c.is_control()) {
+        return Some("contains '/', ':', whitespace, a quote, a backslash or a control character");
+    }
+    None
+}
+
+/// A `portMappings` protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+/// A port mapping with every field checked and parsed: nothing of it reaches nft as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// Only traffic to this address is forwarded; `None` (hostIP empty, 0.0.0.0 or ::) means any
+    /// local address, as the reference `portmap` plugin does.
+    pub host_ip: Option<IpAddr>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortMapping {
     #[serde(rename = "hostPort")]
@@ -123,10 +179,41 @@ fn tcp() -> String {
     "tcp".into()
 }
 
+impl PortMapping {
+    pub fn check(&self, i: usize) -> CniResult<HostPort> {
+        let bad = |what: String| CniError::config(format!("runtimeConfig.portMappings[{i}]: {what}"));
+        let proto = match self.protocol.to_ascii_lowercase().as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "sctp" => Proto::Sctp,
+            _ => return Err(bad(format!("protocol {:?} is not tcp, udp or sctp", self.protocol))),
+        };
+        if self.host_port == 0 || self.container_port == 0 {
+            return Err(bad("hostPort and containerPort must be 1-65535".into()));
+        }
+        let host_ip = match self.host_ip.as_deref().unwrap_or("") {
+            "" => None,
+            h => match h.parse::<IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                Ok(ip) => Some(ip),
+                Err(_) => return Err(bad(format!("hostIP {h:?} is not an IP address: give one, or leave it empty"))),
+            },
+        };
+        Ok(HostPort { proto, host_port: self.host_port, container_port: self.container_port, host_ip })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     #[serde(default, rename = "portMappings")]
     pub port_mappings: Vec<PortMapping>,
+}
+
+impl RuntimeConfig {
+    /// The host ports, each checked (capability arguments are input like any other).
+    pub fn validate(&self) -> CniResult<Vec<HostPort>> {
+        self.port_mappings.iter().enumerate().map(|(i, m)| m.check(i)).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -169,8 +256,17 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     #[serde(default, rename = "runtimeConfig")]
     pub runtime_config: RuntimeConfig,
-    #[serde(default, rename = "cni.dev/valid-attachments")]
+    /// GC's list of attachments still in use; `None` when the key is absent (see `plugin::gc`).
+    #[serde(default, rename = "cni.dev/valid-attachments", deserialize_with = "null_is_empty")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// The same list under the name the spec first gave it (libcni sends both).
+    #[serde(default, rename = "cni.dev/attachments", deserialize_with = "null_is_empty")]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+/// A present key holding `null` is an empty list: libcni sends a Go nil slice so.
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Attachment>>, D::Error> {
+    Ok(Some(Option::<Vec<Attachment>>::deserialize(d)?.unwrap_or_default()))
 }
 
 impl NetConf {
@@ -187,15 +283,22 @@ impl NetConf {
         if c.name.is_empty() {
             return Err(CniError::config("the network configuration has no \"name\": give the network a name"));
         }
-        if c.name.contains('/') || c.name.starts_with('.') {
-            return Err(CniError::config(format!("network name {:?} may not contain '/' or start with '.'", c.name)));
+        // The name becomes a directory and part of nft text: libcni's rule keeps it one plain word.
+        if !valid_cni_name(&c.name) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid characters in network name {:?}", c.name),
+                "use letters, digits, '_', '.' and '-', starting with a letter or digit",
+            ));
         }
         if let Some(b) = &c.bridge
-            && (b.is_empty() || b.len() > 15 || b.contains('/') || b.contains(char::is_whitespace))
+            && let Some(why) = interface_name_problem(b)
         {
-            return Err(CniError::config(format!(
-                "bridge name {b:?} is not a valid interface name: 1-15 characters, no '/' or spaces"
-            )));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("bridge name {b:?} {why}"),
+                "give \"bridge\" a valid interface name, e.g. \"cni0\"",
+            ));
         }
         if let Some(m) = c.mtu
             && !(68..=65535).contains(&m)
@@ -292,6 +395,7 @@ pub fn version_info() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn seed_002_config_parses() {
@@ -325,6 +429,53 @@ mod tests {
     }
 
     #[test]
+    fn network_names_are_checked_as_libcni_does() {
+        let parse = |name: &str| NetConf::parse(json!({"cniVersion": "1.1.0", "name": name}).to_string().as_bytes());
+        for bad in ["a\"\nflush ruleset\n", "a b", "-x", "_x", ".x", "x/y", "../x", "a\r\n", "a'b", "é"] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}: {e:?}");
+            assert!(e.msg.contains("name"), "{e:?}");
+        }
+        for good in ["weft", "a.b_c-d", "9", "Net-1"] {
+            parse(good).expect(good);
+        }
+    }
+
+    #[test]
+    fn bridge_names_are_interface_names() {
+        let parse =
+            |b: &str| NetConf::parse(json!({"cniVersion": "1.1.0", "name": "n", "bridge": b}).to_string().as_bytes());
+        for bad in ["..", ".", "a:b", "a\nb", "a\"b"] {
+            assert_eq!(parse(bad).expect_err(bad).code, code::INVALID_CONFIG, "{bad:?}");
+        }
+        parse("cni0").unwrap();
+    }
+
+    #[test]
+    fn port_mappings_are_checked() {
+        let rc = |m: Value| serde_json::from_value::<RuntimeConfig>(json!({"portMappings": [m]})).unwrap().validate();
+        for bad in [
+            json!({"hostPort": 80, "containerPort": 80, "protocol": "tcp\" ; flush ruleset"}),
+            json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "1.2.3.4\"\nflush ruleset"}),
+            json!({"hostPort": 80, "containerPort": 80, "hostIP": "../x"}),
+            json!({"hostPort": 0, "containerPort": 80}),
+            json!({"hostPort": 80, "containerPort": 0}),
+        ] {
+            let e = rc(bad.clone()).expect_err(&bad.to_string());
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e:?}");
+            assert!(e.msg.contains("portMappings"), "{e:?}");
+        }
+        for good in [
+            json!({"hostPort": 80, "containerPort": 8080}),
+            json!({"hostPort": 80, "containerPort": 8080, "protocol": "UDP", "hostIP": ""}),
+            json!({"hostPort": 80, "containerPort": 8080, "protocol": "sctp", "hostIP": "fd00::1"}),
+        ] {
+            rc(good.clone()).expect(&good.to_string());
+        }
+    }
+
+    #[test]
     fn results_convert_between_versions() {
         let r = CniOutput {
             interfaces: vec![Interface { name: "eth0".into(), sandbox: "/run/netns/x".into(), ..Default::default() }],
@@ -343,5 +494,65 @@ mod tests {
         assert!(v1["ips"][0].get("version").is_none());
         assert_eq!(CniOutput::from_json(&v031).unwrap(), r);
         assert_eq!(CniOutput::from_json(&v1).unwrap(), r);
+    }
+
+    /// Arbitrary JSON, nested a few levels, with the configuration's own keys likely.
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("cniVersion".to_string()),
+            Just("name".to_string()),
+            Just("bridge".to_string()),
+            Just("mtu".to_string()),
+            Just("ipam".to_string()),
+            Just("ranges".to_string()),
+            Just("subnet".to_string()),
+            Just("runtimeConfig".to_string()),
+            Just("portMappings".to_string()),
+            Just("hostIP".to_string()),
+            Just("cni.dev/valid-attachments".to_string()),
+            Just("prevResult".to_string()),
+            "[a-zA-Z./\"\\-]{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            prop_oneof![Just("1.1.0".to_string()), Just("10.0.0.0/24".to_string()), any::<String>()]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::vec((key.clone(), inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = NetConf::parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_json(v in arb_json()) {
+            let mut v = v;
+            // Half the cases get a valid header, so the rest of the configuration is reached.
+            if let Some(o) = v.as_object_mut().filter(|o| o.len() % 2 == 0) {
+                o.insert("cniVersion".into(), json!("1.1.0"));
+                o.insert("name".into(), json!("n"));
+            }
+            if let Ok(c) = NetConf::parse(v.to_string().as_bytes()) {
+                // What parses is usable: names are safe and the rest does not panic either.
+                prop_assert!(valid_cni_name(&c.name));
+                let _ = c.runtime_config.validate();
+                let _ = c.ipam.as_ref().map(|i| i.range_sets());
+                let _ = c.prev_result.as_ref().map(CniOutput::from_json);
+            }
+        }
     }
 }
