@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::metrics::Metrics;
-use crate::wire::{self, Query};
+use crate::wire::{self, Query, T_HINFO};
 
 /// Positive answers are cached at most this long, negative ones at most `MAX_NEGATIVE_TTL`
 /// (CoreDNS's cache defaults).
@@ -35,7 +35,6 @@ const HEALTH_EVERY: Duration = Duration::from_millis(500);
 /// The receive buffer for a UDP reply: a datagram that fills it may have been cut by the
 /// kernel, so it is fetched again over TCP. Small, as there is one per query in flight.
 const UDP_REPLY_MAX: usize = 4096;
-const T_HINFO: u16 = 13;
 
 pub struct Upstream {
     pub addr: SocketAddr,

@@ -56,6 +56,10 @@ impl Server {
                 wire::bare_reply(&q, pkt, wire::SERVFAIL as u16, false, false, out);
                 Step::Reply(wire::SERVFAIL)
             }
+            Outcome::Forward if q.qtype == wire::T_ANY => {
+                wire::rfc8482_reply(&q, pkt, out);
+                Step::Reply(wire::NOERROR)
+            }
             Outcome::Forward => Step::Forward(q),
         }
     }

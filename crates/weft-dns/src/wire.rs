@@ -14,6 +14,7 @@ pub const T_NS: u16 = 2;
 pub const T_CNAME: u16 = 5;
 pub const T_SOA: u16 = 6;
 pub const T_PTR: u16 = 12;
+pub const T_HINFO: u16 = 13;
 pub const T_TXT: u16 = 16;
 pub const T_AAAA: u16 = 28;
 pub const T_SRV: u16 = 33;
@@ -78,10 +79,12 @@ pub struct Query {
 }
 
 impl Query {
-    /// The largest reply this client takes over UDP.
+    /// The largest reply sent to this client over UDP: what it offers, but no more than
+    /// `EDNS_UDP` (DNS flag day 2020: larger datagrams fragment, and big replies to forged
+    /// sources make this server an amplifier; the client retries over TCP).
     pub fn udp_limit(&self) -> usize {
         match self.edns {
-            Some(e) => e.udp.clamp(512, 4096) as usize,
+            Some(e) => e.udp.clamp(512, EDNS_UDP) as usize,
             None => 512,
         }
     }
@@ -218,6 +221,25 @@ pub fn bare_reply(q: &Query, pkt: &[u8], rcode: u16, aa: bool, tc: bool, out: &m
     }
 }
 
+/// The answer to ANY for a name outside the zone: one synthesized HINFO instead of whatever
+/// the upstream holds (RFC 8482 section 4.2; the record CoreDNS's `any` plugin gives). ANY is
+/// the amplifier's favourite question and has no legitimate use a stub resolver depends on.
+pub fn rfc8482_reply(q: &Query, pkt: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let flags = QR | RA | if q.rd { RD } else { 0 };
+    header(out, q.id, flags, [1, 1, 0, q.edns.is_some() as u16]);
+    out.extend(&pkt[12..q.question_end]);
+    let mut rdata = vec![];
+    for s in [&b"ANY obsoleted"[..], b"See RFC 8482"] {
+        rdata.push(s.len() as u8);
+        rdata.extend(s);
+    }
+    push_rr(out, &QNAME_PTR, T_HINFO, 8482, &rdata);
+    if q.edns.is_some() {
+        push_opt(out, 0);
+    }
+}
+
 /// What answering from the zone came to.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Outcome {
@@ -331,7 +353,7 @@ mod tests {
         q.extend([0, 0, 41, 0x10, 0, 0, 0, 0x80, 0, 0, 0]);
         let Parsed::Query(p) = parse(&q) else { panic!() };
         assert_eq!(p.edns, Some(Edns { udp: 4096, version: 0, dnssec_ok: true }));
-        assert_eq!(p.udp_limit(), 4096);
+        assert_eq!(p.udp_limit(), 1232, "the most sent over UDP, whatever the client offers");
     }
 
     #[test]

@@ -32,6 +32,10 @@ fn snapshot(headless_endpoints: usize) -> Snapshot {
         ready: true,
     });
     s.put_slice("default", "big-1", Slice::new("big", vec![], endpoints));
+    s.put_service("default", "mid", Service { kind: SvcKind::Headless, ports: Box::new([]), publish_not_ready: false });
+    let endpoints =
+        (0..40).map(|i| Endpoint { ip: format!("10.245.0.{}", i + 1).parse().unwrap(), hostname: None, ready: true });
+    s.put_slice("default", "mid-1", Slice::new("mid", vec![], endpoints));
     s
 }
 
@@ -113,7 +117,7 @@ fn a_records(m: &Message) -> Vec<String> {
 }
 
 /// A test upstream: answers every A query with 192.0.2.1 (TTL 60), `big*` with 40 A records
-/// (about 700 bytes), `nx.example.` with NXDOMAIN, queries without RD with an empty answer,
+/// (about 700 bytes) and `bigger*` with 100, `nx.example.` with NXDOMAIN, queries without RD with an empty answer,
 /// and counts the queries it gets. `silent` makes it take queries and never answer.
 fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -143,7 +147,8 @@ fn test_upstream(silent: bool) -> (SocketAddr, Arc<AtomicUsize>) {
                     let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 30);
                     r.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 30, RData::SOA(soa)));
                 } else if qq.name().to_ascii().starts_with("big") {
-                    for i in 0..40 {
+                    let n = if qq.name().to_ascii().starts_with("bigger") { 100 } else { 40 };
+                    for i in 0..n {
                         let a = RData::A(rdata::A::new(192, 0, 2, i));
                         r.add_answer(Record::from_rdata(qq.name().clone(), 60, a));
                     }
@@ -178,12 +183,16 @@ async fn answers_over_udp_and_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncates_over_udp_and_answers_whole_over_tcp() {
     let (addr, _srv) = start(vec![]).await;
-    // 100 A records (16 bytes each) do not fit in 512 bytes; with EDNS 4096 they do.
-    let small = udp(addr, &query("big.default.svc.cluster.local.", RecordType::A, None)).await;
+    // 40 A records (16 bytes each) do not fit in 512 bytes; with EDNS 1232 they do.
+    let small = udp(addr, &query("mid.default.svc.cluster.local.", RecordType::A, None)).await;
     assert!(small.metadata.truncation && small.answers.is_empty());
-    let edns = udp(addr, &query("big.default.svc.cluster.local.", RecordType::A, Some(4096))).await;
+    let edns = udp(addr, &query("mid.default.svc.cluster.local.", RecordType::A, Some(1232))).await;
     assert!(!edns.metadata.truncation);
-    assert_eq!(edns.answers.len(), 100);
+    assert_eq!(edns.answers.len(), 40);
+    // 100 do not fit in 1232 bytes, the most this server sends over UDP whatever the client
+    // offers (DNS flag day 2020: no fragments, and little amplification).
+    let edns = udp(addr, &query("big.default.svc.cluster.local.", RecordType::A, Some(4096))).await;
+    assert!(edns.metadata.truncation && edns.answers.is_empty());
     let whole = tcp(addr, &query("big.default.svc.cluster.local.", RecordType::A, None)).await;
     assert_eq!(whole.answers.len(), 100);
 }
@@ -395,6 +404,39 @@ async fn a_norecurse_query_does_not_pin_an_empty_answer() {
     udp(addr, &query("other.example.org.", RecordType::A, None)).await;
     norecurse[2] &= !0x01;
     assert!(!udp(addr, &norecurse).await.metadata.recursion_desired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_udp_replies_are_capped_at_1232_bytes() {
+    let (up, _) = test_upstream(false);
+    let (addr, _srv) = start(vec![up]).await;
+    let r = udp(addr, &query("bigger.example.", RecordType::A, Some(4096))).await;
+    assert!(r.metadata.truncation && r.answers.is_empty(), "{} answers", r.answers.len());
+    let r = tcp(addr, &query("bigger.example.", RecordType::A, Some(4096))).await;
+    assert_eq!(r.answers.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_queries_get_a_minimal_answer() {
+    let (up, count) = test_upstream(false);
+    let (addr, _srv) = start(vec![up]).await;
+    // RFC 8482: one RRset of the name, not all of them.
+    let r = udp(addr, &query("cluster.local.", RecordType::ANY, None)).await;
+    assert_eq!(r.answers.len(), 1, "{:?}", r.answers);
+    let r = udp(addr, &query("web.default.svc.cluster.local.", RecordType::ANY, None)).await;
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    // Outside the zone: a synthesized HINFO, as CoreDNS's `any` plugin gives, and nothing
+    // sent upstream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = count.load(Ordering::SeqCst);
+    for t in [RecordType::ANY, RecordType::ANY] {
+        let r = tcp(addr, &query("www.example.org.", t, Some(1232))).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(matches!(&r.answers[..], [a] if matches!(&a.data, RData::HINFO(_))), "{:?}", r.answers);
+        let r = udp(addr, &query("www.example.org.", t, None)).await;
+        assert!(matches!(&r.answers[..], [a] if matches!(&a.data, RData::HINFO(_))), "{:?}", r.answers);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), before);
 }
 
 mod fuzz {
