@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -244,7 +244,9 @@ fn delta_of<'a>(
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
     for (name, rules) in new_chains {
-        let _ = writeln!(d.structure, "add chain ip {TABLE} {name}");
+        // Flushed first so that sending a chain again (after a batch that failed) never
+        // doubles its rules.
+        let _ = writeln!(d.structure, "add chain ip {TABLE} {name}\nflush chain ip {TABLE} {name}");
         for r in rules {
             let _ = writeln!(d.structure, "add rule ip {TABLE} {name} {r}");
         }
@@ -316,7 +318,7 @@ pub struct NftCommand {
 
 impl Sink for NftCommand {
     fn apply(&self, delta: &Delta) -> Result<()> {
-        run_nft(self.netns.as_deref(), &delta.text())?;
+        run_nft(self.netns.as_deref(), &delta.text()).map_err(NothingChanged)?;
         if !delta.stale_udp.is_empty() {
             let flows = delta.stale_udp.clone();
             in_netns(self.netns.as_deref(), move || crate::conntrack::remove(&flows).map(|_| ()))?;
@@ -348,10 +350,16 @@ pub struct NetlinkSink {
     pub netns: Option<std::path::PathBuf>,
 }
 
+/// A sink's error when nothing at all changed in the kernel (its structure transaction was
+/// refused, or everything went in one transaction that was).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct NothingChanged(pub anyhow::Error);
+
 impl Sink for NetlinkSink {
     fn apply(&self, delta: &Delta) -> Result<()> {
         if !delta.structure.is_empty() {
-            run_nft(self.netns.as_deref(), &delta.structure)?;
+            run_nft(self.netns.as_deref(), &delta.structure).map_err(NothingChanged)?;
         }
         if delta.ops.is_empty() {
             return Ok(());
@@ -369,20 +377,33 @@ impl Sink for NetlinkSink {
     }
 }
 
-/// Keeps what was applied, sends only differences; after a failure the next sync starts fresh.
+/// Keeps what was applied and sends only differences. A batch the kernel refuses changes
+/// nothing (one transaction), so what was applied stays in force; the change is then retried
+/// in halves down to single Services, so one Service the kernel refuses never takes the others
+/// with it. Refused Services are kept at their last good state and listed in [`Applier::refused`].
 pub struct Applier<S: Sink> {
     sink: S,
     applied: Option<Desired>,
+    refused: BTreeMap<(String, String), String>,
 }
+
+/// Fragments as a patch carries them: (Service, fragment now, what it was compiled from).
+type Items = Vec<crate::compile::PatchedService>;
 
 impl<S: Sink> Applier<S> {
     pub fn new(sink: S) -> Self {
-        Applier { sink, applied: None }
+        Applier { sink, applied: None, refused: BTreeMap::new() }
     }
     /// What is in the kernel now, as far as this applier knows.
     pub fn applied(&self) -> Option<&Desired> {
         self.applied.as_ref()
     }
+    /// Services whose last change the kernel refused, with its error (they keep their last good
+    /// state, and are retried with the next change or sync).
+    pub fn refused(&self) -> &BTreeMap<(String, String), String> {
+        &self.refused
+    }
+
     /// Applies a patch on top of what was applied; returns the change's size. Needs a programme
     /// applied before (after a failure, [`sync`](Self::sync) a whole one first).
     pub fn sync_patch(&mut self, patch: &Patch) -> Result<usize> {
@@ -391,16 +412,24 @@ impl<S: Sink> Applier<S> {
         };
         let d = delta_patch(applied, patch);
         let size = d.structure.len() + d.ops.len();
-        if size > 0
-            && let Err(e) = self.sink.apply(&d)
-        {
-            self.applied = None;
-            return Err(e);
+        let result = if size > 0 { self.sink.apply(&d) } else { Ok(()) };
+        match result {
+            Ok(()) => {
+                if let Some(a) = self.applied.as_mut() {
+                    a.apply_patch(patch);
+                }
+                for (k, _, _) in &patch.fragments {
+                    self.refused.remove(k);
+                }
+                Ok(size)
+            }
+            Err(e) if structure_refused(&e, &d) => Err(e),
+            Err(e) => {
+                self.after_failure(&e, &patch.new_chains);
+                self.in_parts(patch.fragments.clone(), &patch.new_chains)?;
+                Ok(size)
+            }
         }
-        if let Some(a) = self.applied.as_mut() {
-            a.apply_patch(patch);
-        }
-        Ok(size)
     }
 
     /// Applies `want`; returns the change's size (structure bytes plus element operations; 0 when
@@ -409,20 +438,130 @@ impl<S: Sink> Applier<S> {
         let d = delta(self.applied.as_ref(), &want);
         if d.structure.is_empty() && d.ops.is_empty() {
             self.applied = Some(want);
+            self.refused.clear();
             return Ok(0);
         }
         let size = d.structure.len() + d.ops.len();
         match self.sink.apply(&d) {
             Ok(()) => {
                 self.applied = Some(want);
+                self.refused.clear();
                 Ok(size)
             }
+            Err(e) if structure_refused(&e, &d) => Err(e),
             Err(e) => {
-                self.applied = None;
-                Err(e)
+                let fresh = self.applied.is_none();
+                self.after_failure(&e, &want.chains);
+                let Some(applied) = self.applied.as_ref() else { return Err(e) };
+                if fresh {
+                    // The table was made anew and is empty: every Service goes in again.
+                    tracing::warn!(error = %format!("{e:#}"), "the kernel refused a whole sync; applying Service by Service");
+                }
+                let items = changed_items(applied, &want);
+                self.in_parts(items, &want.chains)?;
+                Ok(size)
             }
         }
     }
+
+    /// What the kernel has after a refused change: unchanged if nothing changed; otherwise its
+    /// structure went in (a fresh table with every chain, or new chains) and no element did.
+    fn after_failure(&mut self, e: &anyhow::Error, chains: &BTreeMap<String, Vec<String>>) {
+        if e.is::<NothingChanged>() {
+            return;
+        }
+        let a = self.applied.get_or_insert_with(Desired::default);
+        a.chains.extend(chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// Applies `items` in halves until each part goes in or is one refused Service. Errors only
+    /// when some Service was refused (naming them all).
+    fn in_parts(&mut self, items: Items, chains: &BTreeMap<String, Vec<String>>) -> Result<()> {
+        let mut queue = vec![items];
+        while let Some(part) = queue.pop() {
+            let Some(applied) = self.applied.as_ref() else { break };
+            let patch = part_patch(applied, part, chains);
+            let d = delta_patch(applied, &patch);
+            let result = if d.structure.is_empty() && d.ops.is_empty() { Ok(()) } else { self.sink.apply(&d) };
+            match result {
+                Ok(()) => {
+                    for (k, _, _) in &patch.fragments {
+                        self.refused.remove(k);
+                    }
+                    if let Some(a) = self.applied.as_mut() {
+                        a.apply_patch(&patch);
+                    }
+                }
+                Err(e) if structure_refused(&e, &d) => return Err(e),
+                Err(e) if patch.fragments.len() > 1 => {
+                    self.after_failure(&e, chains);
+                    let mut part = patch.fragments;
+                    let rest = part.split_off(part.len() / 2);
+                    queue.push(rest);
+                    queue.push(part);
+                }
+                Err(e) => {
+                    self.after_failure(&e, chains);
+                    if let Some((k, _, _)) = patch.fragments.first() {
+                        tracing::warn!(service = %format!("{}/{}", k.0, k.1), error = %format!("{e:#}"), "the kernel refused this Service's rules; it keeps its last good state");
+                        self.refused.insert(k.clone(), format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        if self.refused.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self.refused.keys().map(|(n, s)| format!("{n}/{s}")).collect();
+        Err(anyhow::anyhow!("the kernel refused the rules of {}", names.join(", ")))
+    }
+}
+
+/// Whether the shared structure (the table, a chain) is what the kernel refused: no Service is
+/// to blame, and splitting the change would only send it again and again.
+fn structure_refused(e: &anyhow::Error, d: &Delta) -> bool {
+    e.is::<NothingChanged>() && !d.structure.is_empty()
+}
+
+/// The fragments that differ between `applied` and `want` (or were compiled from other inputs).
+fn changed_items(applied: &Desired, want: &Desired) -> Items {
+    let mut keys: BTreeSet<&(String, String)> = BTreeSet::new();
+    for (k, f) in &applied.fragments {
+        if want.fragments.get(k).is_none_or(|n| !Arc::ptr_eq(f, n) && f != n) {
+            keys.insert(k);
+        }
+    }
+    for (k, i) in &want.inputs {
+        if applied.inputs.get(k) != Some(i) || !applied.fragments.contains_key(k) {
+            keys.insert(k);
+        }
+    }
+    keys.extend(want.fragments.keys().filter(|k| !applied.fragments.contains_key(*k)));
+    keys.into_iter().map(|k| (k.clone(), want.fragments.get(k).cloned(), want.inputs.get(k).copied())).collect()
+}
+
+/// A patch of some Services alone on top of `applied`: the hairpin counts they leave, and every
+/// chain they may need (sending a chain again is harmless).
+fn part_patch(applied: &Desired, items: Items, chains: &BTreeMap<String, Vec<String>>) -> Patch {
+    let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    let current = |counts: &BTreeMap<Ipv4Addr, u32>, ip: &Ipv4Addr| {
+        counts.get(ip).copied().unwrap_or_else(|| applied.hairpin_counts.get(ip).copied().unwrap_or(0))
+    };
+    for (k, new, _) in &items {
+        if let Some(old) = applied.fragments.get(k) {
+            for ip in &old.hairpin {
+                let c = current(&counts, ip).saturating_sub(1);
+                counts.insert(*ip, c);
+            }
+        }
+        for ip in new.iter().flat_map(|f| f.hairpin.iter()) {
+            let c = current(&counts, ip) + 1;
+            counts.insert(*ip, c);
+        }
+    }
+    let new_chains =
+        chains.iter().filter(|(n, _)| !applied.chains.contains_key(*n)).map(|(k, v)| (k.clone(), v.clone()));
+    Patch { fragments: items, new_chains: new_chains.collect(), hairpin_counts: counts }
 }
 
 #[cfg(test)]
@@ -502,7 +641,7 @@ mod tests {
         };
         let changed: Vec<crate::compile::Changed> =
             [42, 7, 300, 8].iter().map(|i| (key(*i), find(*i), slices_of(*i))).collect();
-        let patch = crate::compile::compile_patch(&before, &changed, &node);
+        let patch = crate::compile::compile_patch(&before, &changed, &node, &crate::compile::Claims::new(&s2));
         // Every element operation, whatever the order.
         let ops = |d: Delta| -> Vec<String> {
             let mut v: Vec<String> = d
@@ -527,7 +666,12 @@ mod tests {
         patched.apply_patch(&patch);
         assert_eq!(patched, after, "the same programme");
         // An unchanged Service in a patch sends nothing.
-        let same = crate::compile::compile_patch(&after, &[(key(1), find(1), slices_of(1))], &node);
+        let same = crate::compile::compile_patch(
+            &after,
+            &[(key(1), find(1), slices_of(1))],
+            &node,
+            &crate::compile::Claims::new(&s2),
+        );
         let d = delta_patch(&after, &same);
         assert!(d.ops.is_empty() && d.structure.is_empty());
     }
@@ -593,5 +737,68 @@ mod tests {
         assert!(!d.contains("hairpin"), "still used by the other Service: {d}");
         let none = compile(&[], &[], &node);
         assert!(script(Some(&one), &none).contains("delete element ip weft-proxy hairpin"));
+    }
+
+    /// A kernel that refuses any batch touching one address, as it refuses a duplicate element.
+    struct Refusing {
+        bad: Ipv4Addr,
+        log: std::cell::RefCell<Vec<usize>>,
+        fresh_ok: bool,
+    }
+    impl Sink for Refusing {
+        fn apply(&self, d: &Delta) -> Result<()> {
+            if !self.fresh_ok && d.structure.contains("delete table") {
+                return Err(NothingChanged(anyhow::anyhow!("no nft")).into());
+            }
+            self.log.borrow_mut().push(d.ops.len());
+            if d.ops.iter().any(|o| o.key.contains(&Field::Ip(self.bad))) {
+                anyhow::bail!("File exists (os error 17)");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_refused_service_never_takes_the_others_down() {
+        let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+        let (s, e) = world(40, None);
+        let bad: Ipv4Addr = "10.96.0.17".parse().unwrap();
+        let mut a = Applier::new(Refusing { bad, log: Default::default(), fresh_ok: true });
+        // A whole sync: every Service but the refused one goes in.
+        assert!(a.sync(compile(&s, &e, &node)).is_err(), "the refusal is reported");
+        let applied = a.applied().expect("the good Services are applied");
+        assert_eq!(applied.fragments.len(), 39);
+        assert!(!applied.fragments.contains_key(&("default".to_string(), "s17".to_string())));
+        assert_eq!(a.refused().keys().map(|k| k.1.as_str()).collect::<Vec<_>>(), ["s17"]);
+        // A later change to another Service goes in; the refused one stays out and listed.
+        let (s2, e2) = world(40, Some(3));
+        let claims = crate::compile::Claims::new(&s2);
+        let slices = |i: usize| -> Vec<&EndpointSlice> { vec![&e2[i]] };
+        let key = |i: usize| ("default".to_string(), format!("s{i}"));
+        let changed: Vec<crate::compile::Changed> =
+            [3, 17].iter().map(|i| (key(*i), Some(&s2[*i]), slices(*i))).collect();
+        let patch = crate::compile::compile_patch(a.applied().unwrap(), &changed, &node, &claims);
+        assert!(a.sync_patch(&patch).is_err());
+        let applied = a.applied().unwrap();
+        assert_eq!(applied.fragments[&key(3)].backends.len(), 11, "the other change went in");
+        assert!(a.refused().contains_key(&key(17)));
+        // The refusal goes away (the kernel accepts it now): nothing is listed any more.
+        a.sink.bad = "10.255.255.255".parse().unwrap();
+        let patch = crate::compile::compile_patch(a.applied().unwrap(), &changed[1..], &node, &claims);
+        a.sync_patch(&patch).unwrap();
+        assert!(a.refused().is_empty());
+        assert_eq!(a.applied().unwrap().fragments.len(), 40);
+    }
+
+    #[test]
+    fn a_refused_structure_keeps_what_was_applied() {
+        let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+        let (s, e) = world(3, None);
+        let mut a =
+            Applier::new(Refusing { bad: "10.255.255.255".parse().unwrap(), log: Default::default(), fresh_ok: false });
+        let err = a.sync(compile(&s, &e, &node)).unwrap_err();
+        assert!(err.is::<NothingChanged>(), "{err:#}");
+        assert!(a.applied().is_none(), "nothing was applied");
+        assert!(a.sink.log.borrow().is_empty(), "not retried Service by Service: the structure is to blame");
     }
 }

@@ -231,18 +231,201 @@ fn make_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: us
     name
 }
 
+/// A Service's place in line for an address: older first (creation time), then namespace and
+/// name, so every node decides a conflict the same way and the Service that was there first
+/// keeps its traffic.
+pub type Rank = (i64, (String, String));
+
+fn rank_of(svc: &Service) -> Rank {
+    let created = svc.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(i64::MAX);
+    (created, (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default()))
+}
+
+/// The entries a Service asks for, as the compiler would program them: every
+/// (address, protocol, port) of its ClusterIP, external IPs and LoadBalancer IPs, and its node
+/// ports. Duplicates within the Service are removed.
+pub fn wanted(svc: &Service) -> (Vec<SvcKey>, Vec<PortKey>) {
+    let (mut vips, mut nps) = (vec![], vec![]);
+    let Some(spec) = svc.spec.as_ref() else { return (vips, nps) };
+    let Some((vip, external_ips)) = addresses(svc) else { return (vips, nps) };
+    for p in spec.ports.iter().flatten() {
+        let proto = p.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+        let Ok(port) = u16::try_from(p.port) else { continue };
+        for ip in std::iter::once(vip).chain(external_ips.iter().copied()) {
+            vips.push((ip, proto.clone(), port));
+        }
+        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+            nps.push((proto.clone(), np));
+        }
+    }
+    vips.sort();
+    vips.dedup();
+    nps.sort();
+    nps.dedup();
+    (vips, nps)
+}
+
+/// A Service's virtual IP and its external and LoadBalancer addresses (None: it has no virtual
+/// IP: headless or ExternalName).
+fn addresses(svc: &Service) -> Option<(Ipv4Addr, Vec<Ipv4Addr>)> {
+    let spec = svc.spec.as_ref()?;
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let vip: Ipv4Addr = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()).filter(|_| ty != "ExternalName")?;
+    let mut external_ips: Vec<Ipv4Addr> = spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
+    if ty == "LoadBalancer" {
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+        external_ips.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()));
+    }
+    Some((vip, external_ips))
+}
+
+/// Who owns each (address, protocol, port) and node port when Services ask for the same one:
+/// the oldest claimant ([`Rank`]). Two Services must never both program an entry (the kernel
+/// refuses the whole batch: one Service would take every Service down), so the compiler gives
+/// each entry to its owner alone and the others are reported. Kept up to date per changed
+/// Service, at a cost that follows the change.
+#[derive(Clone, Debug, Default)]
+pub struct Claims {
+    vips: HashMap<SvcKey, BTreeSet<Rank>>,
+    nodeports: HashMap<PortKey, BTreeSet<Rank>>,
+    by_service: HashMap<(String, String), (Rank, Vec<SvcKey>, Vec<PortKey>)>,
+}
+
+/// An entry a Service asked for and did not get, and who has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub service: (String, String),
+    pub entry: String,
+    pub owner: (String, String),
+}
+
+impl Claims {
+    pub fn new(services: &[Service]) -> Claims {
+        let mut c = Claims::default();
+        for s in services {
+            c.set(&rank_of(s).1.clone(), Some(s));
+        }
+        c
+    }
+
+    /// Records what `key`'s Service asks for now (None: it is gone). Returns the other Services
+    /// whose share changed (they won or lost an entry): they need recompiling.
+    pub fn set(&mut self, key: &(String, String), svc: Option<&Service>) -> BTreeSet<(String, String)> {
+        let mut touched = BTreeSet::new();
+        let old = self.by_service.remove(key);
+        let (old_vips, old_nps) = old.as_ref().map(|(_, v, n)| (v.as_slice(), n.as_slice())).unwrap_or((&[], &[]));
+        let old_rank = old.as_ref().map(|(r, _, _)| r.clone());
+        let (new_vips, new_nps) = svc.map(wanted).unwrap_or_default();
+        let new_rank = svc.map(rank_of);
+        fn move_claims<K: std::hash::Hash + Ord + Clone>(
+            map: &mut HashMap<K, BTreeSet<Rank>>,
+            old: (&[K], Option<&Rank>),
+            new: (&[K], Option<&Rank>),
+            touched: &mut BTreeSet<(String, String)>,
+        ) {
+            let first = |map: &HashMap<K, BTreeSet<Rank>>, k: &K| map.get(k).and_then(|s| s.first().cloned());
+            let mut keys: Vec<&K> = old.0.iter().chain(new.0.iter()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let before = first(map, k);
+                if let (true, Some(r)) = (old.0.contains(k), old.1) {
+                    if let Some(s) = map.get_mut(k) {
+                        s.remove(r);
+                        if s.is_empty() {
+                            map.remove(k);
+                        }
+                    }
+                }
+                if let (true, Some(r)) = (new.0.contains(k), new.1) {
+                    map.entry(k.clone()).or_default().insert(r.clone());
+                }
+                let after = first(map, k);
+                if before != after {
+                    touched.extend(before.map(|r| r.1));
+                    touched.extend(after.map(|r| r.1));
+                }
+            }
+        }
+        move_claims(&mut self.vips, (old_vips, old_rank.as_ref()), (&new_vips, new_rank.as_ref()), &mut touched);
+        move_claims(&mut self.nodeports, (old_nps, old_rank.as_ref()), (&new_nps, new_rank.as_ref()), &mut touched);
+        if let Some(r) = new_rank {
+            self.by_service.insert(key.clone(), (r, new_vips, new_nps));
+        }
+        touched.remove(key);
+        touched
+    }
+
+    fn owner_of_vip(&self, k: &SvcKey) -> Option<&(String, String)> {
+        self.vips.get(k).and_then(|s| s.first()).map(|r| &r.1)
+    }
+    fn owner_of_nodeport(&self, k: &PortKey) -> Option<&(String, String)> {
+        self.nodeports.get(k).and_then(|s| s.first()).map(|r| &r.1)
+    }
+    /// Whether `svc` may program `k` (an entry nobody claimed, as in a Service compiled
+    /// without claims, is free).
+    fn owns_vip(&self, svc: &(String, String), k: &SvcKey) -> bool {
+        self.owner_of_vip(k).is_none_or(|o| o == svc)
+    }
+    fn owns_nodeport(&self, svc: &(String, String), k: &PortKey) -> bool {
+        self.owner_of_nodeport(k).is_none_or(|o| o == svc)
+    }
+
+    /// The entries `svc` asked for and another Service owns.
+    pub fn lost_by(&self, svc: &(String, String)) -> Vec<Conflict> {
+        let Some((_, vips, nps)) = self.by_service.get(svc) else { return vec![] };
+        let mut out = vec![];
+        for k in vips {
+            if let Some(o) = self.owner_of_vip(k).filter(|o| *o != svc) {
+                out.push(Conflict {
+                    service: svc.clone(),
+                    entry: format!("{}:{}/{}", k.0, k.2, k.1),
+                    owner: o.clone(),
+                });
+            }
+        }
+        for k in nps {
+            if let Some(o) = self.owner_of_nodeport(k).filter(|o| *o != svc) {
+                out.push(Conflict {
+                    service: svc.clone(),
+                    entry: format!("nodePort {}/{}", k.1, k.0),
+                    owner: o.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every conflict, in a stable order.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut keys: Vec<&(String, String)> = self.by_service.keys().collect();
+        keys.sort();
+        keys.into_iter().flat_map(|k| self.lost_by(k)).collect()
+    }
+
+    /// A digest of what `svc` lost, folded into its fragment's fingerprint: a Service whose
+    /// objects did not change still recompiles when it wins or loses an entry.
+    fn lost_digest(&self, svc: &(String, String)) -> u64 {
+        use std::hash::BuildHasher;
+        let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        self.lost_by(svc).iter().map(|c| state.hash_one(&c.entry)).fold(0u64, u64::wrapping_add)
+    }
+}
+
 /// Compiles every Service for `node`.
 pub fn compile(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo) -> Desired {
-    compile_from(None, services, slices, node)
+    compile_from(None, services, slices, node, &Claims::new(services))
 }
 
 /// Compiles every Service for `node`, reusing the fragments of `prev` whose Service and slices
-/// have the same resourceVersions: the work of a change follows the change.
+/// have the same resourceVersions and lost the same entries to other Services (`claims`, made
+/// from the same `services`): the work of a change follows the change.
 pub fn compile_from(
     prev: Option<&Desired>,
     services: &[Service],
     slices: &[EndpointSlice],
     node: &NodeInfo,
+    claims: &Claims,
 ) -> Desired {
     let mut d = Desired::default();
     if let Some(p) = prev {
@@ -271,7 +454,7 @@ pub fn compile_from(
         let (ns, name) = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
         let slices: &[&EndpointSlice] = by_svc.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);
         let key = (ns.to_string(), name.to_string());
-        let input = fingerprint(svc, slices);
+        let input = fingerprint(svc, slices, claims.lost_digest(&key));
         let old = prev.and_then(|p| p.fragments.get(&key));
         if let (Some(p), Some(i), Some(f)) = (prev, input, old)
             && p.inputs.get(&key) == Some(&i)
@@ -286,7 +469,7 @@ pub fn compile_from(
         if let Some(i) = input {
             d.inputs.insert(key.clone(), i);
         }
-        if let Some(f) = compile_service(svc, slices, node, &mut d.chains) {
+        if let Some(f) = compile_service(svc, slices, node, &mut d.chains, claims) {
             for ip in &f.hairpin {
                 *d.hairpin_counts.entry(*ip).or_default() += 1;
             }
@@ -321,8 +504,10 @@ pub type PatchedService = ((String, String), Option<Arc<Fragment>>, Option<u64>)
 /// A Service whose objects changed: its key, the Service (None when deleted) and its slices.
 pub type Changed<'a> = ((String, String), Option<&'a Service>, Vec<&'a EndpointSlice>);
 
-/// Recompiles only `changed` on top of `prev` (left as it is).
-pub fn compile_patch(prev: &Desired, changed: &[Changed<'_>], node: &NodeInfo) -> Patch {
+/// Recompiles only `changed` on top of `prev` (left as it is). `claims` is the whole cluster's,
+/// already updated with the changes; the Services whose share of a contested entry changed
+/// ([`Claims::set`]) must be among `changed`.
+pub fn compile_patch(prev: &Desired, changed: &[Changed<'_>], node: &NodeInfo, claims: &Claims) -> Patch {
     let mut chains = prev.chains.clone();
     let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
     let count = |counts: &BTreeMap<Ipv4Addr, u32>, ip: &Ipv4Addr| {
@@ -331,13 +516,13 @@ pub fn compile_patch(prev: &Desired, changed: &[Changed<'_>], node: &NodeInfo) -
     let mut patch = Patch::default();
     for (key, svc, slices) in changed {
         let old = prev.fragments.get(key);
-        let input = svc.and_then(|s| fingerprint(s, slices));
+        let input = svc.and_then(|s| fingerprint(s, slices, claims.lost_digest(key)));
         if let (Some(i), Some(_)) = (input, old)
             && prev.inputs.get(key) == Some(&i)
         {
             continue;
         }
-        let new = svc.and_then(|s| compile_service(s, slices, node, &mut chains)).map(Arc::new);
+        let new = svc.and_then(|s| compile_service(s, slices, node, &mut chains, claims)).map(Arc::new);
         if let Some(f) = old {
             for ip in &f.hairpin {
                 let c = count(&counts, ip).saturating_sub(1);
@@ -382,48 +567,38 @@ impl Desired {
 }
 
 /// A digest of the resourceVersions a fragment depends on (the Service's and each slice's, in
-/// any order), made without allocating: this runs for every Service on every change. None when
-/// an object has no resourceVersion (never reused then).
-fn fingerprint(svc: &Service, slices: &[&EndpointSlice]) -> Option<u64> {
+/// any order) and of the entries it lost to other Services, made without allocating: this runs
+/// for every Service on every change. None when an object has no resourceVersion (never reused
+/// then).
+fn fingerprint(svc: &Service, slices: &[&EndpointSlice], lost: u64) -> Option<u64> {
     use std::hash::BuildHasher;
     let state = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    let mut sum = state.hash_one(svc.metadata.resource_version.as_deref()?);
+    let mut sum = state.hash_one((svc.metadata.resource_version.as_deref()?, lost));
     for s in slices {
         sum = sum.wrapping_add(state.hash_one((s.metadata.name.as_deref(), s.metadata.resource_version.as_deref()?)));
     }
     Some(sum)
 }
 
-/// One Service's fragment (None for Services with no virtual IP: headless, ExternalName).
+/// One Service's fragment (None for Services with no virtual IP: headless, ExternalName). Entries
+/// another Service owns (`claims`), and repeats of its own, are left out.
 pub fn compile_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node: &NodeInfo,
     chains: &mut BTreeMap<String, Vec<String>>,
+    claims: &Claims,
 ) -> Option<Fragment> {
     let spec = svc.spec.as_ref()?;
-    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let vip: Ipv4Addr = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()).filter(|_| ty != "ExternalName")?;
+    let (vip, external_ips) = addresses(svc)?;
+    let me = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
     let cidr = node.cluster_cidr;
     let mut d = Fragment::default();
     let ext_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let int_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
-    let mut external_ips: Vec<Ipv4Addr> = spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
-    if ty == "LoadBalancer" {
-        for i in svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(ip) = i.ip.as_deref().and_then(|i| i.parse().ok()) {
-                external_ips.push(ip);
-            }
-        }
-    }
+    let mut taken: BTreeSet<SvcKey> = BTreeSet::new();
+    let mut taken_np: BTreeSet<PortKey> = BTreeSet::new();
     for p in spec.ports.iter().flatten() {
         let pname = p.name.clone().unwrap_or_default();
         let proto_uc = p.protocol.clone().unwrap_or("TCP".into());
@@ -433,11 +608,14 @@ pub fn compile_service(
         for e in &eps {
             d.hairpin.insert(e.ip);
         }
-        let program = |d: &mut Fragment,
-                       chains: &mut BTreeMap<String, Vec<String>>,
-                       key: SvcKey,
-                       backends: &[Backend],
-                       masq: Masq| {
+        let mut program = |d: &mut Fragment,
+                           chains: &mut BTreeMap<String, Vec<String>>,
+                           key: SvcKey,
+                           backends: &[Backend],
+                           masq: Masq| {
+            if !claims.owns_vip(&me, &key) || !taken.insert(key.clone()) {
+                return;
+            }
             if backends.is_empty() {
                 d.reject.push(key);
                 return;
@@ -459,6 +637,9 @@ pub fn compile_service(
         }
         if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
             let key = (proto.clone(), np);
+            if !claims.owns_nodeport(&me, &key) || !taken_np.insert(key.clone()) {
+                continue;
+            }
             if external.is_empty() {
                 d.reject_nodeports.push(key);
             } else {
@@ -679,7 +860,8 @@ mod tests {
         let first = compile(&[a.clone(), b.clone()], &[ea.clone(), eb.clone()], &node("n1"));
         // b changes, a does not: a keeps its fragment, counts stay right.
         let (b2, eb2) = mk("bb", "2", &["10.244.1.4"]);
-        let next = compile_from(Some(&first), &[a.clone(), b2.clone()], &[ea.clone(), eb2.clone()], &node("n1"));
+        let both = [a.clone(), b2.clone()];
+        let next = compile_from(Some(&first), &both, &[ea.clone(), eb2.clone()], &node("n1"), &Claims::new(&both));
         let fresh = compile(&[a.clone(), b2], &[ea.clone(), eb2], &node("n1"));
         assert_eq!((&next.fragments, &next.hairpin_counts), (&fresh.fragments, &fresh.hairpin_counts));
         assert!(Arc::ptr_eq(
@@ -687,8 +869,97 @@ mod tests {
             &next.fragments[&("default".into(), "a".into())]
         ));
         // b goes away: its addresses leave the counts.
-        let last = compile_from(Some(&next), std::slice::from_ref(&a), std::slice::from_ref(&ea), &node("n1"));
+        let last = compile_from(
+            Some(&next),
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&ea),
+            &node("n1"),
+            &Claims::new(std::slice::from_ref(&a)),
+        );
         let fresh = compile(&[a], &[ea], &node("n1"));
         assert_eq!((&last.fragments, &last.hairpin_counts), (&fresh.fragments, &fresh.hairpin_counts));
+    }
+
+    fn aged(name: &str, created: &str, spec: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default",
+            "creationTimestamp": created, "resourceVersion": "1"}, "spec": spec}))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_external_ip_on_another_services_cluster_ip_is_skipped_and_reported() {
+        // `web` is older and owns 10.96.0.20:80; `thief` claims it through externalIPs.
+        let web = aged("web", "2026-01-01T00:00:00Z", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}));
+        let thief = aged(
+            "thief",
+            "2026-02-01T00:00:00Z",
+            json!({"clusterIP": "10.96.0.30", "externalIPs": ["10.96.0.20", "10.96.0.20"], "ports": [{"port": 80}]}),
+        );
+        let e = slice("web", &[("10.244.1.2", "n1", true, false)], 8080);
+        let svcs = [thief.clone(), web.clone()];
+        let d = compile(&svcs, &[e], &node("n1"));
+        let owner = |k: &SvcKey| -> Vec<&str> {
+            d.fragments
+                .iter()
+                .filter(|(_, f)| f.services.iter().any(|(kk, _)| kk == k) || f.reject.contains(k))
+                .map(|(n, _)| n.1.as_str())
+                .collect()
+        };
+        assert_eq!(owner(&key("10.96.0.20", 80)), ["web"], "only the older Service programs the entry");
+        assert_eq!(owner(&key("10.96.0.30", 80)), ["thief"], "the newer keeps its own address");
+        let c = Claims::new(&svcs).conflicts();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].service.1, "thief");
+        assert_eq!(c[0].owner.1, "web");
+        assert_eq!(c[0].entry, "10.96.0.20:80/tcp");
+        // The order the Services come in does not matter.
+        let d2 = compile(
+            &[web.clone(), thief.clone()],
+            &[slice("web", &[("10.244.1.2", "n1", true, false)], 8080)],
+            &node("n1"),
+        );
+        assert_eq!(d.flat(), d2.flat());
+    }
+
+    #[test]
+    fn a_service_listing_its_own_cluster_ip_as_external_programs_it_once() {
+        let s = aged(
+            "web",
+            "2026-01-01T00:00:00Z",
+            json!({"clusterIP": "10.96.0.20", "externalIPs": ["10.96.0.20"], "ports": [{"port": 80}, {"port": 80, "name": "again"}]}),
+        );
+        let f = compile(std::slice::from_ref(&s), &[], &node("n1"));
+        let frag = &f.fragments[&("default".to_string(), "web".to_string())];
+        assert_eq!(frag.reject, vec![key("10.96.0.20", 80)], "one entry, not three");
+    }
+
+    #[test]
+    fn claims_hand_an_entry_over_when_its_owner_goes_and_name_who_to_recompile() {
+        let web = aged("web", "2026-01-01T00:00:00Z", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}));
+        let thief = aged(
+            "thief",
+            "2026-02-01T00:00:00Z",
+            json!({"clusterIP": "10.96.0.30", "externalIPs": ["10.96.0.20"], "ports": [{"port": 80}], "type": "NodePort"}),
+        );
+        let (kw, kt) = (("default".to_string(), "web".to_string()), ("default".to_string(), "thief".to_string()));
+        let mut c = Claims::default();
+        assert!(c.set(&kw, Some(&web)).is_empty());
+        assert!(c.set(&kt, Some(&thief)).is_empty(), "the newcomer loses; the owner is unchanged");
+        // The owner goes: the newcomer must be recompiled, and now owns the entry.
+        assert_eq!(c.set(&kw, None), BTreeSet::from([kt.clone()]));
+        assert!(c.lost_by(&kt).is_empty());
+        // An incremental patch equals a whole compile at every step.
+        let e = slice("web", &[("10.244.1.2", "n1", true, false)], 8080);
+        let both = [web.clone(), thief.clone()];
+        let before = compile(&both, std::slice::from_ref(&e), &node("n1"));
+        let changed: Vec<Changed> = vec![(kw.clone(), None, vec![]), (kt.clone(), Some(&thief), vec![])];
+        let patch = compile_patch(&before, &changed, &node("n1"), &c);
+        let mut patched = before.clone();
+        patched.apply_patch(&patch);
+        let whole = compile(std::slice::from_ref(&thief), &[], &node("n1"));
+        // Shared chains stay once made; everything else is the same.
+        let unchained = |d: &Desired| Flat { chains: BTreeMap::new(), ..d.flat() };
+        assert_eq!(unchained(&patched), unchained(&whole));
+        assert!(whole.flat().reject.contains(&key("10.96.0.20", 80)), "the newcomer has it now");
     }
 }

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod conntrack;
 pub mod health;
 pub mod netlink;
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ struct World {
     slices: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
     /// Which Service each slice (namespace, slice name) belongs to.
     owner: HashMap<Key, Key>,
+    /// Who owns each contested address and node port (the oldest Service).
+    claims: compile::Claims,
     dirty: BTreeSet<Key>,
     full: bool,
     synced: [bool; 2],
@@ -46,11 +49,15 @@ fn service_of(s: &EndpointSlice) -> Option<Key> {
 impl World {
     fn put_service(&mut self, s: Service) {
         let k = meta_key(&s.metadata);
+        let touched = self.claims.set(&k, Some(&s));
+        self.dirty.extend(touched);
         self.dirty.insert(k.clone());
         self.services.insert(k, Arc::new(s));
     }
     fn drop_service(&mut self, s: &Service) {
         let k = meta_key(&s.metadata);
+        let touched = self.claims.set(&k, None);
+        self.dirty.extend(touched);
         self.services.remove(&k);
         self.dirty.insert(k);
     }
@@ -86,6 +93,7 @@ impl weft_watch::Fold<Service> for World {
     }
     fn relisted(&mut self, fresh: Vec<Service>) {
         self.services.clear();
+        self.claims = compile::Claims::default();
         for o in fresh {
             self.put_service(o);
         }
@@ -135,15 +143,27 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
         .into_iter()
         .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))
         .collect();
+    let mut report = report::Reporter::new(client.clone());
     loop {
-        {
+        let outcome = {
             let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
             if w.synced.iter().all(|s| *s) {
                 let full = std::mem::take(&mut w.full);
                 let dirty = std::mem::take(&mut w.dirty);
-                let w = &*w;
-                sync_nodes(w, full, &dirty, &mut appliers);
+                let conflicts: Vec<compile::Conflict> = dirty.iter().flat_map(|k| w.claims.lost_by(k)).collect();
+                let outcome = sync_nodes(&w, full, &dirty, &mut appliers);
+                // Services the kernel refused are tried again on the next pass.
+                for (_, a, _) in &appliers {
+                    w.dirty.extend(a.refused().keys().cloned());
+                }
+                Some((outcome, conflicts))
+            } else {
+                None
             }
+        };
+        if let Some((outcome, conflicts)) = outcome {
+            report.conflicts(conflicts).await;
+            report.nodes(outcome).await;
         }
         tokio::select! {
             _ = notify.notified() => {}
@@ -155,12 +175,14 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
     }
 }
 
+/// Each node's name and, if its rules are not all in force, why.
 fn sync_nodes(
     w: &World,
     full: bool,
     dirty: &BTreeSet<Key>,
     appliers: &mut [(NodeInfo, Applier<NetlinkSink>, health::HealthServers)],
-) {
+) -> Vec<(String, Option<String>)> {
+    let mut outcome = vec![];
     let changed: Vec<compile::Changed> =
         dirty.iter().map(|k| (k.clone(), w.services.get(k).map(|s| &**s), w.slices_of(k))).collect();
     // What every node's programme is made from: the whole world only when some node needs a
@@ -185,18 +207,20 @@ fn sync_nodes(
     for (node, applier, health) in appliers.iter_mut() {
         let result = match applier.applied() {
             Some(prev) if !full => {
-                let patch = compile::compile_patch(prev, &changed, node);
+                let patch = compile::compile_patch(prev, &changed, node, &w.claims);
                 applier.sync_patch(&patch)
             }
             // A relist: fragments of Services that did not change are reused.
             prev => {
-                let want = compile::compile_from(prev, &svcs, &slices, node);
+                let want = compile::compile_from(prev, &svcs, &slices, node, &w.claims);
                 applier.sync(want)
             }
         };
-        if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
         }
+        outcome.push((node.name.clone(), result.err().map(|e| format!("{e:#}"))));
         health.sync(health::plan(&lbs, &lb_slices, &node.name));
     }
+    outcome
 }

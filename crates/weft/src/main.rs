@@ -504,6 +504,24 @@ async fn status(name: Option<String>) -> Result<ExitCode> {
             Err(e) => client::describe_error(&e),
         };
         println!("apiserver:  {} ({})", health, lab.api_url().unwrap_or_default());
+        // The service proxy's health per node, as its node condition says.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.clone());
+        if let Ok(list) = nodes.list(&Default::default()).await {
+            for n in list.items {
+                let cond = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "ServiceProxyReady");
+                let text = match cond {
+                    Some(c) if c.status == "True" => "ok".to_string(),
+                    Some(c) => format!("NOT READY: {}", c.message.unwrap_or_default()),
+                    None => "starting".to_string(),
+                };
+                println!("proxy:      {} {}", n.metadata.name.unwrap_or_default(), text);
+            }
+        }
     }
     Ok(if running { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use weft_proxy::apply::{Applier, NetlinkSink};
-use weft_proxy::compile::{NodeInfo, compile, compile_patch};
+use weft_proxy::compile::{Claims, NodeInfo, compile, compile_patch};
 
 const EPS: usize = 10;
 
@@ -238,9 +238,13 @@ fn main() -> Result<()> {
             .iter()
             .filter(|x| x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name))
             .collect();
-        let changed = vec![(("default".to_string(), name.clone()), svc, slices)];
+        let key = ("default".to_string(), name.clone());
+        // The proxy keeps the claims up to date as events arrive; updating them is timed.
+        let mut claims = Claims::new(&s);
+        let changed = vec![(key.clone(), svc, slices)];
         let t = Instant::now();
-        let patch = compile_patch(applier.applied().context("applied")?, &changed, &node);
+        claims.set(&key, svc);
+        let patch = compile_patch(applier.applied().context("applied")?, &changed, &node, &claims);
         let compile_t = t.elapsed();
         let delta = applier.sync_patch(&patch)?;
         let one = t.elapsed();
