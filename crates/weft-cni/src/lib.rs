@@ -23,9 +23,31 @@ use std::process::ExitCode;
 use plugin::Env;
 use spec::{CniError, code};
 
+/// The environment as text. `std::env::vars` panics on a value that is not UTF-8; here such a
+/// value is dropped, unless it is one of ours, which is an error naming it.
+fn utf8_vars() -> Result<HashMap<String, String>, CniError> {
+    let mut vars = HashMap::new();
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), v) = (k.to_str(), v.into_string()) else { continue };
+        match v {
+            Ok(v) => {
+                vars.insert(k.to_string(), v);
+            }
+            Err(_) if k.starts_with("CNI_") || k.starts_with("WEFT_CNI_") => {
+                return Err(CniError::new(code::INVALID_ENV, format!("{k} is not UTF-8 text"), "set it to valid text"));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(vars)
+}
+
 /// The plugin's whole protocol: CNI_* environment and stdin in, result or error JSON out.
 pub fn cli_main() -> ExitCode {
-    let env = Env::from_vars(&std::env::vars().collect::<HashMap<_, _>>());
+    let env = match utf8_vars() {
+        Ok(vars) => Env::from_vars(&vars),
+        Err(e) => return fail(&e, "1.1.0"),
+    };
     let mut stdin = vec![];
     if env.command != "VERSION" && std::io::stdin().read_to_end(&mut stdin).is_err() {
         return fail(&CniError::new(code::IO, "cannot read the network configuration from stdin", ""), "1.1.0");
@@ -51,7 +73,9 @@ pub fn cli_main() -> ExitCode {
 }
 
 fn fail(e: &CniError, version: &str) -> ExitCode {
-    let _ = serde_json::to_writer(std::io::stdout(), &e.to_json(version));
-    println!();
+    // Not println!: it panics when stdout is closed.
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, &e.to_json(version));
+    let _ = out.write_all(b"\n");
     ExitCode::FAILURE
 }

@@ -271,8 +271,19 @@ fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<At
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> CniResult<NetConf> {
-        let c: NetConf = serde_json::from_slice(stdin)
-            .map_err(|e| CniError::new(code::DECODE, "failed to decode the network configuration", e.to_string()))?;
+        let decode = |e: serde_json::Error| {
+            CniError::new(code::DECODE, "failed to decode the network configuration", e.to_string())
+        };
+        let v: Value = serde_json::from_slice(stdin).map_err(decode)?;
+        // serde would read a struct from an array too; the spec's configuration is an object.
+        if !v.is_object() {
+            return Err(CniError::new(
+                code::DECODE,
+                "the network configuration is not a JSON object",
+                "give {\"cniVersion\": ..., \"name\": ..., \"type\": ...} on stdin",
+            ));
+        }
+        let c: NetConf = serde_json::from_value(v).map_err(decode)?;
         if !c.cni_version.is_empty() && !SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
