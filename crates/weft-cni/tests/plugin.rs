@@ -305,8 +305,49 @@ fn dual_stack_and_host_ports() {
     assert_eq!(ext.tcp_get(to).unwrap(), "192.168.78.2", "DNAT to the pod, client address kept");
     cni(WEFT_CNI, "DEL", &node, "c", Some(&p), &conf).unwrap();
     let rules =
-        String::from_utf8(node.exec(&["nft", "list", "map", "ip", "weft-hostport", "hostports"]).stdout).unwrap();
+        String::from_utf8(node.exec(&["nft", "list", "map", "ip", "weft-hostports", "hostports"]).stdout).unwrap();
+    assert!(rules.contains("map hostports"), "{rules}");
     assert!(!rules.contains("8088"), "DEL removes the host port: {rules}");
+}
+
+#[test]
+fn host_ports_honour_host_ip() {
+    let node = Netns::new("node");
+    let (p, ext) = (Netns::new("p"), Netns::new("ext"));
+    // The node has two addresses on the link to an outside host.
+    node.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "ext0", "netns", &ext.name]);
+    node.ip(&["addr", "add", "192.168.79.1/24", "dev", "up0"]);
+    node.ip(&["addr", "add", "192.168.79.3/24", "dev", "up0"]);
+    node.ip(&["link", "set", "up0", "up"]);
+    ext.ip(&["addr", "add", "192.168.79.2/24", "dev", "ext0"]);
+    ext.ip(&["link", "set", "ext0", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = bridge_conf("1.1.0", dir.path().to_str().unwrap(), "10.211.0.0/24", false);
+    conf["runtimeConfig"] = json!({"portMappings": [
+        {"hostPort": 8090, "containerPort": 80, "hostIP": "192.168.79.1"},
+        {"hostPort": 8091, "containerPort": 80},
+        // An IPv6 hostIP does not apply to an IPv4-only pod.
+        {"hostPort": 8092, "containerPort": 80, "hostIP": "fd00::1"}
+    ]});
+    cni(WEFT_CNI, "ADD", &node, "c", Some(&p), &conf).unwrap().unwrap();
+    let _srv = p.peer_echo_server("0.0.0.0:80".parse().unwrap());
+    let at = |a: &str| ext.tcp_get(a.parse().unwrap());
+    assert_eq!(at("192.168.79.1:8090").unwrap(), "192.168.79.2", "hostIP's address reaches the pod");
+    assert!(at("192.168.79.3:8090").is_err(), "another node address does not");
+    assert_eq!(at("192.168.79.3:8091").unwrap(), "192.168.79.2", "no hostIP: every address");
+    assert!(at("192.168.79.1:8092").is_err());
+    cni(WEFT_CNI, "DEL", &node, "c", Some(&p), &conf).unwrap();
+    let map = node.exec(&["nft", "list", "map", "ip", "weft-hostports", "hostip-ports"]);
+    let map = String::from_utf8(map.stdout).unwrap();
+    assert!(map.contains("map hostip-ports") && !map.contains("8090"), "DEL removes it: {map}");
+    // A hostIP that is not an address is refused before anything is made.
+    conf["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 8093, "containerPort": 80, "hostIP": "192.168.79.1 } ; flush ruleset"}]});
+    let e = cni(WEFT_CNI, "ADD", &node, "c2", Some(&p), &conf).unwrap_err();
+    assert_eq!(e.code, code::INVALID_CONFIG, "{e:?}");
+    assert!(e.msg.contains("hostIP"), "{e:?}");
+    assert!(!p.ip(&["link", "show"]).contains("eth0"), "nothing made in the pod");
+    assert!(!dir.path().join("weft-test/10.211.0.3").exists(), "no address reserved");
 }
 
 #[test]
