@@ -44,6 +44,12 @@ pub struct Args {
     /// Bytes the cache of forwarded answers may take (messages and names).
     #[arg(long, default_value_t = 32 << 20)]
     pub cache_bytes: usize,
+    /// TCP connections served at once; more wait in the backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub tcp_max_connections: usize,
+    /// Seconds a TCP connection may wait for the client's next query.
+    #[arg(long, default_value_t = 10)]
+    pub tcp_idle_timeout: u64,
     /// Forwarded queries waiting on upstreams at once; more are REFUSED (0: no limit).
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: usize,
@@ -96,6 +102,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cache_size: a.cache_size.max(1),
         max_concurrent: a.max_concurrent,
         cache_bytes: a.cache_bytes,
+        tcp: crate::server::TcpLimits {
+            max_connections: a.tcp_max_connections.max(1),
+            idle: std::time::Duration::from_secs(a.tcp_idle_timeout),
+            ..Default::default()
+        },
         ..Default::default()
     };
     crate::run(client, opts, api).await

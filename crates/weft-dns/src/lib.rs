@@ -44,6 +44,7 @@ pub struct Options {
     /// Forwarded queries waiting on upstreams at once (0: no limit); beyond it, REFUSED
     /// (CoreDNS forward's `max_concurrent`).
     pub max_concurrent: usize,
+    pub tcp: server::TcpLimits,
 }
 
 impl Default for Options {
@@ -59,6 +60,7 @@ impl Default for Options {
             cache_bytes: 32 << 20,
             upstream_timeout: Duration::from_secs(2),
             max_concurrent: 1000,
+            tcp: Default::default(),
         }
     }
 }
@@ -80,7 +82,7 @@ pub async fn listen(srv: &Arc<server::Server>, opts: &Options) -> anyhow::Result
         server::spawn_udp(srv.clone(), *a, threads, tokio::runtime::Handle::current())
             .with_context(|| format!("listening on UDP {a}"))?;
         let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("listening on TCP {a}"))?;
-        tokio::spawn(server::serve_tcp(srv.clone(), l));
+        tokio::spawn(server::serve_tcp(srv.clone(), l, opts.tcp));
     }
     for a in &opts.http {
         let l = tokio::net::TcpListener::bind(a)

@@ -1,7 +1,8 @@
 //! The listeners. UDP: one socket per thread on the same address (SO_REUSEPORT, so the kernel
 //! spreads queries over all cores), each a blocking loop that answers cluster names at once from
 //! the current zone and hands anything else to the forwarder on the async runtime. TCP: an async
-//! listener, length-prefixed messages, several per connection, idle connections closed.
+//! listener, length-prefixed messages, several per connection, a bounded number of
+//! connections, each closed when its client is slow to send, to read or to ask again.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -16,8 +17,25 @@ use crate::metrics::Metrics;
 use crate::wire::{self, Outcome, Parsed, Query};
 use crate::zone::Zone;
 
-const TCP_IDLE: Duration = Duration::from_secs(10);
-const TCP_MAX_CONNECTIONS: usize = 1024;
+/// Bounds on TCP clients (see `serve_connection`).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 1024,
+            read: Duration::from_secs(3),
+            write: Duration::from_secs(5),
+            idle: Duration::from_secs(10),
+        }
+    }
+}
 
 pub struct Server {
     pub zone: Arc<ArcSwap<Zone>>,
@@ -161,28 +179,49 @@ fn udp_worker(server: Arc<Server>, sock: Arc<UdpSocket>, rt: tokio::runtime::Han
     }
 }
 
-/// Serves DNS over TCP on `addr` until the task is dropped.
-pub async fn serve_tcp(server: Arc<Server>, listener: tokio::net::TcpListener) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNECTIONS));
+/// Serves DNS over TCP on `addr` until the task is dropped. At `max_connections` it stops
+/// accepting, as Unbound does: new clients wait in the kernel's backlog for a slot instead of
+/// being cut off, and the timeouts make sure slots come free.
+pub async fn serve_tcp(server: Arc<Server>, listener: tokio::net::TcpListener, limits: TcpLimits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
-        let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: give the others a moment to close.
+                tracing::debug!("TCP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let server = server.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            loop {
-                let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else { return };
-                let mut pkt = vec![0u8; len as usize];
-                if !matches!(tokio::time::timeout(TCP_IDLE, s.read_exact(&mut pkt)).await, Ok(Ok(_))) {
-                    return;
-                }
-                let Some(reply) = server.handle(&pkt, true).await else { return };
-                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-                framed.extend(reply);
-                if s.write_all(&framed).await.is_err() {
-                    return;
-                }
-            }
+            let _slot = slot;
+            serve_connection(&server, s, limits).await;
         });
+    }
+}
+
+/// Length-prefixed queries on one connection until the client closes it or overstays: the
+/// first query is due within `read` of connecting, later ones within `idle` of the last reply;
+/// a query must arrive whole within `read` and a reply leave within `write` (a client that
+/// never reads would otherwise hold its slot for ever). CoreDNS's defaults: 3 s, 5 s, 10 s.
+async fn serve_connection(server: &Arc<Server>, mut s: tokio::net::TcpStream, limits: TcpLimits) {
+    use tokio::time::timeout;
+    let mut wait = limits.read;
+    loop {
+        let Ok(Ok(len)) = timeout(wait, s.read_u16()).await else { return };
+        let mut pkt = vec![0u8; len as usize];
+        if !matches!(timeout(limits.read, s.read_exact(&mut pkt)).await, Ok(Ok(_))) {
+            return;
+        }
+        let Some(reply) = server.handle(&pkt, true).await else { return };
+        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+        framed.extend(reply);
+        if !matches!(timeout(limits.write, s.write_all(&framed)).await, Ok(Ok(_))) {
+            return;
+        }
+        wait = limits.idle;
     }
 }

@@ -439,6 +439,40 @@ async fn any_queries_get_a_minimal_answer() {
     assert_eq!(count.load(Ordering::SeqCst), before);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_clients_that_never_send_or_never_read_lose_their_slot() {
+    use tokio::io::AsyncWriteExt;
+    let limits = weft_dns::server::TcpLimits {
+        max_connections: 1,
+        read: Duration::from_millis(300),
+        write: Duration::from_millis(300),
+        idle: Duration::from_millis(300),
+    };
+    let (addr, _srv) = start_with(vec![], |o| o.tcp = limits).await;
+    let good = query("web.default.svc.cluster.local.", RecordType::A, None);
+    // One connects and never sends: the only slot is freed by the read timeout, and the next
+    // client, waiting in the backlog meanwhile, is served.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), tcp(addr, &good)).await.expect("served after the silent one");
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    // One sends thousands of queries with big answers and never reads: the server's writes
+    // block once the socket buffers are full, and the write timeout frees the slot.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut greedy = sock.connect(addr).await.unwrap();
+    let big = query("big.default.svc.cluster.local.", RecordType::A, None);
+    let mut all = vec![];
+    for _ in 0..4000 {
+        all.extend((big.len() as u16).to_be_bytes());
+        all.extend(&big);
+    }
+    // Bounded: with the fix the server closes the connection and this fails early.
+    let _ = tokio::time::timeout(Duration::from_secs(2), greedy.write_all(&all)).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), tcp(addr, &good)).await.expect("served after the greedy one");
+    assert_eq!(a_records(&r), vec!["10.96.0.50"]);
+    drop((silent, greedy));
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
