@@ -70,6 +70,28 @@ pub fn canonicalize(r: &Range) -> CniResult<Canonical> {
     Ok(Canonical { subnet: net, start, end, gateway })
 }
 
+/// A range set is one family, and its ranges do not overlap (as host-local checks): so an
+/// address has one owner, and the set's size fits in a u128.
+pub fn check_set(ranges: &[Canonical], idx: usize) -> CniResult<()> {
+    for (i, a) in ranges.iter().enumerate() {
+        for b in &ranges[i + 1..] {
+            if a.start.is_ipv4() != b.start.is_ipv4() {
+                return Err(CniError::config(format!(
+                    "ipam.ranges[{idx}] mixes IPv4 and IPv6 ({} and {}): put each family in its own range set",
+                    a.subnet, b.subnet
+                )));
+            }
+            if to_u128(a.start) <= to_u128(b.end) && to_u128(b.start) <= to_u128(a.end) {
+                return Err(CniError::config(format!(
+                    "ipam.ranges[{idx}]: ranges {}-{} and {}-{} overlap: make them disjoint",
+                    a.start, a.end, b.start, b.end
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One allocated address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -141,6 +163,7 @@ impl HostLocal {
                 if ranges.is_empty() {
                     return Err(CniError::config(format!("ipam.ranges[{idx}] is empty: give it at least one subnet")));
                 }
+                check_set(&ranges, idx)?;
                 if let Some((ip, _, _)) = existing
                     .iter()
                     .find(|(ip, i, f)| i == id && f == ifname && ranges.iter().any(|r| r.subnet.contains(ip)))
@@ -176,7 +199,8 @@ impl HostLocal {
 
     fn reserve(&self, ranges: &[Canonical], last: Option<IpAddr>, id: &str, ifname: &str) -> Option<(Lease, PathBuf)> {
         // Candidates in order, starting after the last reserved address (as host-local does).
-        let total: u128 = ranges.iter().map(|r| to_u128(r.end) - to_u128(r.start) + 1).sum();
+        // Disjoint ranges of one family (check_set) never sum past u128::MAX; saturate anyway.
+        let total = ranges.iter().fold(0u128, |t, r| t.saturating_add(to_u128(r.end) - to_u128(r.start) + 1));
         let start_at = last.and_then(|l| {
             let mut off = 0u128;
             for r in ranges {
@@ -189,7 +213,7 @@ impl HostLocal {
         });
         let start_at = start_at.unwrap_or(0);
         for i in 0..total.min(1 << 24) {
-            let mut k = (start_at + i) % total;
+            let mut k = start_at.saturating_add(i) % total;
             let mut range = &ranges[0];
             for r in ranges {
                 let n = to_u128(r.end) - to_u128(r.start) + 1;
@@ -314,6 +338,19 @@ mod tests {
         assert_eq!(canonicalize(&r).unwrap_err().code, code::INVALID_CONFIG);
         let r = Range { subnet: "10.0.0.0/31".parse().unwrap(), ..Default::default() };
         assert!(canonicalize(&r).is_err());
+    }
+
+    #[test]
+    fn huge_or_overlapping_ranges_are_errors_not_panics() {
+        let d = tempfile::tempdir().unwrap();
+        let h = HostLocal::open(Some(d.path().to_str().unwrap()), "net").unwrap();
+        let half = Range { subnet: "::/1".parse().unwrap(), ..Default::default() };
+        // Three halves of the IPv6 space add up to more than u128 counts.
+        let e = h.allocate(&[vec![half.clone(), half.clone(), half]], "c", "eth0").unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e:?}");
+        assert!(e.msg.contains("overlap"), "{e:?}");
+        let all = Range { subnet: "::/0".parse().unwrap(), ..Default::default() };
+        assert_eq!(h.allocate(&[vec![all]], "c", "eth0").unwrap()[0].address.to_string(), "::2/0");
     }
 
     #[test]

@@ -518,10 +518,9 @@ fn status(conf: &NetConf) -> CniResult<()> {
         let ipam = ipam_of(conf)?;
         HostLocal::open(ipam.data_dir.as_deref(), &conf.name)
             .map_err(|e| CniError::new(code::NOT_AVAILABLE, "the IPAM store is not usable", e.to_string()))?;
-        for set in ipam.range_sets() {
-            for r in &set {
-                crate::ipam::canonicalize(r)?;
-            }
+        for (idx, set) in ipam.range_sets().iter().enumerate() {
+            let ranges: Vec<_> = set.iter().map(crate::ipam::canonicalize).collect::<CniResult<_>>()?;
+            crate::ipam::check_set(&ranges, idx)?;
         }
     }
     Ok(())
