@@ -80,13 +80,8 @@ impl Env {
                 self.require(&[("CNI_NETNS", &self.netns)])?;
             }
         }
-        if !self.container_id.is_empty() && !valid_cni_name(&self.container_id) {
-            return Err(invalid_env(
-                "CNI_CONTAINERID",
-                &self.container_id,
-                "has invalid characters",
-                "use letters, digits, '_', '.' and '-', starting with a letter or digit",
-            ));
+        if !self.container_id.is_empty() {
+            check_container_id(&self.container_id)?;
         }
         if attachment && let Some(why) = interface_name_problem(&self.ifname) {
             return Err(invalid_env("CNI_IFNAME", &self.ifname, why, "give a valid interface name, e.g. eth0"));
@@ -101,6 +96,19 @@ impl Env {
         }
         check_cni_args(&self.args)
     }
+}
+
+/// libcni's `ValidateContainerID` (code 4, as libcni gives it).
+fn check_container_id(id: &str) -> CniResult<()> {
+    if valid_cni_name(id) {
+        return Ok(());
+    }
+    Err(invalid_env(
+        "CNI_CONTAINERID",
+        id,
+        "has invalid characters",
+        "use letters, digits, '_', '.' and '-', starting with a letter or digit",
+    ))
 }
 
 fn plain_text(s: &str) -> bool {
@@ -226,9 +234,7 @@ fn state_dir(conf: &NetConf) -> PathBuf {
 /// The host-port undo script of a container. Checked here too: this path is read, fed to nft
 /// and removed, so an ID that is not one plain path component must never reach it.
 fn hostport_file(conf: &NetConf, container_id: &str) -> CniResult<PathBuf> {
-    if !valid_cni_name(container_id) {
-        return Err(invalid_env("CNI_CONTAINERID", container_id, "has invalid characters", "see libcni's rule"));
-    }
+    check_container_id(container_id)?;
     Ok(state_dir(conf).join("hostports").join(container_id))
 }
 

@@ -473,7 +473,7 @@ mod tests {
             json!({"hostPort": 0, "containerPort": 80}),
             json!({"hostPort": 80, "containerPort": 0}),
         ] {
-            let e = rc(bad.clone()).expect_err(&bad.to_string());
+            let Err(e) = rc(bad.clone()) else { panic!("{bad} was accepted") };
             assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e:?}");
             assert!(e.msg.contains("portMappings"), "{e:?}");
         }
@@ -482,7 +482,7 @@ mod tests {
             json!({"hostPort": 80, "containerPort": 8080, "protocol": "UDP", "hostIP": ""}),
             json!({"hostPort": 80, "containerPort": 8080, "protocol": "sctp", "hostIP": "fd00::1"}),
         ] {
-            rc(good.clone()).expect(&good.to_string());
+            rc(good.clone()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
         }
     }
 
