@@ -395,7 +395,7 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
     let id: u16 = rand::random();
     let mut m = pkt.to_vec();
     m[0..2].copy_from_slice(&id.to_be_bytes());
-    let qend = question_end(&m).ok_or_else(|| err("query without a question"))?;
+    question_end(&m).ok_or_else(|| err("query without a question"))?;
     let deadline = tokio::time::Instant::now() + timeout;
     let bind: SocketAddr =
         if to.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
@@ -405,22 +405,31 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
     let mut buf = vec![0u8; UDP_REPLY_MAX + 1];
     let mut reply = loop {
         let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await.map_err(|_| err("timed out"))??;
-        let r = &buf[..n];
         // Ignore anything that is not the reply to this question (spoofing, late replies).
-        if n >= qend && r[0..2] == m[0..2] && r[2] & 0x80 != 0 && r[12..qend].eq_ignore_ascii_case(&m[12..qend]) {
-            break r.to_vec();
+        if is_reply_to(&m, &buf[..n]) {
+            break buf[..n].to_vec();
         }
     };
     if reply[2] & 0x02 != 0 || reply.len() > UDP_REPLY_MAX {
         reply =
             tokio::time::timeout_at(deadline, exchange_tcp(&m, to)).await.map_err(|_| err("timed out over TCP"))??;
-        if reply.len() < qend || reply[0..2] != m[0..2] {
+        if !is_reply_to(&m, &reply) {
             return Err(err("bad reply over TCP"));
         }
     }
     Message::from_vec(&reply).map_err(|e| err(&format!("malformed reply: {e}")))?;
     reply[0..2].copy_from_slice(client_id);
     Ok(reply)
+}
+
+/// Whether `r` is the reply to the query `sent`: the same ID, QR set, and the same question
+/// (letter case aside).
+pub fn is_reply_to(sent: &[u8], r: &[u8]) -> bool {
+    let Some(qend) = question_end(sent) else { return false };
+    match (sent.get(..qend), r.get(..qend)) {
+        (Some(s), Some(r)) => r[0..2] == s[0..2] && r[2] & 0x80 != 0 && r[12..].eq_ignore_ascii_case(&s[12..]),
+        _ => false,
+    }
 }
 
 async fn exchange_tcp(m: &[u8], to: SocketAddr) -> std::io::Result<Vec<u8>> {

@@ -476,6 +476,83 @@ async fn tcp_clients_that_never_send_or_never_read_lose_their_slot() {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::{Mutex, OnceLock};
+    use weft_dns::{forward, wire};
+
+    /// An upstream's reply to `name` A, with EDNS, a CNAME, an A and an SOA, as two parts: the
+    /// header after the ID (flags and counts) and everything after the question, so that it
+    /// can be mutated and then fitted to any question of the same length.
+    fn reply_parts(name: &str) -> Vec<u8> {
+        let n = Name::from_ascii(name).unwrap();
+        let t = Name::from_ascii("t.example.").unwrap();
+        let mut r = Message::response(0, OpCode::Query);
+        r.metadata.recursion_desired = true;
+        r.metadata.recursion_available = true;
+        r.add_query(Query::query(n.clone(), RecordType::A));
+        r.add_answer(Record::from_rdata(n, 300, RData::CNAME(rdata::CNAME(t.clone()))));
+        r.add_answer(Record::from_rdata(t, 60, RData::A(rdata::A::new(192, 0, 2, 7))));
+        let soa = rdata::SOA::new(Name::from_ascii("ns.example.").unwrap(), Name::root(), 1, 1, 1, 1, 30);
+        r.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 30, RData::SOA(soa)));
+        r.set_edns(hickory_proto::op::Edns::new());
+        let m = r.to_vec().unwrap();
+        let qend = 12 + n_len(&m[12..]) + 4;
+        [&m[2..12], &m[qend..]].concat()
+    }
+
+    fn n_len(name: &[u8]) -> usize {
+        let mut i = 0;
+        while i < name.len() && name[i] != 0 {
+            i += 1 + name[i] as usize;
+        }
+        i + 1
+    }
+
+    /// `parts` (from `reply_parts`, maybe mutated) made the reply to `query`.
+    fn fit(parts: &[u8], query: &[u8]) -> Vec<u8> {
+        let qend = 12 + n_len(&query[12..]) + 4;
+        let mut r = [&query[0..2], &parts[..10.min(parts.len())]].concat();
+        r.resize(12, 0);
+        r[2] |= 0x80;
+        r.extend(&query[12..qend.min(query.len())]);
+        r.extend(parts.get(10..).unwrap_or_default());
+        r
+    }
+
+    fn mutate(mut parts: Vec<u8>, flips: &[(usize, u8)], cut: usize, junk: &[u8]) -> Vec<u8> {
+        for (i, b) in flips {
+            let n = parts.len();
+            parts[i % n] = *b;
+        }
+        parts.truncate(parts.len().saturating_sub(cut));
+        parts.extend(junk);
+        parts
+    }
+
+    #[test]
+    fn the_unmutated_upstream_reply_is_good() {
+        let pkt = query("c0001.example.", RecordType::A, Some(1232));
+        let r = fit(&reply_parts("c0000.example."), &pkt);
+        assert!(forward::is_reply_to(&pkt, &r));
+        assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 2);
+        assert_eq!(forward::cacheable(&r), Some(30));
+    }
+
+    /// An upstream that answers every query with the reply `parts` say, fitted to its question.
+    fn hostile_upstream(parts: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if n > 12 {
+                    let r = fit(&parts.lock().unwrap(), &buf[..n]);
+                    let _ = sock.send_to(&r, from);
+                }
+            }
+        });
+        addr
+    }
 
     fn server() -> Arc<weft_dns::server::Server> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -502,6 +579,35 @@ mod fuzz {
             })?;
         }
 
+        /// Whatever an upstream sends: the reply check, the cache's TTL, and the rewrite of a
+        /// cached reply never panic, and a reply that was cached is still well-formed DNS after.
+        #[test]
+        fn upstream_replies(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in prop_oneof![3 => Just(0usize), 1 => 0usize..160],
+            junk in proptest::collection::vec(any::<u8>(), 0..12),
+            elapsed in any::<u32>(),
+        ) {
+            let pkt = query("c0000.example.", RecordType::A, Some(1232));
+            let wire::Parsed::Query(q) = wire::parse(&pkt) else { panic!("our own query") };
+            let reply = fit(&mutate(reply_parts("c0000.example."), &flips, cut, &junk), &pkt);
+            prop_assert!(forward::is_reply_to(&pkt, &reply));
+            if let Some(ttl) = forward::cacheable(&reply) {
+                prop_assert!(ttl <= forward::MAX_TTL);
+                let reused = wire::reuse(&reply, &q, &pkt, elapsed);
+                prop_assert!(reused.is_some_and(|r| Message::from_vec(&r).is_ok()), "{reply:?}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_upstream_bytes(reply in proptest::collection::vec(any::<u8>(), 0..600), elapsed in any::<u32>()) {
+            let pkt = query("c0000.example.", RecordType::A, None);
+            let wire::Parsed::Query(q) = wire::parse(&pkt) else { panic!("our own query") };
+            let _ = forward::is_reply_to(&pkt, &reply);
+            let _ = forward::cacheable(&reply);
+            let _ = wire::reuse(&reply, &q, &pkt, elapsed);
+        }
+
         /// Mutations of a real query: still no panic, and every reply is well-formed DNS.
         #[test]
         fn mutated_queries(flips in proptest::collection::vec((0usize..64, any::<u8>()), 1..6), cut in 0usize..80) {
@@ -518,6 +624,52 @@ mod fuzz {
                 }
                 Ok(())
             })?;
+        }
+    }
+
+    /// A server whose one upstream sends what the test sets, on a runtime of its own.
+    struct Hostile {
+        rt: tokio::runtime::Runtime,
+        addr: SocketAddr,
+        parts: Arc<Mutex<Vec<u8>>>,
+        next: AtomicUsize,
+    }
+
+    fn hostile() -> &'static Hostile {
+        static H: OnceLock<Hostile> = OnceLock::new();
+        H.get_or_init(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let parts = Arc::new(Mutex::new(reply_parts("c0000.example.")));
+            let up = hostile_upstream(parts.clone());
+            let (addr, srv) = rt.block_on(start_with(vec![up], |o| o.upstream_timeout = Duration::from_millis(300)));
+            std::mem::forget(srv);
+            Hostile { rt, addr, parts, next: AtomicUsize::new(0) }
+        })
+    }
+
+    proptest! {
+        // Over real sockets, so fewer cases.
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Mutated upstream replies through the whole forwarder (reply check, parse, cache,
+        /// reuse, truncation to the client's size): the client always gets well-formed DNS
+        /// with its own ID, the first time and again (from the cache when it was cached).
+        #[test]
+        fn forwarded_mutated_replies(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in prop_oneof![3 => Just(0usize), 1 => 0usize..160],
+            junk in proptest::collection::vec(any::<u8>(), 0..12),
+            edns in proptest::option::of(512u16..2000),
+        ) {
+            let h = hostile();
+            *h.parts.lock().unwrap() = mutate(reply_parts("c0000.example."), &flips, cut, &junk);
+            // A name of the same length the cache has not seen.
+            let name = format!("c{:04}.example.", h.next.fetch_add(1, Ordering::SeqCst) % 10_000);
+            for _ in 0..2 {
+                let pkt = query(&name, RecordType::A, edns);
+                let r = h.rt.block_on(udp(h.addr, &pkt));
+                prop_assert_eq!(r.metadata.id, u16::from_be_bytes([pkt[0], pkt[1]]));
+            }
         }
     }
 }
