@@ -1,7 +1,8 @@
 //! Everything outside the cluster zone goes to upstream servers: tried in order (healthy ones
-//! first), each with a timeout, over UDP and again over TCP when the reply is truncated. Replies
-//! are checked with `hickory-proto` and kept in a cache bounded in entries, bytes and TTL (positive
-//! and negative). An upstream that fails is marked down and health-checked (`. IN NS`) until it
+//! first), each with a timeout, over UDP and again over TCP when the reply is truncated; at most
+//! `max_concurrent` queries wait on them at once, the rest are refused. Replies are checked with
+//! `hickory-proto` and kept in a cache bounded in entries, bytes and TTL (positive and negative,
+//! keyed by the query bits that change the answer). An upstream that fails is marked down and health-checked (`. IN NS`) until it
 //! answers again. At start and whenever the upstreams change, a probe with a random name is sent
 //! to each: if that name ever reaches this server, the upstream sends our queries back to us (a
 //! forwarding loop, e.g. systemd-resolved's 127.0.0.53 in the node's resolv.conf); that upstream

@@ -5,7 +5,7 @@
 //! Everything else (messages from upstream servers) is parsed with `hickory-proto`.
 //!
 //! Every read is bounds-checked; a packet that does not parse gets FORMERR or is dropped, never
-//! a panic (`tests/malformed.rs` feeds it arbitrary bytes).
+//! a panic (`tests/server.rs` feeds it arbitrary bytes).
 
 use crate::zone::{Lookup, SetRef, Zone};
 
