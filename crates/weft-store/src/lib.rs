@@ -26,9 +26,20 @@ use tokio::sync::{broadcast, oneshot};
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Rows that did not parse at open, set aside (not lost) so the rest of the store can start.
+const SET_ASIDE: TableDefinition<&str, &[u8]> = TableDefinition::new("set-aside");
 
 /// How many events the watch history keeps by default (memory and disk).
 pub const DEFAULT_HISTORY: usize = 50_000;
+/// How many bytes of objects the watch history keeps at most (memory and disk), whatever the
+/// count: 50 000 events of large objects must not take the machine's memory.
+pub const HISTORY_BYTES: usize = 256 << 20;
+/// The largest object the store takes (etcd's default request limit is 1.5 MiB).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// A stored event starts with this, then a JSON header line, then the object's JSON as it was
+/// written: the object is never nested one level deeper than it was admitted (an object admitted
+/// at the parser's depth limit would otherwise not parse back, and the store would not open).
+const EVENT_V2: &[u8] = b"E2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,8 +53,14 @@ pub enum StoreError {
     Conflict { resource: String, key: String, expected: u64, actual: u64 },
     #[error("watch from resourceVersion {requested} is too old: history starts at {oldest}")]
     Gone { requested: u64, oldest: u64 },
+    #[error("watch from resourceVersion {requested} is in the future: the current one is {current}")]
+    TooLarge { requested: u64, current: u64 },
+    #[error("{resource} {key} is {size} bytes: the largest object the store takes is {MAX_OBJECT_BYTES} bytes")]
+    TooBig { resource: String, key: String, size: usize },
     #[error("store I/O failed: {0}")]
     Io(String),
+    #[error("{0}")]
+    Unusable(String),
     #[error("the store is closed")]
     Closed,
 }
@@ -119,15 +136,46 @@ pub struct Event {
     pub key: Key,
     /// The object after the change (for deletes: as it was, with the deletion's resourceVersion).
     pub object: Arc<Value>,
+    /// The object's size as stored (for the history's byte bound).
+    pub size: usize,
 }
 
+/// A stored event's header (its object follows it; see [`EVENT_V2`]).
 #[derive(Serialize, Deserialize)]
-struct StoredEvent {
+struct EventHeader {
+    kind: EventType,
+    resource: String,
+    namespace: String,
+    name: String,
+}
+
+/// The layout before [`EVENT_V2`]: the object inside the event (still read).
+#[derive(Deserialize)]
+struct StoredEventV1 {
     kind: EventType,
     resource: String,
     namespace: String,
     name: String,
     object: Value,
+}
+
+fn encode_event(h: &EventHeader, object: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let mut out = EVENT_V2.to_vec();
+    serde_json::to_writer(&mut out, h)?;
+    out.push(b'\n');
+    out.extend_from_slice(object);
+    Ok(out)
+}
+
+fn decode_event(bytes: &[u8]) -> Result<(EventHeader, Value), String> {
+    if let Some(rest) = bytes.strip_prefix(EVENT_V2) {
+        let nl = rest.iter().position(|b| *b == b'\n').ok_or("no header line")?;
+        let h: EventHeader = serde_json::from_slice(&rest[..nl]).map_err(|e| e.to_string())?;
+        let o: Value = serde_json::from_slice(&rest[nl + 1..]).map_err(|e| e.to_string())?;
+        return Ok((h, o));
+    }
+    let v: StoredEventV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok((EventHeader { kind: v.kind, resource: v.resource, namespace: v.namespace, name: v.name }, v.object))
 }
 
 /// What a write must find before it may go ahead.
@@ -162,6 +210,8 @@ struct State {
     rev: u64,
     objects: Objects,
     history: VecDeque<Arc<Event>>,
+    /// The sum of the history's object sizes.
+    history_bytes: usize,
     /// Events with a revision above this are all in `history`.
     history_floor: u64,
 }
@@ -169,6 +219,10 @@ struct State {
 struct Shared {
     state: RwLock<State>,
     events: broadcast::Sender<Arc<Event>>,
+    /// The last commit's error, if it failed (the store cannot write: not ready).
+    failing: RwLock<Option<String>>,
+    /// Rows set aside at open because they did not parse.
+    set_aside: usize,
 }
 
 /// A handle to the store; cheap to clone.
@@ -198,46 +252,34 @@ pub struct Watch {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `path`, keeping `history` events for watches.
+    /// Opens (or creates) the store in `path`, keeping `history` events for watches. A file
+    /// that is empty or not a store is refused with what to do (never silently replaced by an
+    /// empty store); rows that do not parse are set aside, logged, and the rest opens.
     pub fn open(path: &Path, history: usize) -> Result<Store, StoreError> {
-        // The store serves reads from memory; redb's page cache only needs to cover writes.
-        let db = Database::builder().set_cache_size(16 << 20).create(path)?;
-        let state = {
-            let wtx = db.begin_write()?;
-            {
-                wtx.open_table(OBJECTS)?;
-                wtx.open_table(EVENTS)?;
-                wtx.open_table(META)?;
+        check_file(path)?;
+        let unusable = |e: &dyn std::fmt::Display| {
+            StoreError::Unusable(format!(
+                "{} is not a weft store or is damaged ({e}): move it aside (the lab then starts empty) or restore a copy",
+                path.display()
+            ))
+        };
+        // redb panics on some damaged files (seen with a fuzzer: an index out of bounds in its
+        // page allocator); that is an unusable file, not a crash.
+        let opened = std::panic::catch_unwind(|| -> Result<_, StoreError> {
+            // The store serves reads from memory; redb's page cache only needs to cover writes.
+            let db = Database::builder().set_cache_size(16 << 20).create(path).map_err(|e| unusable(&e))?;
+            let (state, set_aside) = load(&db, path)?;
+            Ok((db, state, set_aside))
+        });
+        let (db, state, set_aside) = match opened {
+            Ok(r) => r?,
+            Err(p) => {
+                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                return Err(unusable(&format!("the database library failed: {}", what.unwrap_or_default())));
             }
-            wtx.commit()?;
-            let rtx = db.begin_read()?;
-            let meta = rtx.open_table(META)?;
-            let rev = meta.get("rev")?.map(|v| v.value()).unwrap_or(0);
-            let floor = meta.get("floor")?.map(|v| v.value()).unwrap_or(0);
-            let mut objects: Objects = HashMap::new();
-            for row in rtx.open_table(OBJECTS)?.iter()? {
-                let (k, v) = row?;
-                let Some(key) = Key::from_db_key(k.value()) else {
-                    continue;
-                };
-                let obj: Value = serde_json::from_slice(v.value())?;
-                objects.entry(key.resource).or_default().insert((key.namespace, key.name), Arc::new(obj));
-            }
-            let mut hist = VecDeque::new();
-            for row in rtx.open_table(EVENTS)?.iter()? {
-                let (r, v) = row?;
-                let se: StoredEvent = serde_json::from_slice(v.value())?;
-                hist.push_back(Arc::new(Event {
-                    rev: r.value(),
-                    kind: se.kind,
-                    key: Key { resource: se.resource, namespace: se.namespace, name: se.name },
-                    object: Arc::new(se.object),
-                }));
-            }
-            State { rev, objects, history: hist, history_floor: floor }
         };
         let (events, _) = broadcast::channel(8192);
-        let shared = Arc::new(Shared { state: RwLock::new(state), events });
+        let shared = Arc::new(Shared { state: RwLock::new(state), events, failing: RwLock::new(None), set_aside });
         let (tx, rx) = mpsc::channel::<WriteReq>();
         let s2 = shared.clone();
         thread::Builder::new()
@@ -245,6 +287,16 @@ impl Store {
             .spawn(move || writer_loop(db, s2, rx, history.max(1)))
             .map_err(|e| StoreError::Io(e.to_string()))?;
         Ok(Store { shared, writer: tx })
+    }
+
+    /// None when the store can write; else the last commit's error.
+    pub fn failing(&self) -> Option<String> {
+        self.shared.failing.read().unwrap().clone()
+    }
+
+    /// How many rows were set aside at open because they did not parse.
+    pub fn set_aside(&self) -> usize {
+        self.shared.set_aside
     }
 
     /// The current revision (what a list reports as its resourceVersion).
@@ -317,6 +369,10 @@ impl Store {
     /// Starts a watch of everything after revision `from` (the caller filters by resource).
     pub fn watch(&self, from: u64) -> Result<Watch, StoreError> {
         let st = self.shared.state.read().unwrap();
+        if from > st.rev {
+            // kube-apiserver refuses these too: events up to `from` would be skipped unseen.
+            return Err(StoreError::TooLarge { requested: from, current: st.rev });
+        }
         if from < st.history_floor {
             return Err(StoreError::Gone { requested: from, oldest: st.history_floor + 1 });
         }
@@ -351,6 +407,101 @@ impl Store {
     }
 }
 
+/// Refuses a file that cannot be a store: opening it would make a new empty store in its place.
+fn check_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => Err(StoreError::Unusable(format!(
+            "{} is empty (0 bytes): the store was truncated and its objects are gone; move it aside \
+             (mv {0} {0}.empty) to start the lab with an empty store, or restore a copy",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the whole store into memory; rows that do not parse move to the `set-aside` table.
+fn load(db: &Database, path: &Path) -> Result<(State, usize), StoreError> {
+    let wtx = db.begin_write()?;
+    {
+        wtx.open_table(OBJECTS)?;
+        wtx.open_table(EVENTS)?;
+        wtx.open_table(META)?;
+        wtx.open_table(SET_ASIDE)?;
+    }
+    wtx.commit()?;
+    let rtx = db.begin_read()?;
+    let meta = rtx.open_table(META)?;
+    let rev = meta.get("rev")?.map(|v| v.value()).unwrap_or(0);
+    let floor = meta.get("floor")?.map(|v| v.value()).unwrap_or(0);
+    let mut bad_objects: Vec<(String, Vec<u8>, String)> = vec![];
+    let mut bad_events: Vec<(u64, Vec<u8>, String)> = vec![];
+    let mut objects: Objects = HashMap::new();
+    for row in rtx.open_table(OBJECTS)?.iter()? {
+        let (k, v) = row?;
+        let Some(key) = Key::from_db_key(k.value()) else {
+            bad_objects.push((k.value().to_string(), v.value().to_vec(), "a key that is not resource/namespace/name".into()));
+            continue;
+        };
+        match serde_json::from_slice::<Value>(v.value()) {
+            Ok(obj) => {
+                objects.entry(key.resource).or_default().insert((key.namespace, key.name), Arc::new(obj));
+            }
+            Err(e) => bad_objects.push((k.value().to_string(), v.value().to_vec(), e.to_string())),
+        }
+    }
+    let mut hist = VecDeque::new();
+    let mut history_bytes = 0;
+    for row in rtx.open_table(EVENTS)?.iter()? {
+        let (r, v) = row?;
+        match decode_event(v.value()) {
+            Ok((h, object)) => {
+                let size = v.value().len();
+                history_bytes += size;
+                hist.push_back(Arc::new(Event {
+                    rev: r.value(),
+                    kind: h.kind,
+                    key: Key { resource: h.resource, namespace: h.namespace, name: h.name },
+                    object: Arc::new(object),
+                    size,
+                }));
+            }
+            Err(e) => bad_events.push((r.value(), v.value().to_vec(), e)),
+        }
+    }
+    drop(rtx);
+    let mut floor = floor;
+    let set_aside = bad_objects.len() + bad_events.len();
+    if set_aside > 0 {
+        let wtx = db.begin_write()?;
+        {
+            let mut objs = wtx.open_table(OBJECTS)?;
+            let mut evs = wtx.open_table(EVENTS)?;
+            let mut aside = wtx.open_table(SET_ASIDE)?;
+            for (k, v, e) in &bad_objects {
+                tracing::error!(store = %path.display(), key = %k, error = %e, "an object in the store does not parse: set aside in the table `set-aside`");
+                eprintln!("weft store {}: object {k} does not parse ({e}); set aside", path.display());
+                aside.insert(format!("object/{k}").as_str(), v.as_slice())?;
+                objs.remove(k.as_str())?;
+            }
+            for (r, v, e) in &bad_events {
+                tracing::error!(store = %path.display(), revision = r, error = %e, "a watch event in the store does not parse: set aside");
+                eprintln!("weft store {}: event {r} does not parse ({e}); set aside", path.display());
+                aside.insert(format!("event/{r:020}").as_str(), v.as_slice())?;
+                evs.remove(*r)?;
+            }
+            // Watches must not resume across a hole in the history.
+            if let Some(last_bad) = bad_events.iter().map(|(r, _, _)| *r).max() {
+                floor = floor.max(last_bad);
+                wtx.open_table(META)?.insert("floor", floor)?;
+            }
+        }
+        wtx.commit()?;
+        hist.retain(|e: &Arc<Event>| e.rev > floor);
+        history_bytes = hist.iter().map(|e| e.size).sum();
+    }
+    Ok((State { rev, objects, history: hist, history_bytes, history_floor: floor }, set_aside))
+}
+
 fn rv_of(v: &Value) -> u64 {
     v.pointer("/metadata/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
@@ -364,6 +515,8 @@ fn set_rv(v: &mut Value, rev: u64) {
 /// A write that passed its preconditions within the batch.
 struct Staged {
     event: Arc<Event>,
+    /// The object as stored.
+    bytes: Vec<u8>,
     reply: Reply,
 }
 
@@ -434,25 +587,35 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
                     }
                 };
                 let result = match op {
-                    Op::Put { object, pre, .. } => check(pre).map(|_| {
+                    Op::Put { object, pre, .. } => check(pre).and_then(|_| {
                         let mut object = object;
+                        set_rv(&mut object, rev + 1);
+                        let bytes = serde_json::to_vec(&object)?;
+                        if bytes.len() > MAX_OBJECT_BYTES {
+                            return Err(StoreError::TooBig {
+                                resource: key.resource.clone(),
+                                key: key.display(),
+                                size: bytes.len(),
+                            });
+                        }
                         rev += 1;
-                        set_rv(&mut object, rev);
                         let kind = if current.is_some() { EventType::Modified } else { EventType::Added };
-                        (kind, Arc::new(object))
+                        Ok((kind, Arc::new(object), bytes))
                     }),
-                    Op::Delete { pre, .. } => check(pre).map(|_| {
+                    Op::Delete { pre, .. } => check(pre).and_then(|_| {
                         rev += 1;
                         let mut object = (**current.as_ref().unwrap()).clone();
                         set_rv(&mut object, rev);
-                        (EventType::Deleted, Arc::new(object))
+                        let bytes = serde_json::to_vec(&object)?;
+                        Ok((EventType::Deleted, Arc::new(object), bytes))
                     }),
                 };
                 match result {
-                    Ok((kind, object)) => {
+                    Ok((kind, object, bytes)) => {
                         overlay
                             .insert(key.clone(), if kind == EventType::Deleted { None } else { Some(object.clone()) });
-                        staged.push(Staged { event: Arc::new(Event { rev, kind, key, object }), reply });
+                        let size = bytes.len();
+                        staged.push(Staged { event: Arc::new(Event { rev, kind, key, object, size }), bytes, reply });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -463,9 +626,21 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
         if staged.is_empty() {
             return;
         }
-        // Make the batch durable, trimming history in the same transaction.
+        // Make the batch durable, trimming history in the same transaction: to `history`
+        // events, and to the byte budget.
+        let new_floor = {
+            let st = shared.state.read().unwrap();
+            let mut floor = rev.saturating_sub(history as u64).max(st.history_floor);
+            let mut bytes = st.history_bytes + staged.iter().map(|s| s.event.size).sum::<usize>();
+            let mut old = st.history.iter().chain(staged.iter().map(|s| &s.event));
+            while bytes > HISTORY_BYTES {
+                let Some(e) = old.next() else { break };
+                bytes -= e.size;
+                floor = floor.max(e.rev);
+            }
+            floor
+        };
         let floor = shared.state.read().unwrap().history_floor;
-        let new_floor = rev.saturating_sub(history as u64).max(floor);
         let committed = (|| -> Result<(), StoreError> {
             let wtx = db.begin_write()?;
             {
@@ -477,16 +652,15 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
                     if e.kind == EventType::Deleted {
                         objs.remove(dbk.as_str())?;
                     } else {
-                        objs.insert(dbk.as_str(), serde_json::to_vec(&*e.object)?.as_slice())?;
+                        objs.insert(dbk.as_str(), s.bytes.as_slice())?;
                     }
-                    let se = StoredEvent {
+                    let h = EventHeader {
                         kind: e.kind,
                         resource: e.key.resource.clone(),
                         namespace: e.key.namespace.clone(),
                         name: e.key.name.clone(),
-                        object: (*e.object).clone(),
                     };
-                    evs.insert(e.rev, serde_json::to_vec(&se)?.as_slice())?;
+                    evs.insert(e.rev, encode_event(&h, &s.bytes)?.as_slice())?;
                 }
                 if new_floor > floor {
                     evs.retain_in(..=new_floor, |_, _| false)?;
@@ -500,10 +674,14 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
         })();
         if let Err(e) = committed {
             tracing::error!(error = %e, "store commit failed");
+            *shared.failing.write().unwrap() = Some(e.to_string());
             for s in staged {
                 let _ = s.reply.send(Err(StoreError::Io(e.to_string())));
             }
             return;
+        }
+        if shared.failing.read().unwrap().is_some() {
+            *shared.failing.write().unwrap() = None;
         }
         let mut st = shared.state.write().unwrap();
         for s in staged {
@@ -515,6 +693,7 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
             } else {
                 m.insert(k, e.object.clone());
             }
+            st.history_bytes += e.size;
             st.history.push_back(s.event.clone());
             let _ = shared.events.send(s.event.clone());
             let _ = s.reply.send(Ok(s.event.object.clone()));
@@ -522,7 +701,9 @@ fn commit_batch(db: &Database, shared: &Shared, batch: Vec<(Op, Reply)>, history
         st.rev = rev;
         st.history_floor = new_floor;
         while st.history.front().is_some_and(|e| e.rev <= new_floor) {
-            st.history.pop_front();
+            if let Some(e) = st.history.pop_front() {
+                st.history_bytes -= e.size;
+            }
         }
     }
 }
@@ -628,5 +809,121 @@ mod tests {
         revs.dedup();
         assert_eq!(revs.len(), 200);
         assert_eq!(s.revision(), 200);
+    }
+
+    /// An object nested `depth` levels (the request parser's limit is 128).
+    fn deep(depth: usize) -> Value {
+        let mut v = json!("bottom");
+        for _ in 0..depth {
+            v = json!({"x": v});
+        }
+        json!({"metadata": {"name": "deep", "namespace": "default"}, "data": v})
+    }
+
+    #[tokio::test]
+    async fn an_object_as_deep_as_the_parser_allows_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        // As deep as a request body can be: the parser's limit, less the levels above `data`.
+        let text = serde_json::to_string(&deep(126)).unwrap();
+        let admitted: Value = serde_json::from_str(&text).expect("parses as a request would");
+        {
+            let s = Store::open(&path, 100).unwrap();
+            s.create(Key::new("configmaps", "default", "deep"), admitted).await.unwrap();
+            s.close();
+        }
+        let s = Store::open(&path, 100).expect("the store opens again");
+        assert!(s.get(&Key::new("configmaps", "default", "deep")).is_some());
+        assert_eq!(s.watch(0).unwrap().backlog.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_or_foreign_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, b"").unwrap();
+        let e = Store::open(&path, 100).err().expect("refused").to_string();
+        assert!(e.contains("is empty") && e.contains("move it aside"), "{e}");
+        std::fs::write(&path, b"not a store at all, but some text someone put here").unwrap();
+        let e = Store::open(&path, 100).err().expect("refused").to_string();
+        assert!(e.contains("not a weft store") && e.contains("move it aside"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a store at all, but some text someone put here", "left as it was");
+    }
+
+    #[tokio::test]
+    async fn a_row_that_does_not_parse_is_set_aside_and_the_rest_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path, 100).unwrap();
+            s.create(Key::new("pods", "default", "a"), obj("a")).await.unwrap();
+            s.close();
+        }
+        {
+            let db = Database::create(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            w.open_table(OBJECTS).unwrap().insert("pods/default/bad", b"{not json".as_slice()).unwrap();
+            w.open_table(EVENTS).unwrap().insert(2u64, b"garbage".as_slice()).unwrap();
+            w.commit().unwrap();
+        }
+        let s = Store::open(&path, 100).unwrap();
+        assert_eq!(s.set_aside(), 2);
+        assert_eq!(s.list("pods", None).0.len(), 1);
+        // No watch resumes across the hole.
+        assert!(matches!(s.watch(1), Err(StoreError::Gone { .. })));
+        s.close();
+        let s = Store::open(&path, 100).unwrap();
+        assert_eq!(s.set_aside(), 0, "set aside once, kept in its table");
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_in_bytes_and_objects_in_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), 1_000_000).unwrap();
+        let big = |name: &str| json!({"metadata": {"name": name}, "data": {"x": "y".repeat(1 << 20)}});
+        let n = HISTORY_BYTES / (1 << 20) + 20;
+        for i in 0..n {
+            s.create(Key::new("configmaps", "default", &format!("c{i}")), big(&format!("c{i}"))).await.unwrap();
+        }
+        let st = s.shared.state.read().unwrap();
+        assert!(st.history_bytes <= HISTORY_BYTES, "{}", st.history_bytes);
+        assert!(st.history.len() < n, "old events went");
+        assert_eq!(st.history_bytes, st.history.iter().map(|e| e.size).sum::<usize>());
+        drop(st);
+        let huge = json!({"metadata": {"name": "huge"}, "data": {"x": "y".repeat(MAX_OBJECT_BYTES)}});
+        let e = s.create(Key::new("configmaps", "default", "huge"), huge).await.unwrap_err();
+        assert!(matches!(e, StoreError::TooBig { .. }), "{e}");
+        assert!(matches!(s.watch(s.revision() + 5), Err(StoreError::TooLarge { .. })));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// Damaged bytes anywhere in a store file: open answers (an error or a store), never panics.
+        #[test]
+        fn open_never_panics_on_damaged_bytes(flips in proptest::collection::vec((0usize..1_000_000, proptest::prelude::any::<u8>()), 1..8), cut in proptest::option::of(0usize..1_000_000)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let s = Store::open(&path, 100).unwrap();
+                for i in 0..20 {
+                    s.create(Key::new("pods", "default", &format!("p{i}")), obj(&format!("p{i}"))).await.unwrap();
+                }
+                s.close();
+            });
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, b) in flips {
+                let n = bytes.len();
+                bytes[at % n] = b;
+            }
+            if let Some(c) = cut {
+                let n = bytes.len();
+                bytes.truncate(c % n);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(s) = Store::open(&path, 100) {
+                s.close();
+            }
+        }
     }
 }
