@@ -298,8 +298,8 @@ impl Forwarder {
             self.metrics.forward_requests.get_or_create(&Metrics::upstream_label(u.addr)).inc();
             match exchange(pkt, u.addr, self.timeout).await {
                 Ok(reply) => {
-                    if let Some(ttl) = cacheable(&reply) {
-                        self.store(key, &reply, ttl);
+                    if let Some((ttl, canonical)) = cacheable(&reply) {
+                        self.store(key, &canonical, ttl);
                     }
                     return reply;
                 }
@@ -358,12 +358,26 @@ impl Forwarder {
     }
 }
 
+/// What of a reply is cached: for how long (`cache_ttl`), and the message as hickory-proto
+/// writes it rather than as the upstream did. A cache hit rewrites the TTLs in place
+/// (`wire::reuse`); in an upstream's own encoding a compression pointer may point anywhere,
+/// TTL fields included, so the rewrite could change a name and hand clients a malformed
+/// message. hickory-proto's pointers only point at names. None for what is not cached.
+pub fn cacheable(reply: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let m = Message::from_vec(reply).ok()?;
+    // A cache hit copies the client's question over the cached one.
+    if m.queries.len() != 1 {
+        return None;
+    }
+    let ttl = cache_ttl(&m)?;
+    Some((ttl, m.to_vec().ok()?))
+}
+
 /// How long a reply may be cached: the smallest TTL of its answer and authority records
 /// (for a negative answer, the SOA's minimum too), capped by `MAX_TTL`, `MAX_NEGATIVE_TTL`,
 /// or `NEGATIVE_NO_SOA_TTL` for a negative answer without SOA; None for what is not cached
-/// (errors other than NXDOMAIN, truncated replies, what does not parse).
-pub fn cacheable(reply: &[u8]) -> Option<u32> {
-    let m = Message::from_vec(reply).ok()?;
+/// (errors other than NXDOMAIN, truncated replies).
+fn cache_ttl(m: &Message) -> Option<u32> {
     if m.metadata.truncation {
         return None;
     }
@@ -423,12 +437,14 @@ pub async fn exchange(pkt: &[u8], to: SocketAddr, timeout: Duration) -> std::io:
     Ok(reply)
 }
 
-/// Whether `r` is the reply to the query `sent`: the same ID, QR set, and the same question
-/// (letter case aside).
+/// Whether `r` is the reply to the query `sent`: the same ID, QR set, and the same question,
+/// once (letter case aside).
 pub fn is_reply_to(sent: &[u8], r: &[u8]) -> bool {
     let Some(qend) = question_end(sent) else { return false };
     match (sent.get(..qend), r.get(..qend)) {
-        (Some(s), Some(r)) => r[0..2] == s[0..2] && r[2] & 0x80 != 0 && r[12..].eq_ignore_ascii_case(&s[12..]),
+        (Some(s), Some(r)) => {
+            r[0..2] == s[0..2] && r[2] & 0x80 != 0 && r[4..6] == [0, 1] && r[12..].eq_ignore_ascii_case(&s[12..])
+        }
         _ => false,
     }
 }
@@ -485,7 +501,7 @@ pub fn parse_upstreams(text: &str) -> Result<Vec<SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::{Name, Record, rdata};
+    use hickory_proto::rr::{Name, Record, RecordType, rdata};
 
     #[test]
     fn upstream_lists() {
@@ -557,14 +573,48 @@ mod tests {
         assert_eq!(key(&|p| p[1] = 9), keys[0], "the ID is not in the key");
     }
 
+    /// A reply to `a.example. A` (replies without their question are never cached).
+    fn response() -> Message {
+        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        m.add_query(hickory_proto::op::Query::query(Name::from_ascii("a.example.").unwrap(), RecordType::A));
+        m
+    }
+
+    fn cacheable(reply: &[u8]) -> Option<u32> {
+        super::cacheable(reply).map(|(ttl, _)| ttl)
+    }
+
+    /// Found by `fuzz::upstream_replies`: an SOA whose MNAME points into the A record before
+    /// it, so that the name it reads runs through the SOA's own TTL. Rewriting the TTL of the
+    /// reply as sent changes that name; the cached copy is re-encoded and survives it.
+    #[test]
+    fn a_cached_reply_survives_its_ttl_rewrite() {
+        let hostile = [
+            48, 19, 129, 128, 0, 1, 0, 2, 0, 1, 0, 1, 5, 99, 48, 48, 48, 48, 7, 101, 120, 97, 109, 112, 108, 101, 0, 0,
+            1, 0, 1, 192, 12, 0, 5, 0, 1, 0, 0, 1, 44, 0, 4, 1, 116, 192, 18, 192, 43, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4,
+            192, 0, 2, 7, 192, 18, 0, 6, 0, 1, 187, 0, 0, 30, 0, 26, 2, 110, 115, 192, 62, 0, 0, 0, 0, 1, 0, 0, 0, 1,
+            0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 30, 0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let pkt = wire::query(7, &crate::zone::wire_name("c0000.example").unwrap(), wire::T_A);
+        let wire::Parsed::Query(q) = wire::parse(&pkt) else { panic!() };
+        assert!(Message::from_vec(&hostile).is_ok());
+        let as_sent = wire::reuse(&hostile, &q, &pkt, 31).unwrap();
+        assert!(Message::from_vec(&as_sent).is_err(), "the rewrite breaks the upstream's own encoding");
+        let (ttl, cached) = super::cacheable(&hostile).unwrap();
+        assert_eq!(ttl, 30);
+        let served = wire::reuse(&cached, &q, &pkt, 31).unwrap();
+        assert_eq!(Message::from_vec(&served).unwrap().answers.len(), 2);
+    }
+
     #[test]
     fn negative_answers_without_soa_are_hardly_cached() {
-        let mut n = Message::response(1, hickory_proto::op::OpCode::Query);
+        let mut n = response();
         n.metadata.response_code = ResponseCode::NXDomain;
         // RFC 2308 section 5: SHOULD NOT be cached; a few seconds (CoreDNS's floor) at most.
-        assert!(cacheable(&n.to_vec().unwrap()).is_none_or(|t| t <= 5));
-        let mut nodata = Message::response(1, hickory_proto::op::OpCode::Query);
-        assert!(cacheable(&nodata.to_vec().unwrap()).is_none_or(|t| t <= 5));
+        assert_eq!(cacheable(&n.to_vec().unwrap()), Some(NEGATIVE_NO_SOA_TTL));
+        assert!(NEGATIVE_NO_SOA_TTL <= 5);
+        let mut nodata = response();
+        assert_eq!(cacheable(&nodata.to_vec().unwrap()), Some(NEGATIVE_NO_SOA_TTL));
         // With an SOA: the smaller of its TTL and its MINIMUM.
         let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 600);
         nodata.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 300, RData::SOA(soa)));
@@ -573,19 +623,19 @@ mod tests {
 
     #[test]
     fn what_is_cached_and_for_how_long() {
-        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        let mut m = response();
         m.add_answer(Record::from_rdata(
             Name::from_ascii("a.example.").unwrap(),
             7200,
             RData::A(rdata::A::new(1, 2, 3, 4)),
         ));
         assert_eq!(cacheable(&m.to_vec().unwrap()), Some(MAX_TTL));
-        let mut n = Message::response(1, hickory_proto::op::OpCode::Query);
+        let mut n = response();
         n.metadata.response_code = ResponseCode::NXDomain;
         let soa = rdata::SOA::new(Name::root(), Name::root(), 1, 1, 1, 1, 60);
         n.add_authority(Record::from_rdata(Name::from_ascii("example.").unwrap(), 300, RData::SOA(soa)));
         assert_eq!(cacheable(&n.to_vec().unwrap()), Some(60));
-        let mut f = Message::response(1, hickory_proto::op::OpCode::Query);
+        let mut f = response();
         f.metadata.response_code = ResponseCode::ServFail;
         assert_eq!(cacheable(&f.to_vec().unwrap()), None);
     }
