@@ -53,6 +53,13 @@ pub struct Running {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// The largest request body taken (kube-apiserver's limit); larger ones get 413 unread.
+pub const MAX_BODY_BYTES: usize = 3 << 20;
+/// Open connections at most (watches included); more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 8192;
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
@@ -104,10 +111,19 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let token = Arc::new(creds.token.clone());
     let a2 = api.clone();
     let server_addr = addr.to_string();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
+            // A connection slot first: past the cap, new connections wait in the kernel's backlog.
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accepting an API connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
@@ -115,7 +131,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
             let token = token.clone();
             let server_addr = server_addr.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let _slot = slot;
+                // A client that never finishes its handshake does not keep its slot.
+                let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req| {
@@ -124,9 +142,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
                     let server_addr = server_addr.clone();
                     async move { Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+                let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                // Without a timer hyper enforces no header timeout: a client that sends half a
+                // request header (or nothing after one request) is dropped after this.
+                b.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                b.http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+                    .keep_alive_timeout(std::time::Duration::from_secs(20))
+                    .max_concurrent_streams(250);
+                let _ = b.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
             });
         }
     });
@@ -140,7 +165,9 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if api.store.get(&Key::new("namespaces", "", ns)).is_none() {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            api.create(&ns_target, &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            api.create(&ns_target, &serde_json::to_vec(&body)?, Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
         }
     }
     if api.store.get(&Key::new("services", "default", "kubernetes")).is_none() {
@@ -153,7 +180,9 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
             name: None,
             sub: None,
         };
-        api.create(&t, &serde_json::to_vec(&body)?).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        api.create(&t, &serde_json::to_vec(&body)?, Default::default())
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     Ok(())
 }
@@ -217,8 +246,20 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
     let method = req.method().clone();
     let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let body = match req.into_body().collect().await {
+    let too_large = || {
+        error_response(&ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes: send a smaller object"),
+        ))
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|h| h.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(e) => {
             return error_response(&ApiError::bad_request(format!("reading the request body: {e}")));
         }
@@ -238,7 +279,15 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
         None => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     };
     match segs.as_slice() {
-        ["healthz" | "livez" | "readyz"] => Response::builder().status(200).body(full("ok")).unwrap(),
+        ["healthz" | "livez"] => Response::builder().status(200).body(full("ok")).unwrap(),
+        // Ready only while the store can write.
+        ["readyz"] => match api.store.failing() {
+            None => Response::builder().status(200).body(full("ok")).unwrap(),
+            Some(e) => Response::builder()
+                .status(500)
+                .body(full(format!("[-]etcd failed: the store cannot write: {e}\nreadyz check failed")))
+                .unwrap(),
+        },
         ["version"] => json_response(200, &discovery::version()),
         ["api"] if get => json_response(200, &discovery::api_versions(server_addr)),
         ["apis"] if get => json_response(200, &discovery::api_group_list()),
@@ -275,6 +324,11 @@ async fn resource(
         Err(e) => return error_response(&e),
     };
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let writes = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let o = match writes.then(|| rest::WriteOpts::from_query(q)).transpose() {
+        Ok(o) => o.unwrap_or_default(),
+        Err(e) => return error_response(&e),
+    };
     let result = match (method.clone(), t.name.is_some()) {
         (Method::GET, false) if watch => match api.watch(&t, q) {
             Ok(rx) => {
@@ -306,10 +360,10 @@ async fn resource(
             };
         }
         (Method::GET, true) => api.get(&t, accept, q).map(|v| (200, v)),
-        (Method::POST, false) => api.create(&t, body).await.map(|v| (201, v)),
-        (Method::PUT, true) => api.update(&t, body).await.map(|v| (200, v)),
-        (Method::PATCH, true) => api.patch(&t, ctype, body).await.map(|v| (200, v)),
-        (Method::DELETE, true) => api.delete(&t, body).await.map(|v| (200, v)),
+        (Method::POST, false) => api.create(&t, body, o).await.map(|v| (201, v)),
+        (Method::PUT, true) => api.update(&t, body, o).await.map(|v| (200, v)),
+        (Method::PATCH, true) => api.patch(&t, ctype, body, o).await.map(|v| (200, v)),
+        (Method::DELETE, true) => api.delete(&t, body, o).await.map(|v| (200, v)),
         (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow {m} on {}", t.kind.plural))),
     };
     match result {

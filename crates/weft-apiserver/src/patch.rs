@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::status::ApiError;
+
 #[derive(Clone, Copy)]
 pub enum PatchKind {
     Merge,
@@ -24,26 +26,88 @@ impl PatchKind {
     }
 }
 
-pub fn apply(kind: PatchKind, object: &Value, patch: &[u8]) -> Result<Value, String> {
+/// The most operations a JSON patch may have (kube-apiserver's limit).
+pub const MAX_JSON_PATCH_OPS: usize = 10_000;
+/// The most bytes a JSON patch's `copy` operations may copy in all: each can double a subtree,
+/// so without a bound 30 operations would ask for gigabytes. kube-apiserver bounds it too.
+pub const MAX_COPIED_BYTES: usize = 3 << 20;
+
+pub fn apply(kind: PatchKind, object: &Value, patch: &[u8]) -> Result<Value, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m);
     match kind {
         PatchKind::Merge => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| format!("the patch is not valid JSON: {e}"))?;
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| bad(format!("the patch is not valid JSON: {e}")))?;
             let mut out = object.clone();
             json_patch::merge(&mut out, &p);
             Ok(out)
         }
         PatchKind::Json => {
             let p: json_patch::Patch =
-                serde_json::from_slice(patch).map_err(|e| format!("the JSON patch is malformed: {e}"))?;
-            let mut out = object.clone();
-            json_patch::patch(&mut out, &p).map_err(|e| format!("the JSON patch does not apply: {e}"))?;
-            Ok(out)
+                serde_json::from_slice(patch).map_err(|e| bad(format!("the JSON patch is malformed: {e}")))?;
+            json(object, p)
         }
         PatchKind::Strategic => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| format!("the patch is not valid JSON: {e}"))?;
-            strategic(object, &p)
+            let p: Value =
+                serde_json::from_slice(patch).map_err(|e| bad(format!("the patch is not valid JSON: {e}")))?;
+            strategic(object, &p).map_err(bad)
         }
     }
+}
+
+/// A JSON patch, an operation at a time so that what `copy` copies is counted before it is made.
+fn json(object: &Value, p: json_patch::Patch) -> Result<Value, ApiError> {
+    if p.0.len() > MAX_JSON_PATCH_OPS {
+        return Err(ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPS}, got {}: split the patch",
+                p.0.len()
+            ),
+        ));
+    }
+    let mut out = object.clone();
+    let mut copied = 0usize;
+    for op in p.0 {
+        if let json_patch::PatchOperation::Copy(c) = &op
+            && let Some(v) = out.pointer(c.from.as_str())
+        {
+            copied = copied.saturating_add(json_size(v, MAX_COPIED_BYTES - copied.min(MAX_COPIED_BYTES)));
+            if copied > MAX_COPIED_BYTES {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "the JSON patch's copy operations copy more than {MAX_COPIED_BYTES} bytes in all: send the values themselves instead"
+                    ),
+                ));
+            }
+        }
+        json_patch::patch(&mut out, std::slice::from_ref(&op))
+            .map_err(|e| ApiError::bad_request(format!("the JSON patch does not apply: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// The size of `v` as JSON, counted only up to `limit` (+1): a huge value costs no more than that.
+fn json_size(v: &Value, limit: usize) -> usize {
+    struct Counter(usize, usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            if self.0 > self.1 {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0, limit);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 enum ListRule {

@@ -42,6 +42,117 @@ pub struct Target {
 
 pub type Query = HashMap<String, String>;
 
+/// How a write is to be done: `dryRun=All` (everything but the write itself: admission,
+/// allocation checks, preconditions) and `fieldValidation` (`Strict`: unknown fields are an
+/// error, as kubectl asks by default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteOpts {
+    pub dry_run: bool,
+    pub strict: bool,
+}
+
+impl WriteOpts {
+    pub fn from_query(q: &Query) -> Result<WriteOpts, ApiError> {
+        let dry_run = match q.get("dryRun").map(String::as_str) {
+            None | Some("") => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+                )));
+            }
+        };
+        let strict = match q.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Ignore") | Some("Warn") => false,
+            Some("Strict") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+                )));
+            }
+        };
+        Ok(WriteOpts { dry_run, strict })
+    }
+}
+
+/// The deepest nesting an object may have. JSON parsers stop at 128 levels (serde_json's and
+/// client-go's limits); a watch event or a list wraps an object in two or three more, so an
+/// object admitted near the limit would break every client that watches its kind.
+pub const MAX_DEPTH: usize = 100;
+
+/// How deeply `v` nests (a scalar is 0), without recursion.
+fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        deepest = deepest.max(d);
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn check_depth(v: &Value) -> Result<(), ApiError> {
+    let d = depth(v);
+    if d > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "the object nests {d} levels deep; at most {MAX_DEPTH} are allowed: flatten it (put deep data in a string)"
+        )));
+    }
+    Ok(())
+}
+
+/// Fields the request set (to something non-empty) that admission did not keep: unknown to the
+/// kind's schema (typed decoding drops them). Paths as kube-apiserver prints them.
+fn unknown_fields(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
+    match (sent, kept) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    Some(w) => unknown_fields(v, w, &p, out),
+                    None if !is_empty(v) => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                unknown_fields(v, w, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// With `fieldValidation=Strict`, refuses what admission would silently drop (`sent` is the
+/// object as it went into admission, `kept` as it came out).
+fn check_strict(o: WriteOpts, sent: &Value, kept: &Value) -> Result<(), ApiError> {
+    if !o.strict {
+        return Ok(());
+    }
+    let mut unknown = vec![];
+    unknown_fields(sent, kept, "", &mut unknown);
+    unknown.retain(|f| f != "status" && !f.starts_with("status."));
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+    Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))))
+}
+
 /// Whether a patch body sets `metadata.resourceVersion` (an optimistic-concurrency precondition).
 fn body_names_rv(body: &[u8]) -> bool {
     match serde_json::from_slice::<Value>(body) {
@@ -282,7 +393,8 @@ impl Api {
                 let _ = tx.try_send(line("ERROR", &st));
                 return Ok(rx);
             }
-            Err(e) => return Err(ApiError::internal(e.to_string())),
+            // A revision in the future: kube-apiserver's 504 (events until then would be skipped).
+            Err(e) => return Err(ApiError::from_store(e, kind.plural, "")),
         };
         tokio::spawn(async move {
             for l in initial {
@@ -335,7 +447,7 @@ impl Api {
         Ok(rx)
     }
 
-    pub async fn create(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn create(&self, t: &Target, body: &[u8], o: WriteOpts) -> Result<Value, ApiError> {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not a JSON object: {e}")))?;
         if !v.is_object() {
@@ -380,9 +492,24 @@ impl Api {
         if kind.namespaced && self.store.get(&Key::new("namespaces", "", &ns)).is_none() {
             return Err(ApiError::not_found("namespaces", &ns));
         }
-        let mut v = objects::admit(kind, &v)?;
+        check_depth(&v)?;
+        let sent = v;
+        let mut v = objects::admit(kind, &sent)?;
+        check_strict(o, &sent, &v)?;
         let name = obj_name(&v);
         let taken = if kind.kind == "Service" { self.allocate_service(&mut v, None)? } else { Taken::default() };
+        if o.dry_run {
+            // Everything a create checks, without the write: nothing is kept.
+            self.release(&taken.new_ips, &taken.new_ports);
+            if self.store.get(&store_key(kind, &ns, &name)).is_some() {
+                return Err(ApiError::from_store(
+                    StoreError::AlreadyExists { resource: String::new(), key: String::new() },
+                    kind.plural,
+                    &name,
+                ));
+            }
+            return Ok(outgoing(t.kind, &v));
+        }
         match self.store.create(store_key(kind, &ns, &name), v).await {
             Ok(o) => Ok(outgoing(t.kind, &o)),
             Err(e) => {
@@ -405,13 +532,12 @@ impl Api {
         Ok(())
     }
 
-    pub async fn update(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn update(&self, t: &Target, body: &[u8], o: WriteOpts) -> Result<Value, ApiError> {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not a JSON object: {e}")))?;
         let name = t.name.clone().unwrap_or_default();
         if t.sub.as_deref() == Some("scale") {
-            let replicas = v.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
-            return self.scale(t, replicas, rv_of(&v)).await;
+            return self.scale(t, scale_replicas(&v, &name)?, rv_of(&v), o).await;
         }
         self.check_kind(t.kind, &v)?;
         if obj_name(&v) != name {
@@ -426,10 +552,12 @@ impl Api {
         let current =
             self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
         let want_rv = rv_of(&v);
-        self.finish_update(kind, &ns, &name, &current, v, t.sub.as_deref(), want_rv).await.map(|o| outgoing(t.kind, &o))
+        self.finish_update(kind, &ns, &name, &current, v, t.sub.as_deref(), want_rv, o)
+            .await
+            .map(|o| outgoing(t.kind, &o))
     }
 
-    pub async fn patch(&self, t: &Target, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn patch(&self, t: &Target, content_type: &str, body: &[u8], o: WriteOpts) -> Result<Value, ApiError> {
         let pk = PatchKind::from_content_type(content_type).ok_or_else(|| {
             ApiError::new(
                 415,
@@ -447,10 +575,9 @@ impl Api {
                 self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
             let view =
                 if t.sub.as_deref() == Some("scale") { scale_of(kind, &current) } else { outgoing(t.kind, &current) };
-            let patched = patch::apply(pk, &view, body).map_err(ApiError::bad_request)?;
+            let patched = patch::apply(pk, &view, body)?;
             if t.sub.as_deref() == Some("scale") {
-                let replicas = patched.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
-                return self.scale(t, replicas, None).await;
+                return self.scale(t, scale_replicas(&patched, &name)?, None, o).await;
             }
             let cur_rv = rv_of(&current);
             // The precondition is a resourceVersion the patch itself names (the view it was
@@ -468,7 +595,7 @@ impl Api {
                 return Err(ApiError::bad_request("a patch may not change metadata.name"));
             }
             let patched = incoming(t.kind, patched);
-            match self.finish_update(kind, &ns, &name, &current, patched, t.sub.as_deref(), cur_rv).await {
+            match self.finish_update(kind, &ns, &name, &current, patched, t.sub.as_deref(), cur_rv, o).await {
                 Err(e) if e.reason == "Conflict" && asked_rv.is_none() => continue,
                 r => return r.map(|o| outgoing(t.kind, &o)),
             }
@@ -491,6 +618,7 @@ impl Api {
         mut v: Value,
         sub: Option<&str>,
         want_rv: Option<u64>,
+        o: WriteOpts,
     ) -> Result<Value, ApiError> {
         if !v.is_object() {
             return Err(ApiError::bad_request("the object must be a JSON object"));
@@ -530,7 +658,10 @@ impl Api {
         if kind.kind == "Service" {
             drop_type_dependent_fields(current, &mut v);
         }
-        let mut v = objects::admit(kind, &v)?;
+        check_depth(&v)?;
+        let sent = v;
+        let mut v = objects::admit(kind, &sent)?;
+        check_strict(o, &sent, &v)?;
         let taken =
             if kind.kind == "Service" { self.allocate_service(&mut v, Some(current))? } else { Taken::default() };
         if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {
@@ -542,6 +673,17 @@ impl Api {
         if &v == current && want_rv.is_none_or(|w| Some(w) == rv_of(current)) {
             self.release(&taken.new_ips, &taken.new_ports);
             return Ok(current.clone());
+        }
+        if o.dry_run {
+            self.release(&taken.new_ips, &taken.new_ports);
+            if want_rv.is_some_and(|w| Some(w) != rv_of(current)) {
+                return Err(ApiError::from_store(
+                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
+                    kind.plural,
+                    name,
+                ));
+            }
+            return Ok(v);
         }
         match self.store.update(store_key(kind, ns, name), v, want_rv).await {
             Ok(o) => {
@@ -555,24 +697,34 @@ impl Api {
         }
     }
 
-    async fn scale(&self, t: &Target, replicas: i64, want_rv: Option<u64>) -> Result<Value, ApiError> {
+    /// The scale subresource: the new count goes through the kind's own admission, as any
+    /// other change to it does.
+    async fn scale(&self, t: &Target, replicas: i64, want_rv: Option<u64>, o: WriteOpts) -> Result<Value, ApiError> {
         let kind = t.kind;
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
-        if replicas < 0 {
+        if !(0..=i32::MAX as i64).contains(&replicas) {
             return Err(ApiError::invalid(
                 "Scale",
                 &name,
-                &[FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+                &[FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0 and at most 2147483647",
+                )],
             ));
         }
         let current =
             self.store.get(&store_key(kind, &ns, &name)).ok_or_else(|| ApiError::not_found(kind.plural, &name))?;
         let mut next = (*current).clone();
         next["spec"]["replicas"] = json!(replicas);
+        let mut next = objects::admit(kind.storage(), &next)?;
         if current.get("spec") != next.get("spec") {
             let g = current.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
             next["metadata"]["generation"] = json!(g + 1);
+        }
+        if o.dry_run {
+            return Ok(scale_of(kind, &next));
         }
         let rv = want_rv.or(rv_of(&current));
         let o = self
@@ -583,11 +735,20 @@ impl Api {
         Ok(scale_of(kind, &o))
     }
 
-    pub async fn delete(&self, t: &Target, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn delete(&self, t: &Target, body: &[u8], o: WriteOpts) -> Result<Value, ApiError> {
         let name = t.name.clone().unwrap_or_default();
         let ns = t.namespace.clone().unwrap_or_default();
         let kind = t.kind.storage();
-        let opts: Value = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(json!({})) };
+        if let Some(sub) = &t.sub {
+            // Deleting `pods/x/status` must not delete the pod.
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow DELETE on {}/{sub}: delete the {} itself",
+                kind.plural, kind.singular
+            )));
+        }
+        let opts = delete_options(body)?;
+        let dry_run =
+            o.dry_run || opts.get("dryRun").and_then(|d| d.as_array()).is_some_and(|d| d.iter().any(|x| x == "All"));
         if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name.as_str()) {
             return Err(ApiError::new(
                 403,
@@ -608,6 +769,16 @@ impl Api {
         }
         let want_rv =
             opts.pointer("/preconditions/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok());
+        if dry_run {
+            if want_rv.is_some_and(|w| Some(w) != rv_of(&current)) {
+                return Err(ApiError::from_store(
+                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
+                    kind.plural,
+                    &name,
+                ));
+            }
+            return Ok(outgoing(t.kind, &current));
+        }
         if kind.kind == "Namespace" {
             self.delete_namespace_contents(&name).await;
         }
@@ -920,6 +1091,41 @@ fn service_allocations(s: &Value) -> (Vec<std::net::IpAddr>, Vec<i32>) {
 }
 
 /// The `autoscaling/v1` Scale view of a workload.
+/// `spec.replicas` of a Scale body: required, a whole number.
+fn scale_replicas(v: &Value, name: &str) -> Result<i64, ApiError> {
+    match v.pointer("/spec/replicas") {
+        Some(r) => r.as_i64().ok_or_else(|| {
+            ApiError::invalid("Scale", name, &[FieldError::invalid("spec.replicas", r, "must be a whole number")])
+        }),
+        None => Err(ApiError::invalid(
+            "Scale",
+            name,
+            &[FieldError::required("spec.replicas", "a Scale sets spec.replicas: send {\"spec\": {\"replicas\": N}}")],
+        )),
+    }
+}
+
+/// A DELETE body: empty, or DeleteOptions as a JSON object (anything else is an error, not `{}`).
+fn delete_options(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => {
+            if let Some(p) = v.get("propagationPolicy").filter(|p| !p.is_null())
+                && !matches!(p.as_str(), Some("Orphan" | "Background" | "Foreground"))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "DeleteOptions.propagationPolicy {p}: use \"Orphan\", \"Background\" or \"Foreground\""
+                )));
+            }
+            Ok(v)
+        }
+        Ok(_) => Err(ApiError::bad_request("the DeleteOptions body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))),
+    }
+}
+
 fn scale_of(kind: &Kind, o: &Value) -> Value {
     let selector = match kind.kind {
         "ReplicationController" => weft_api::table::labels_string(o.pointer("/spec/selector")),

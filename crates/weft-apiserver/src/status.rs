@@ -64,6 +64,22 @@ impl ApiError {
             StoreError::Gone { requested, oldest } => {
                 Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
             }
+            StoreError::TooLarge { requested, current } => {
+                let mut e =
+                    Self::new(504, "Timeout", format!("Too large resource version: {requested}, current: {current}"));
+                e.details = Some(
+                    json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+                );
+                e
+            }
+            StoreError::TooBig { size, .. } => Self::new(
+                413,
+                "RequestEntityTooLarge",
+                format!(
+                    "{resource} {name:?} would be {size} bytes: the largest object is {} bytes; make it smaller (move data to several objects)",
+                    weft_store::MAX_OBJECT_BYTES
+                ),
+            ),
             other => Self::internal(other.to_string()),
         }
     }

@@ -1,0 +1,202 @@
+//! The API server against hostile and careless clients, over real HTTPS on loopback: bodies
+//! too large, patch bombs, scale out of range, watches from the future, malformed delete
+//! options, unknown fields, dry runs that must write nothing, and thousands of idle connections.
+
+use std::time::Duration;
+
+use http::Request;
+use serde_json::{Value, json};
+use weft_apiserver::{Config, Running, start};
+
+struct Server {
+    _dir: tempfile::TempDir,
+    running: Running,
+    client: kube::Client,
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(Config {
+        name: "hostile".into(),
+        state_dir: dir.path().to_path_buf(),
+        service_cidr: "10.96.0.0/16".parse().unwrap(),
+        node_port_range: 30000..=32767,
+        port: 0,
+    })
+    .await
+    .unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&running.kubeconfig).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    // The answers themselves are under test: no retries of 504s behind the test's back.
+    cfg.default_retry = false;
+    let client = kube::Client::try_from(cfg).unwrap();
+    Server { _dir: dir, running, client }
+}
+
+/// Sends a request; returns the status code and the body as JSON (or a string).
+async fn call(c: &kube::Client, method: &str, path: &str, ctype: &str, body: Vec<u8>) -> (u16, Value) {
+    let req = Request::builder().method(method).uri(path).header("content-type", ctype).body(body).unwrap();
+    match c.request_text(req).await {
+        Ok(t) => (200, serde_json::from_str(&t).unwrap_or(Value::String(t))),
+        Err(kube::Error::Api(s)) => (s.code, json!({"message": s.message, "reason": s.reason})),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+fn rev(s: &Server) -> u64 {
+    s.running.api.store.revision()
+}
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+
+#[tokio::test]
+async fn a_huge_body_is_413_and_a_patch_bomb_422_in_bounded_memory() {
+    let s = server().await;
+    let huge = serde_json::to_vec(&json!({"metadata": {"name": "big"}, "data": {"x": "y".repeat(10 << 20)}})).unwrap();
+    let (code, _) = call(&s.client, "POST", CM, "application/json", huge).await;
+    assert_eq!(code, 413);
+    // Under the body limit but over the object limit: refused by the store, also 413.
+    let big = serde_json::to_vec(&json!({"metadata": {"name": "big"}, "data": {"x": "y".repeat(2 << 20)}})).unwrap();
+    assert_eq!(call(&s.client, "POST", CM, "application/json", big).await.0, 413);
+    let cm = serde_json::to_vec(&json!({"metadata": {"name": "a"}, "data": {"k": "v"}})).unwrap();
+    assert_eq!(call(&s.client, "POST", CM, "application/json", cm).await.0, 200);
+    // Each copy doubles the subtree: 40 of them would be a terabyte.
+    let mut ops = vec![json!({"op": "add", "path": "/data/k", "value": "x".repeat(1000)})];
+    ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {"a": ["x"]}}));
+    for _ in 0..40 {
+        ops.push(json!({"op": "copy", "from": "/metadata/annotations/a", "path": "/metadata/annotations/a/0"}));
+    }
+    let body = serde_json::to_vec(&ops).unwrap();
+    let before = rev(&s);
+    let (code, v) = call(&s.client, "PATCH", &format!("{CM}/a"), "application/json-patch+json", body).await;
+    assert_eq!(code, 422, "{v}");
+    let too_many: Vec<Value> = (0..10_001).map(|_| json!({"op": "test", "path": "/data/k", "value": "v"})).collect();
+    let body = serde_json::to_vec(&too_many).unwrap();
+    assert_eq!(call(&s.client, "PATCH", &format!("{CM}/a"), "application/json-patch+json", body).await.0, 413);
+    assert_eq!(rev(&s), before, "nothing written");
+}
+
+#[tokio::test]
+async fn scale_is_admitted_and_subresources_are_not_deleted_through() {
+    let s = server().await;
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+    let path = "/apis/apps/v1/namespaces/default/deployments";
+    assert_eq!(call(&s.client, "POST", path, "application/json", serde_json::to_vec(&deploy).unwrap()).await.0, 200);
+    let scale = format!("{path}/web/scale");
+    let put = |r: Value| {
+        serde_json::to_vec(&json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web", "namespace": "default"}, "spec": r})).unwrap()
+    };
+    assert_eq!(
+        call(&s.client, "PUT", &scale, "application/json", put(json!({"replicas": 3_000_000_000u64}))).await.0,
+        422
+    );
+    assert_eq!(
+        call(&s.client, "PUT", &scale, "application/json", put(json!({}))).await.0,
+        422,
+        "no replicas is not zero"
+    );
+    let merge = serde_json::to_vec(&json!({"spec": {"replicas": -1}})).unwrap();
+    assert_eq!(call(&s.client, "PATCH", &scale, "application/merge-patch+json", merge).await.0, 422);
+    assert_eq!(call(&s.client, "PUT", &scale, "application/json", put(json!({"replicas": 2}))).await.0, 200);
+    // Typed clients still read the list.
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::default_namespaced(s.client.clone());
+    assert_eq!(api.list(&Default::default()).await.unwrap().items[0].spec.replicas, Some(2));
+
+    // A pod: DELETE on its status subresource does not delete it; bad DeleteOptions are 400.
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    let pods = "/api/v1/namespaces/default/pods";
+    assert_eq!(call(&s.client, "POST", pods, "application/json", serde_json::to_vec(&pod).unwrap()).await.0, 200);
+    assert_eq!(call(&s.client, "DELETE", &format!("{pods}/p/status"), "application/json", vec![]).await.0, 405);
+    assert_eq!(call(&s.client, "DELETE", &format!("{pods}/p"), "application/json", b"{not json".to_vec()).await.0, 400);
+    let bad = serde_json::to_vec(&json!({"propagationPolicy": "Sometimes"})).unwrap();
+    assert_eq!(call(&s.client, "DELETE", &format!("{pods}/p"), "application/json", bad).await.0, 400);
+    assert_eq!(call(&s.client, "GET", &format!("{pods}/p"), "application/json", vec![]).await.0, 200, "still there");
+}
+
+#[tokio::test]
+async fn dry_runs_write_nothing_and_strict_validation_names_unknown_fields() {
+    let s = server().await;
+    let cm = |name: &str| serde_json::to_vec(&json!({"metadata": {"name": name}, "data": {"k": "v"}})).unwrap();
+    assert_eq!(call(&s.client, "POST", CM, "application/json", cm("a")).await.0, 200);
+    let before = rev(&s);
+    let (code, v) = call(&s.client, "POST", &format!("{CM}?dryRun=All"), "application/json", cm("b")).await;
+    assert_eq!((code, &v["metadata"]["name"]), (200, &json!("b")), "{v}");
+    assert_eq!(call(&s.client, "POST", &format!("{CM}?dryRun=All"), "application/json", cm("a")).await.0, 409);
+    let merge = serde_json::to_vec(&json!({"data": {"k": "changed"}})).unwrap();
+    let (code, v) =
+        call(&s.client, "PATCH", &format!("{CM}/a?dryRun=All"), "application/merge-patch+json", merge).await;
+    assert_eq!((code, &v["data"]["k"]), (200, &json!("changed")), "{v}");
+    let put = serde_json::to_vec(&json!({"metadata": {"name": "a"}, "data": {"k": "put"}})).unwrap();
+    assert_eq!(call(&s.client, "PUT", &format!("{CM}/a?dryRun=All"), "application/json", put).await.0, 200);
+    assert_eq!(call(&s.client, "DELETE", &format!("{CM}/a?dryRun=All"), "application/json", vec![]).await.0, 200);
+    let opts = serde_json::to_vec(&json!({"dryRun": ["All"]})).unwrap();
+    assert_eq!(call(&s.client, "DELETE", &format!("{CM}/a"), "application/json", opts).await.0, 200);
+    let svc =
+        serde_json::to_vec(&json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}))
+            .unwrap();
+    let (code, v) =
+        call(&s.client, "POST", "/api/v1/namespaces/default/services?dryRun=All", "application/json", svc.clone())
+            .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(rev(&s), before, "a dry run writes nothing");
+    let (_, v) = call(&s.client, "GET", &format!("{CM}/a"), "application/json", vec![]).await;
+    assert_eq!(v["data"]["k"], "v");
+    assert_eq!(call(&s.client, "POST", &format!("{CM}?dryRun=Some"), "application/json", cm("c")).await.0, 400);
+    // The dry run's NodePort was not kept: a real create may get any port.
+    assert_eq!(call(&s.client, "POST", "/api/v1/namespaces/default/services", "application/json", svc).await.0, 200);
+
+    // A typo is an error when the client asks for strict validation (kubectl does by default).
+    let typo = serde_json::to_vec(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"replica": 2, "selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "x", "imagePullPolicy": "Always"}]}}}}))
+    .unwrap();
+    let path = "/apis/apps/v1/namespaces/default/deployments";
+    let (code, v) =
+        call(&s.client, "POST", &format!("{path}?fieldValidation=Strict"), "application/json", typo.clone()).await;
+    assert_eq!(code, 400);
+    assert!(v["message"].as_str().unwrap().contains("unknown field \"spec.replica\""), "{v}");
+    assert_eq!(
+        call(&s.client, "POST", &format!("{path}?fieldValidation=Ignore"), "application/json", typo).await.0,
+        200
+    );
+    // The deep object that bricked the store: refused before it gets there.
+    let mut deep = json!("x");
+    for _ in 0..120 {
+        deep = json!({"x": deep});
+    }
+    let body = serde_json::to_vec(&json!({"metadata": {"name": "deep"}, "unknown": deep})).unwrap();
+    assert_eq!(call(&s.client, "POST", CM, "application/json", body).await.0, 400);
+}
+
+#[tokio::test]
+async fn a_watch_from_the_future_is_refused() {
+    let s = server().await;
+    let path = format!("{CM}?watch=true&resourceVersion={}", rev(&s) + 1000);
+    let (code, v) = call(&s.client, "GET", &path, "application/json", vec![]).await;
+    assert_eq!(code, 504, "{v}");
+}
+
+#[tokio::test]
+async fn two_thousand_idle_connections_do_not_shut_clients_out() {
+    let s = server().await;
+    let addr = s.running.addr;
+    let mut idle = vec![];
+    for _ in 0..2000 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Some send half a TLS hello and stop.
+    use tokio::io::AsyncWriteExt;
+    for c in idle.iter_mut().take(100) {
+        let _ = c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+    }
+    let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(s.client.clone());
+    let listed = tokio::time::timeout(Duration::from_secs(10), ns.list(&Default::default())).await;
+    assert!(listed.expect("answered in time").unwrap().items.len() >= 4);
+    // Connections that never finish their handshake are closed (within the handshake timeout).
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle[0].read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed by the server: {closed:?}");
+}
