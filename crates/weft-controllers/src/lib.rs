@@ -48,17 +48,79 @@ fn owned_by(p: &Pod, uid: &str) -> bool {
     p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// Scheduler decision: the Ready node with the fewest active pods (ties by name).
-pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Option<String> {
-    let mut load: BTreeMap<String, usize> = nodes.iter().filter(|n| node_ready(n)).map(|n| (n.name_any(), 0)).collect();
-    for p in pods.iter().filter(|p| is_active(p)) {
-        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref())
-            && let Some(c) = load.get_mut(n)
-        {
-            *c += 1;
+/// Pods a node can hold: its `status.allocatable.pods`, and the addresses of its podCIDR (less
+/// network, broadcast and the bridge's gateway). A node that reports no allocatable pods holds
+/// none (as kube-scheduler counts it); one without a podCIDR (yet) is bounded by allocatable only.
+pub fn node_pod_capacity(n: &Node) -> usize {
+    let allocatable = n
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .and_then(|a| a.get("pods"))
+        .and_then(|q| q.0.parse::<usize>().ok())
+        .unwrap_or(0);
+    let addresses = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_ref())
+        .and_then(|c| c.parse::<Ipv4Net>().ok())
+        .map(|c| (1usize << (32 - c.prefix_len())).saturating_sub(3))
+        .unwrap_or(usize::MAX);
+    allocatable.min(addresses)
+}
+
+/// Does the pod still take a place on its node (also while terminating: it holds its address
+/// until the kubelet has torn it down)?
+fn holds_place(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    phase != "Succeeded" && phase != "Failed"
+}
+
+/// Scheduler decision: the Ready node with room (see [`node_pod_capacity`]) and the fewest active
+/// pods (ties by name); or, when no node fits, the reason in kube-scheduler's words
+/// ("0/3 nodes are available: 3 Too many pods.").
+pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<String, String> {
+    let mut load: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for p in pods {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+            let e = load.entry(n.clone()).or_default();
+            e.0 += usize::from(is_active(p));
+            e.1 += usize::from(holds_place(p));
         }
     }
-    load.into_iter().min_by_key(|(name, c)| (*c, name.clone())).map(|(n, _)| n)
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut best: Option<(usize, String)> = None;
+    for n in nodes {
+        let name = n.name_any();
+        let (active, placed) = load.get(&name).copied().unwrap_or_default();
+        let why = if n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+            Some("node(s) were unschedulable")
+        } else if !node_ready(n) {
+            Some("node(s) had untolerated taint {node.kubernetes.io/not-ready: }")
+        } else if placed >= node_pod_capacity(n) {
+            Some("Too many pods")
+        } else {
+            None
+        };
+        match why {
+            Some(r) => *reasons.entry(r).or_default() += 1,
+            None => {
+                if best.as_ref().is_none_or(|(c, b)| (active, &name) < (*c, b)) {
+                    best = Some((active, name));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, n)) => Ok(n),
+        None if nodes.is_empty() => Err("no nodes available to schedule pods".into()),
+        None => {
+            // kube-scheduler sorts the "N reason" strings.
+            let mut r: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
+            r.sort();
+            Err(format!("0/{} nodes are available: {}.", nodes.len(), r.join(", ")))
+        }
+    }
 }
 
 /// Node IPAM decision: the lowest /`size` of `cluster` no node holds.
@@ -212,18 +274,41 @@ async fn node_ipam(ctx: &mut Ctx) -> anyhow::Result<()> {
 
 async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
     let nodes = ctx.nodes.state();
-    if nodes.is_empty() {
-        return Ok(());
-    }
     let mut pods = ctx.pods.state();
-    let pending: Vec<Arc<Pod>> = pods
+    let mut pending: Vec<Arc<Pod>> = pods
         .iter()
         .filter(|p| is_active(p) && p.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
         .cloned()
         .collect();
+    // Oldest first, as kube-scheduler's queue (all pods have the same priority here).
+    pending.sort_by_key(|p| {
+        (p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0), p.namespace(), p.name_any())
+    });
     for p in pending {
-        let Some(node) = plan_schedule(&nodes, &pods) else { return Ok(()) };
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+        let node = match plan_schedule(&nodes, &pods) {
+            Ok(n) => n,
+            Err(message) => {
+                let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message});
+                let shown = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.type_ == "PodScheduled"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("Unschedulable")
+                            && c.message.as_deref() == Some(message.as_str())
+                    })
+                });
+                if !shown {
+                    let mut cond = cond;
+                    cond["lastTransitionTime"] = json!(k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                    let status = json!({"status": {"phase": "Pending", "conditions": [cond]}});
+                    if let Err(e) = api.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(status)).await {
+                        tracing::debug!(pod = %p.name_any(), error = %e, "unschedulable status");
+                    }
+                }
+                continue;
+            }
+        };
         match api
             .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": node}})))
             .await
@@ -440,12 +525,79 @@ mod tests {
         )
     }
 
+    fn lab_node(name: &str, pods: &str, cidr: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"podCIDR": cidr},
+            "status": {"allocatable": {"pods": pods}, "conditions": [{"type": "Ready", "status": "True"}]}}))
+            .unwrap(),
+        )
+    }
+    fn pods_on(node: &str, n: usize, phase: &str) -> Vec<Arc<Pod>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(
+                    serde_json::from_value(json!({"metadata": {"name": format!("p{i}")},
+                    "spec": {"containers": [], "nodeName": node}, "status": {"phase": phase}}))
+                    .unwrap(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn schedules_on_the_least_loaded_ready_node() {
-        let nodes = vec![node("node-1", true), node("node-2", true), node("node-3", false)];
-        assert_eq!(plan_schedule(&nodes, &[]), Some("node-1".into()));
-        assert_eq!(plan_schedule(&nodes, &[pod(Some("node-1"))]), Some("node-2".into()));
-        assert_eq!(plan_schedule(&[node("x", false)], &[]), None);
+        let nodes = vec![
+            lab_node("node-1", "110", "10.244.0.0/24"),
+            lab_node("node-2", "110", "10.244.1.0/24"),
+            node("node-3", false),
+        ];
+        assert_eq!(plan_schedule(&nodes, &[]), Ok("node-1".into()));
+        assert_eq!(plan_schedule(&nodes, &[pod(Some("node-1"))]), Ok("node-2".into()));
+        assert_eq!(
+            plan_schedule(&[node("x", false)], &[]),
+            Err("0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }.".into())
+        );
+        assert_eq!(plan_schedule(&[], &[]), Err("no nodes available to schedule pods".into()));
+    }
+
+    #[test]
+    fn a_node_holds_its_allocatable_pods_and_its_pod_addresses() {
+        assert_eq!(node_pod_capacity(&lab_node("n", "110", "10.244.0.0/24")), 110);
+        // A /24 has 254 host addresses; the bridge takes one as the gateway.
+        assert_eq!(node_pod_capacity(&lab_node("n", "500", "10.244.0.0/24")), 253);
+        assert_eq!(node_pod_capacity(&lab_node("n", "500", "10.244.0.0/28")), 13);
+        // No allocatable: no room, as kube-scheduler counts it; no podCIDR: allocatable alone.
+        assert_eq!(node_pod_capacity(&node("n", true)), 0);
+        assert_eq!(node_pod_capacity(&lab_node("n", "7", "")), 7);
+    }
+
+    #[test]
+    fn full_nodes_leave_pods_unschedulable_in_kube_schedulers_words() {
+        let nodes: Vec<Arc<Node>> =
+            (1..=3).map(|i| lab_node(&format!("node-{i}"), "110", &format!("10.244.{i}.0/24"))).collect();
+        let mut pods: Vec<Arc<Pod>> = (1..=3).flat_map(|i| pods_on(&format!("node-{i}"), 110, "Running")).collect();
+        assert_eq!(plan_schedule(&nodes, &pods), Err("0/3 nodes are available: 3 Too many pods.".into()));
+        // A finished pod frees its place; a terminating one does not until it is gone.
+        pods.retain(|p| !(p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-2") && p.name_any() == "p0"));
+        pods.extend(pods_on("node-2", 1, "Succeeded"));
+        assert_eq!(plan_schedule(&nodes, &pods), Ok("node-2".into()));
+        // Mixed reasons are counted and sorted as kube-scheduler prints them.
+        let mut cordoned = (*lab_node("node-4", "110", "10.244.4.0/24")).clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        let mut more = nodes.clone();
+        more.push(Arc::new(cordoned));
+        more.push(node("node-5", false));
+        pods.extend(pods_on("node-2", 1, "Pending"));
+        assert_eq!(
+            plan_schedule(&more, &pods),
+            Err("0/5 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+                 1 node(s) were unschedulable, 3 Too many pods."
+                .into())
+        );
+        // A small podCIDR fills before allocatable does.
+        let small = vec![lab_node("node-1", "110", "10.244.0.0/29")];
+        assert_eq!(plan_schedule(&small, &pods_on("node-1", 4, "Running")), Ok("node-1".into()));
+        assert!(plan_schedule(&small, &pods_on("node-1", 5, "Running")).is_err());
     }
 
     #[test]
