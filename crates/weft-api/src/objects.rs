@@ -171,6 +171,34 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
     }
 }
 
+/// `v` decoded as its kind's type and encoded again: what the kind's schema knows of it (None
+/// when it does not decode). Fields missing from this are unknown fields (`fieldValidation`).
+pub fn known_fields(kind: &Kind, v: &Value) -> Option<Value> {
+    use k8s_openapi::api::core::v1 as core;
+    fn rt<T: DeserializeOwned + Serialize>(v: &Value) -> Option<Value> {
+        serde_json::from_value::<T>(v.clone()).ok().map(|t| encode(&t))
+    }
+    match kind.kind {
+        "Namespace" => rt::<Namespace>(v),
+        "Node" => rt::<core::Node>(v),
+        "Pod" => rt::<Pod>(v),
+        "Service" => rt::<Service>(v),
+        "Endpoints" => rt::<core::Endpoints>(v),
+        "Secret" => rt::<core::Secret>(v),
+        "ConfigMap" => rt::<core::ConfigMap>(v),
+        "ReplicationController" => rt::<ReplicationController>(v),
+        "Event" => rt::<core::Event>(v),
+        "ServiceAccount" => rt::<core::ServiceAccount>(v),
+        "Deployment" => rt::<Deployment>(v),
+        "ReplicaSet" => rt::<ReplicaSet>(v),
+        "EndpointSlice" => rt::<EndpointSlice>(v),
+        "Ingress" => rt::<Ingress>(v),
+        "IngressClass" => rt::<k8s_openapi::api::networking::v1::IngressClass>(v),
+        "NetworkPolicy" => rt::<NetworkPolicy>(v),
+        _ => None,
+    }
+}
+
 /// Kinds weft stores but does not interpret: metadata rules only, the body kept as sent.
 fn generic(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
     let meta: ObjectMeta = match v.get("metadata") {

@@ -139,12 +139,14 @@ fn is_empty(v: &Value) -> bool {
 
 /// With `fieldValidation=Strict`, refuses what admission would silently drop (`sent` is the
 /// object as it went into admission, `kept` as it came out).
-fn check_strict(o: WriteOpts, sent: &Value, kept: &Value) -> Result<(), ApiError> {
+fn check_strict(o: WriteOpts, kind: &Kind, sent: &Value, kept: &Value) -> Result<(), ApiError> {
     if !o.strict {
         return Ok(());
     }
+    // Kinds stored as sent keep unknown fields: compare with what their type knows instead.
+    let known = objects::known_fields(kind, sent);
     let mut unknown = vec![];
-    unknown_fields(sent, kept, "", &mut unknown);
+    unknown_fields(sent, known.as_ref().unwrap_or(kept), "", &mut unknown);
     unknown.retain(|f| f != "status" && !f.starts_with("status."));
     if unknown.is_empty() {
         return Ok(());
@@ -495,7 +497,7 @@ impl Api {
         check_depth(&v)?;
         let sent = v;
         let mut v = objects::admit(kind, &sent)?;
-        check_strict(o, &sent, &v)?;
+        check_strict(o, kind, &sent, &v)?;
         let name = obj_name(&v);
         let taken = if kind.kind == "Service" { self.allocate_service(&mut v, None)? } else { Taken::default() };
         if o.dry_run {
@@ -661,7 +663,7 @@ impl Api {
         check_depth(&v)?;
         let sent = v;
         let mut v = objects::admit(kind, &sent)?;
-        check_strict(o, &sent, &v)?;
+        check_strict(o, kind, &sent, &v)?;
         let taken =
             if kind.kind == "Service" { self.allocate_service(&mut v, Some(current))? } else { Taken::default() };
         if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {

@@ -161,6 +161,11 @@ async fn dry_runs_write_nothing_and_strict_validation_names_unknown_fields() {
         call(&s.client, "POST", &format!("{path}?fieldValidation=Ignore"), "application/json", typo).await.0,
         200
     );
+    // Also for kinds kept as sent.
+    let typo = serde_json::to_vec(&json!({"metadata": {"name": "t"}, "dat": {"k": "v"}})).unwrap();
+    let (code, v) = call(&s.client, "POST", &format!("{CM}?fieldValidation=Strict"), "application/json", typo).await;
+    assert_eq!(code, 400);
+    assert!(v["message"].as_str().unwrap().contains("unknown field \"dat\""), "{v}");
     // The deep object that bricked the store: refused before it gets there.
     let mut deep = json!("x");
     for _ in 0..120 {

@@ -310,6 +310,29 @@ fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks, changing nothing (`nft --check`), that this machine can hold the proxy's table: the
+/// `nft` command is there and the kernel has every nf_tables feature the table uses.
+pub fn preflight() -> Result<()> {
+    let mut cmd = Command::new("nft");
+    cmd.args(["--check", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("the `nft` command is missing: install the nftables package (apt-get install nftables)")
+        }
+        Err(e) => return Err(e).context("running nft"),
+    };
+    child.stdin.take().context("nft's stdin")?.write_all(base().replace(TABLE, "weft-preflight").as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "the kernel refuses the service proxy's nftables table (nf_tables, nat, numgen, fib or reject missing?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Everything through `nft -f -`, one transaction per change.
 pub struct NftCommand {
     /// Enter this network namespace first (a lab node); `None`: this process's namespace.

@@ -34,6 +34,54 @@ fn labs_dir() -> PathBuf {
     home().join("labs")
 }
 
+/// The file `weft up` writes into a state directory it made or adopted: `weft down` removes
+/// only directories that have it, never one a typo in `--state-dir` named.
+pub const MARKER: &str = ".weft-lab";
+
+/// Makes `dir` (and missing parents) private to this user: mode 0700, files in it 0600 (the
+/// store holds every Secret, the kubeconfig the admin token). Refuses a directory another user
+/// owns, and a non-empty one weft did not make (no marker, no lab config): it is not ours to
+/// fill or, later, to remove.
+pub fn secure_state_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let md = fs::symlink_metadata(dir)?;
+    if !md.is_dir() {
+        bail!("the state directory {} is not a directory (a symlink?): choose another --state-dir", dir.display());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me {
+        bail!(
+            "the state directory {} belongs to user {}, not to you ({me}): choose a directory of your own with --state-dir",
+            dir.display(),
+            md.uid()
+        );
+    }
+    let ours = dir.join(MARKER).exists() || dir.join("config.json").exists();
+    if !ours && fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "the state directory {} is not empty and was not made by weft: choose a new or empty directory with --state-dir",
+            dir.display()
+        );
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    fs::write(dir.join(MARKER), b"made by weft up; weft down removes this directory\n")?;
+    // Files made before permissions were tightened (older labs).
+    for e in fs::read_dir(dir)?.flatten() {
+        if let Ok(m) = e.metadata()
+            && m.is_file()
+            && m.mode() & 0o077 != 0
+        {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600));
+        }
+    }
+    Ok(())
+}
+
 /// Settings a lab keeps for its whole life (a restart reuses them).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LabConfig {
@@ -144,7 +192,10 @@ pub fn unregister(name: &str) {
 /// pipe, so there is no polling) or fails (then its log says why).
 pub fn spawn_daemon(lab: &Lab) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let log = fs::OpenOptions::new().create(true).append(true).open(lab.dir.join("weft.log"))?;
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().create(true).append(true).mode(0o600).open(lab.dir.join("weft.log"))?
+    };
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe()?;
     let wr_fd = wr.as_raw_fd();
     let mut cmd = Command::new(exe);

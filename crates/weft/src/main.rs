@@ -265,7 +265,14 @@ async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
         println!("lab {name:?} is already up (API {}); nothing changed", lab.api_url().unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // What the lab needs from the machine, before anything is made (an API-only lab needs
+    // nothing more).
+    if a.nodes > 0 {
+        preflight()?;
+    }
+    // What `weft up` and the daemon it starts write is private (the store holds every Secret).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    lab::secure_state_dir(&dir)?;
     let cfg_path = dir.join("config.json");
     let resumed = cfg_path.exists();
     if !resumed {
@@ -293,6 +300,16 @@ async fn up(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks that the machine has what a lab needs (the `nft` command and a kernel with the
+/// nf_tables features the service proxy uses), so `weft up` fails at once, naming what to
+/// install, instead of reporting a lab up whose Services cannot work.
+fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("weft up needs root: a lab makes network namespaces (run it with sudo)");
+    }
+    weft_proxy::apply::preflight().context("this machine cannot run a lab")
+}
+
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
     let (a, b) = s
         .split_once('-')
@@ -308,8 +325,12 @@ async fn down(name: Option<String>) -> Result<ExitCode> {
     let lab = lab::select(name.as_deref())?;
     lab::stop_daemon(&lab, Duration::from_secs(10))?;
     weft_lab::destroy(&lab.name, &lab.dir)?;
-    std::fs::remove_dir_all(&lab.dir)
-        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+    if lab.dir.join(lab::MARKER).exists() {
+        std::fs::remove_dir_all(&lab.dir)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+    } else if lab.dir.exists() {
+        eprintln!("left {} in place: weft did not make it (it has no {} marker)", lab.dir.display(), lab::MARKER);
+    }
     lab::unregister(&lab.name);
     println!("lab {:?} is down", lab.name);
     Ok(ExitCode::SUCCESS)
@@ -330,6 +351,8 @@ async fn daemon(name: Option<String>, state_dir: PathBuf, ready_fd: Option<i32>)
             .with_writer(std::io::stderr)
             .try_init()
             .ok();
+        // Everything the daemon and the shims it starts write is theirs alone.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         let lab = Lab::at(name.as_deref().unwrap_or("default"), state_dir.clone());
         let cfg = lab.config()?;
         let lock =

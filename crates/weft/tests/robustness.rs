@@ -103,3 +103,104 @@ fn two_colliding_services_take_no_other_service_down() {
     });
     assert!(lab.weft_ok(&["status"]).contains("proxy:      node-1 ok"));
 }
+
+fn deep_configmap(name: &str, depth: usize) -> String {
+    let mut v = serde_json::json!("bottom");
+    for _ in 0..depth {
+        v = serde_json::json!({"x": v});
+    }
+    serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "extra": v}).to_string()
+}
+
+#[test]
+fn a_deep_object_and_a_restart_leave_the_lab_working() {
+    let lab = TestLab::up(&["--nodes", "0"]);
+    let file = |name: &str, text: String| {
+        let p = lab.home.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    // 126 levels: what bricked the store. Refused with a reason.
+    let deep = file("deep.json", deep_configmap("deep", 126));
+    let out = lab.kubectl(&["create", "--validate=false", "-f", &deep]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("levels deep"), "{}", String::from_utf8_lossy(&out.stderr));
+    // As deep as allowed: kept, and the store opens again after a kill -9.
+    let ok = file("ok.json", deep_configmap("ok", 97));
+    lab.kubectl_ok(&["create", "--validate=false", "-f", &ok]);
+    let pid = lab.daemon_pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    lab.wait_for("the daemon gone", 10, || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    lab.weft_ok(&["up"]);
+    assert!(lab.kubectl_ok(&["get", "cm", "ok", "-o", "name"]).contains("configmap/ok"));
+    assert!(lab.weft_ok(&["get", "cm"]).contains("ok"));
+}
+
+#[test]
+fn kubectl_dry_runs_and_diff_write_nothing() {
+    let lab = TestLab::up(&["--nodes", "0"]);
+    let cm = |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: {v}}}\n");
+    let path = lab.home.path().join("c.yaml");
+    std::fs::write(&path, cm("one")).unwrap();
+    let f = path.to_str().unwrap();
+    lab.kubectl_ok(&["apply", "-f", f]);
+    let rv = || lab.kubectl_ok(&["get", "cm", "c", "-o", "jsonpath={.metadata.resourceVersion}:{.data.k}"]);
+    let before = rv();
+    std::fs::write(&path, cm("two")).unwrap();
+    let out = lab.kubectl(&["diff", "-f", f]);
+    assert_eq!(out.status.code(), Some(1), "diff shows a difference: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+  k: two"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = lab.kubectl_ok(&["apply", "--dry-run=server", "-f", f]);
+    assert!(out.contains("(server dry run)"), "{out}");
+    lab.kubectl_ok(&["delete", "--dry-run=server", "cm", "c"]);
+    assert_eq!(rv(), before, "nothing written");
+    // A typo is refused as kube-apiserver refuses it (kubectl asks for strict validation).
+    std::fs::write(&path, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndta: {k: v}\n").unwrap();
+    let out = lab.kubectl(&["apply", "-f", f]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field \"dta\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn state_is_private_and_down_removes_only_what_weft_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = TestLab::up(&["--nodes", "0"]);
+    let dir = lab.state_dir();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["store.redb", "weft.log", "config.json", "kubeconfig"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    // A directory that is not weft's is refused, and never removed.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("precious"), b"data").unwrap();
+    let other = TestLab { name: format!("{}-x", lab.name), home: tempfile::tempdir().unwrap() };
+    let out = other.weft(&["up", "--nodes", "0", "--state-dir", foreign.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not made by weft"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(foreign.path().join("precious").exists());
+    // A lab whose marker is gone: down leaves its directory.
+    std::fs::remove_file(dir.join(".weft-lab")).unwrap();
+    lab.weft_ok(&["down"]);
+    assert!(dir.exists(), "left in place");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn up_without_nft_fails_at_once_naming_the_package() {
+    let lab = TestLab { name: format!("weft-t{}-nonft", std::process::id()), home: tempfile::tempdir().unwrap() };
+    let empty = tempfile::tempdir().unwrap();
+    let out = lab.cmd(common::WEFT).args(["up", "--nodes", "1"]).env("PATH", empty.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nftables"), "{err}");
+    assert!(lab.netns_left().is_empty(), "nothing built: {:?}", lab.netns_left());
+}
