@@ -2,7 +2,10 @@
 //! address one node, chosen by rendezvous hashing among the Ready nodes (for
 //! `externalTrafficPolicy: Local`, among those with a ready local endpoint), takes the address
 //! (so its kernel answers ARP for it and the proxy's DNAT takes the traffic) and sends a
-//! gratuitous ARP; when that node goes away another one takes over and announces.
+//! gratuitous ARP; when that node goes away another one takes over and announces. Only
+//! addresses of the pools (`kube-system/weft-config`, `loadBalancerPools`) are announced: a
+//! Service's status is not trusted to name an address it may take over on the underlay (a
+//! node's, or the external host's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use weft_netlink::Netlink;
@@ -35,11 +38,12 @@ fn node_ready(n: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Which node announces which addresses (pure).
+/// Which node announces which addresses (pure). Addresses outside `pools` are never announced.
 pub fn plan(
     services: &[Arc<Service>],
     nodes: &[Arc<Node>],
     slices: &[Arc<EndpointSlice>],
+    pools: &BTreeSet<Ipv4Addr>,
 ) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
     let ready: Vec<String> = nodes.iter().filter(|n| node_ready(n)).map(|n| n.name_any()).collect();
     let mut out: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
@@ -58,7 +62,12 @@ pub fn plan(
             .filter_map(|e| e.node_name.clone())
             .collect();
         let ips = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-        for ip in ips.into_iter().flatten().filter_map(|i| i.ip.as_deref().and_then(|x| x.parse::<Ipv4Addr>().ok())) {
+        let ips = ips.into_iter().flatten().filter_map(|i| i.ip.as_deref().and_then(|x| x.parse::<Ipv4Addr>().ok()));
+        for ip in ips {
+            if !pools.contains(&ip) {
+                tracing::warn!(service = %format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()), %ip, "not announcing a LoadBalancer address outside the pools (kube-system/weft-config loadBalancerPools)");
+                continue;
+            }
             let best = ready.iter().filter(|n| !local || with_endpoints.contains(*n)).max_by_key(|n| score(ip, n));
             if let Some(n) = best {
                 out.entry(n.clone()).or_default().insert(ip);
@@ -148,17 +157,31 @@ async fn set_announced(node: &NodeNet, want: &BTreeSet<Ipv4Addr>, have: &mut BTr
     Ok(())
 }
 
+/// The pools' addresses as `kube-system/weft-config` says now (none if it says nothing valid).
+fn pools(cms: &[Arc<ConfigMap>]) -> BTreeSet<Ipv4Addr> {
+    use weft_controllers::lb::{CONFIG, POOLS_KEY, parse_pools};
+    let spec = cms
+        .iter()
+        .find(|c| c.name_any() == CONFIG && c.namespace().as_deref() == Some("kube-system"))
+        .and_then(|c| c.data.as_ref()?.get(POOLS_KEY).cloned())
+        .unwrap_or_default();
+    parse_pools(&spec).unwrap_or_default().into_iter().collect()
+}
+
 pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
     let notify = Arc::new(tokio::sync::Notify::new());
     let svc_r = weft_watch::cached::<Service>(&client, notify.clone());
     let node_r = weft_watch::cached::<Node>(&client, notify.clone());
     let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
+    let cm_r = weft_watch::cached::<ConfigMap>(&client, notify.clone());
     let _ = svc_r.wait_until_ready().await;
+    let _ = cm_r.wait_until_ready().await;
     let _ = node_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
     let mut have: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     loop {
-        let want = plan(&svc_r.state(), &node_r.state(), &eps_r.state());
+        let pools = pools(&cm_r.state());
+        let want = plan(&svc_r.state(), &node_r.state(), &eps_r.state(), &pools);
         for n in &nodes {
             let w = want.get(&n.name).cloned().unwrap_or_default();
             let h = have.entry(n.name.clone()).or_default();
@@ -170,5 +193,28 @@ pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
             _ = notify.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_pool_addresses_are_announced() {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer"},
+            // 172.18.0.2 is the external host's underlay address: a status naming it must not
+            // make a node take it over.
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}, {"ip": "172.18.0.2"}]}}}))
+        .unwrap();
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap();
+        let pools: BTreeSet<Ipv4Addr> =
+            weft_controllers::lb::parse_pools("172.18.255.0/24").unwrap().into_iter().collect();
+        let p = plan(&[Arc::new(svc)], &[Arc::new(node)], &[], &pools);
+        assert_eq!(p["node-1"], BTreeSet::from(["172.18.255.1".parse().unwrap()]));
     }
 }
