@@ -291,6 +291,23 @@ mod tests {
     }
 
     #[test]
+    fn special_addresses_are_no_endpoints_and_no_external_ips() {
+        let k = by_gvk("v1", "Service").unwrap();
+        let ips = ["127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "::1", "fe80::1"];
+        let out = causes(admit(k, &svc(json!({"externalIPs": ips, "ports": [{"port": 80}]}))));
+        assert_eq!(out.len(), ips.len(), "{out:?}");
+        let k = by_gvk("discovery.k8s.io/v1", "EndpointSlice").unwrap();
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["127.0.0.1"]}, {"addresses": ["169.254.169.254"]}, {"addresses": ["10.244.1.2"]}]});
+        assert_eq!(causes(admit(k, &slice)), ["endpoints[0].addresses[0]", "endpoints[1].addresses[0]"]);
+        let k = by_gvk("v1", "Endpoints").unwrap();
+        let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "127.0.0.2"}], "notReadyAddresses": [{"ip": "0.0.0.0"}], "ports": [{"port": 80}]}]});
+        assert_eq!(causes(admit(k, &ep)), ["subsets[0].addresses[0].ip", "subsets[0].notReadyAddresses[0].ip"]);
+    }
+
+    #[test]
     fn service_defaults() {
         let k = by_gvk("v1", "Service").unwrap();
         let out = admit(k, &svc(json!({"selector": {"app": "MyApp"}, "ports": [{"port": 80}]}))).unwrap();

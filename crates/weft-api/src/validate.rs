@@ -158,6 +158,42 @@ fn check_ip(field: String, ip: &str, errs: &mut Errors) {
     }
 }
 
+/// Why an address may not be an endpoint or an external IP (kube-apiserver's
+/// `ValidateNonSpecialIP`, and all multicast): traffic to a Service must never be steered to
+/// this host itself or to a range that is not a host's. None when it is an ordinary address.
+pub fn special_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("may not be unspecified (0.0.0.0)"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("may not be unspecified (::)"),
+        IpAddr::V4(a) if a.is_loopback() => Some("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        IpAddr::V6(a) if a.is_loopback() => Some("may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        IpAddr::V4(a) if a.is_link_local() => Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => {
+            Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+        }
+        IpAddr::V4(a) if a.is_multicast() => Some("may not be a multicast address (224.0.0.0/4, ff00::/8)"),
+        IpAddr::V6(a) if a.is_multicast() => Some("may not be a multicast address (224.0.0.0/4, ff00::/8)"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("may not be the broadcast address (255.255.255.255)"),
+        _ => None,
+    }
+}
+
+/// A valid IP that is not special ([`special_ip`]).
+fn check_non_special_ip(field: String, ip: &str, errs: &mut Errors) {
+    match ip.parse::<IpAddr>() {
+        Err(_) => errs.push(FieldError::invalid_str(
+            field,
+            ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        )),
+        Ok(a) => {
+            if let Some(why) = special_ip(a) {
+                errs.push(FieldError::invalid_str(field, ip, why));
+            }
+        }
+    }
+}
+
 fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
     check_labels(&format!("{field}.matchLabels"), sel.match_labels.as_ref(), errs);
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
@@ -335,12 +371,21 @@ pub fn service(svc: &Service, errs: &mut Errors) {
     }
     check_labels("spec.selector", spec.selector.as_ref(), errs);
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
-        check_ip(format!("spec.externalIPs[{i}]"), ip, errs);
+        check_non_special_ip(format!("spec.externalIPs[{i}]"), ip, errs);
     }
     if let Some(ip) = spec.load_balancer_ip.as_deref()
         && !ip.is_empty()
     {
         check_ip("spec.loadBalancerIP".into(), ip, errs);
+    }
+    for (i, r) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        if r.trim().parse::<ipnet::IpNet>().is_err() {
+            errs.push(FieldError::invalid_str(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                r,
+                "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24",
+            ));
+        }
     }
 }
 
@@ -486,10 +531,10 @@ pub fn endpoints(ep: &Endpoints, errs: &mut Errors) {
     for (i, s) in ep.subsets.iter().flatten().enumerate() {
         let f = format!("subsets[{i}]");
         for (j, a) in s.addresses.iter().flatten().enumerate() {
-            check_ip(format!("{f}.addresses[{j}].ip"), &a.ip, errs);
+            check_non_special_ip(format!("{f}.addresses[{j}].ip"), &a.ip, errs);
         }
         for (j, a) in s.not_ready_addresses.iter().flatten().enumerate() {
-            check_ip(format!("{f}.notReadyAddresses[{j}].ip"), &a.ip, errs);
+            check_non_special_ip(format!("{f}.notReadyAddresses[{j}].ip"), &a.ip, errs);
         }
         for (j, p) in s.ports.iter().flatten().enumerate() {
             check_port_number(format!("{f}.ports[{j}].port"), p.port, errs);
@@ -516,6 +561,11 @@ pub fn endpoint_slice(es: &EndpointSlice, errs: &mut Errors) {
                 }
                 "IPv6" if a.parse::<std::net::Ipv6Addr>().is_err() => {
                     errs.push(FieldError::invalid_str(f, a, "must be a valid IPv6 address"))
+                }
+                "IPv4" | "IPv6" => {
+                    if let Some(why) = a.parse::<IpAddr>().ok().and_then(special_ip) {
+                        errs.push(FieldError::invalid_str(f, a, why));
+                    }
                 }
                 _ => {}
             }

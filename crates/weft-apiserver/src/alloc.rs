@@ -46,6 +46,10 @@ impl IpAllocator {
         self.net.to_string()
     }
 
+    pub fn net(&self) -> IpNet {
+        self.net
+    }
+
     /// The n-th usable address (n from 1), as kube-apiserver numbers them (network address excluded).
     pub fn nth(&self, n: u128) -> Option<IpAddr> {
         if n == 0 || n > Self::size_of(&self.net) {

@@ -205,3 +205,34 @@ async fn two_thousand_idle_connections_do_not_shut_clients_out() {
     let closed = tokio::time::timeout(Duration::from_secs(20), idle[0].read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed by the server: {closed:?}");
 }
+
+#[tokio::test]
+async fn external_ips_follow_the_policy() {
+    let s = server().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, ip: &str| {
+        serde_json::to_vec(&json!({"metadata": {"name": name}, "spec": {"externalIPs": [ip], "ports": [{"port": 80}]}}))
+            .unwrap()
+    };
+    // Denied by default, wherever it is.
+    let (code, v) = call(&s.client, "POST", svcs, "application/json", svc("a", "192.0.2.10")).await;
+    assert_eq!(code, 403, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("externalIPCIDRs"), "{v}");
+    // Another Service's ClusterIP (the kubernetes Service's 10.96.0.1): never.
+    let cfg = json!({"metadata": {"name": "weft-config", "namespace": "kube-system"},
+        "data": {"externalIPCIDRs": "192.0.2.0/24, 10.96.0.0/16"}});
+    let cms = "/api/v1/namespaces/kube-system/configmaps";
+    assert_eq!(call(&s.client, "POST", cms, "application/json", serde_json::to_vec(&cfg).unwrap()).await.0, 200);
+    let (code, v) = call(&s.client, "POST", svcs, "application/json", svc("b", "10.96.0.1")).await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("Service range"), "{v}");
+    let (code, _) = call(&s.client, "POST", svcs, "application/json", svc("c", "127.0.0.1")).await;
+    assert_eq!(code, 422);
+    // Inside a listed CIDR: allowed.
+    assert_eq!(call(&s.client, "POST", svcs, "application/json", svc("d", "192.0.2.10")).await.0, 200);
+    // Special endpoint addresses are refused too.
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "x"},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.1"]}]});
+    let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+    assert_eq!(call(&s.client, "POST", path, "application/json", serde_json::to_vec(&slice).unwrap()).await.0, 422);
+}

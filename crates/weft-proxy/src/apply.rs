@@ -33,10 +33,12 @@ fn base() -> String {
   set hairpin {{ type ipv4_addr . ipv4_addr; }}
   set no-endpoints {{ type ipv4_addr . inet_proto . inet_service; }}
   set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
+  set firewall {{ type ipv4_addr . inet_proto . inet_service; }}
+  set firewall-allow {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}
   chain mark-masq {{ meta mark set meta mark | {MASQ_MARK:#x}; }}
   chain services {{
     ip daddr . meta l4proto . th dport vmap @services
-    fib daddr type local meta l4proto . th dport vmap @nodeports
+    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports
   }}
   chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}
   chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
@@ -46,10 +48,11 @@ fn base() -> String {
     ip saddr . ip daddr @hairpin masquerade
   }}
   chain reject-chain {{
+    ip daddr . meta l4proto . th dport @firewall ip daddr . meta l4proto . th dport . ip saddr != @firewall-allow drop
     ip daddr . meta l4proto . th dport @no-endpoints meta l4proto tcp reject with tcp reset
     ip daddr . meta l4proto . th dport @no-endpoints reject
-    fib daddr type local meta l4proto . th dport @no-endpoint-nodeports meta l4proto tcp reject with tcp reset
-    fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject
+    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @no-endpoint-nodeports meta l4proto tcp reject with tcp reset
+    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @no-endpoint-nodeports reject
   }}
   chain filter-prerouting {{ type filter hook prerouting priority -110; policy accept; jump reject-chain; }}
   chain filter-output {{ type filter hook output priority -110; policy accept; jump reject-chain; }}
@@ -241,6 +244,23 @@ fn delta_of<'a>(
     }
     for ip in hairpin_touched.iter().filter(|ip| had(ip) && !has(ip)) {
         d.ops.push(op(false, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
+    }
+    // Source-range guards go as nft text in the structure transaction (their set holds
+    // intervals, which the netlink writer does not speak): a guard and its ranges change together.
+    for (o, n) in changed {
+        let key = |k: &SvcKey| format!("{} . {} . {}", k.0, k.1, k.2);
+        for (k, r) in o.firewall_allow.iter().filter(|e| !n.firewall_allow.contains(e)) {
+            let _ = writeln!(d.structure, "delete element ip {TABLE} firewall-allow {{ {} . {r} }}", key(k));
+        }
+        for k in o.firewall.iter().filter(|k| !n.firewall.contains(k)) {
+            let _ = writeln!(d.structure, "delete element ip {TABLE} firewall {{ {} }}", key(k));
+        }
+        for k in n.firewall.iter().filter(|k| !o.firewall.contains(k)) {
+            let _ = writeln!(d.structure, "add element ip {TABLE} firewall {{ {} }}", key(k));
+        }
+        for (k, r) in n.firewall_allow.iter().filter(|e| !o.firewall_allow.contains(e)) {
+            let _ = writeln!(d.structure, "add element ip {TABLE} firewall-allow {{ {} . {r} }}", key(k));
+        }
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
     for (name, rules) in new_chains {

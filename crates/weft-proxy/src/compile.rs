@@ -54,6 +54,10 @@ pub struct Fragment {
     /// VIPs and node ports with no endpoint: refused (TCP reset / ICMP unreachable).
     pub reject: Vec<SvcKey>,
     pub reject_nodeports: Vec<PortKey>,
+    /// LoadBalancer entries with `loadBalancerSourceRanges`: only the ranges in
+    /// `firewall_allow` may reach them, the rest is dropped.
+    pub firewall: Vec<SvcKey>,
+    pub firewall_allow: Vec<(SvcKey, Ipv4Net)>,
 }
 
 /// A node's whole programme: a fragment per Service (so a change is diffed per Service, at a cost
@@ -80,6 +84,8 @@ pub struct Flat {
     pub hairpin: BTreeSet<Ipv4Addr>,
     pub reject: BTreeSet<SvcKey>,
     pub reject_nodeports: BTreeSet<PortKey>,
+    pub firewall: BTreeSet<SvcKey>,
+    pub firewall_allow: BTreeSet<(SvcKey, Ipv4Net)>,
 }
 
 impl Desired {
@@ -93,6 +99,8 @@ impl Desired {
             f.hairpin.extend(fr.hairpin.iter().copied());
             f.reject.extend(fr.reject.iter().cloned());
             f.reject_nodeports.extend(fr.reject_nodeports.iter().cloned());
+            f.firewall.extend(fr.firewall.iter().cloned());
+            f.firewall_allow.extend(fr.firewall_allow.iter().cloned());
         }
         f
     }
@@ -272,11 +280,33 @@ fn addresses(svc: &Service) -> Option<(Ipv4Addr, Vec<Ipv4Addr>)> {
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     let vip: Ipv4Addr = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok()).filter(|_| ty != "ExternalName")?;
     let mut external_ips: Vec<Ipv4Addr> = spec.external_ips.iter().flatten().filter_map(|i| i.parse().ok()).collect();
-    if ty == "LoadBalancer" {
-        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
-        external_ips.extend(ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()));
-    }
+    external_ips.extend(lb_ips(svc));
     Some((vip, external_ips))
+}
+
+/// A LoadBalancer Service's addresses (its status).
+fn lb_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        return vec![];
+    }
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+    ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()).collect()
+}
+
+/// `loadBalancerSourceRanges` (or, when empty, the older annotation), IPv4 ranges only; None
+/// when the Service sets none (its LoadBalancer addresses are open to all).
+fn source_ranges(svc: &Service) -> Option<Vec<Ipv4Net>> {
+    let field = svc.spec.as_ref().and_then(|s| s.load_balancer_source_ranges.clone()).unwrap_or_default();
+    let ranges: Vec<String> = if field.is_empty() {
+        let ann = svc.metadata.annotations.as_ref()?.get("service.beta.kubernetes.io/load-balancer-source-ranges")?;
+        ann.split(',').map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect()
+    } else {
+        field
+    };
+    if ranges.is_empty() {
+        return None;
+    }
+    Some(ranges.iter().filter_map(|r| r.trim().parse::<Ipv4Net>().ok()).map(|n| n.trunc()).collect())
 }
 
 /// Who owns each (address, protocol, port) and node port when Services ask for the same one:
@@ -599,6 +629,7 @@ pub fn compile_service(
     let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
     let mut taken: BTreeSet<SvcKey> = BTreeSet::new();
     let mut taken_np: BTreeSet<PortKey> = BTreeSet::new();
+    let (lb, ranges) = (lb_ips(svc), source_ranges(svc));
     for p in spec.ports.iter().flatten() {
         let pname = p.name.clone().unwrap_or_default();
         let proto_uc = p.protocol.clone().unwrap_or("TCP".into());
@@ -634,6 +665,16 @@ pub fn compile_service(
             if ext_local { (usable(&eps, Some(&node.name)), Masq::Never) } else { (internal.clone(), Masq::Always) };
         for ip in &external_ips {
             program(&mut d, chains, (*ip, proto.clone(), port), &external, masq);
+        }
+        // Only the source ranges reach the LoadBalancer addresses this Service owns.
+        if let Some(ranges) = &ranges {
+            for ip in &lb {
+                let key = (*ip, proto.clone(), port);
+                if claims.owns_vip(&me, &key) && !d.firewall.contains(&key) {
+                    d.firewall_allow.extend(ranges.iter().map(|r| (key.clone(), *r)));
+                    d.firewall.push(key);
+                }
+            }
         }
         if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
             let key = (proto.clone(), np);
@@ -961,5 +1002,23 @@ mod tests {
         let unchained = |d: &Desired| Flat { chains: BTreeMap::new(), ..d.flat() };
         assert_eq!(unchained(&patched), unchained(&whole));
         assert!(whole.flat().reject.contains(&key("10.96.0.20", 80)), "the newcomer has it now");
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_guard_only_the_load_balancer_addresses() {
+        let s: Service = serde_json::from_value(json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "ports": [{"port": 80, "nodePort": 30080}],
+                     "loadBalancerSourceRanges": ["172.18.0.0/24", "2001:db8::/32", "10.1.2.3/8"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}}}))
+        .unwrap();
+        let d = compile(std::slice::from_ref(&s), &[], &node("n1")).flat();
+        let k = key("172.18.255.1", 80);
+        assert_eq!(d.firewall, BTreeSet::from([k.clone()]));
+        let allowed: Vec<String> = d.firewall_allow.iter().map(|(_, n)| n.to_string()).collect();
+        assert_eq!(allowed, ["10.0.0.0/8", "172.18.0.0/24"], "IPv4 ranges, normalised");
+        // Without ranges: nothing guarded.
+        let mut open = s.clone();
+        open.spec.as_mut().unwrap().load_balancer_source_ranges = None;
+        assert!(compile(&[open], &[], &node("n1")).flat().firewall.is_empty());
     }
 }

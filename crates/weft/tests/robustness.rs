@@ -204,3 +204,55 @@ fn up_without_nft_fails_at_once_naming_the_package() {
     assert!(err.contains("nftables"), "{err}");
     assert!(lab.netns_left().is_empty(), "nothing built: {:?}", lab.netns_left());
 }
+
+const GUARDED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec: {containers: [{name: echo, image: weft/echo, ports: [{containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: guarded}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  loadBalancerSourceRanges: [172.18.0.2/32]
+  ports: [{port: 80, targetPort: 8080, nodePort: 30777}]
+"#;
+
+#[test]
+fn source_ranges_guard_load_balancers_and_node_ports_skip_loopback() {
+    let lab = TestLab::up(&["--nodes", "2"]);
+    lab.apply_str(GUARDED);
+    lab.wait_running("default", 1);
+    let mut lb = String::new();
+    lab.wait_for("a LoadBalancer address", 20, || {
+        lb = json(&lab, &["get", "svc", "guarded"])["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !lb.is_empty()
+    });
+    let url = format!("http://{lb}/");
+    let reaches = |lab: &TestLab| lab.exec(&["--external"], &["curl", "-s", "-m", "2", &url]).status.success();
+    // The external host (172.18.0.2) is in the range.
+    lab.wait_for("the allowed source to get through", 20, || reaches(&lab));
+    // Out of range now: dropped.
+    lab.kubectl_ok(&[
+        "patch",
+        "svc",
+        "guarded",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"loadBalancerSourceRanges":["10.0.0.0/8"]}}"#,
+    ]);
+    lab.wait_for("the source to be dropped", 20, || !reaches(&lab));
+    // The node port is not guarded (as kube-proxy), but answers only on the node's addresses.
+    lab.wait_for("the node port", 20, || {
+        lab.exec(&["--node", "node-1"], &["curl", "-s", "-m", "2", "http://172.18.0.10:30777/"]).status.success()
+    });
+    let lo = lab.exec(&["--node", "node-1"], &["curl", "-s", "-m", "2", "http://127.0.0.1:30777/"]);
+    assert!(!lo.status.success(), "a node port on 127.0.0.1: {}", String::from_utf8_lossy(&lo.stdout));
+}
