@@ -274,7 +274,8 @@ impl Store {
         let (db, state, set_aside) = match opened {
             Ok(r) => r?,
             Err(p) => {
-                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                let what =
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                 return Err(unusable(&format!("the database library failed: {}", what.unwrap_or_default())));
             }
         };
@@ -439,7 +440,11 @@ fn load(db: &Database, path: &Path) -> Result<(State, usize), StoreError> {
     for row in rtx.open_table(OBJECTS)?.iter()? {
         let (k, v) = row?;
         let Some(key) = Key::from_db_key(k.value()) else {
-            bad_objects.push((k.value().to_string(), v.value().to_vec(), "a key that is not resource/namespace/name".into()));
+            bad_objects.push((
+                k.value().to_string(),
+                v.value().to_vec(),
+                "a key that is not resource/namespace/name".into(),
+            ));
             continue;
         };
         match serde_json::from_slice::<Value>(v.value()) {
@@ -847,7 +852,11 @@ mod tests {
         std::fs::write(&path, b"not a store at all, but some text someone put here").unwrap();
         let e = Store::open(&path, 100).err().expect("refused").to_string();
         assert!(e.contains("not a weft store") && e.contains("move it aside"), "{e}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"not a store at all, but some text someone put here", "left as it was");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"not a store at all, but some text someone put here",
+            "left as it was"
+        );
     }
 
     #[tokio::test]
@@ -925,5 +934,44 @@ mod tests {
                 s.close();
             }
         }
+    }
+
+    /// Run by `a_full_disk_makes_the_store_unready` in a child whose file size limit
+    /// makes the disk "full"; not on its own.
+    #[tokio::test]
+    #[ignore]
+    async fn child_with_a_full_disk() {
+        let Ok(dir) = std::env::var("WEFT_STORE_FULL_DIR") else { return };
+        let s = Store::open(&Path::new(&dir).join("db"), 100).unwrap();
+        assert!(s.failing().is_none());
+        let mut failed = None;
+        for i in 0..200 {
+            let o = json!({"metadata": {"name": format!("c{i}")}, "data": {"x": "y".repeat(200_000)}});
+            if let Err(e) = s.create(Key::new("configmaps", "default", &format!("c{i}")), o).await {
+                failed = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = failed.expect("the disk filled up");
+        assert!(matches!(e, StoreError::Io(_)), "{e}");
+        assert!(s.failing().is_some(), "not ready while the store cannot write");
+        assert!(s.get(&Key::new("configmaps", "default", &format!("c{i}"))).is_none(), "a failed write is not shown");
+        println!("CHILD-OK after {i} writes");
+    }
+
+    #[test]
+    fn a_full_disk_makes_the_store_unready() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file size limit stands in for a full disk; SIGXFSZ ignored so writes fail with EFBIG.
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; exec prlimit --fsize=8000000 \"$0\" tests::child_with_a_full_disk --exact --ignored --nocapture")
+            .arg(&exe)
+            .env("WEFT_STORE_FULL_DIR", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("CHILD-OK"), "{text}");
     }
 }
