@@ -139,10 +139,8 @@ pub async fn run(b: Builtin) -> Result<()> {
     Ok(())
 }
 
-/// What a container without a command of its own runs, from its image and ports: the `agnhost`
-/// verbs for agnhost images, otherwise the echo server on the declared ports (or the image's
-/// usual port for well-known web servers).
-/// CoreDNS's image (any registry, any tag): the lab runs weft's cluster DNS for it.
+/// CoreDNS's image (any registry, any tag): in the lab's own DNS pod ([`is_lab_dns_pod`]) the lab
+/// runs weft's cluster DNS for it.
 pub fn is_cluster_dns(image: &str) -> bool {
     let path = image.split('@').next().unwrap_or("");
     // A tag follows the last ':' after the last '/' (a ':' before it is a registry's port).
@@ -153,6 +151,27 @@ pub fn is_cluster_dns(image: &str) -> bool {
     path.rsplit('/').next() == Some("coredns")
 }
 
+/// Is this the pod of the cluster DNS that `weft up` makes (`crates/weft/src/cluster-dns.yaml`):
+/// in `kube-system`, labelled `k8s-app: kube-dns`, controlled by a ReplicaSet of the `coredns`
+/// Deployment (`coredns-<hash>`), running CoreDNS's image? Only that pod gets the lab's kubeconfig
+/// and the host's network namespace. (Who may create pods in kube-system is cluster-admin
+/// already.)
+pub fn is_lab_dns_pod(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let m = &pod.metadata;
+    m.namespace.as_deref() == Some("kube-system")
+        && m.labels.as_ref().and_then(|l| l.get("k8s-app")).map(String::as_str) == Some("kube-dns")
+        && m.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "ReplicaSet"
+                && o.api_version == "apps/v1"
+                && o.name.strip_prefix("coredns-").is_some_and(|h| !h.is_empty() && !h.contains('-'))
+        })
+        && pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| is_cluster_dns(c.image.as_deref().unwrap_or(""))))
+}
+
+/// What a container without a command of its own runs, from its image and ports: the `agnhost`
+/// verbs for agnhost images, otherwise the echo server on the declared ports (or the image's
+/// usual port for well-known web servers).
 pub fn plan(image: &str, args: &[String], tcp: &[u16], udp: &[u16]) -> (Mode, Vec<u16>, Vec<u16>) {
     let base = image.rsplit('/').next().unwrap_or(image).split(':').next().unwrap_or("");
     let flag = |name: &str| -> Option<u16> {
@@ -206,5 +225,29 @@ mod tests {
         assert!(is_cluster_dns("coredns/coredns"));
         assert!(is_cluster_dns("localhost:5000/coredns:1.0"));
         assert!(!is_cluster_dns("nginx") && !is_cluster_dns("coredns-helper:1"));
+    }
+
+    #[test]
+    fn only_the_labs_own_coredns_pod_is_the_cluster_dns() {
+        let pod = |ns: &str, label: &str, owner: &str, image: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "coredns-abc-x", "namespace": ns, "labels": {"k8s-app": label},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner,
+                                         "uid": "u", "controller": true}]},
+                "spec": {"containers": [{"name": "coredns", "image": image}]},
+            }))
+            .unwrap()
+        };
+        let img = "registry.k8s.io/coredns/coredns:v1.11.3";
+        assert!(is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-5d78c9869d", img)));
+        // A user's pod with CoreDNS's image (and the labels copied) is not.
+        assert!(!is_lab_dns_pod(&pod("default", "kube-dns", "coredns-5d78c9869d", img)));
+        assert!(!is_lab_dns_pod(&pod("kube-system", "my-dns", "coredns-5d78c9869d", img)));
+        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "my-coredns-5d78c9869d", img)));
+        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-extra-5d78c9869d", img)));
+        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-5d78c9869d", "nginx")));
+        let mut bare = pod("kube-system", "kube-dns", "coredns-5d78c9869d", img);
+        bare.metadata.owner_references = None;
+        assert!(!is_lab_dns_pod(&bare));
     }
 }

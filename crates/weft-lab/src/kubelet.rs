@@ -9,9 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_cni::runtime::{ConfList, Invocation};
 
-use crate::shim::{self, ContainerSpec, ShimSpec};
+use crate::shim::{self, ContainerSpec, Security, ShimSpec};
 use crate::topology::NodeNet;
 use crate::{LabCtx, netns};
 
@@ -89,6 +87,9 @@ struct ProbeState {
     next: Instant,
     successes: i32,
     failures: i32,
+    /// The probe under way: probes run on their own (one pod's hung probe holds up nobody) and
+    /// wake the kubelet when they finish.
+    running: Option<tokio::task::JoinHandle<bool>>,
 }
 
 pub struct Kubelet {
@@ -98,15 +99,24 @@ pub struct Kubelet {
     probes: HashMap<(String, String), ProbeState>,
     pushed: HashMap<String, Value>,
     failures: HashMap<String, (Instant, String)>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Kubelet {
     pub fn new(ctx: Arc<LabCtx>, node: NodeNet, client: kube::Client) -> Kubelet {
-        Kubelet { ctx, node, client, probes: HashMap::new(), pushed: HashMap::new(), failures: HashMap::new() }
+        Kubelet {
+            ctx,
+            node,
+            client,
+            probes: HashMap::new(),
+            pushed: HashMap::new(),
+            failures: HashMap::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     pub async fn run(mut self) {
-        let notify = Arc::new(tokio::sync::Notify::new());
+        let notify = self.wake.clone();
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
         let reader = weft_watch::cached_with(Api::<Pod>::all(self.client.clone()), cfg, notify.clone());
         let _ = reader.wait_until_ready().await;
@@ -258,7 +268,8 @@ impl Kubelet {
 
     async fn run_probes(&mut self, pod: &Pod, sb: &Sandbox) {
         let Some(spec) = &pod.spec else { return };
-        let st = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)).unwrap_or_default();
+        let dir = pod_dir(&self.ctx.state_dir, &sb.uid);
+        let st = shim::read_status(&dir).unwrap_or_default();
         for c in &spec.containers {
             let Some(probe) = c.readiness_probe.clone() else { continue };
             let key = (sb.uid.clone(), c.name.clone());
@@ -269,38 +280,41 @@ impl Kubelet {
                 next: now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64),
                 successes: 0,
                 failures: 0,
+                running: None,
             });
             if !running {
                 entry.ready = false;
                 continue;
             }
-            if now < entry.next {
+            if let Some(h) = entry.running.take_if(|h| h.is_finished()) {
+                let ok = h.await.unwrap_or(false);
+                let (succ_needed, fail_needed) =
+                    (probe.success_threshold.unwrap_or(1), probe.failure_threshold.unwrap_or(3));
+                if ok {
+                    entry.successes += 1;
+                    entry.failures = 0;
+                    if entry.successes >= succ_needed {
+                        entry.ready = true;
+                    }
+                } else {
+                    entry.failures += 1;
+                    entry.successes = 0;
+                    if entry.failures >= fail_needed || !entry.ready {
+                        entry.ready = false;
+                    }
+                }
+            }
+            if entry.running.is_some() || now < entry.next {
                 continue;
             }
             entry.next = now + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
-            let (ip, node_ns, netns_name) =
-                (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), sb.netns.clone());
-            let container = c.clone();
-            let ok = tokio::task::spawn_blocking(move || probe_once(&probe, &container, &ip, &node_ns, &netns_name))
-                .await
-                .unwrap_or(false);
-            let (succ_needed, fail_needed) = (
-                c.readiness_probe.as_ref().and_then(|p| p.success_threshold).unwrap_or(1),
-                c.readiness_probe.as_ref().and_then(|p| p.failure_threshold).unwrap_or(3),
-            );
-            if ok {
-                entry.successes += 1;
-                entry.failures = 0;
-                if entry.successes >= succ_needed {
-                    entry.ready = true;
-                }
-            } else {
-                entry.failures += 1;
-                entry.successes = 0;
-                if entry.failures >= fail_needed || !entry.ready {
-                    entry.ready = false;
-                }
-            }
+            let (ip, node_ns, dir) = (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), dir.clone());
+            let (container, wake) = (c.clone(), self.wake.clone());
+            entry.running = Some(tokio::task::spawn_blocking(move || {
+                let ok = probe_once(&probe, &container, &ip, &node_ns, &dir);
+                wake.notify_one();
+                ok
+            }));
         }
     }
 }
@@ -317,9 +331,11 @@ fn resolve_port(p: &IntOrString, c: &Container) -> Option<u16> {
     }
 }
 
-/// One probe: httpGet and tcpSocket connect to the pod IP from the node (as kubelet does);
-/// exec runs the command inside the pod's network namespace.
-fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_netns: &str) -> bool {
+/// One probe, bounded by its `timeoutSeconds` (default 1 s, as kubelet): httpGet and tcpSocket
+/// connect to the pod IP from the node (as kubelet does); exec runs the command in the pod, by its
+/// shim (the pod's namespaces, the container's environment and capabilities), killed at the
+/// timeout.
+fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: &Path) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(h) = &p.http_get {
         let Some(port) = resolve_port(&h.port, c) else { return false };
@@ -328,15 +344,25 @@ fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_netns:
         };
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         return netns::in_netns(node_ns, move || -> bool {
+            let deadline = Instant::now() + timeout;
             let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) else { return false };
-            let _ = s.set_read_timeout(Some(timeout));
+            let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let _ = s.set_write_timeout(Some(left()));
             let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
             if s.write_all(req.as_bytes()).is_err() {
                 return false;
             }
+            // The status line, within the deadline however slowly it comes.
             let mut head = [0u8; 12];
-            if s.read_exact(&mut head).is_err() {
-                return false;
+            let mut got = 0;
+            while got < head.len() {
+                if Instant::now() >= deadline || s.set_read_timeout(Some(left())).is_err() {
+                    return false;
+                }
+                match s.read(&mut head[got..]) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => got += n,
+                }
             }
             let code: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
             (200..400).contains(&code)
@@ -356,16 +382,13 @@ fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_netns:
         if argv.is_empty() {
             return false;
         }
-        let ns = netns::path(pod_netns);
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let Ok(f) = File::open(&ns) else { return false };
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        return cmd.status().map(|s| s.success()).unwrap_or(false);
+        return match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::debug!(container = %c.name, error = %format!("{e:#}"), "exec probe");
+                false
+            }
+        };
     }
     true
 }
@@ -403,6 +426,13 @@ fn env_for(pod: &Pod, c: &Container, ip: &str, node: &NodeNet) -> Vec<(String, S
     out
 }
 
+/// Is `c` the lab's own cluster DNS (CoreDNS's image in the pod of the lab's `kube-system/coredns`
+/// Deployment)? Only that one gets the lab's kubeconfig, the host's network namespace and every
+/// capability (it enters that namespace): a user's pod with CoreDNS's image is just a pod.
+fn is_lab_dns(pod: &Pod, c: &Container) -> bool {
+    crate::builtin::is_lab_dns_pod(pod) && crate::builtin::is_cluster_dns(c.image.as_deref().unwrap_or(""))
+}
+
 /// What a container runs: its command, or the built-in server for its image.
 fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
     let cmd: Vec<String> = c.command.clone().unwrap_or_default();
@@ -418,8 +448,8 @@ fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect()
     };
-    if crate::builtin::is_cluster_dns(c.image.as_deref().unwrap_or("")) {
-        // CoreDNS's image runs weft's DNS, watching the lab's API from the host's network
+    if is_lab_dns(pod, c) {
+        // The lab's own CoreDNS runs weft's DNS, watching the lab's API from the host's network
         // namespace (the shim passes it as WEFT_HOST_NETNS): the `weft-dns` binary built next
         // to `weft` (smaller in memory), else `weft dns`.
         let alone = ctx.weft_exe.with_file_name("weft-dns");
@@ -561,6 +591,7 @@ pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbo
     fs::write(&resolv, resolv_conf(ctx, pod))?;
     let ip = ips.first().cloned().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
+    let lab_dns = crate::builtin::is_lab_dns_pod(pod);
     let shim_spec = ShimSpec {
         pod: name.clone(),
         namespace: namespace.clone(),
@@ -578,21 +609,23 @@ pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbo
                 argv: argv_for(ctx, pod, c),
                 env: env_for(pod, c, &ip, node),
                 workdir: c.working_dir.clone(),
+                security: if is_lab_dns(pod, c) {
+                    Security { caps: None, no_new_privs: false }
+                } else {
+                    Security::of(c.security_context.as_ref())
+                },
             })
             .collect(),
+        host_netns: lab_dns,
+        // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
+        hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
     };
     let spec_path = dir.join("shim.json");
     fs::write(&spec_path, serde_json::to_vec_pretty(&shim_spec)?)?;
     let log = File::create(dir.join("shim.log"))?;
-    let mut cmd = Command::new(&ctx.weft_exe);
-    cmd.arg("shim").arg(&spec_path).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
-    }
-    let child = cmd.spawn().context("starting the pod shim")?;
-    let pid = child.id();
-    // The shim is reaped by nobody in particular: it lives on its own, like containerd's.
-    std::mem::forget(child);
+    // pid 1 of the pod's PID namespace, in a session of its own; reaped by nobody in particular:
+    // it lives on its own, like containerd's.
+    let pid = shim::spawn(&ctx.weft_exe, &spec_path, &log).context("starting the pod shim")?;
     let start = proc_start(pid).unwrap_or(0);
     let sb = Sandbox {
         uid: uid.clone(),

@@ -1,25 +1,42 @@
 //! The pod shim (`weft shim SPEC`): one process per pod, in a session of its own so it outlives
-//! the daemon (pods keep running across a daemon restart, as with containerd's shims). It enters
-//! the pod's network namespace, takes private mount and UTS namespaces (the pod's resolv.conf over
-//! /etc/resolv.conf, the pod's hostname), runs the containers' processes, restarts them per
-//! `restartPolicy` with back-off, keeps their output in bounded, rotated log files and reports
-//! their state in `status.json` for the kubelet.
+//! the daemon (pods keep running across a daemon restart, as with containerd's shims), started by
+//! [`spawn`] as pid 1 of a PID namespace of the pod's own (it reaps the pod's orphans; when it
+//! ends, the kernel ends everything in the pod). It enters the pod's network namespace, takes
+//! private mount and UTS namespaces (the pod's resolv.conf over /etc/resolv.conf, a /proc of the
+//! pod's PID namespace with containerd's read-only and masked paths, a read-only /sys, the lab's
+//! state directory hidden, the pod's hostname), runs the containers' processes with their
+//! capabilities and no_new_privs ([`Security`]), restarts them per `restartPolicy` with back-off,
+//! keeps their output in bounded, rotated log files, reports their state in `status.json` for
+//! the kubelet, and runs the kubelet's exec probes in the pod (`exec.sock`, [`exec_probe`]) with
+//! their timeout.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use nix::libc;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde_json::json;
 
-/// The shim's handle on the host's network namespace, as a path its children can open.
+/// The shim's handle on the host's network namespace, as a path its children can open (only
+/// for a pod that [`ShimSpec::host_netns`] says needs it: the lab's own DNS).
 static HOST_NETNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// A log file is rotated at this size; one old file is kept.
@@ -33,6 +50,171 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub workdir: Option<String>,
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// What a container's processes may do, from its `securityContext` ([`Security::of`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Security {
+    /// The capabilities kept, a bit per `CAP_*` number; `None` keeps all (`privileged: true`).
+    pub caps: Option<u64>,
+    /// PR_SET_NO_NEW_PRIVS (unless `allowPrivilegeEscalation: true` or privileged).
+    pub no_new_privs: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security { caps: Some(DEFAULT_CAPS), no_new_privs: true }
+    }
+}
+
+/// Capability names by number (`CAP_` left off), as in linux/capability.h.
+pub const CAP_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A capability's bit from its name as a securityContext writes it (`NET_ADMIN`, `CAP_NET_ADMIN`,
+/// any case).
+pub fn cap_bit(name: &str) -> Option<u64> {
+    let up = name.trim().to_ascii_uppercase();
+    let up = up.strip_prefix("CAP_").unwrap_or(&up);
+    CAP_NAMES.iter().position(|n| *n == up).map(|i| 1u64 << i)
+}
+
+/// containerd's (and Docker's) default capabilities: CHOWN, DAC_OVERRIDE, FSETID, FOWNER, MKNOD,
+/// NET_RAW, SETGID, SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT, KILL, AUDIT_WRITE.
+pub const DEFAULT_CAPS: u64 = 0xa80425fb;
+
+impl Security {
+    /// As containerd's CRI plugin reads a container's securityContext: privileged keeps every
+    /// capability; otherwise the default set, `add: [ALL]` / `drop: [ALL]` first, then the named
+    /// ones added, then the named ones dropped (an unknown name is ignored). no_new_privs unless
+    /// `allowPrivilegeEscalation: true` (stricter than Kubernetes, which sets it only for an
+    /// explicit `false`: the lab's pods are all root on the host's file system).
+    pub fn of(sc: Option<&k8s_openapi::api::core::v1::SecurityContext>) -> Security {
+        if sc.and_then(|s| s.privileged) == Some(true) {
+            return Security { caps: None, no_new_privs: false };
+        }
+        let (add, drop) = sc
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|c| (c.add.clone().unwrap_or_default(), c.drop.clone().unwrap_or_default()))
+            .unwrap_or_default();
+        let all = |v: &[String]| v.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+        let mut caps = DEFAULT_CAPS;
+        if all(&add) {
+            caps = (1u64 << CAP_NAMES.len()) - 1;
+        }
+        if all(&drop) {
+            caps = 0;
+        }
+        caps |= add.iter().filter_map(|c| cap_bit(c)).fold(0, |a, b| a | b);
+        caps &= !drop.iter().filter_map(|c| cap_bit(c)).fold(0, |a, b| a | b);
+        let escalate = sc.and_then(|s| s.allow_privilege_escalation) == Some(true);
+        Security { caps: Some(caps), no_new_privs: !escalate }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Applies `sec` to the calling process, for the program it is about to exec (run between fork
+/// and exec: system calls only, nothing allocated). The bounding set loses what is not kept (an
+/// exec'd root program gets its bounding set), ambient and inheritable sets are cleared,
+/// effective and permitted cut to the kept set; then no_new_privs.
+pub fn confine(sec: &Security) -> std::io::Result<()> {
+    if let Some(keep) = sec.caps {
+        for cap in 0..64u64 {
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break; // past the kernel's last capability
+                }
+                return Err(e);
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+        }
+        let mut hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+        let mut data = [CapData::default(); 2];
+        // SAFETY: capget/capset with a version-3 header and two data words, as the ABI says.
+        if unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (i, d) in data.iter_mut().enumerate() {
+            let k = (keep >> (32 * i)) as u32;
+            d.effective &= k;
+            d.permitted &= k;
+            d.inheritable = 0;
+        }
+        if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if sec.no_new_privs {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +228,14 @@ pub struct ShimSpec {
     pub dir: PathBuf,
     pub restart_policy: String,
     pub containers: Vec<ContainerSpec>,
+    /// Keep a handle on the host's network namespace for the containers (`WEFT_HOST_NETNS`):
+    /// only the lab's own DNS pod, which watches the lab's API on the host's loopback.
+    #[serde(default)]
+    pub host_netns: bool,
+    /// Directories hidden from the pod (an empty read-only tmpfs over each): the lab's state
+    /// directory, with the API's credentials and the other pods' files.
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -88,7 +278,9 @@ pub fn read_status(dir: &Path) -> Option<ShimStatus> {
 }
 
 /// Enters the pod's namespaces. Mounts are slaves of the host's, so a namespace file the host
-/// removes disappears here too.
+/// removes disappears here too. The caller is pid 1 of the pod's PID namespace: the /proc mounted
+/// here shows the pod's processes only; as containerd does, some of /proc is read-only
+/// (/proc/sys, /proc/sysrq-trigger, ...) or masked (/proc/kcore, ...), and /sys is read-only.
 fn enter(spec: &ShimSpec) -> Result<()> {
     let ns = File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
     setns(&ns, CloneFlags::CLONE_NEWNET).context("entering the pod's network namespace")?;
@@ -99,8 +291,268 @@ fn enter(spec: &ShimSpec) -> Result<()> {
         mount(Some(r.as_path()), "/etc/resolv.conf", None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .context("bind-mounting the pod's resolv.conf")?;
     }
+    let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), hard, None::<&str>).context("mounting the pod's /proc")?;
+    for p in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"] {
+        if Path::new(p).exists() {
+            mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .and_then(|_| {
+                    mount(
+                        None::<&str>,
+                        p,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | hard,
+                        None::<&str>,
+                    )
+                })
+                .with_context(|| format!("making {p} read-only"))?;
+        }
+    }
+    for p in ["/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/sched_debug"] {
+        if Path::new(p).is_file() {
+            mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .with_context(|| format!("masking {p}"))?;
+        }
+    }
+    for p in ["/proc/acpi", "/proc/scsi"] {
+        if Path::new(p).is_dir() {
+            mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY | hard, None::<&str>)
+                .with_context(|| format!("masking {p}"))?;
+        }
+    }
+    // A sysfs of the pod's network namespace, read-only (the host's /sys/class/net, /sys/power,
+    // ... are out of reach).
+    mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::MS_RDONLY | hard, None::<&str>)
+        .context("mounting a read-only /sys")?;
     nix::unistd::sethostname(&spec.hostname).context("sethostname")?;
     Ok(())
+}
+
+/// Hides each directory behind an empty read-only tmpfs.
+fn hide(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), d, Some("tmpfs"), flags, Some("size=4k,mode=0755"))
+            .with_context(|| format!("hiding {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts the shim for `spec` (`weft shim SPEC`, `exe` being the `weft` binary) as pid 1 of a new
+/// PID namespace, in a session of its own, its output to `log`. Returns its pid (as this process
+/// sees it). A fork in a threaded process: the child only makes system calls, then execs.
+pub fn spawn(exe: &Path, spec: &Path, log: &File) -> Result<u32> {
+    let prog = CString::new(exe.as_os_str().as_bytes())?;
+    let args = [prog.clone(), CString::new("shim")?, CString::new(spec.as_os_str().as_bytes())?];
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let argv: Vec<*const libc::c_char> =
+        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let null = File::open("/dev/null")?;
+    let (null_fd, log_fd) = (null.as_raw_fd(), log.as_raw_fd());
+    let mut stack = vec![0u8; 256 << 10];
+    let cb = Box::new(move || -> isize {
+        // SAFETY: async-signal-safe system calls only, on memory prepared before the clone.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if libc::setsid() < 0
+                || libc::dup2(null_fd, 0) < 0
+                || libc::dup2(log_fd, 1) < 0
+                || libc::dup2(log_fd, 2) < 0
+            {
+                libc::_exit(126);
+            }
+            libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    });
+    // SAFETY: the child runs on `stack` (ample for the calls above) and execs or exits.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, CloneFlags::CLONE_NEWPID, Some(libc::SIGCHLD)) }
+        .context("clone(CLONE_NEWPID) for the pod's shim")?;
+    Ok(pid.as_raw() as u32)
+}
+
+/// The pod's child processes and who waits for each. As pid 1 of the pod, the shim also inherits
+/// every orphan of the pod: those are reaped and forgotten.
+#[derive(Default)]
+struct Reaper {
+    waiting: Mutex<HashMap<i32, Sender<i32>>>,
+}
+
+impl Reaper {
+    /// Spawns `cmd`; its exit code (128+signal when killed) arrives on the receiver.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<(std::process::Child, Receiver<i32>)> {
+        // Held across the spawn: an exit seen before the child is registered waits for it.
+        let mut w = self.waiting.lock().unwrap();
+        let child = cmd.spawn()?;
+        let (tx, rx) = channel();
+        w.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+
+    fn run(&self) {
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        loop {
+            // Look first (without reaping), so a child that std's spawn reaps itself (a failed
+            // exec) is not taken from under it.
+            let pid = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Ok(st) => match st.pid() {
+                    Some(p) => p,
+                    None => continue,
+                },
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let mut w = self.waiting.lock().unwrap();
+            let code = match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+                _ => continue,
+            };
+            if let Some(tx) = w.remove(&pid.as_raw()) {
+                let _ = tx.send(code);
+            }
+        }
+    }
+}
+
+/// The container's environment, as its processes (and its exec probes) get it.
+fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("HOSTNAME".to_string(), spec.hostname.clone()),
+    ];
+    if let Some(h) = HOST_NETNS.get() {
+        env.push(("WEFT_HOST_NETNS".to_string(), h.clone()));
+    }
+    env.extend(c.env.iter().cloned());
+    env
+}
+
+/// A command of container `c`: its environment, its capabilities and no_new_privs.
+fn container_command(argv: &[String], c: &ContainerSpec, spec: &ShimSpec) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env_clear().envs(container_env(c, spec)).stdin(Stdio::null());
+    if let Some(w) = &c.workdir {
+        cmd.current_dir(w);
+    }
+    let sec = c.security.clone();
+    // SAFETY: `confine` makes system calls only.
+    unsafe {
+        cmd.pre_exec(move || confine(&sec));
+    }
+    cmd
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExecRequest {
+    container: String,
+    argv: Vec<String>,
+    timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct ExecReply {
+    exit: Option<i32>,
+    timed_out: bool,
+    error: Option<String>,
+}
+
+pub const EXEC_SOCKET: &str = "exec.sock";
+
+/// Connects to a socket in `dir` through a descriptor of the directory (a path under
+/// /proc/self/fd stays short whatever the state directory's length).
+fn connect_in(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
+    let d = File::open(dir)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()))
+}
+
+/// What the kubelet's exec probe gets from the pod whose shim keeps `dir`: did `argv` exit 0
+/// within `timeout`, run by the shim in the pod's namespaces as container `container`'s process?
+/// A probe still running at the timeout is killed (with its process group) and fails.
+pub fn exec_probe(dir: &Path, container: &str, argv: &[String], timeout: Duration) -> Result<bool> {
+    let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
+    s.set_read_timeout(Some(timeout + Duration::from_secs(3)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let req = ExecRequest { container: container.into(), argv: argv.to_vec(), timeout_ms: timeout.as_millis() as u64 };
+    let mut line = serde_json::to_vec(&req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).context("the shim's answer")?;
+    let r: ExecReply = serde_json::from_str(&reply).context("the shim's answer")?;
+    if let Some(e) = r.error {
+        anyhow::bail!("{e}");
+    }
+    Ok(r.exit == Some(0) && !r.timed_out)
+}
+
+fn serve_exec(listener: UnixListener, spec: Arc<ShimSpec>, reaper: Arc<Reaper>) {
+    for conn in listener.incoming().flatten() {
+        let (spec, reaper) = (spec.clone(), reaper.clone());
+        std::thread::spawn(move || {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<ExecRequest>(&line) {
+                Ok(req) => run_exec(&req, &spec, &reaper),
+                Err(e) => ExecReply { error: Some(format!("bad request: {e}")), ..Default::default() },
+            };
+            let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+            out.push(b'\n');
+            let _ = (&conn).write_all(&out);
+        });
+    }
+}
+
+fn run_exec(req: &ExecRequest, spec: &ShimSpec, reaper: &Reaper) -> ExecReply {
+    let Some(c) = spec.containers.iter().find(|c| c.name == req.container) else {
+        return ExecReply { error: Some(format!("no container {:?}", req.container)), ..Default::default() };
+    };
+    if req.argv.is_empty() {
+        return ExecReply { error: Some("an empty command".into()), ..Default::default() };
+    }
+    let mut cmd = container_command(&req.argv, c, spec);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    let (child, rx) = match reaper.spawn(&mut cmd) {
+        Ok(x) => x,
+        // As a runtime reports a command it cannot start: a failed probe, not an error.
+        Err(_) => return ExecReply { exit: Some(127), ..Default::default() },
+    };
+    match rx.recv_timeout(Duration::from_millis(req.timeout_ms.max(1))) {
+        Ok(code) => ExecReply { exit: Some(code), ..Default::default() },
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+            ExecReply { timed_out: true, ..Default::default() }
+        }
+    }
+}
+
+/// The write end of the pipe the stop signals are reported on.
+static STOP_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    let fd = STOP_PIPE.load(Ordering::SeqCst);
+    // SAFETY: write(2) is async-signal-safe.
+    unsafe {
+        libc::write(fd, b"x".as_ptr().cast(), 1);
+    }
 }
 
 /// Appends a child's output to its log, rotating at [`LOG_LIMIT`].
@@ -131,17 +583,47 @@ fn should_restart(policy: &str, code: Option<i32>) -> bool {
 
 /// The shim's main: never returns while containers run.
 pub fn run(spec_path: &Path) -> Result<()> {
-    let spec: ShimSpec = serde_json::from_slice(&fs::read(spec_path)?).context("reading the shim spec")?;
-    // SIGTERM is taken synchronously by one thread; block it everywhere first.
-    let mut mask = nix::sys::signal::SigSet::empty();
-    mask.add(nix::sys::signal::Signal::SIGTERM);
-    mask.add(nix::sys::signal::Signal::SIGINT);
-    mask.thread_block()?;
-    // The host's network namespace stays open here so processes that need the host (the lab's
-    // DNS watching the lab's API on 127.0.0.1) can reach it: WEFT_HOST_NETNS names it.
-    let host_netns = File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
-    let _ = HOST_NETNS.set(format!("/proc/{}/fd/{}", std::process::id(), std::os::fd::AsRawFd::as_raw_fd(&host_netns)));
+    let mut spec: ShimSpec =
+        serde_json::from_slice(&fs::read(spec_path)?).context("reading the shim spec")?;
+    // Stop signals go to a handler that reports them on a pipe (not to a blocked mask: the
+    // runtime's threads predate this call, and as pid 1 a signal without a handler is dropped).
+    let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    STOP_PIPE.store(stop_w.as_raw_fd(), Ordering::SeqCst);
+    std::mem::forget(stop_w);
+    {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let act = SigAction::new(SigHandler::Handler(on_stop), SaFlags::SA_RESTART, SigSet::empty());
+        // SAFETY: the handler only writes to a pipe.
+        unsafe {
+            sigaction(Signal::SIGTERM, &act)?;
+            sigaction(Signal::SIGINT, &act)?;
+        }
+    }
+    // Only the lab's own DNS keeps a handle on the host's network namespace, to watch the lab's
+    // API on 127.0.0.1: WEFT_HOST_NETNS names it.
+    if spec.host_netns {
+        let host_netns = File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
+        let _ = HOST_NETNS.set(format!("/proc/{}/fd/{}", std::process::id(), host_netns.as_raw_fd()));
+        std::mem::forget(host_netns);
+    }
     enter(&spec)?;
+    // The pod's own files through a descriptor: the state directory is hidden next.
+    let dir = File::open(&spec.dir).with_context(|| format!("opening {}", spec.dir.display()))?;
+    spec.dir = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let sock = spec.dir.join(EXEC_SOCKET);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).context("binding the exec socket")?;
+    hide(&spec.hide)?;
+    let spec = Arc::new(spec);
+    let reaper = Arc::new(Reaper::default());
+    {
+        let reaper = reaper.clone();
+        std::thread::spawn(move || reaper.run());
+    }
+    {
+        let (spec, reaper) = (spec.clone(), reaper.clone());
+        std::thread::spawn(move || serve_exec(listener, spec, reaper));
+    }
     let status = Arc::new(Mutex::new(ShimStatus {
         shim_pid: std::process::id(),
         containers: spec
@@ -155,15 +637,17 @@ pub fn run(spec_path: &Path) -> Result<()> {
     let children: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let mut threads = vec![];
     for (i, c) in spec.containers.iter().cloned().enumerate() {
-        let (status, stopping, children, spec) = (status.clone(), stopping.clone(), children.clone(), spec.clone());
-        threads.push(std::thread::spawn(move || supervise(i, c, &spec, status, stopping, children)));
+        let (status, stopping, children, spec, reaper) =
+            (status.clone(), stopping.clone(), children.clone(), spec.clone(), reaper.clone());
+        threads.push(std::thread::spawn(move || supervise(i, c, &spec, &reaper, status, stopping, children)));
     }
     // Wait for a stop signal, or for every container to be done.
     let (tx, rx) = std::sync::mpsc::channel();
     {
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let _ = mask.wait();
+            let mut b = [0u8; 1];
+            let _ = File::from(stop_r).read(&mut b);
             let _ = tx.send(());
         });
     }
@@ -177,15 +661,14 @@ pub fn run(spec_path: &Path) -> Result<()> {
     stopping.store(true, Ordering::SeqCst);
     let pids: Vec<u32> = children.lock().unwrap().values().copied().collect();
     for p in &pids {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline && !children.lock().unwrap().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for p in children.lock().unwrap().values() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGKILL);
-    }
+    // Whatever is left goes with this process: when a PID namespace's pid 1 ends, the kernel
+    // kills everything in it.
     Ok(())
 }
 
@@ -193,6 +676,7 @@ fn supervise(
     i: usize,
     c: ContainerSpec,
     spec: &ShimSpec,
+    reaper: &Reaper,
     status: Arc<Mutex<ShimStatus>>,
     stopping: Arc<AtomicBool>,
     children: Arc<Mutex<HashMap<String, u32>>>,
@@ -204,22 +688,11 @@ fn supervise(
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        let mut cmd = Command::new(&c.argv[0]);
-        cmd.args(&c.argv[1..])
-            .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOSTNAME", &spec.hostname)
-            .env("WEFT_HOST_NETNS", HOST_NETNS.get().map(String::as_str).unwrap_or(""))
-            .envs(c.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(w) = &c.workdir {
-            cmd.current_dir(w);
-        }
+        let mut cmd = container_command(&c.argv, &c, spec);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let started = Instant::now();
-        let code = match cmd.spawn() {
-            Ok(mut child) => {
+        let code = match reaper.spawn(&mut cmd) {
+            Ok((mut child, exited)) => {
                 let pid = child.id();
                 children.lock().unwrap().insert(c.name.clone(), pid);
                 {
@@ -235,9 +708,7 @@ fn supervise(
                 let (l1, l2, p1, p2) = (log_lock.clone(), log_lock.clone(), log.clone(), log.clone());
                 let t1 = std::thread::spawn(move || pump(o, p1, l1));
                 let t2 = std::thread::spawn(move || pump(e, p2, l2));
-                let code = child.wait().ok().and_then(|s| {
-                    s.code().or_else(|| std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig))
-                });
+                let code = exited.recv().ok();
                 let _ = t1.join();
                 let _ = t2.join();
                 children.lock().unwrap().remove(&c.name);
@@ -281,5 +752,87 @@ fn supervise(
             std::thread::sleep(Duration::from_millis(100));
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::SecurityContext;
+
+    fn sc(v: serde_json::Value) -> SecurityContext {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn capabilities_as_containerd_reads_a_security_context() {
+        let net_admin = cap_bit("NET_ADMIN").unwrap();
+        let sys_admin = cap_bit("CAP_SYS_ADMIN").unwrap();
+        assert_eq!((net_admin, sys_admin), (1 << 12, 1 << 21));
+        let names: Vec<&str> = (0..64).filter(|i| DEFAULT_CAPS & (1 << i) != 0).map(|i| CAP_NAMES[i]).collect();
+        assert_eq!(
+            names,
+            [
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FOWNER",
+                "FSETID",
+                "KILL",
+                "SETGID",
+                "SETUID",
+                "SETPCAP",
+                "NET_BIND_SERVICE",
+                "NET_RAW",
+                "SYS_CHROOT",
+                "MKNOD",
+                "AUDIT_WRITE",
+                "SETFCAP"
+            ]
+        );
+        assert_eq!(Security::of(None), Security { caps: Some(DEFAULT_CAPS), no_new_privs: true });
+        let s = Security::of(Some(&sc(json!({"capabilities": {"add": ["NET_ADMIN"], "drop": ["chown", "CAP_KILL"]}}))));
+        assert_eq!(s.caps, Some((DEFAULT_CAPS | net_admin) & !1 & !(1 << 5)));
+        assert!(s.no_new_privs);
+        let s = Security::of(Some(&sc(json!({"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}))));
+        assert_eq!(s.caps, Some(1 << 10));
+        let s = Security::of(Some(&sc(json!({"capabilities": {"add": ["ALL"], "drop": ["SYS_ADMIN"]}}))));
+        assert_eq!(s.caps, Some(((1u64 << 41) - 1) & !sys_admin));
+        let s = Security::of(Some(&sc(json!({"allowPrivilegeEscalation": true}))));
+        assert_eq!(s, Security { caps: Some(DEFAULT_CAPS), no_new_privs: false });
+        let s = Security::of(Some(&sc(json!({"privileged": true, "capabilities": {"drop": ["ALL"]}}))));
+        assert_eq!(s, Security { caps: None, no_new_privs: false });
+        // An older spec without the field gets the default, not everything.
+        let c: ContainerSpec = serde_json::from_value(json!({"name": "c", "argv": ["x"]})).unwrap();
+        assert_eq!(c.security, Security::default());
+    }
+
+    /// What a process confined by `confine` sees of itself (runs `cat`, as root in the tests).
+    #[test]
+    fn confine_cuts_the_capability_sets_and_sets_no_new_privs() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let status = |sec: Security| -> String {
+            let mut cmd = Command::new("cat");
+            cmd.arg("/proc/self/status");
+            unsafe {
+                cmd.pre_exec(move || confine(&sec));
+            }
+            String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+        };
+        let field = |s: &str, k: &str| -> String {
+            s.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string()
+        };
+        let keep = DEFAULT_CAPS | (1 << 12);
+        let s = status(Security { caps: Some(keep), no_new_privs: true });
+        for k in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(u64::from_str_radix(&field(&s, k), 16).unwrap(), keep, "{k} in {s}");
+        }
+        assert_eq!(field(&s, "CapInh:"), "0000000000000000");
+        assert_eq!(field(&s, "NoNewPrivs:"), "1");
+        let s = status(Security { caps: None, no_new_privs: false });
+        assert_eq!(field(&s, "NoNewPrivs:"), "0");
+        assert_ne!(u64::from_str_radix(&field(&s, "CapEff:"), 16).unwrap() & (1 << 21), 0);
     }
 }
