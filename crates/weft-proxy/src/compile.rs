@@ -318,8 +318,11 @@ fn source_ranges(svc: &Service) -> Option<Vec<Ipv4Net>> {
 pub struct Claims {
     vips: HashMap<SvcKey, BTreeSet<Rank>>,
     nodeports: HashMap<PortKey, BTreeSet<Rank>>,
-    by_service: HashMap<(String, String), (Rank, Vec<SvcKey>, Vec<PortKey>)>,
+    by_service: HashMap<(String, String), Claim>,
 }
+
+/// What one Service asks for: its rank and entries.
+type Claim = (Rank, Vec<SvcKey>, Vec<PortKey>);
 
 /// An entry a Service asked for and did not get, and who has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,12 +362,12 @@ impl Claims {
             keys.dedup();
             for k in keys {
                 let before = first(map, k);
-                if let (true, Some(r)) = (old.0.contains(k), old.1) {
-                    if let Some(s) = map.get_mut(k) {
-                        s.remove(r);
-                        if s.is_empty() {
-                            map.remove(k);
-                        }
+                if let (true, Some(r)) = (old.0.contains(k), old.1)
+                    && let Some(s) = map.get_mut(k)
+                {
+                    s.remove(r);
+                    if s.is_empty() {
+                        map.remove(k);
                     }
                 }
                 if let (true, Some(r)) = (new.0.contains(k), new.1) {

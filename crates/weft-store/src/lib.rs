@@ -894,11 +894,12 @@ mod tests {
         for i in 0..n {
             s.create(Key::new("configmaps", "default", &format!("c{i}")), big(&format!("c{i}"))).await.unwrap();
         }
-        let st = s.shared.state.read().unwrap();
-        assert!(st.history_bytes <= HISTORY_BYTES, "{}", st.history_bytes);
-        assert!(st.history.len() < n, "old events went");
-        assert_eq!(st.history_bytes, st.history.iter().map(|e| e.size).sum::<usize>());
-        drop(st);
+        {
+            let st = s.shared.state.read().unwrap();
+            assert!(st.history_bytes <= HISTORY_BYTES, "{}", st.history_bytes);
+            assert!(st.history.len() < n, "old events went");
+            assert_eq!(st.history_bytes, st.history.iter().map(|e| e.size).sum::<usize>());
+        }
         let huge = json!({"metadata": {"name": "huge"}, "data": {"x": "y".repeat(MAX_OBJECT_BYTES)}});
         let e = s.create(Key::new("configmaps", "default", "huge"), huge).await.unwrap_err();
         assert!(matches!(e, StoreError::TooBig { .. }), "{e}");
