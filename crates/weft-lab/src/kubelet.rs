@@ -58,21 +58,31 @@ pub fn all_sandboxes(state: &Path) -> Vec<Sandbox> {
 
 /// A process's start time (clock ticks since boot), to tell a live shim from a reused pid.
 pub fn proc_start(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    proc_stat(pid).map(|(_, start)| start)
 }
 
+/// A process's state letter and start time, from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let state = rest.chars().next()?;
+    Some((state, rest.split_whitespace().nth(19)?.parse().ok()?))
+}
+
+/// Is the pod's shim running (not gone, not another process with its pid, not a zombie that
+/// nobody has reaped yet)?
 pub fn shim_alive(sb: &Sandbox) -> bool {
-    sb.shim_pid != 0 && proc_start(sb.shim_pid) == Some(sb.shim_start)
+    sb.shim_pid != 0
+        && proc_stat(sb.shim_pid).is_some_and(|(state, start)| start == sb.shim_start && state != 'Z' && state != 'X')
 }
 
 /// Stops a pod's shim and everything in its session.
 pub fn kill_shim(sb: &Sandbox, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(sb.shim_pid as i32);
     if !shim_alive(sb) {
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         return;
     }
-    let pid = nix::unistd::Pid::from_raw(sb.shim_pid as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline && shim_alive(sb) {
@@ -80,6 +90,8 @@ pub fn kill_shim(sb: &Sandbox, grace: Duration) {
     }
     // The shim is a session (and group) leader: take the whole group.
     let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+    // This process started it (unless it is a restarted daemon): reap it.
+    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
 struct ProbeState {

@@ -236,3 +236,44 @@ spec:
     }
     assert!(most >= 1, "the exec probe does not run in the pod (under its shim {shim})");
 }
+
+/// A node holds its `allocatable.pods` (110, the lab's DNS pod among them): the rest stay
+/// Pending, Unschedulable, in kube-scheduler's words.
+#[test]
+fn a_full_node_leaves_the_rest_pending_unschedulable() {
+    let lab = TestLab::up(&["--nodes", "1"]);
+    lab.apply_str(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: many}
+spec:
+  replicas: 112
+  selector: {matchLabels: {app: many}}
+  template:
+    metadata: {labels: {app: many}}
+    spec: {containers: [{name: c, image: busybox, command: ["sleep", "3600"]}]}
+"#,
+    );
+    let mut last = vec![];
+    lab.wait_for("110 pods bound (109 and the DNS) and 3 unschedulable", 120, || {
+        last = lab.pods("default");
+        last.extend(lab.pods("kube-system"));
+        let bound = last.iter().filter(|p| p["spec"]["nodeName"].is_string()).count();
+        let unschedulable = last
+            .iter()
+            .filter(|p| {
+                p["status"]["phase"] == "Pending"
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c["type"] == "PodScheduled"
+                                && c["status"] == "False"
+                                && c["reason"] == "Unschedulable"
+                                && c["message"] == "0/1 nodes are available: 1 Too many pods."
+                        })
+                    })
+            })
+            .count();
+        last.len() == 113 && bound == 110 && unschedulable == 3
+    });
+}
