@@ -289,7 +289,8 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
         let node = match plan_schedule(&nodes, &pods) {
             Ok(n) => n,
             Err(message) => {
-                let cond = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message});
+                let cond =
+                    json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message});
                 let shown = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
                     cs.iter().any(|c| {
                         c.type_ == "PodScheduled"
@@ -300,9 +301,12 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
                 });
                 if !shown {
                     let mut cond = cond;
-                    cond["lastTransitionTime"] = json!(k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+                    cond["lastTransitionTime"] =
+                        json!(k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
                     let status = json!({"status": {"phase": "Pending", "conditions": [cond]}});
-                    if let Err(e) = api.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(status)).await {
+                    if let Err(e) =
+                        api.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(status)).await
+                    {
                         tracing::debug!(pod = %p.name_any(), error = %e, "unschedulable status");
                     }
                 }

@@ -166,7 +166,10 @@ pub fn is_lab_dns_pod(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
                 && o.api_version == "apps/v1"
                 && o.name.strip_prefix("coredns-").is_some_and(|h| !h.is_empty() && !h.contains('-'))
         })
-        && pod.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| is_cluster_dns(c.image.as_deref().unwrap_or(""))))
+        && pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.iter().any(|c| is_cluster_dns(c.image.as_deref().unwrap_or(""))))
 }
 
 /// What a container without a command of its own runs, from its image and ports: the `agnhost`

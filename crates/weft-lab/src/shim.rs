@@ -32,8 +32,6 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-#[cfg(test)]
-use serde_json::json;
 
 /// The shim's handle on the host's network namespace, as a path its children can open (only
 /// for a pod that [`ShimSpec::host_netns`] says needs it: the lab's own DNS).
@@ -583,8 +581,7 @@ fn should_restart(policy: &str, code: Option<i32>) -> bool {
 
 /// The shim's main: never returns while containers run.
 pub fn run(spec_path: &Path) -> Result<()> {
-    let mut spec: ShimSpec =
-        serde_json::from_slice(&fs::read(spec_path)?).context("reading the shim spec")?;
+    let mut spec: ShimSpec = serde_json::from_slice(&fs::read(spec_path)?).context("reading the shim spec")?;
     // Stop signals go to a handler that reports them on a pipe (not to a blocked mask: the
     // runtime's threads predate this call, and as pid 1 a signal without a handler is dropped).
     let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -759,6 +756,7 @@ fn supervise(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::SecurityContext;
+    use serde_json::json;
 
     fn sc(v: serde_json::Value) -> SecurityContext {
         serde_json::from_value(v).unwrap()
@@ -821,9 +819,8 @@ mod tests {
             }
             String::from_utf8(cmd.output().unwrap().stdout).unwrap()
         };
-        let field = |s: &str, k: &str| -> String {
-            s.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string()
-        };
+        let field =
+            |s: &str, k: &str| -> String { s.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string() };
         let keep = DEFAULT_CAPS | (1 << 12);
         let s = status(Security { caps: Some(keep), no_new_privs: true });
         for k in ["CapEff:", "CapPrm:", "CapBnd:"] {
