@@ -8,6 +8,7 @@
 //! pure functions (`plan_*`), tested without a server.
 
 pub mod endpoints;
+pub mod gc;
 pub mod lb;
 
 use std::collections::{BTreeMap, HashMap};
@@ -174,6 +175,8 @@ struct Ctx {
     endpoints: Store<Endpoints>,
     /// Pods a controller has asked for but the cache does not show yet: (owner uid) -> (count, until).
     expect: HashMap<String, (usize, Instant)>,
+    /// The Services the last garbage collection saw (None before the first).
+    services_seen: Option<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// Runs every control loop until the process ends.
@@ -191,6 +194,7 @@ pub async fn run(client: kube::Client, cfg: Config) {
         client,
         cfg,
         expect: HashMap::new(),
+        services_seen: None,
     };
     let _ = ctx.pods.wait_until_ready().await;
     let _ = ctx.nodes.wait_until_ready().await;
@@ -241,6 +245,25 @@ async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
     )
     .await?;
     lb::reconcile(&ctx.client, &ctx.services.state()).await?;
+    let (pods, rss, slices, deploys, rcs, services, endpoints) = (
+        ctx.pods.state(),
+        ctx.rss.state(),
+        ctx.slices.state(),
+        ctx.deploys.state(),
+        ctx.rcs.state(),
+        ctx.services.state(),
+        ctx.endpoints.state(),
+    );
+    let caches = gc::Caches {
+        pods: &pods,
+        rss: &rss,
+        slices: &slices,
+        deploys: &deploys,
+        rcs: &rcs,
+        services: &services,
+        endpoints: &endpoints,
+    };
+    ctx.services_seen = Some(gc::collect(&ctx.client, &caches, ctx.services_seen.as_ref()).await);
     Ok(())
 }
 

@@ -151,6 +151,13 @@ pub fn destroy(lab: &str, state_dir: &std::path::Path) -> Result<()> {
     }
     for ns in netns::list(&format!("weft-{lab}-")) {
         if is_lab_netns(lab, &ns) {
+            // Whatever still runs in it (a shim started but not yet recorded when its daemon
+            // was killed) would keep the namespace alive after its name is gone.
+            for pid in netns::pids(&ns) {
+                if pid != std::process::id() as i32 {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
             netns::delete(&ns)?;
         }
     }

@@ -76,6 +76,22 @@ pub fn delete(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The processes whose network namespace is the named one (found by the namespace's inode, as
+/// `ip netns pids` does), so nothing of a lab outlives its namespaces: a process that was
+/// started but not yet recorded (a daemon killed in between) included.
+pub fn pids(name: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = fs::metadata(path(name)) else { return vec![] };
+    let Ok(rd) = fs::read_dir("/proc") else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.ino() == target.ino() && m.dev() == target.dev())
+        })
+        .collect()
+}
+
 /// Every namespace whose name starts with `prefix`.
 pub fn list(prefix: &str) -> Vec<String> {
     fs::read_dir(NETNS_DIR)
