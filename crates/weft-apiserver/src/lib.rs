@@ -133,9 +133,18 @@ pub async fn start(cfg: Config) -> Result<Running> {
             tokio::spawn(async move {
                 let _slot = slot;
                 // A client that never finishes its handshake does not keep its slot.
-                let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                let Ok(Ok(mut tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
                     return;
                 };
+                // Nor one that finishes it and then says nothing (hyper's protocol detection
+                // would wait for ever): its first byte within the header timeout, then served.
+                let mut first = [0u8; 1];
+                let Ok(Ok(1)) =
+                    tokio::time::timeout(HEADER_TIMEOUT, tokio::io::AsyncReadExt::read(&mut tls, &mut first)).await
+                else {
+                    return;
+                };
+                let tls = Prefixed { first: Some(first[0]), inner: tls };
                 let svc = hyper::service::service_fn(move |req| {
                     let api = api.clone();
                     let token = token.clone();
@@ -156,6 +165,58 @@ pub async fn start(cfg: Config) -> Result<Running> {
         }
     });
     Ok(Running { addr, kubeconfig, api })
+}
+
+/// A stream with one byte already read from it put back in front.
+struct Prefixed<S> {
+    first: Option<u8>,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(b) = self.first.take() {
+            buf.put_slice(&[b]);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Objects a cluster has from the start: the system namespaces and the `kubernetes` Service.
