@@ -276,3 +276,61 @@ async fn external_ips_follow_the_policy() {
     let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
     assert_eq!(call(&s.client, "POST", path, "application/json", serde_json::to_vec(&slice).unwrap()).await.0, 422);
 }
+
+/// Run by `out_of_descriptors_the_accept_loop_backs_off` in a child with few file descriptors:
+/// serves until killed, its address on stdout.
+#[tokio::test]
+#[ignore]
+async fn child_serving_with_few_descriptors() {
+    if std::env::var("WEFT_API_CHILD").is_err() {
+        return;
+    }
+    let s = server().await;
+    println!("ADDR {}", s.running.addr);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_backs_off() {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=64")
+        .arg(&exe)
+        .args(["child_serving_with_few_descriptors", "--exact", "--ignored", "--nocapture"])
+        .env("WEFT_API_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let l = lines.next().expect("the child's address").unwrap();
+        if let Some(a) = l.strip_prefix("ADDR ") {
+            break a.parse().unwrap();
+        }
+    };
+    // More connections than the server has descriptors: its accept fails with EMFILE.
+    let mut held = vec![];
+    for _ in 0..100 {
+        if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
+            held.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(child.id()) - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    // A loop retrying the failed accept at once burns a whole core (about 200 ticks in 2 s).
+    assert!(used < 50, "the server used {used} ticks of CPU in 2 s while out of descriptors");
+}
