@@ -70,6 +70,8 @@ pub struct Delta {
     pub ops: Vec<ElemOp>,
     /// UDP flows to endpoints that went away: their conntrack entries are removed after the change.
     pub stale_udp: Vec<crate::conntrack::StaleFlow>,
+    /// The table is declared anew (first sync, or after a failure): its structure and elements.
+    pub fresh: bool,
 }
 
 fn render_fields(fields: &[Field]) -> String {
@@ -150,6 +152,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
         None => (
             Delta {
                 structure: format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()),
+                fresh: true,
                 ..Default::default()
             },
             &empty,
@@ -399,8 +402,45 @@ pub struct NetlinkSink {
 #[error("{0:#}")]
 pub struct NothingChanged(pub anyhow::Error);
 
+/// Whether the proxy's table is in the kernel (here or in `netns`).
+fn table_exists(netns: Option<&std::path::Path>) -> bool {
+    let mut cmd = Command::new("nft");
+    cmd.args(["list", "tables", "ip"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    if let Some(ns) = netns {
+        let Ok(f) = std::fs::File::open(ns) else { return false };
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == format!("table ip {TABLE}")))
+}
+
 impl Sink for NetlinkSink {
     fn apply(&self, delta: &Delta) -> Result<()> {
+        // Replacing a table that serves traffic (a restarted proxy): the new table and all its
+        // elements in one transaction, so no moment shows an empty table, and a refusal leaves
+        // the old one in force. It is slower than netlink (nft parses every element), which only
+        // a start pays. If the kernel refuses it, the table is built in two steps below, so that
+        // the Services it takes still go in (the applier then finds the one it refuses).
+        if delta.fresh && table_exists(self.netns.as_deref()) {
+            match run_nft(self.netns.as_deref(), &delta.text()) {
+                Ok(()) => {
+                    if let Err(e) = in_netns(self.netns.as_deref(), {
+                        let flows = delta.stale_udp.clone();
+                        move || crate::conntrack::remove(&flows).map(|_| ())
+                    }) {
+                        tracing::warn!(error = %format!("{e:#}"), "removing stale UDP conntrack entries");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the kernel refused the whole table; building it in steps")
+                }
+            }
+        }
         if !delta.structure.is_empty() {
             run_nft(self.netns.as_deref(), &delta.structure).map_err(NothingChanged)?;
         }

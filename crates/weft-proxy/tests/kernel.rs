@@ -120,3 +120,26 @@ fn stale_udp_conntrack_entries_go_with_their_endpoint() {
     assert!(!after.contains("src=10.250.1.3"), "{after}");
     assert!(after.contains("src=10.250.1.2"), "{after}");
 }
+
+#[test]
+fn a_restarted_proxy_replaces_the_table_in_one_transaction() {
+    let ns = Ns(format!("weft-proxy-r-{}", std::process::id()));
+    assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+    let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+    let sink = || NetlinkSink { netns: Some(format!("/run/netns/{}", ns.0).into()) };
+    let (s, e) = world(&["10.244.1.2", "10.244.2.2"]);
+    Applier::new(sink()).sync(compile(&s, &e, &node)).unwrap();
+    // A new applier (the proxy restarted) finds the table there and replaces it whole: the
+    // result is the new programme alone, structure and elements.
+    let (s, e) = world(&["10.244.3.3"]);
+    let mut b = Applier::new(sink());
+    b.sync(compile(&s, &e, &node)).unwrap();
+    let backends = list(&ns, &["map", "ip", "weft-proxy", "backends-tcp"]);
+    assert!(backends.contains("10.244.3.3") && !backends.contains("10.244.1.2"), "{backends}");
+    let table = list(&ns, &["table", "ip", "weft-proxy"]);
+    assert_eq!(table.matches("chain services {").count(), 1, "one table, not two: {table}");
+    // And a change after it goes by netlink as usual.
+    let (s, e) = world(&["10.244.3.3", "10.244.4.4"]);
+    b.sync(compile(&s, &e, &node)).unwrap();
+    assert!(list(&ns, &["map", "ip", "weft-proxy", "backends-tcp"]).contains("10.244.4.4"));
+}
