@@ -334,3 +334,48 @@ async fn out_of_descriptors_the_accept_loop_backs_off() {
     // A loop retrying the failed accept at once burns a whole core (about 200 ticks in 2 s).
     assert!(used < 50, "the server used {used} ticks of CPU in 2 s while out of descriptors");
 }
+
+/// Run by `readyz_fails_while_the_store_cannot_write` in a child whose file size limit makes
+/// the disk "full".
+#[tokio::test]
+#[ignore]
+async fn child_with_a_full_disk() {
+    if std::env::var("WEFT_API_CHILD").is_err() {
+        return;
+    }
+    let s = server().await;
+    let readyz = |c: kube::Client| async move {
+        let req = Request::builder().uri("/readyz").body(vec![]).unwrap();
+        c.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert!(readyz(s.client.clone()).await.is_ok());
+    let mut failed = false;
+    for i in 0..100 {
+        let body =
+            serde_json::to_vec(&json!({"metadata": {"name": format!("c{i}")}, "data": {"x": "y".repeat(1_000_000)}}))
+                .unwrap();
+        if call(&s.client, "POST", CM, "application/json", body).await.0 != 200 {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the disk filled up");
+    let r = readyz(s.client.clone()).await;
+    assert!(r.as_ref().is_err_and(|e| e.contains("store cannot write")), "{r:?}");
+    println!("CHILD-OK");
+}
+
+#[test]
+fn readyz_fails_while_the_store_cannot_write() {
+    let exe = std::env::current_exe().unwrap();
+    // SIGXFSZ ignored (inherited across exec), so writes past the limit fail with EFBIG.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; exec prlimit --fsize=20000000 \"$0\" child_with_a_full_disk --exact --ignored --nocapture")
+        .arg(&exe)
+        .env("WEFT_API_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("CHILD-OK"), "{text}");
+}
