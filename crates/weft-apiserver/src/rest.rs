@@ -590,11 +590,7 @@ impl Api {
             // one is retried on the newer object.
             let asked_rv = if body_names_rv(body) { rv_of(&patched) } else { None };
             if asked_rv.is_some() && asked_rv != cur_rv {
-                return Err(ApiError::from_store(
-                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
-                    kind.plural,
-                    &name,
-                ));
+                return Err(conflict(kind.plural, &name));
             }
             if obj_name(&patched) != name {
                 return Err(ApiError::bad_request("a patch may not change metadata.name"));
@@ -605,11 +601,7 @@ impl Api {
                 r => return r.map(|o| outgoing(t.kind, &o)),
             }
         }
-        Err(ApiError::from_store(
-            StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
-            kind.plural,
-            &name,
-        ))
+        Err(conflict(kind.plural, &name))
     }
 
     /// Shared tail of update and patch: keep server-owned fields, admit, allocate, write.
@@ -685,11 +677,7 @@ impl Api {
         if o.dry_run {
             self.release(&taken.new_ips, &taken.new_ports);
             if want_rv.is_some_and(|w| Some(w) != rv_of(current)) {
-                return Err(ApiError::from_store(
-                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
-                    kind.plural,
-                    name,
-                ));
+                return Err(conflict(kind.plural, name));
             }
             return Ok(v);
         }
@@ -769,21 +757,13 @@ impl Api {
         if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str())
             && current.pointer("/metadata/uid").and_then(|u| u.as_str()) != Some(uid)
         {
-            return Err(ApiError::from_store(
-                StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
-                kind.plural,
-                &name,
-            ));
+            return Err(conflict(kind.plural, &name));
         }
         let want_rv =
             opts.pointer("/preconditions/resourceVersion").and_then(|r| r.as_str()).and_then(|r| r.parse().ok());
         if dry_run {
             if want_rv.is_some_and(|w| Some(w) != rv_of(&current)) {
-                return Err(ApiError::from_store(
-                    StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
-                    kind.plural,
-                    &name,
-                ));
+                return Err(conflict(kind.plural, &name));
             }
             return Ok(outgoing(t.kind, &current));
         }
@@ -1170,6 +1150,15 @@ fn service_allocations(s: &Value) -> (Vec<std::net::IpAddr>, Vec<i32>) {
 }
 
 /// The `autoscaling/v1` Scale view of a workload.
+/// kube-apiserver's 409 for a write whose precondition (resourceVersion, uid) no longer holds.
+fn conflict(plural: &str, name: &str) -> ApiError {
+    ApiError::from_store(
+        StoreError::Conflict { resource: String::new(), key: String::new(), expected: 0, actual: 0 },
+        plural,
+        name,
+    )
+}
+
 /// `spec.replicas` of a Scale body: required, a whole number.
 fn scale_replicas(v: &Value, name: &str) -> Result<i64, ApiError> {
     match v.pointer("/spec/replicas") {

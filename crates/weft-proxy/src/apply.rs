@@ -313,9 +313,9 @@ pub trait Sink {
     fn apply(&self, delta: &Delta) -> Result<()>;
 }
 
-fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
+/// The `nft` command, run in the network namespace `netns` (or here).
+fn nft_in(netns: Option<&std::path::Path>) -> Result<Command> {
     let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(ns) = netns {
         let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
         unsafe {
@@ -324,6 +324,12 @@ fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
             });
         }
     }
+    Ok(cmd)
+}
+
+fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
+    let mut cmd = nft_in(netns)?;
+    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().context("running nft (install the nftables package)")?;
     child.stdin.take().unwrap().write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
@@ -336,7 +342,7 @@ fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
 /// Checks, changing nothing (`nft --check`), that this machine can hold the proxy's table: the
 /// `nft` command is there and the kernel has every nf_tables feature the table uses.
 pub fn preflight() -> Result<()> {
-    let mut cmd = Command::new("nft");
+    let mut cmd = nft_in(None)?;
     cmd.args(["--check", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -404,16 +410,8 @@ pub struct NothingChanged(pub anyhow::Error);
 
 /// Whether the proxy's table is in the kernel (here or in `netns`).
 fn table_exists(netns: Option<&std::path::Path>) -> bool {
-    let mut cmd = Command::new("nft");
+    let Ok(mut cmd) = nft_in(netns) else { return false };
     cmd.args(["list", "tables", "ip"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    if let Some(ns) = netns {
-        let Ok(f) = std::fs::File::open(ns) else { return false };
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-    }
     cmd.output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == format!("table ip {TABLE}")))
 }

@@ -341,6 +341,11 @@ fn uid_of(o: &DynamicObject) -> String {
 }
 
 impl Ctx {
+    /// A write the API answered with an error the run did not expect: counted and listed.
+    fn refused(&self, s: &Slot, what: &str, why: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.odd.lock().unwrap().push(format!("{} {}: {what} refused: {why}", s.kind.short(), s.name));
+    }
     fn t(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -603,8 +608,7 @@ async fn client_task(idx: usize, seed: u64, client: kube::Client, ctx: Arc<Ctx>)
                     }
                     Res::Refused(409, why) => surprise(&ctx, api, s, &what, &why).await,
                     Res::Refused(_, why) => {
-                        ctx.refused.fetch_add(1, Ordering::Relaxed);
-                        ctx.odd.lock().unwrap().push(format!("{} {}: {what} refused: {why}", s.kind.short(), s.name));
+                        ctx.refused(s, &what, &why);
                     }
                     Res::Maybe(why) => {
                         ctx.maybe.fetch_add(1, Ordering::Relaxed);
@@ -636,8 +640,7 @@ async fn client_task(idx: usize, seed: u64, client: kube::Client, ctx: Arc<Ctx>)
                     }
                     Res::Refused(404, why) => surprise(&ctx, api, s, &what, &why).await,
                     Res::Refused(_, why) => {
-                        ctx.refused.fetch_add(1, Ordering::Relaxed);
-                        ctx.odd.lock().unwrap().push(format!("{} {}: {what} refused: {why}", s.kind.short(), s.name));
+                        ctx.refused(s, &what, &why);
                     }
                     Res::Maybe(why) => {
                         ctx.maybe.fetch_add(1, Ordering::Relaxed);
@@ -660,8 +663,7 @@ async fn client_task(idx: usize, seed: u64, client: kube::Client, ctx: Arc<Ctx>)
                     }
                     Res::Refused(404, why) => surprise(&ctx, api, s, &what, &why).await,
                     Res::Refused(_, why) => {
-                        ctx.refused.fetch_add(1, Ordering::Relaxed);
-                        ctx.odd.lock().unwrap().push(format!("{} {}: {what} refused: {why}", s.kind.short(), s.name));
+                        ctx.refused(s, &what, &why);
                     }
                     Res::Maybe(why) => {
                         ctx.maybe.fetch_add(1, Ordering::Relaxed);
