@@ -3,6 +3,12 @@
 //! bound to the namespace it was opened in, so a handle for another namespace is opened after a
 //! brief `setns` and then used from anywhere.
 
+
+pub mod error;
+pub mod ns;
+
+pub use error::{Error, Result};
+
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -15,7 +21,7 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, Li
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-pub type NlResult<T> = Result<T, String>;
+pub type NlResult<T> = std::result::Result<T, String>;
 
 fn e(what: &str) -> impl Fn(rtnetlink::Error) -> String + '_ {
     move |err| format!("{what}: {err}")
