@@ -51,3 +51,15 @@ pub fn sysctl(netns: Option<&Path>, key: &str, value: &str) -> Result<()> {
     let what = format!("sysctl {key}={value}");
     run_in(netns, move || std::fs::write(&path, v))?.map_err(|e| Error::io(what, e))
 }
+
+/// Runs `f` on a fresh thread inside a private network namespace of its own (only loopback,
+/// down), which disappears when the thread ends unless something else holds it.
+pub fn run_in_fresh<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    std::thread::spawn(move || -> Result<T> {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::errno("making a private network namespace", e))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| Error::other("a thread working in a private network namespace panicked"))?
+}
