@@ -199,7 +199,7 @@ fn delta_of<'a>(
     changed: &[(&Fragment, &Fragment)],
     had: impl Fn(&Ipv4Addr) -> bool,
     has: impl Fn(&Ipv4Addr) -> bool,
-    new_chains: impl Iterator<Item = (&'a String, &'a Vec<String>)>,
+    new_chains: impl Iterator<Item = (&'a String, &'a crate::compile::SharedChain)>,
 ) -> Delta {
     let op = |add: bool, set: &'static str, key: Vec<Field>, data: Data| ElemOp { add, set, key, data };
     let be_key = |k: &(SvcKey, u32)| [ip_key(&k.0), vec![Field::Slot(k.1)]].concat();
@@ -266,11 +266,11 @@ fn delta_of<'a>(
         }
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
-    for (name, rules) in new_chains {
+    for (name, chain) in new_chains {
         // Flushed first so that sending a chain again (after a batch that failed) never
         // doubles its rules.
         let _ = writeln!(d.structure, "add chain ip {TABLE} {name}\nflush chain ip {TABLE} {name}");
-        for r in rules {
+        for r in chain.rules() {
             let _ = writeln!(d.structure, "add rule ip {TABLE} {name} {r}");
         }
     }
@@ -547,7 +547,7 @@ impl<S: Sink> Applier<S> {
 
     /// What the kernel has after a refused change: unchanged if nothing changed; otherwise its
     /// structure went in (a fresh table with every chain, or new chains) and no element did.
-    fn after_failure(&mut self, e: &anyhow::Error, chains: &BTreeMap<String, Vec<String>>) {
+    fn after_failure(&mut self, e: &anyhow::Error, chains: &crate::compile::Chains) {
         if e.is::<NothingChanged>() {
             return;
         }
@@ -557,7 +557,7 @@ impl<S: Sink> Applier<S> {
 
     /// Applies `items` in halves until each part goes in or is one refused Service. Errors only
     /// when some Service was refused (naming them all).
-    fn in_parts(&mut self, items: Items, chains: &BTreeMap<String, Vec<String>>) -> Result<()> {
+    fn in_parts(&mut self, items: Items, chains: &crate::compile::Chains) -> Result<()> {
         let mut queue = vec![items];
         while let Some(part) = queue.pop() {
             let Some(applied) = self.applied.as_ref() else { break };
@@ -623,7 +623,7 @@ fn changed_items(applied: &Desired, want: &Desired) -> Items {
 
 /// A patch of some Services alone on top of `applied`: the hairpin counts they leave, and every
 /// chain they may need (sending a chain again is harmless).
-fn part_patch(applied: &Desired, items: Items, chains: &BTreeMap<String, Vec<String>>) -> Patch {
+fn part_patch(applied: &Desired, items: Items, chains: &crate::compile::Chains) -> Patch {
     let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
     let current = |counts: &BTreeMap<Ipv4Addr, u32>, ip: &Ipv4Addr| {
         counts.get(ip).copied().unwrap_or_else(|| applied.hairpin_counts.get(ip).copied().unwrap_or(0))

@@ -65,7 +65,7 @@ pub struct Fragment {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub fragments: BTreeMap<(String, String), Arc<Fragment>>,
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: Chains,
     /// How many Services each hairpin address belongs to (an address leaves the set at zero).
     pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
     /// What each fragment was compiled from (resourceVersions), so an unchanged Service keeps its
@@ -80,7 +80,7 @@ pub struct Flat {
     pub nodeports: BTreeMap<PortKey, String>,
     pub backends: BTreeMap<(SvcKey, u32), Backend>,
     pub np_backends: BTreeMap<(PortKey, u32), Backend>,
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: Chains,
     pub hairpin: BTreeSet<Ipv4Addr>,
     pub reject: BTreeSet<SvcKey>,
     pub reject_nodeports: BTreeSet<PortKey>,
@@ -175,11 +175,71 @@ fn usable(eps: &[Ep], only_node: Option<&str>) -> Vec<Backend> {
 
 /// How a chain treats the source: `cluster` masquerades traffic from outside the pod network
 /// (ClusterIP), `masq` always (external traffic with policy Cluster), `plain` never (policy Local).
-#[derive(Clone, Copy)]
-enum Masq {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masq {
     Cluster,
     Always,
     Never,
+}
+
+/// The shared chains in use, by name.
+pub type Chains = BTreeMap<String, SharedChain>;
+
+/// A shared chain, typed: the applier turns it into nf_tables expressions; [`SharedChain::rules`]
+/// shows it as nft text (tests, diagnostics). It masquerades as `masq` says (through the
+/// `mark-masq` chain), then DNATs through the endpoint map of its protocol, picking one of
+/// `endpoints` slots at random or by a hash of the client address (`affinity`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedChain {
+    pub masq: Masq,
+    /// The pod network (`Masq::Cluster` masquerades sources outside it).
+    pub cluster_cidr: Ipv4Net,
+    pub affinity: bool,
+    /// Keyed by `l4proto . dport` (the node-port maps) rather than `daddr . l4proto . dport`.
+    pub nodeport: bool,
+    /// `tcp`, `udp` or `sctp`.
+    pub proto: String,
+    pub endpoints: u32,
+}
+
+/// The seed of the ClientIP-affinity hash (any constant: every node must pick alike).
+pub const AFFINITY_SEED: u32 = 0x5eed;
+
+impl SharedChain {
+    pub fn name(&self) -> String {
+        let m = match self.masq {
+            Masq::Cluster => "cluster",
+            Masq::Always => "masq",
+            Masq::Never => "plain",
+        };
+        let how = if self.affinity { "affinity" } else { "random" };
+        let key = if self.nodeport { "np" } else { "vip" };
+        format!("{key}-{m}-{how}-{}-{}", self.proto, self.endpoints)
+    }
+
+    /// The endpoint map this chain looks its endpoint up in.
+    pub fn map(&self) -> String {
+        format!("{}backends-{}", if self.nodeport { "np-" } else { "" }, self.proto)
+    }
+
+    /// The chain's rules in nft syntax.
+    pub fn rules(&self) -> Vec<String> {
+        let (cidr, n, proto, map) = (self.cluster_cidr, self.endpoints, &self.proto, self.map());
+        let mut rules = vec![];
+        match self.masq {
+            Masq::Cluster => rules.push(format!("ip saddr != {cidr} jump mark-masq")),
+            Masq::Always => rules.push("jump mark-masq".to_string()),
+            Masq::Never => {}
+        }
+        let pick = if self.affinity {
+            format!("jhash ip saddr mod {n} seed {AFFINITY_SEED:#x}")
+        } else {
+            format!("numgen random mod {n}")
+        };
+        let daddr = if self.nodeport { "" } else { "ip daddr . " };
+        rules.push(format!("meta l4proto {proto} dnat ip to {daddr}meta l4proto . {proto} dport . {pick} map @{map}"));
+        rules
+    }
 }
 
 /// What a shared chain is for, apart from its endpoint count.
@@ -195,7 +255,7 @@ struct ChainKind<'a> {
 /// The shared chain for (kind, N). One that is new is made together with its neighbours for
 /// N-1 and N+1, so a Service scaled by one pod from where it settled changes map elements only,
 /// without a structural transaction.
-fn pick_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: usize) -> String {
+fn pick_chain(chains: &mut Chains, kind: ChainKind, n: usize) -> String {
     let before = chains.len();
     let name = make_chain(chains, kind, n);
     if chains.len() > before {
@@ -208,34 +268,18 @@ fn pick_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: us
     name
 }
 
-fn make_chain(chains: &mut BTreeMap<String, Vec<String>>, kind: ChainKind, n: usize) -> String {
+fn make_chain(chains: &mut Chains, kind: ChainKind, n: usize) -> String {
     let ChainKind { cidr, masq, affinity, nodeport, proto } = kind;
-    let m = match masq {
-        Masq::Cluster => "cluster",
-        Masq::Always => "masq",
-        Masq::Never => "plain",
+    let chain = SharedChain {
+        masq,
+        cluster_cidr: cidr,
+        affinity,
+        nodeport,
+        proto: proto.to_string(),
+        endpoints: u32::try_from(n).unwrap_or(u32::MAX),
     };
-    let how = if affinity { "affinity" } else { "random" };
-    let key = if nodeport { "np" } else { "vip" };
-    let name = format!("{key}-{m}-{how}-{proto}-{n}");
-    if !chains.contains_key(&name) {
-        let mut rules = vec![];
-        match masq {
-            Masq::Cluster => rules.push(format!("ip saddr != {cidr} jump mark-masq")),
-            Masq::Always => rules.push("jump mark-masq".to_string()),
-            Masq::Never => {}
-        }
-        let pick =
-            if affinity { format!("jhash ip saddr mod {n} seed 0x5eed") } else { format!("numgen random mod {n}") };
-        rules.push(if nodeport {
-            format!("meta l4proto {proto} dnat ip to meta l4proto . {proto} dport . {pick} map @np-backends-{proto}")
-        } else {
-            format!(
-                "meta l4proto {proto} dnat ip to ip daddr . meta l4proto . {proto} dport . {pick} map @backends-{proto}"
-            )
-        });
-        chains.insert(name.clone(), rules);
-    }
+    let name = chain.name();
+    chains.entry(name.clone()).or_insert(chain);
     name
 }
 
@@ -527,7 +571,7 @@ pub fn compile_from(
 #[derive(Clone, Debug, Default)]
 pub struct Patch {
     pub fragments: Vec<PatchedService>,
-    pub new_chains: BTreeMap<String, Vec<String>>,
+    pub new_chains: Chains,
     pub hairpin_counts: BTreeMap<Ipv4Addr, u32>,
 }
 
@@ -619,7 +663,7 @@ pub fn compile_service(
     svc: &Service,
     slices: &[&EndpointSlice],
     node: &NodeInfo,
-    chains: &mut BTreeMap<String, Vec<String>>,
+    chains: &mut Chains,
     claims: &Claims,
 ) -> Option<Fragment> {
     let spec = svc.spec.as_ref()?;
@@ -642,11 +686,7 @@ pub fn compile_service(
         for e in &eps {
             d.hairpin.insert(e.ip);
         }
-        let mut program = |d: &mut Fragment,
-                           chains: &mut BTreeMap<String, Vec<String>>,
-                           key: SvcKey,
-                           backends: &[Backend],
-                           masq: Masq| {
+        let mut program = |d: &mut Fragment, chains: &mut Chains, key: SvcKey, backends: &[Backend], masq: Masq| {
             if !claims.owns_vip(&me, &key) || !taken.insert(key.clone()) {
                 return;
             }
@@ -744,7 +784,7 @@ mod tests {
         let d = compile_flat(&[s], &[e], &node("n1"));
         let k = key("10.96.0.20", 80);
         assert_eq!(backends_of(&d, &k).len(), 2, "not-ready endpoints get no traffic");
-        let chain = &d.chains[&d.services[&k]];
+        let chain = &d.chains[&d.services[&k]].rules();
         assert_eq!(chain[0], "ip saddr != 10.244.0.0/16 jump mark-masq");
         assert!(chain[1].contains("numgen random mod 2 map @backends-tcp"), "{chain:?}");
         assert!(d.hairpin.contains(&"10.244.1.2".parse().unwrap()));
@@ -802,7 +842,7 @@ mod tests {
             json!({"clusterIP": "10.96.0.20", "type": "NodePort", "externalTrafficPolicy": "Cluster", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
         );
         let d = compile_flat(&[cluster], std::slice::from_ref(&e), &node("n1"));
-        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
+        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]].rules();
         assert_eq!(c[0], "jump mark-masq");
         assert!(c[1].contains("mod 2 map @np-backends-tcp"), "{c:?}");
         let local = svc(
@@ -813,7 +853,7 @@ mod tests {
         local_lb.status =
             Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}})).unwrap());
         let d = compile_flat(&[local_lb], std::slice::from_ref(&e), &node("n1"));
-        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]];
+        let c = &d.chains[&d.nodeports[&("tcp".into(), 30080)]].rules();
         assert!(!c.iter().any(|r| r.contains("mark-masq")), "client source kept");
         let np: Vec<Backend> = d.np_backends.values().copied().collect();
         assert_eq!(np, vec![Backend { ip: "10.244.1.2".parse().unwrap(), port: 8080 }], "only this node's endpoints");
@@ -834,7 +874,7 @@ mod tests {
         let d = compile_flat(&[s], &[e], &node("n2"));
         let k = key("10.96.0.20", 80);
         assert_eq!(backends_of(&d, &k).len(), 1);
-        assert!(d.chains[&d.services[&k]].iter().any(|r| r.contains("jhash ip saddr mod 1")));
+        assert!(d.chains[&d.services[&k]].rules().iter().any(|r| r.contains("jhash ip saddr mod 1")));
         assert!(d.services.contains_key(&key("192.0.2.10", 80)));
         let headless = svc("h", json!({"clusterIP": "None", "ports": [{"port": 80}]}));
         let ext = svc("x", json!({"type": "ExternalName", "externalName": "example.com"}));
@@ -853,7 +893,7 @@ mod tests {
         let d = compile_flat(&[s], &[e], &node("n1"));
         let udp: SvcKey = ("10.96.0.10".parse().unwrap(), "udp".into(), 53);
         assert!(d.services.contains_key(&udp) && d.services.contains_key(&key("10.96.0.10", 53)));
-        assert!(d.chains[&d.services[&udp]].iter().any(|r| r.starts_with("meta l4proto udp dnat")));
+        assert!(d.chains[&d.services[&udp]].rules().iter().any(|r| r.starts_with("meta l4proto udp dnat")));
     }
 
     #[test]
@@ -867,10 +907,12 @@ mod tests {
             "ports": [{"name": "", "protocol": "SCTP", "port": 3868}]})).unwrap();
         let d = compile_flat(&[s], &[e], &node("n1"));
         let k: SvcKey = ("10.96.0.30".parse().unwrap(), "sctp".into(), 3868);
-        assert!(d.chains[&d.services[&k]].iter().any(|r| r.contains("sctp dport") && r.contains("@backends-sctp")));
+        assert!(
+            d.chains[&d.services[&k]].rules().iter().any(|r| r.contains("sctp dport") && r.contains("@backends-sctp"))
+        );
         assert_eq!(backends_of(&d, &k), vec![Backend { ip: "10.244.0.7".parse().unwrap(), port: 3868 }]);
         let np: PortKey = ("sctp".into(), 30868);
-        assert!(d.chains[&d.nodeports[&np]].iter().any(|r| r.contains("@np-backends-sctp")));
+        assert!(d.chains[&d.nodeports[&np]].rules().iter().any(|r| r.contains("@np-backends-sctp")));
         // And the delta names the SCTP maps (a map's port is typed by its protocol).
         let script = crate::apply::script(
             None,
