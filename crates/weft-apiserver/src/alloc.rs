@@ -1,11 +1,14 @@
 //! ClusterIP and NodePort allocation, as kube-apiserver does it: explicit values are checked
 //! against the range and against what is taken; dynamic values come from a random start, with
 //! the low end of the service range left for static IPs (the kube-dns 10.96.0.10 convention).
-//! The allocators live in memory and are rebuilt from the stored Services at start.
+//! The allocators live in memory and are rebuilt from the stored Services at start. A write
+//! takes what it needs through a [`Reservation`], which gives it all back unless the write
+//! commits, so no error path can leak an address or a port.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
+use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
@@ -141,6 +144,103 @@ impl PortAllocator {
     }
 }
 
+pub struct Allocators {
+    pub ips: IpAllocator,
+    pub ports: PortAllocator,
+}
+
+fn lock(a: &Mutex<Allocators>) -> MutexGuard<'_, Allocators> {
+    // The sets stay consistent across a panic elsewhere (each change is one insert or remove).
+    a.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The IPs and ports one write takes, and those it gives up. Dropped without [`commit`], it
+/// releases what it took (the write failed, was a dry run, or changed nothing) and keeps what
+/// the object had; committed, it keeps what it took and releases what the object gave up.
+///
+/// [`commit`]: Reservation::commit
+#[must_use = "a reservation dropped without commit() releases what it holds"]
+pub struct Reservation<'a> {
+    alloc: &'a Mutex<Allocators>,
+    new_ips: Vec<IpAddr>,
+    new_ports: Vec<i32>,
+    old_ips: Vec<IpAddr>,
+    old_ports: Vec<i32>,
+    committed: bool,
+}
+
+impl<'a> Reservation<'a> {
+    pub fn new(alloc: &'a Mutex<Allocators>) -> Self {
+        Reservation { alloc, new_ips: vec![], new_ports: vec![], old_ips: vec![], old_ports: vec![], committed: false }
+    }
+
+    pub fn ip(&mut self, ip: IpAddr) -> Result<(), AllocError> {
+        lock(self.alloc).ips.allocate(ip)?;
+        self.new_ips.push(ip);
+        Ok(())
+    }
+
+    pub fn next_ip(&mut self) -> Result<IpAddr, AllocError> {
+        let ip = lock(self.alloc).ips.allocate_next()?;
+        self.new_ips.push(ip);
+        Ok(ip)
+    }
+
+    pub fn port(&mut self, port: i32) -> Result<(), AllocError> {
+        lock(self.alloc).ports.allocate(port)?;
+        self.new_ports.push(port);
+        Ok(())
+    }
+
+    pub fn next_port(&mut self) -> Result<i32, AllocError> {
+        let port = lock(self.alloc).ports.allocate_next()?;
+        self.new_ports.push(port);
+        Ok(port)
+    }
+
+    /// An address the object holds now and no longer will once the write is kept.
+    pub fn give_up_ip(&mut self, ip: IpAddr) {
+        self.old_ips.push(ip);
+    }
+
+    pub fn give_up_port(&mut self, port: i32) {
+        self.old_ports.push(port);
+    }
+
+    pub fn ip_range(&self) -> String {
+        lock(self.alloc).ips.range()
+    }
+
+    pub fn port_range(&self) -> String {
+        lock(self.alloc).ports.range()
+    }
+
+    /// The write was kept: what was taken stays taken, what was given up is free again.
+    pub fn commit(mut self) {
+        release(self.alloc, &self.old_ips, &self.old_ports);
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            release(self.alloc, &self.new_ips, &self.new_ports);
+        }
+    }
+}
+
+/// Frees IPs and ports (of a deleted Service, or a reservation's).
+pub fn release(alloc: &Mutex<Allocators>, ips: &[IpAddr], ports: &[i32]) {
+    let mut a = lock(alloc);
+    for ip in ips {
+        a.ips.release(*ip);
+    }
+    for p in ports {
+        a.ports.release(*p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +283,44 @@ mod tests {
         let b = p.allocate_next().unwrap();
         assert_ne!(a, b);
         assert_eq!(p.allocate_next(), Err(AllocError::Full));
+    }
+
+    fn allocators() -> Mutex<Allocators> {
+        Mutex::new(Allocators {
+            ips: IpAllocator::new("10.96.0.0/28".parse().unwrap()),
+            ports: PortAllocator::new(30000..=30002),
+        })
+    }
+
+    #[test]
+    fn a_reservation_dropped_uncommitted_frees_what_it_took() {
+        let a = allocators();
+        let ip: IpAddr = "10.96.0.5".parse().unwrap();
+        {
+            let mut r = Reservation::new(&a);
+            r.ip(ip).unwrap();
+            r.port(30001).unwrap();
+            r.give_up_port(30000);
+            assert_eq!(a.lock().unwrap().ips.allocate(ip), Err(AllocError::Taken));
+        }
+        let mut a = a.into_inner().unwrap();
+        a.ips.allocate(ip).unwrap();
+        a.ports.allocate(30001).unwrap();
+    }
+
+    #[test]
+    fn a_committed_reservation_keeps_what_it_took_and_frees_what_was_given_up() {
+        let a = allocators();
+        lock(&a).ports.allocate(30000).unwrap();
+        let ip: IpAddr = "10.96.0.5".parse().unwrap();
+        let mut r = Reservation::new(&a);
+        r.ip(ip).unwrap();
+        let port = r.next_port().unwrap();
+        r.give_up_port(30000);
+        r.commit();
+        let mut a = a.into_inner().unwrap();
+        assert_eq!(a.ips.allocate(ip), Err(AllocError::Taken));
+        assert_eq!(a.ports.allocate(port), Err(AllocError::Taken));
+        a.ports.allocate(30000).unwrap();
     }
 }

@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod discovery;
 pub mod patch;
+pub mod pod_logs;
 pub mod rest;
 pub mod selectors;
 pub mod status;
@@ -76,8 +77,14 @@ fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }
 
-/// Opens the store, makes credentials, binds the port and serves until the process ends.
+/// Opens the store, makes credentials, binds the port and serves until the process ends. Pods
+/// have no logs (no containers run here): see [`start_with_pod_logs`].
 pub async fn start(cfg: Config) -> Result<Running> {
+    start_with_pod_logs(cfg, Arc::new(pod_logs::NoPodLogs)).await
+}
+
+/// [`start`], with pods' container logs read from `pod_logs` (in a lab, the lab's kubelets).
+pub async fn start_with_pod_logs(cfg: Config, pod_logs: Arc<dyn pod_logs::PodLogs>) -> Result<Running> {
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir.join("store.redb"), weft_store::DEFAULT_HISTORY)
         .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
@@ -101,7 +108,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let api = Arc::new(Api::new(
         store,
         Allocators { ips, ports: alloc::PortAllocator::new(cfg.node_port_range.clone()) },
-        cfg.state_dir.clone(),
+        pod_logs,
     ));
     api.rebuild_allocations();
     bootstrap(&api, kubernetes_ip).await?;
