@@ -219,9 +219,9 @@ fn first_host(n: IpNet) -> IpAddr {
     n.hosts().next().unwrap_or(n.addr())
 }
 
-fn nl_err(msg: impl Into<String>) -> impl Fn(String) -> CniError {
+fn nl_err(msg: impl Into<String>) -> impl Fn(net::Error) -> CniError {
     let msg = msg.into();
-    move |d| CniError::new(code::IO, msg.clone(), d)
+    move |d| CniError::new(code::IO, msg.clone(), d.to_string())
 }
 
 /// Where per-container state the plugin keeps (host-port undo scripts) lives.
@@ -326,7 +326,7 @@ async fn wire(
     let host_name = net::host_veth_name();
     match host.create_veth(&host_name, &env.ifname, netns, conf.mtu).await {
         Ok(()) => {}
-        Err(d) if d.contains("File exists") => {
+        Err(d) if d.is_exists() => {
             // A random name can collide in the node; the pod's interface name can exist already.
             if pod.link(&env.ifname).await.map_err(nl_err("netlink"))?.is_some() {
                 return Err(CniError::new(
@@ -335,9 +335,9 @@ async fn wire(
                     "DEL the attachment first, or use another CNI_IFNAME",
                 ));
             }
-            return Err(CniError::new(code::TRY_AGAIN, "the host veth name collided", d));
+            return Err(CniError::new(code::TRY_AGAIN, "the host veth name collided", d.to_string()));
         }
-        Err(d) => return Err(CniError::new(code::IO, "veth", d)),
+        Err(d) => return Err(CniError::new(code::IO, "veth", d.to_string())),
     }
     let hv = host
         .link(&host_name)

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -65,12 +64,7 @@ impl Invocation<'_> {
             .env("CNI_ARGS", self.args)
             .env("CNI_PATH", self.cni_path);
         if let Some(ns) = self.node_netns {
-            let fd = ns.as_fd().try_clone_to_owned().map_err(|e| CniError::io("node netns", e))?;
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-                });
-            }
+            weft_netlink::ns::command_in_file(&mut cmd, ns).map_err(|e| CniError::io("node netns", e))?;
         }
         let body = serde_json::to_vec(conf).unwrap_or_default();
         let out = output_within(&mut cmd, body, timeout, &self.plugin.display().to_string())?;

@@ -30,6 +30,15 @@ impl Error {
     pub fn other(msg: impl Into<String>) -> Error {
         Error::Other(msg.into())
     }
+    /// An rtnetlink error; the kernel's refusal (a negative errno in an NLMSG_ERROR) keeps it.
+    pub fn netlink(what: impl Into<String>, e: rtnetlink::Error) -> Error {
+        match e {
+            rtnetlink::Error::NetlinkError(m) if m.raw_code() < 0 => {
+                Error::Kernel { what: what.into(), errno: Errno::from_raw(-m.raw_code()) }
+            }
+            other => Error::Other(format!("{}: {other}", what.into())),
+        }
+    }
     /// The kernel's errno, if the kernel said no.
     pub fn errno_value(&self) -> Option<Errno> {
         match self {
@@ -47,11 +56,56 @@ impl Error {
     }
 }
 
+/// Maps an rtnetlink error to [`Error::netlink`], naming what was being done.
+pub(crate) fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> Error {
+    move |e| Error::netlink(what.to_string(), e)
+}
+
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> std::io::Error {
         match e.errno_value() {
             Some(n) => std::io::Error::new(std::io::ErrorKind::from(std::io::Error::from(n).kind()), e.to_string()),
             None => std::io::Error::other(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::ErrorMessage;
+
+    fn refusal(code: i32) -> rtnetlink::Error {
+        let mut m = ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(code);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn netlink_refusals_keep_their_errno() {
+        let e = Error::netlink("adding a route", refusal(-17));
+        assert!(e.is_exists() && !e.is_missing());
+        assert_eq!(e.errno_value(), Some(Errno::EEXIST));
+        assert!(e.to_string().starts_with("adding a route: EEXIST"), "{e}");
+        for code in [-2, -19, -3, -99] {
+            assert!(Error::netlink("deleting", refusal(code)).is_missing(), "{code}");
+        }
+        let busy = Error::netlink("x", refusal(-16));
+        assert!(!busy.is_exists() && !busy.is_missing());
+    }
+
+    #[test]
+    fn other_netlink_errors_have_no_errno() {
+        let e = Error::netlink("listing links", rtnetlink::Error::RequestFailed);
+        assert_eq!(e.errno_value(), None);
+        assert!(!e.is_exists() && !e.is_missing());
+    }
+
+    #[test]
+    fn io_errors_with_an_os_code_keep_it() {
+        let e = Error::io("opening", std::io::Error::from_raw_os_error(2));
+        assert!(e.is_missing());
+        let io: std::io::Error = Error::errno("x", Errno::EEXIST).into();
+        assert_eq!(io.kind(), std::io::ErrorKind::AlreadyExists);
     }
 }
