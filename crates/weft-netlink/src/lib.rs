@@ -8,9 +8,11 @@
 //! `e.is_missing()` instead of matching raw numbers.
 
 pub mod addr;
+pub mod conntrack;
 pub mod error;
 pub mod link;
 pub mod neigh;
+pub mod nft;
 pub mod ns;
 pub mod route;
 
