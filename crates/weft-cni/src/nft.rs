@@ -1,168 +1,115 @@
 //! nftables for the plugin: one masquerade table per network (made once, never per pod) and the
-//! host-port map (`portMappings`). Whether a table exists is asked over nftables netlink (one
-//! GETTABLE round trip, written by hand: no permissive-licence crate speaks nf_tables netlink);
-//! changes are fed to `nft -f -` as one atomic transaction, only when something must change.
+//! host-port maps (`portMappings`), all through weft-netlink's nf_tables codec: no `nft` binary.
+//! Whether a table exists is one GETTABLE round trip; a change is one atomic transaction, sent
+//! only when something must change. Every key and rule is built from checked, parsed values.
 
 use std::net::IpAddr;
-use std::process::Command;
-use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use weft_netlink::nft::{
+    Batch, Chain, ChainType, CmpOp, Elem, ElemData, Expr, Family, FibResult, FieldType, Hook, Key, MetaKey, NatKind,
+    PayloadBase, Reg, Rule, Set, SetData, Table, addr_type, fib_flags, priority, table_exists,
+};
 
-use crate::runtime::output_within;
-use crate::spec::{CniError, CniResult, HostPort, code, valid_cni_name};
+use crate::spec::{CniError, CniResult, HostPort, Proto, code, valid_cni_name};
 
-const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFTA_TABLE_NAME: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-
-#[derive(Clone, Copy)]
-pub enum Family {
-    Ip,
-    Ip6,
+fn family_of(ip: &IpAddr) -> Family {
+    if ip.is_ipv4() { Family::Ip } else { Family::Ip6 }
 }
 
-impl Family {
-    fn nfproto(self) -> u8 {
-        match self {
-            Family::Ip => 2,
-            Family::Ip6 => 10,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Ip => "ip",
-            Family::Ip6 => "ip6",
-        }
-    }
-}
-
-/// Does `table` exist in this network namespace? One netlink request, no table dump.
-pub fn table_exists(family: Family, table: &str) -> std::io::Result<bool> {
-    let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    let mut name = table.as_bytes().to_vec();
-    name.push(0);
-    let attr_len = 4 + name.len();
-    let padded = (attr_len + 3) & !3;
-    let total = 16 + 4 + padded;
-    let mut msg = Vec::with_capacity(total);
-    msg.extend_from_slice(&(total as u32).to_ne_bytes());
-    msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    msg.extend_from_slice(&[family.nfproto(), 0, 0, 0]); // nfgenmsg: family, version, res_id
-    msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    msg.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-    msg.extend_from_slice(&name);
-    msg.resize(total, 0);
-    sock.send(&msg, 0)?;
-    let mut found = false;
-    loop {
-        let mut buf = Vec::with_capacity(65536);
-        let n = sock.recv(&mut buf, 0)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 {
-                return Ok(found);
-            }
-            if ty == NLMSG_ERROR {
-                let err = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
-                return match err {
-                    0 => Ok(found),
-                    e if e == -libc_enoent() => Ok(false),
-                    e => Err(std::io::Error::from_raw_os_error(-e)),
-                };
-            }
-            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
-                found = true;
-            }
-            off += (len + 3) & !3;
-        }
-    }
-}
-
-fn libc_enoent() -> i32 {
-    nix::errno::Errno::ENOENT as i32
-}
-
-/// Runs one `nft -f -` transaction; an `nft` still running after `timeout` is killed.
-pub fn apply(script: &str, timeout: Duration) -> CniResult<()> {
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"]);
-    let out = output_within(&mut cmd, script.as_bytes().to_vec(), Some(timeout), "nft").map_err(|mut e| {
-        if e.msg.starts_with("cannot run") {
-            e.msg = "cannot run nft (install the nftables package)".into();
-        }
-        e
-    })?;
-    if !out.status.success() {
-        return Err(CniError::new(
-            code::IO,
-            "nftables rejected the rules",
-            format!("{}\n{script}", String::from_utf8_lossy(&out.stderr).trim()),
-        ));
-    }
-    Ok(())
-}
-
-fn short_hash(s: &str) -> String {
-    // FNV-1a: a stable name, not a security boundary.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{:08x}", h as u32)
+fn kernel_error(what: &str, e: weft_netlink::Error) -> CniError {
+    CniError::new(code::IO, format!("nftables refused {what}"), e.to_string())
 }
 
 /// The masquerade table of a network: its name carries the network and subnets, so a changed
 /// subnet gets a fresh table instead of stale rules.
 pub fn masq_table(network: &str, subnets: &[IpNet]) -> String {
     let key = format!("{network}|{}", subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","));
-    format!("weft-masq-{}", short_hash(&key))
+    format!("weft-masq-{}", weft_k8s::names::short_hex(&key))
 }
 
-/// The whole table as one transaction (declared fresh, so concurrent first ADDs converge). The
-/// network name goes into a comment, so it is checked here as well as where it is parsed.
-pub fn masq_script(family: Family, table: &str, network: &str, subnets: &[IpNet]) -> CniResult<String> {
+/// Matches the packet's source (`saddr`) or destination address against a prefix, as nft does:
+/// the prefix's whole bytes compared, a partial last byte masked first.
+fn prefix_match(net: &IpNet, saddr: bool, op: CmpOp) -> Vec<Expr> {
+    let (offset, addr): (u32, Vec<u8>) = match net {
+        IpNet::V4(n) => (if saddr { 12 } else { 16 }, n.network().octets().to_vec()),
+        IpNet::V6(n) => (if saddr { 8 } else { 24 }, n.network().octets().to_vec()),
+    };
+    let bits = u32::from(net.prefix_len());
+    let dreg = Reg::slot(0);
+    if bits % 8 == 0 {
+        let len = bits / 8;
+        let load = Expr::Payload { base: PayloadBase::Network, offset, len, dreg };
+        return vec![load, Expr::Cmp { sreg: dreg, op, data: addr[..len as usize].to_vec() }];
+    }
+    let mask: Vec<u8> = match net {
+        IpNet::V4(n) => n.netmask().octets().to_vec(),
+        IpNet::V6(n) => n.netmask().octets().to_vec(),
+    };
+    let len = addr.len() as u32;
+    vec![
+        Expr::Payload { base: PayloadBase::Network, offset, len, dreg },
+        Expr::Bitwise { sreg: dreg, dreg, mask, xor: vec![0; len as usize] },
+        Expr::Cmp { sreg: dreg, op, data: addr },
+    ]
+}
+
+/// The masquerade rules: traffic from one of the network's subnets to anywhere outside them
+/// (multicast aside) leaves with the node's address. One rule per subnet (an OR of subnets).
+fn masq_rules(family: Family, subnets: &[IpNet]) -> Vec<Rule> {
+    let multicast: IpNet = match family {
+        Family::Ip6 => "ff00::/8".parse().expect("a fixed prefix"),
+        _ => "224.0.0.0/4".parse().expect("a fixed prefix"),
+    };
+    subnets
+        .iter()
+        .filter(|s| s.prefix_len() > 0) // a /0 network has no outside: nothing to masquerade.
+        .map(|s| {
+            let mut exprs = prefix_match(s, true, CmpOp::Eq);
+            for d in subnets.iter().chain([&multicast]) {
+                exprs.extend(prefix_match(d, false, CmpOp::Neq));
+            }
+            exprs.push(Expr::Masquerade);
+            Rule { chain: "postrouting".into(), exprs }
+        })
+        .collect()
+}
+
+/// The whole masquerade table as one transaction: declared fresh (add, delete, add), so that
+/// concurrent first ADDs converge on one table with one copy of each rule.
+pub fn masq_batch(family: Family, table: &str, network: &str, subnets: &[IpNet]) -> CniResult<Batch> {
     if !valid_cni_name(network) || !valid_cni_name(table) {
         return Err(CniError::config(format!("network name {network:?} cannot go into nftables: fix the name")));
     }
-    let set = subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
-    let (fam, multicast) = match family {
-        Family::Ip => ("ip", "224.0.0.0/4"),
-        Family::Ip6 => ("ip6", "ff00::/8"),
-    };
-    Ok(format!(
-        "add table {fam} {table}\ndelete table {fam} {table}\ntable {fam} {table} {{\n  comment \"weft-cni masquerade for network {network}\"\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {fam} saddr {{ {set} }} {fam} daddr != {{ {set} }} {fam} daddr != {multicast} masquerade\n  }}\n}}\n"
-    ))
+    let mut b = Batch::new();
+    let mut t = Table::new(family, table);
+    b.add_table(&t);
+    b.delete_table(family, table);
+    t.comment = Some(format!("weft-cni masquerade for network {network}"));
+    b.add_table(&t);
+    b.add_chain(family, table, &Chain::base("postrouting", ChainType::Nat, Hook::Postrouting, priority::SRCNAT));
+    for r in masq_rules(family, subnets) {
+        b.add_rule(family, table, &r);
+    }
+    Ok(b)
 }
 
 /// Makes sure the network's masquerade table exists (one netlink query when it does).
-pub fn ensure_masquerade(network: &str, subnets: &[IpNet], timeout: Duration) -> CniResult<()> {
+pub fn ensure_masquerade(network: &str, subnets: &[IpNet]) -> CniResult<()> {
     for family in [Family::Ip, Family::Ip6] {
-        let fam_subnets: Vec<IpNet> = subnets
-            .iter()
-            .filter(|s| matches!((family, s), (Family::Ip, IpNet::V4(_)) | (Family::Ip6, IpNet::V6(_))))
-            .map(|s| s.trunc())
-            .collect();
+        let fam_subnets: Vec<IpNet> =
+            subnets.iter().filter(|s| family_of(&s.addr()) == family).map(|s| s.trunc()).collect();
         if fam_subnets.is_empty() {
             continue;
         }
         let table = masq_table(network, &fam_subnets);
-        if table_exists(family, &table).unwrap_or(false) {
+        if table_exists(None, family, &table).unwrap_or(false) {
             continue;
         }
-        apply(&masq_script(family, &table, network, &fam_subnets)?, timeout)?;
+        masq_batch(family, &table, network, &fam_subnets)?
+            .commit()
+            .map_err(|e| kernel_error("the masquerade table", e))?;
     }
     Ok(())
 }
@@ -170,69 +117,154 @@ pub fn ensure_masquerade(network: &str, subnets: &[IpNet], timeout: Duration) ->
 /// The host-port table. Renamed from `weft-hostport` when hostIP matching came, so an existing
 /// table always has both maps (its existence is all that is asked).
 pub const HOSTPORT_TABLE: &str = "weft-hostports";
+const ANY_MAP: &str = "hostports";
+const AT_IP_MAP: &str = "hostip-ports";
 
-/// Two maps: `hostip-ports` for mappings with a hostIP (looked up first, with the destination
-/// address in the key) and `hostports` for those on every local address.
-fn hostport_base(family: Family) -> String {
-    let (fam, addr) = match family {
-        Family::Ip => ("ip", "ipv4_addr"),
-        Family::Ip6 => ("ip6", "ipv6_addr"),
-    };
-    let to = "meta l4proto . th dport map @hostports";
-    let to_ip = format!("{fam} daddr . meta l4proto . th dport map @hostip-ports");
-    format!(
-        "table {fam} {HOSTPORT_TABLE} {{\n  map hostports {{ type inet_proto . inet_service : {addr} . inet_service; }}\n  map hostip-ports {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; }}\n  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; fib daddr type local dnat {fam} to {to_ip}; fib daddr type local dnat {fam} to {to}; }}\n  chain output {{ type nat hook output priority -100; policy accept; fib daddr type local dnat {fam} to {to_ip}; fib daddr type local dnat {fam} to {to}; }}\n}}\n"
-    )
+fn addr_field(family: Family) -> FieldType {
+    if family == Family::Ip6 { FieldType::IPV6 } else { FieldType::IPV4 }
 }
 
-fn same_family(a: IpAddr, b: IpAddr) -> bool {
-    a.is_ipv4() == b.is_ipv4()
+/// `fib daddr type local dnat to <key> map @<map>`, as nft encodes it: with a hostIP the key
+/// starts with the destination address (`hostip-ports`), without it is protocol and port.
+fn dnat_rule(family: Family, chain: &str, map: &str, with_addr: bool) -> Rule {
+    let (addr_len, daddr_at) = if family == Family::Ip6 { (16, 24) } else { (4, 16) };
+    // Registers as nft allocates them: the address fills slots from 0, then one slot per field.
+    let first = if with_addr { addr_len / 4 } else { 0 };
+    let mut exprs = vec![
+        Expr::Fib { flags: fib_flags::DADDR, result: FibResult::AddrType, dreg: Reg::slot(0) },
+        Expr::cmp_u32(Reg::slot(0), CmpOp::Eq, addr_type::LOCAL),
+    ];
+    if with_addr {
+        exprs.push(Expr::Payload { base: PayloadBase::Network, offset: daddr_at, len: addr_len, dreg: Reg::slot(0) });
+    }
+    exprs.push(Expr::Meta { key: MetaKey::L4Proto, dreg: Reg::slot(first) });
+    exprs.push(Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg: Reg::slot(first + 1) });
+    exprs.push(Expr::Lookup { set: map.into(), sreg: Reg::slot(0), dreg: Some(Reg::slot(0)), invert: false });
+    // The map's data: the pod's address, then its port in the next slot.
+    exprs.push(Expr::Nat {
+        kind: NatKind::Dnat,
+        family,
+        addr: Some(Reg::slot(0)),
+        proto: Some(Reg::slot(addr_len / 4)),
+    });
+    Rule { chain: chain.into(), exprs }
 }
 
-/// The add and delete scripts for a pod's host ports, from checked mappings only (every piece of
-/// text is a number, an address or a fixed word). `have_table` says whether a family's table exists.
-pub fn host_port_scripts(ports: &[HostPort], ips: &[IpAddr], have_table: impl Fn(Family) -> bool) -> (String, String) {
-    let (mut add, mut del) = (String::new(), String::new());
+/// Two maps (`hostip-ports`, looked up first, for mappings with a hostIP; `hostports` for those on
+/// every local address) and the chains that use them, for traffic from elsewhere (prerouting) and
+/// from the node itself (output). Chains are flushed before their rules go in, so two plugins
+/// that both found no table leave one copy of each rule.
+fn add_hostport_base(b: &mut Batch, family: Family) {
+    let addr = addr_field(family);
+    let data = SetData::Value(vec![addr, FieldType::PORT]);
+    b.add_table(&Table::new(family, HOSTPORT_TABLE));
+    b.add_set(family, HOSTPORT_TABLE, &Set::map(ANY_MAP, &[FieldType::PROTO, FieldType::PORT], data.clone()));
+    b.add_set(family, HOSTPORT_TABLE, &Set::map(AT_IP_MAP, &[addr, FieldType::PROTO, FieldType::PORT], data));
+    for (chain, hook) in [("prerouting", Hook::Prerouting), ("output", Hook::Output)] {
+        b.add_chain(family, HOSTPORT_TABLE, &Chain::base(chain, ChainType::Nat, hook, priority::DSTNAT));
+        b.flush_chain(family, HOSTPORT_TABLE, chain);
+        b.add_rule(family, HOSTPORT_TABLE, &dnat_rule(family, chain, AT_IP_MAP, true));
+        b.add_rule(family, HOSTPORT_TABLE, &dnat_rule(family, chain, ANY_MAP, false));
+    }
+}
+
+fn proto_number(p: Proto) -> u8 {
+    match p {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+        Proto::Sctp => 132,
+    }
+}
+
+fn with_addr(k: Key, ip: IpAddr) -> Key {
+    match ip {
+        IpAddr::V4(a) => k.ipv4(a),
+        IpAddr::V6(a) => k.ipv6(a),
+    }
+}
+
+/// One host-port map entry of a pod, as kept for DEL: enough to delete it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPortEntry {
+    /// `ip` or `ip6`.
+    pub family: String,
+    pub map: String,
+    /// The element's key as the kernel holds it (hex).
+    pub key: String,
+}
+
+/// The element additions of a pod's host ports, per family: (family, map, element).
+fn host_port_elements(ports: &[HostPort], ips: &[IpAddr]) -> Vec<(Family, &'static str, Elem)> {
+    let mut out = vec![];
     for family in [Family::Ip, Family::Ip6] {
-        let Some(ip) = ips
-            .iter()
-            .copied()
-            .find(|i| matches!((family, i), (Family::Ip, IpAddr::V4(_)) | (Family::Ip6, IpAddr::V6(_))))
-        else {
-            continue;
-        };
+        let Some(ip) = ips.iter().copied().find(|i| family_of(i) == family) else { continue };
         // A hostIP of the other family does not apply to this address (as in `portmap`).
-        let mine = ports.iter().filter(|p| p.host_ip.is_none_or(|h| same_family(h, ip)));
-        let (any, at): (Vec<&HostPort>, Vec<&HostPort>) = mine.partition(|p| p.host_ip.is_none());
-        if any.is_empty() && at.is_empty() {
+        for p in ports.iter().filter(|p| p.host_ip.is_none_or(|h| family_of(&h) == family)) {
+            let key = Key::new().proto(proto_number(p.proto)).port(p.host_port);
+            let (map, key) = match p.host_ip {
+                Some(h) => (AT_IP_MAP, with_addr(Key::new(), h).proto(proto_number(p.proto)).port(p.host_port)),
+                None => (ANY_MAP, key),
+            };
+            let data = with_addr(Key::new(), ip).port(p.container_port).bytes();
+            out.push((family, map, Elem { key: key.bytes(), key_end: None, data: Some(ElemData::Value(data)) }));
+        }
+    }
+    out
+}
+
+/// The transaction that adds a pod's host ports (declaring a family's table first where
+/// `have_table` says it is missing), and the entries to keep for DEL.
+pub fn host_ports_batch(
+    ports: &[HostPort],
+    ips: &[IpAddr],
+    have_table: impl Fn(Family) -> bool,
+) -> (Batch, Vec<HostPortEntry>) {
+    let mut b = Batch::new();
+    let mut undo = vec![];
+    let elems = host_port_elements(ports, ips);
+    for family in [Family::Ip, Family::Ip6] {
+        let mine: Vec<_> = elems.iter().filter(|(f, _, _)| *f == family).collect();
+        if mine.is_empty() {
             continue;
         }
         if !have_table(family) {
-            add.push_str(&hostport_base(family));
+            add_hostport_base(&mut b, family);
         }
-        let fam = family.as_str();
-        let elem = |p: &HostPort| format!("{} . {} : {ip} . {}", p.proto.as_str(), p.host_port, p.container_port);
-        for (map, elems) in [
-            ("hostports", any.iter().map(|p| elem(p)).collect::<Vec<_>>()),
-            ("hostip-ports", at.iter().map(|p| format!("{} . {}", p.host_ip.unwrap(), elem(p))).collect()),
-        ] {
-            if elems.is_empty() {
-                continue;
-            }
-            add.push_str(&format!("add element {fam} {HOSTPORT_TABLE} {map} {{ {} }}\n", elems.join(", ")));
-            del.push_str(&format!("delete element {fam} {HOSTPORT_TABLE} {map} {{ {} }}\n", elems.join(", ")));
+        for (_, map, e) in mine {
+            b.add_elements(family, HOSTPORT_TABLE, map, std::slice::from_ref(e));
+            undo.push(HostPortEntry { family: family.as_str().into(), map: (*map).into(), key: hex::encode(&e.key) });
         }
     }
-    (add, del)
+    (b, undo)
 }
 
-/// Adds the pod's host ports; returns the script that removes them again (kept for DEL).
-pub fn add_host_ports(ports: &[HostPort], ips: &[IpAddr], timeout: Duration) -> CniResult<String> {
-    let (add, del) = host_port_scripts(ports, ips, |f| table_exists(f, HOSTPORT_TABLE).unwrap_or(false));
-    if !add.is_empty() {
-        apply(&add, timeout)?;
+/// Adds the pod's host ports; returns what DEL needs to remove them again.
+pub fn add_host_ports(ports: &[HostPort], ips: &[IpAddr]) -> CniResult<Vec<HostPortEntry>> {
+    let (b, undo) = host_ports_batch(ports, ips, |f| table_exists(None, f, HOSTPORT_TABLE).unwrap_or(false));
+    if !b.is_empty() {
+        b.commit().map_err(|e| kernel_error("the host ports", e))?;
     }
-    Ok(del)
+    Ok(undo)
+}
+
+/// Removes host-port entries kept by [`add_host_ports`]. Entries already gone (or a table
+/// already gone) are not an error: DEL and GC must be repeatable. Malformed entries are skipped.
+pub fn remove_host_ports(entries: &[HostPortEntry]) {
+    for e in entries {
+        let family = match e.family.as_str() {
+            "ip" => Family::Ip,
+            "ip6" => Family::Ip6,
+            _ => continue,
+        };
+        if e.map != ANY_MAP && e.map != AT_IP_MAP {
+            continue;
+        }
+        let Ok(key) = hex::decode(&e.key) else { continue };
+        let mut b = Batch::new();
+        b.delete_elements(family, HOSTPORT_TABLE, &e.map, &[Elem::key(key)]);
+        // One element per transaction, so one already gone does not keep the others in.
+        let _ = b.commit();
+    }
 }
 
 #[cfg(test)]
@@ -241,24 +273,31 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn masquerade_rule_shape() {
+    fn masquerade_rules_match_the_subnet_and_skip_its_inside_and_multicast() {
         let s: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap()];
         let t = masq_table("bridge", &s);
         assert!(t.starts_with("weft-masq-"));
         assert_ne!(t, masq_table("bridge", &["10.244.2.0/24".parse().unwrap()]));
-        let script = masq_script(Family::Ip, &t, "bridge", &s).unwrap();
-        assert!(
-            script.contains(
-                "ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.1.0/24 } ip daddr != 224.0.0.0/4 masquerade"
-            )
-        );
+        let rules = masq_rules(Family::Ip, &s);
+        assert_eq!(rules.len(), 1);
+        let r = &rules[0].exprs;
+        // saddr 10.244.1.0/24: three bytes at offset 12, equal.
+        assert_eq!(r[0], Expr::Payload { base: PayloadBase::Network, offset: 12, len: 3, dreg: Reg::slot(0) });
+        assert_eq!(r[1], Expr::Cmp { sreg: Reg::slot(0), op: CmpOp::Eq, data: vec![10, 244, 1] });
+        // daddr != the subnet, daddr != 224.0.0.0/4 (a partial byte: masked).
+        assert_eq!(r[3], Expr::Cmp { sreg: Reg::slot(0), op: CmpOp::Neq, data: vec![10, 244, 1] });
+        assert!(matches!(&r[5], Expr::Bitwise { mask, .. } if mask == &vec![240, 0, 0, 0]));
+        assert_eq!(r[6], Expr::Cmp { sreg: Reg::slot(0), op: CmpOp::Neq, data: vec![224, 0, 0, 0] });
+        assert_eq!(r.last(), Some(&Expr::Masquerade));
+        // A /0 subnet has no outside: no rule.
+        assert!(masq_rules(Family::Ip, &["0.0.0.0/0".parse().unwrap()]).is_empty());
     }
 
     #[test]
-    fn a_network_name_never_reaches_nft_text_unchecked() {
+    fn a_network_name_never_reaches_nftables_unchecked() {
         let s: Vec<IpNet> = vec!["10.244.1.0/24".parse().unwrap()];
         let evil = "x\" }\nflush ruleset\n#";
-        let e = masq_script(Family::Ip, &masq_table(evil, &s), evil, &s).unwrap_err();
+        let e = masq_batch(Family::Ip, &masq_table(evil, &s), evil, &s).err().unwrap();
         assert_eq!(e.code, code::INVALID_CONFIG);
     }
 
@@ -275,20 +314,48 @@ mod tests {
             {"hostPort": 8083, "containerPort": 83, "hostIP": "0.0.0.0"},
         ]));
         let ips: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap(), "fd01::2".parse().unwrap()];
-        let (add, del) = host_port_scripts(&p, &ips, |_| true);
+        let got: Vec<(Family, &str, String, String)> = host_port_elements(&p, &ips)
+            .into_iter()
+            .map(|(f, m, e)| {
+                let Some(ElemData::Value(d)) = e.data else { panic!("a map element has data") };
+                (f, m, hex::encode(e.key), hex::encode(d))
+            })
+            .collect();
         let want = [
-            "add element ip weft-hostports hostports { tcp . 8080 : 10.0.0.2 . 80, tcp . 8083 : 10.0.0.2 . 83 }",
-            "add element ip weft-hostports hostip-ports { 192.168.1.5 . udp . 8081 : 10.0.0.2 . 81 }",
-            "add element ip6 weft-hostports hostports { tcp . 8080 : fd01::2 . 80, tcp . 8083 : fd01::2 . 83 }",
-            "add element ip6 weft-hostports hostip-ports { fd00::5 . tcp . 8082 : fd01::2 . 82 }",
+            // tcp . 8080 : 10.0.0.2 . 80 (each field in a 4-byte slot; ports in network order)
+            (Family::Ip, "hostports", "060000001f900000", "0a00000200500000"),
+            // 192.168.1.5 . udp . 8081 : 10.0.0.2 . 81
+            (Family::Ip, "hostip-ports", "c0a80105110000001f910000", "0a00000200510000"),
+            (Family::Ip, "hostports", "060000001f930000", "0a00000200530000"),
+            (Family::Ip6, "hostports", "060000001f900000", "fd01000000000000000000000000000200500000"),
+            // fd00::5 . tcp . 8082 : fd01::2 . 82
+            (
+                Family::Ip6,
+                "hostip-ports",
+                "fd000000000000000000000000000005060000001f920000",
+                "fd01000000000000000000000000000200520000",
+            ),
+            (Family::Ip6, "hostports", "060000001f930000", "fd01000000000000000000000000000200530000"),
         ];
-        assert_eq!(add.lines().collect::<Vec<_>>(), want);
-        assert_eq!(del, add.replace("add element", "delete element"));
-        // A missing table is declared first, with both maps and the hostIP lookup before the other.
-        let (add, _) = host_port_scripts(&p[1..2], &ips, |_| false);
-        assert!(add.starts_with("table ip weft-hostports {"), "{add}");
-        let pre = add.lines().find(|l| l.contains("chain prerouting")).unwrap();
-        assert!(pre.find("@hostip-ports").unwrap() < pre.find("@hostports").unwrap(), "{pre}");
-        assert!(!add.contains("table ip6"), "no IPv6 mapping, no IPv6 table: {add}");
+        let want: Vec<_> = want.iter().map(|(f, m, k, d)| (*f, *m, k.to_string(), d.to_string())).collect();
+        assert_eq!(got, want);
+        // A missing table is declared first; an existing one is not declared again.
+        let (with_base, undo) = host_ports_batch(&p[1..2], &ips, |_| false);
+        let (without, _) = host_ports_batch(&p[1..2], &ips, |_| true);
+        assert!(with_base.len() > without.len(), "{:?}", with_base.operations());
+        assert_eq!(without.len(), 1, "one element add: {:?}", without.operations());
+        assert_eq!(
+            undo,
+            vec![HostPortEntry {
+                family: "ip".into(),
+                map: "hostip-ports".into(),
+                key: "c0a80105110000001f910000".into()
+            }]
+        );
+        assert!(
+            !with_base.operations().iter().any(|o| o.contains("ip6")),
+            "no IPv6 mapping, no IPv6 table: {:?}",
+            with_base.operations()
+        );
     }
 }

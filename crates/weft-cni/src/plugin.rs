@@ -378,14 +378,15 @@ async fn wire(
     }
     let subnets: Vec<IpNet> = leases.iter().map(|l| l.address.trunc()).collect();
     if conf.ip_masq {
-        nft::ensure_masquerade(&conf.name, &subnets, env.exec_timeout())?;
+        nft::ensure_masquerade(&conf.name, &subnets)?;
     }
     if !ports.is_empty() {
         let ips: Vec<IpAddr> = leases.iter().map(|l| l.address.addr()).collect();
-        let undo = nft::add_host_ports(ports, &ips, env.exec_timeout())?;
+        let undo = nft::add_host_ports(ports, &ips)?;
         let file = hostport_file(conf, &env.container_id)?;
         let dir = file.parent().expect("a state file has a directory");
         std::fs::create_dir_all(dir).map_err(|e| CniError::io("host-port state", e))?;
+        let undo = serde_json::to_vec(&undo).map_err(|e| CniError::new(code::IO, "host-port state", e.to_string()))?;
         std::fs::write(&file, undo).map_err(|e| CniError::io("host-port state", e))?;
     }
     Ok(CniOutput {
@@ -413,12 +414,8 @@ async fn del(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
         ipam_del(env, conf, raw).await?;
     }
     let undo = hostport_file(conf, &env.container_id)?;
-    if let Ok(script) = std::fs::read_to_string(&undo) {
-        if !script.is_empty() {
-            // Elements already gone are not an error for DEL.
-            let _ = nft::apply(&script, env.exec_timeout());
-        }
-        let _ = std::fs::remove_file(&undo);
+    if undo.exists() {
+        remove_host_ports(&undo);
     }
     // The netns may be gone already; then so is the veth.
     if env.netns.is_empty() {
@@ -496,6 +493,18 @@ fn valid_attachments(conf: &NetConf) -> CniResult<&[crate::spec::Attachment]> {
     })
 }
 
+/// Removes the host ports kept in a pod's state file (what is already gone is no error, for
+/// DEL and GC must be repeatable), then the file. A file in an older or unreadable format is
+/// dropped: its entries stay in the map until the table is flushed.
+fn remove_host_ports(file: &Path) {
+    if let Ok(bytes) = std::fs::read(file) {
+        if let Ok(entries) = serde_json::from_slice::<Vec<nft::HostPortEntry>>(&bytes) {
+            nft::remove_host_ports(&entries);
+        }
+    }
+    let _ = std::fs::remove_file(file);
+}
+
 async fn gc(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
     let valid = valid_attachments(conf)?;
     if builtin_ipam(conf) {
@@ -509,10 +518,7 @@ async fn gc(env: &Env, conf: &NetConf, raw: &Value) -> CniResult<()> {
         for e in rd.flatten() {
             let id = e.file_name().to_string_lossy().to_string();
             if !valid.iter().any(|a| a.container_id == id) {
-                if let Ok(script) = std::fs::read_to_string(e.path()) {
-                    let _ = nft::apply(&script, env.exec_timeout());
-                }
-                let _ = std::fs::remove_file(e.path());
+                remove_host_ports(&e.path());
             }
         }
     }
