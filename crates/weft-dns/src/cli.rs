@@ -80,7 +80,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 .worker_threads(1)
                 .enable_all()
                 .on_thread_start(move || {
-                    if let Err(e) = nix::sched::setns(&*ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                    if let Err(e) = weft_netlink::ns::enter(&ns) {
                         eprintln!("weft dns: cannot enter the API's network namespace: {e}");
                         std::process::exit(1);
                     }

@@ -4,10 +4,8 @@
 //! traffic only to nodes that keep it local.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +28,9 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: &str) -> Check
         let name = s.metadata.name.clone().unwrap_or_default();
         let local = slices
             .iter()
-            .filter(|sl| sl.metadata.namespace.as_deref() == Some(&ns))
-            .filter(|sl| sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name))
+            .filter(|sl| weft_k8s::slices::belongs_to(sl, &ns, &name))
             .flat_map(|sl| sl.endpoints.iter().flatten())
-            .filter(|e| {
-                e.node_name.as_deref() == Some(node) && e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
-            })
+            .filter(|e| e.node_name.as_deref() == Some(node) && weft_k8s::endpoints::is_ready(e))
             .count();
         out.insert(port, (ns, name, local));
     }
@@ -82,19 +77,9 @@ impl HealthServers {
     }
 
     fn serve(&self, port: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
-        let ns = match &self.netns {
-            Some(p) => Some(File::open(p)?.as_fd().try_clone_to_owned()?),
-            None => None,
-        };
         let state = self.state.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            if let Some(fd) = ns
-                && let Err(e) = nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-            {
-                let _ = tx.send(Err(std::io::Error::from(e)));
-                return;
-            }
+        weft_netlink::ns::spawn_in(self.netns.as_deref(), move || {
             let l = match TcpListener::bind(("0.0.0.0", port)) {
                 Ok(l) => l,
                 Err(e) => {
@@ -125,7 +110,7 @@ impl HealthServers {
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
-        });
+        })?;
         rx.recv().map_err(|_| std::io::Error::other("health thread ended"))?
     }
 }
