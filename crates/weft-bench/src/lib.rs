@@ -18,7 +18,7 @@ pub fn weft_bin() -> PathBuf {
     PathBuf::from("weft")
 }
 
-/// Another binary of the weft package next to `weft` (e.g. `weft-dns`).
+/// Another binary of the workspace, built next to `weft` (e.g. `weft-dns`).
 pub fn sibling_bin(name: &str) -> PathBuf {
     weft_bin().with_file_name(name)
 }

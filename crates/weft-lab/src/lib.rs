@@ -9,6 +9,7 @@
 pub mod announce;
 pub mod builtin;
 pub mod kubelet;
+pub mod logs;
 pub mod netns;
 pub mod shim;
 pub mod topology;

@@ -102,6 +102,18 @@ fn default_lb_pool() -> String {
     "172.18.255.0/24".into()
 }
 
+/// A node port range as `--node-port-range` and the lab's config write it: `FIRST-LAST`.
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<i32>> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("node port range {s:?}: write it as FIRST-LAST, e.g. 30000-32767"))?;
+    let (a, b): (i32, i32) = (a.trim().parse()?, b.trim().parse()?);
+    if !(1..=65535).contains(&a) || !(1..=65535).contains(&b) || a > b {
+        bail!("node port range {s:?}: ports must be 1-65535 with FIRST <= LAST");
+    }
+    Ok(a..=b)
+}
+
 pub struct Lab {
     pub name: String,
     pub dir: PathBuf,

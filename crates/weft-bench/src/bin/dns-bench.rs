@@ -178,7 +178,7 @@ async fn main() -> Result<()> {
             .env("WEFT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .context("starting weft-dns (cargo build --release -p weft builds it)")?,
+            .context("starting weft-dns (cargo build --release -p weft-dns builds it)")?,
     );
     let wpid = weft.0.id() as i32;
     let probe = format!("svc-{}.ns-{}.svc.cluster.local", n - 1, (n - 1) % 100);

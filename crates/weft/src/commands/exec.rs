@@ -1,0 +1,55 @@
+//! `weft exec`: run a command inside a pod (its network, mount and UTS namespaces, with the
+//! pod's resolv.conf and hostname), on a node, or on the external host. It reads the kubelet's
+//! sandbox records, so it works while the daemon is down too.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use weft_netlink::ns::{PodEntry, command_in_pod};
+
+use crate::cli::ExecArgs;
+use crate::lab::{self, Lab};
+
+pub fn run(name: Option<String>, a: ExecArgs) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let entry = where_to_run(&lab, a.pod, a.namespace, a.node, a.external)?;
+    let mut cmd = std::process::Command::new(&a.command[0]);
+    cmd.args(&a.command[1..]);
+    command_in_pod(&mut cmd, &entry).with_context(|| format!("entering {}", entry.netns.display()))?;
+    let status = cmd.status().with_context(|| format!("running {:?}", a.command[0]))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// The namespace to enter (a pod's, a node's or the external host's), with the pod's
+/// resolv.conf and the hostname that go with it.
+fn where_to_run(
+    lab: &Lab,
+    pod: Option<String>,
+    ns: Option<String>,
+    node: Option<String>,
+    external: bool,
+) -> Result<PodEntry> {
+    if external {
+        let netns = weft_lab::netns::path(&weft_lab::topology::external_ns(&lab.name));
+        return Ok(PodEntry { netns, resolv_conf: None, hostname: None });
+    }
+    if let Some(node) = node {
+        let n = weft_lab::nodes(&lab.dir)
+            .into_iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("lab {:?} has no node {node:?}: see `weft get nodes`", lab.name))?;
+        return Ok(PodEntry { netns: n.netns_path(), resolv_conf: None, hostname: Some(node) });
+    }
+    let pod = pod.context("name the pod: `weft exec POD -- CMD` (or --node NODE, or --external)")?;
+    let ns = ns.unwrap_or("default".into());
+    // From the kubelet's records, so exec works while the daemon is down too.
+    let sb = weft_lab::kubelet::all_sandboxes(&lab.dir)
+        .into_iter()
+        .find(|s| s.name == pod && s.namespace == ns)
+        .with_context(|| {
+            format!("pod {ns}/{pod} has no sandbox: is it scheduled and running? (weft get pods -o wide)")
+        })?;
+    let resolv: PathBuf = weft_lab::kubelet::pod_dir(&lab.dir, &sb.uid).join("resolv.conf");
+    Ok(PodEntry { netns: weft_lab::netns::path(&sb.netns), resolv_conf: Some(resolv), hostname: Some(pod) })
+}

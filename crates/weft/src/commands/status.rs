@@ -1,0 +1,47 @@
+//! `weft status`: the lab, its daemon, and the health of the API server and each node's proxy.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use http::Method;
+
+use crate::{client, lab};
+
+pub async fn run(name: Option<String>) -> Result<ExitCode> {
+    let lab = lab::select(name.as_deref())?;
+    let running = lab.running();
+    println!("lab:        {}", lab.name);
+    println!("state:      {}", lab.dir.display());
+    println!(
+        "daemon:     {}",
+        if running { format!("running (pid {})", lab.pid().unwrap_or(0)) } else { "stopped".into() }
+    );
+    if running {
+        let c = client::connect(&lab).await?;
+        let ok = client::call(&c, Method::GET, "/readyz", None, "", "text/plain").await;
+        let health = match ok {
+            Ok(_) | Err(kube::Error::SerdeError(_)) => "ok".to_string(),
+            Err(e) => client::describe_error(&e),
+        };
+        println!("apiserver:  {} ({})", health, lab.api_url().unwrap_or_default());
+        // The service proxy's health per node, as its node condition says.
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.clone());
+        if let Ok(list) = nodes.list(&Default::default()).await {
+            for n in list.items {
+                let cond = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "ServiceProxyReady");
+                let text = match cond {
+                    Some(c) if c.status == "True" => "ok".to_string(),
+                    Some(c) => format!("NOT READY: {}", c.message.unwrap_or_default()),
+                    None => "starting".to_string(),
+                };
+                println!("proxy:      {} {}", n.metadata.name.unwrap_or_default(), text);
+            }
+        }
+    }
+    Ok(if running { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,196 @@
+//! The lab daemon's composition root (`weft daemon`, started by `weft up`): the API server
+//! (with the lab's pod logs), the control loops, the lab's nodes and kubelets, the service proxy
+//! on every node, the LoadBalancer announcer and the cluster DNS, wired together here and
+//! nowhere else.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::cli::DaemonArgs;
+use crate::client;
+use crate::lab::{self, Lab};
+
+/// `weft daemon`: runs the lab until SIGTERM or Ctrl-C, reporting progress, then "ready" (or the
+/// error), on `--ready-fd`.
+pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
+    let DaemonArgs { state_dir, ready_fd } = a;
+    use std::os::fd::FromRawFd;
+    // `weft up` reads progress lines, then "ready" (or an error), from this pipe.
+    let ready = std::sync::Mutex::new(ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }));
+    let say = |line: &str| {
+        if let Some(f) = ready.lock().unwrap().as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    };
+    let result = async {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+            .with_writer(std::io::stderr)
+            .try_init()
+            .ok();
+        // Everything the daemon and the shims it starts write is theirs alone.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let lab = Lab::at(name.as_deref().unwrap_or("default"), state_dir.clone());
+        let cfg = lab.config()?;
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(state_dir.join("daemon.lock"))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| anyhow::anyhow!("another weft daemon already runs lab {:?}", cfg.name))?;
+        std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
+        say("progress: starting the API server");
+        let api_cfg = weft_apiserver::Config {
+            name: cfg.name.clone(),
+            state_dir: state_dir.clone(),
+            service_cidr: cfg.service_cidr.parse()?,
+            node_port_range: lab::parse_port_range(&cfg.node_port_range)?,
+            port: cfg.api_port,
+        };
+        // `kubectl logs` reads what the lab's pod shims wrote.
+        let pod_logs = Arc::new(weft_lab::logs::LabPodLogs { state_dir: state_dir.clone() });
+        let running = weft_apiserver::start_with_pod_logs(api_cfg, pod_logs).await?;
+        tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
+        let client = client::connect(&lab).await?;
+        let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
+        tokio::spawn(weft_controllers::run(
+            client.clone(),
+            weft_controllers::Config { pod_cidr, node_cidr_size: 24.max(pod_cidr.prefix_len()) },
+        ));
+        if cfg.nodes > 0 {
+            let exe = std::env::current_exe()?;
+            let ctx = Arc::new(weft_lab::LabCtx {
+                name: cfg.name.clone(),
+                state_dir: state_dir.clone(),
+                cni_path: cni_bin_dir(&state_dir, &exe)?,
+                weft_exe: exe,
+                overlay: cfg.overlay.parse().map_err(anyhow::Error::msg)?,
+                dns_ip: dns_ip(&cfg.service_cidr)?,
+                cluster_domain: "cluster.local".into(),
+            });
+            let spec = weft_lab::LabSpec {
+                nodes: cfg.nodes,
+                pod_cidr,
+                service_cidr: cfg.service_cidr.parse().context("the lab's service CIDR must be IPv4")?,
+                underlay: "172.18.0.0/16".parse()?,
+                overlay: ctx.overlay,
+            };
+            let nodes =
+                weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            say("progress: starting the service proxy on every node");
+            let proxied = nodes
+                .iter()
+                .map(|n| {
+                    (
+                        weft_proxy::compile::NodeInfo { name: n.name.clone(), cluster_cidr: pod_cidr },
+                        Some(n.netns_path()),
+                    )
+                })
+                .collect();
+            tokio::spawn(weft_proxy::run(client.clone(), proxied));
+            // LoadBalancer addresses from --lb-pool, announced on the underlay.
+            let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                kube::Api::namespaced(client.clone(), "kube-system");
+            if cms.get_opt(weft_controllers::lb::CONFIG).await?.is_none() {
+                let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": weft_controllers::lb::CONFIG, "namespace": "kube-system"},
+                    "data": {weft_controllers::lb::POOLS_KEY: cfg.lb_pool.clone()}}))?;
+                cms.create(&Default::default(), &cm).await?;
+            }
+            tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
+            say("progress: starting the cluster DNS");
+            cluster_dns(&client, &ctx.dns_ip).await?;
+            // Pods made right after `weft up` resolve names (seed 000's `nslookup kubernetes`).
+            if !dns_ready(&client, Duration::from_secs(30)).await {
+                say("progress: the cluster DNS is not ready yet; see kubectl -n kube-system get pods");
+            }
+        }
+        Ok::<_, anyhow::Error>((lock, running))
+    }
+    .await;
+    let (_lock, running) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            say(&format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    say("ready");
+    ready.lock().unwrap().take();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    running.api.store.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kube-dns Service and its Deployment, made once (a user's changes to them are kept).
+async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
+    let text = include_str!("cluster-dns.yaml").replace("CLUSTER_DNS_IP", ip);
+    for doc in weft_api::yaml::parse_manifests(&text).map_err(anyhow::Error::msg)? {
+        if doc["kind"] == "Service" {
+            let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(doc)?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+                kube::Api::namespaced(client.clone(), "kube-system");
+            if api.get_opt("kube-dns").await?.is_none() {
+                api.create(&Default::default(), &svc).await?;
+            }
+        } else {
+            let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(doc)?;
+            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+                kube::Api::namespaced(client.clone(), "kube-system");
+            if api.get_opt("coredns").await?.is_none() {
+                api.create(&Default::default(), &d).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until the kube-dns Service has a ready endpoint.
+async fn dns_ready(client: &kube::Client, within: Duration) -> bool {
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(client.clone(), "kube-system");
+    let lp = kube::api::ListParams::default().labels("kubernetes.io/service-name=kube-dns");
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Ok(list) = slices.list(&lp).await
+            && list
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flatten())
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The cluster DNS Service's address: the tenth of the service range (10.96.0.10 by default).
+fn dns_ip(service_cidr: &str) -> Result<String> {
+    let net: ipnet::IpNet = service_cidr.parse()?;
+    let ip = net.hosts().nth(9).context("the service CIDR is too small for the DNS Service")?;
+    Ok(ip.to_string())
+}
+
+/// A directory for the lab's CNI_PATH holding `weft-cni`: the real plugin if it sits next to
+/// this binary, else this binary itself (it acts as the plugin when called `weft-cni`).
+fn cni_bin_dir(state_dir: &Path, exe: &Path) -> Result<String> {
+    let dir = state_dir.join("cni-bin");
+    std::fs::create_dir_all(&dir)?;
+    let beside = exe.with_file_name("weft-cni");
+    let target = if beside.exists() { beside } else { exe.to_path_buf() };
+    let link = dir.join("weft-cni");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link)?;
+    Ok(format!("{}:/opt/cni/bin:/usr/lib/cni", dir.display()))
+}
