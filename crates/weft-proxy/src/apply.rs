@@ -1,24 +1,26 @@
 //! The applier: the difference between what a node has and what the compiler wants, as one
-//! `nft -f -` transaction (atomic), containing only what changed. It never reads the table back
-//! (it remembers what it applied); the first sync, or a sync after an error, declares the whole
-//! table fresh.
+//! nf_tables netlink batch (one atomic transaction), containing only what changed. It never
+//! reads the table back (it remembers what it applied); the first sync, or a sync after an
+//! error, declares the whole table fresh: table, sets, chains and every element in one batch.
 
 use std::fmt::Write as _;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::compile::{Backend, Desired, Fragment, MASQ_MARK, Patch, PortKey, SvcKey};
+use weft_netlink::conntrack::StaleFlow;
+use weft_netlink::nft::Batch;
+
+use crate::compile::{Backend, Chains, Desired, Fragment, MASQ_MARK, Patch, PortKey, SharedChain, SvcKey};
 use crate::netlink::{Data, ElemOp, Field, proto_num};
 
-pub const TABLE: &str = "weft-proxy";
+pub use crate::netlink::TABLE;
 
+/// The fixed part of the table in nft syntax: what [`crate::netlink`] builds, for reading
+/// (diagnostics, tests).
 fn base() -> String {
     format!(
         r#"table ip {TABLE} {{
@@ -62,16 +64,17 @@ fn base() -> String {
     )
 }
 
-/// A change: structure (table and chains, in nft syntax; empty for most changes) and element
-/// operations, deletions before additions.
+/// A change: structure (the table anew, shared chains; none for most changes) and element
+/// operations, deletions before additions, all sent as one transaction.
 #[derive(Debug, Default)]
 pub struct Delta {
-    pub structure: String,
+    /// The table is declared anew (first sync, or after a failure), replacing one that is there.
+    pub fresh: bool,
+    /// Shared chains to make (or refill).
+    pub chains: Vec<(String, SharedChain)>,
     pub ops: Vec<ElemOp>,
     /// UDP flows to endpoints that went away: their conntrack entries are removed after the change.
-    pub stale_udp: Vec<crate::conntrack::StaleFlow>,
-    /// The table is declared anew (first sync, or after a failure): its structure and elements.
-    pub fresh: bool,
+    pub stale_udp: Vec<StaleFlow>,
 }
 
 fn render_fields(fields: &[Field]) -> String {
@@ -87,15 +90,47 @@ fn render_fields(fields: &[Field]) -> String {
             },
             Field::Port(p) => p.to_string(),
             Field::Slot(n) => n.to_string(),
+            Field::Net(n) => n.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" . ")
 }
 
 impl Delta {
-    /// The whole change in nft syntax (one `nft -f -` transaction).
+    /// Whether the change makes structure (the table, chains), not only elements.
+    pub fn has_structure(&self) -> bool {
+        self.fresh || !self.chains.is_empty()
+    }
+    pub fn is_empty(&self) -> bool {
+        !self.has_structure() && self.ops.is_empty()
+    }
+    /// Its structure alone: what is left to try when the whole change was refused.
+    fn structure_only(&self) -> Delta {
+        Delta { fresh: self.fresh, chains: self.chains.clone(), ..Default::default() }
+    }
+    /// How big the change is (for logs): objects plus element operations.
+    pub fn size(&self) -> usize {
+        usize::from(self.fresh) + self.chains.len() + self.ops.len()
+    }
+    /// The table's structure in nft syntax (diagnostics, tests).
+    pub fn structure_text(&self) -> String {
+        let mut s = String::new();
+        if self.fresh {
+            let _ = write!(s, "add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base());
+        }
+        for (name, chain) in &self.chains {
+            // Flushed first so that sending a chain again (after a batch that failed) never
+            // doubles its rules.
+            let _ = writeln!(s, "add chain ip {TABLE} {name}\nflush chain ip {TABLE} {name}");
+            for r in chain.rules() {
+                let _ = writeln!(s, "add rule ip {TABLE} {name} {r}");
+            }
+        }
+        s
+    }
+    /// The whole change in nft syntax (what the netlink batch does, for reading).
     pub fn text(&self) -> String {
-        let mut s = self.structure.clone();
+        let mut s = self.structure_text();
         let mut i = 0;
         while i < self.ops.len() {
             let (add, set) = (self.ops[i].add, self.ops[i].set);
@@ -149,14 +184,7 @@ pub fn delta(old: Option<&Desired>, new: &Desired) -> Delta {
     let empty = Desired::default();
     let (d, old) = match old {
         Some(o) => (Delta::default(), o),
-        None => (
-            Delta {
-                structure: format!("add table ip {TABLE}\ndelete table ip {TABLE}\n{}", base()),
-                fresh: true,
-                ..Default::default()
-            },
-            &empty,
-        ),
+        None => (Delta { fresh: true, ..Default::default() }, &empty),
     };
     let blank = Fragment::default();
     let mut changed: Vec<(&Fragment, &Fragment)> = vec![];
@@ -199,7 +227,7 @@ fn delta_of<'a>(
     changed: &[(&Fragment, &Fragment)],
     had: impl Fn(&Ipv4Addr) -> bool,
     has: impl Fn(&Ipv4Addr) -> bool,
-    new_chains: impl Iterator<Item = (&'a String, &'a crate::compile::SharedChain)>,
+    new_chains: impl Iterator<Item = (&'a String, &'a SharedChain)>,
 ) -> Delta {
     let op = |add: bool, set: &'static str, key: Vec<Field>, data: Data| ElemOp { add, set, key, data };
     let be_key = |k: &(SvcKey, u32)| [ip_key(&k.0), vec![Field::Slot(k.1)]].concat();
@@ -226,7 +254,7 @@ fn delta_of<'a>(
             d.ops.push(op(false, backends_set(&k.0.1), be_key(k), Data::None));
             let (vip, proto, port) = &k.0;
             if proto == "udp" && !n.backends.iter().any(|(_, nb)| nb.ip == b.ip) {
-                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: Some(b.ip) });
+                d.stale_udp.push(StaleFlow { vip: *vip, port: *port, endpoint: Some(b.ip) });
             }
         }
         for (k, _) in gone(&o.np_backends, &n.np_backends) {
@@ -237,7 +265,7 @@ fn delta_of<'a>(
             // Endpoints arrived: UDP flows made while there were none are not translated.
             let (vip, proto, port) = k;
             if proto == "udp" {
-                d.stale_udp.push(crate::conntrack::StaleFlow { vip: *vip, port: *port, endpoint: None });
+                d.stale_udp.push(StaleFlow { vip: *vip, port: *port, endpoint: None });
             }
         }
         for k in o.reject_nodeports.iter().filter(|k| !n.reject_nodeports.contains(k)) {
@@ -248,32 +276,19 @@ fn delta_of<'a>(
     for ip in hairpin_touched.iter().filter(|ip| had(ip) && !has(ip)) {
         d.ops.push(op(false, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
     }
-    // Source-range guards go as nft text in the structure transaction (their set holds
-    // intervals, which the netlink writer does not speak): a guard and its ranges change together.
+    // Source-range guards: a guard goes with its last range, and comes before its first
+    // (the ranges are an interval concatenation: each element a range of client addresses).
+    let allow_key = |k: &SvcKey, r: &ipnet::Ipv4Net| [ip_key(k), vec![Field::Net(*r)]].concat();
     for (o, n) in changed {
-        let key = |k: &SvcKey| format!("{} . {} . {}", k.0, k.1, k.2);
         for (k, r) in o.firewall_allow.iter().filter(|e| !n.firewall_allow.contains(e)) {
-            let _ = writeln!(d.structure, "delete element ip {TABLE} firewall-allow {{ {} . {r} }}", key(k));
+            d.ops.push(op(false, "firewall-allow", allow_key(k, r), Data::None));
         }
         for k in o.firewall.iter().filter(|k| !n.firewall.contains(k)) {
-            let _ = writeln!(d.structure, "delete element ip {TABLE} firewall {{ {} }}", key(k));
-        }
-        for k in n.firewall.iter().filter(|k| !o.firewall.contains(k)) {
-            let _ = writeln!(d.structure, "add element ip {TABLE} firewall {{ {} }}", key(k));
-        }
-        for (k, r) in n.firewall_allow.iter().filter(|e| !o.firewall_allow.contains(e)) {
-            let _ = writeln!(d.structure, "add element ip {TABLE} firewall-allow {{ {} . {r} }}", key(k));
+            d.ops.push(op(false, "firewall", ip_key(k), Data::None));
         }
     }
     // 2. Shared chains appear as first needed and stay (a handful per endpoint count).
-    for (name, chain) in new_chains {
-        // Flushed first so that sending a chain again (after a batch that failed) never
-        // doubles its rules.
-        let _ = writeln!(d.structure, "add chain ip {TABLE} {name}\nflush chain ip {TABLE} {name}");
-        for r in chain.rules() {
-            let _ = writeln!(d.structure, "add rule ip {TABLE} {name} {r}");
-        }
-    }
+    d.chains.extend(new_chains.map(|(name, c)| (name.clone(), c.clone())));
     // 3. What is new: endpoints before the entries that lead to them.
     for (o, n) in changed {
         for (k, b) in came(&o.backends, &n.backends) {
@@ -300,6 +315,14 @@ fn delta_of<'a>(
     for ip in hairpin_touched.iter().filter(|ip| !had(ip) && has(ip)) {
         d.ops.push(op(true, "hairpin", vec![Field::Ip(*ip), Field::Ip(*ip)], Data::None));
     }
+    for (o, n) in changed {
+        for k in n.firewall.iter().filter(|k| !o.firewall.contains(k)) {
+            d.ops.push(op(true, "firewall", ip_key(k), Data::None));
+        }
+        for (k, r) in n.firewall_allow.iter().filter(|e| !o.firewall_allow.contains(e)) {
+            d.ops.push(op(true, "firewall-allow", allow_key(k, r), Data::None));
+        }
+    }
     d
 }
 
@@ -313,148 +336,64 @@ pub trait Sink {
     fn apply(&self, delta: &Delta) -> Result<()>;
 }
 
-/// The `nft` command, run in the network namespace `netns` (or here).
-fn nft_in(netns: Option<&std::path::Path>) -> Result<Command> {
-    let mut cmd = Command::new("nft");
-    if let Some(ns) = netns {
-        let f = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-    }
-    Ok(cmd)
-}
-
-fn run_nft(netns: Option<&std::path::Path>, script: &str) -> Result<()> {
-    let mut cmd = nft_in(netns)?;
-    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("running nft (install the nftables package)")?;
-    child.stdin.take().unwrap().write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft rejected the transaction: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-/// Checks, changing nothing (`nft --check`), that this machine can hold the proxy's table: the
-/// `nft` command is there and the kernel has every nf_tables feature the table uses.
+/// Checks, changing nothing, that this machine can hold the proxy's table: builds it, with a
+/// shared chain of each kind, in a private network namespace that disappears afterwards.
 pub fn preflight() -> Result<()> {
-    let mut cmd = nft_in(None)?;
-    cmd.args(["--check", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("the `nft` command is missing: install the nftables package (apt-get install nftables)")
-        }
-        Err(e) => return Err(e).context("running nft"),
-    };
-    child.stdin.take().context("nft's stdin")?.write_all(base().replace(TABLE, "weft-preflight").as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "the kernel refuses the service proxy's nftables table (nf_tables, nat, numgen, fib or reject missing?): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Everything through `nft -f -`, one transaction per change.
-pub struct NftCommand {
-    /// Enter this network namespace first (a lab node); `None`: this process's namespace.
-    pub netns: Option<std::path::PathBuf>,
-}
-
-impl Sink for NftCommand {
-    fn apply(&self, delta: &Delta) -> Result<()> {
-        run_nft(self.netns.as_deref(), &delta.text()).map_err(NothingChanged)?;
-        if !delta.stale_udp.is_empty() {
-            let flows = delta.stale_udp.clone();
-            in_netns(self.netns.as_deref(), move || crate::conntrack::remove(&flows).map(|_| ()))?;
-        }
-        Ok(())
-    }
-}
-
-/// Runs `f` on a thread in the network namespace `netns` (or here).
-fn in_netns(netns: Option<&std::path::Path>, f: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> Result<()> {
-    let ns = match netns {
-        Some(p) => Some(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?),
-        None => None,
-    };
-    std::thread::spawn(move || -> std::io::Result<()> {
-        if let Some(f) = ns {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        }
-        f()
+    let mut b = Batch::new();
+    crate::netlink::add_table(&mut b);
+    let cidr = "10.244.0.0/16".parse().expect("a valid network");
+    let samples: Chains = [(true, false), (false, true)]
+        .into_iter()
+        .map(|(affinity, nodeport)| {
+            let c = SharedChain {
+                masq: crate::compile::Masq::Cluster,
+                cluster_cidr: cidr,
+                affinity,
+                nodeport,
+                proto: "tcp".into(),
+                endpoints: 2,
+            };
+            (c.name(), c)
+        })
+        .collect();
+    crate::netlink::add_shared_chains(&mut b, &samples);
+    weft_netlink::ns::run_in_fresh(move || b.commit())?.map_err(|e| {
+        anyhow::anyhow!(
+            "the kernel refuses the service proxy's nftables table (nf_tables, nat, numgen, hash, fib or reject missing?): {e}"
+        )
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-    .map_err(anyhow::Error::from)
 }
 
-/// Structure through `nft -f -` (rare), elements through nf_tables netlink in one batch: a
-/// Service change starts no process and costs the kernel only its elements.
-pub struct NetlinkSink {
-    pub netns: Option<std::path::PathBuf>,
-}
-
-/// A sink's error when nothing at all changed in the kernel (its structure transaction was
-/// refused, or everything went in one transaction that was).
+/// A sink's error when nothing at all changed in the kernel (the transaction was refused).
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
 pub struct NothingChanged(pub anyhow::Error);
 
-/// Whether the proxy's table is in the kernel (here or in `netns`).
-fn table_exists(netns: Option<&std::path::Path>) -> bool {
-    let Ok(mut cmd) = nft_in(netns) else { return false };
-    cmd.args(["list", "tables", "ip"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    cmd.output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == format!("table ip {TABLE}")))
+/// Everything through nf_tables netlink, one batch (one transaction) per change: a Service
+/// change starts no process and costs the kernel only its elements; a fresh table (the first
+/// sync, or a restarted proxy replacing the table it finds) is one transaction too, so no moment
+/// shows an empty table and a refusal leaves the old one in force.
+pub struct NetlinkSink {
+    /// The network namespace to work in (a lab node); `None`: this process's.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 impl Sink for NetlinkSink {
     fn apply(&self, delta: &Delta) -> Result<()> {
-        // Replacing a table that serves traffic (a restarted proxy): the new table and all its
-        // elements in one transaction, so no moment shows an empty table, and a refusal leaves
-        // the old one in force. It is slower than netlink (nft parses every element), which only
-        // a start pays. If the kernel refuses it, the table is built in two steps below, so that
-        // the Services it takes still go in (the applier then finds the one it refuses).
-        if delta.fresh && table_exists(self.netns.as_deref()) {
-            match run_nft(self.netns.as_deref(), &delta.text()) {
-                Ok(()) => {
-                    if let Err(e) = in_netns(self.netns.as_deref(), {
-                        let flows = delta.stale_udp.clone();
-                        move || crate::conntrack::remove(&flows).map(|_| ())
-                    }) {
-                        tracing::warn!(error = %format!("{e:#}"), "removing stale UDP conntrack entries");
-                    }
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the kernel refused the whole table; building it in steps")
-                }
-            }
+        let mut b = Batch::new();
+        if delta.fresh {
+            crate::netlink::add_table(&mut b);
         }
-        if !delta.structure.is_empty() {
-            run_nft(self.netns.as_deref(), &delta.structure).map_err(NothingChanged)?;
+        crate::netlink::add_shared_chains(&mut b, delta.chains.iter().map(|(n, c)| (n, c)));
+        crate::netlink::add_elements(&mut b, &delta.ops);
+        b.commit_in(self.netns.as_deref())
+            .map_err(|e| NothingChanged(anyhow::Error::new(e).context("nf_tables netlink batch")))?;
+        if !delta.stale_udp.is_empty()
+            && let Err(e) = weft_netlink::conntrack::remove(self.netns.as_deref(), &delta.stale_udp)
+        {
+            tracing::warn!(error = %e, "removing stale UDP conntrack entries");
         }
-        if delta.ops.is_empty() {
-            return Ok(());
-        }
-        let ops = delta.ops.clone();
-        let flows = delta.stale_udp.clone();
-        in_netns(self.netns.as_deref(), move || {
-            crate::netlink::send(TABLE, &ops)?;
-            if let Err(e) = crate::conntrack::remove(&flows) {
-                tracing::warn!(error = %e, "removing stale UDP conntrack entries");
-            }
-            Ok(())
-        })
-        .context("nf_tables netlink batch")
+        Ok(())
     }
 }
 
@@ -492,7 +431,7 @@ impl<S: Sink> Applier<S> {
             anyhow::bail!("nothing applied yet: a full sync comes first")
         };
         let d = delta_patch(applied, patch);
-        let size = d.structure.len() + d.ops.len();
+        let size = d.size();
         let result = if size > 0 { self.sink.apply(&d) } else { Ok(()) };
         match result {
             Ok(()) => {
@@ -504,35 +443,33 @@ impl<S: Sink> Applier<S> {
                 }
                 Ok(size)
             }
-            Err(e) if structure_refused(&e, &d) => Err(e),
             Err(e) => {
-                self.after_failure(&e, &patch.new_chains);
+                self.after_failure(&e, &d, &patch.new_chains)?;
                 self.in_parts(patch.fragments.clone(), &patch.new_chains)?;
                 Ok(size)
             }
         }
     }
 
-    /// Applies `want`; returns the change's size (structure bytes plus element operations; 0 when
+    /// Applies `want`; returns the change's size (objects plus element operations; 0 when
     /// nothing changed).
     pub fn sync(&mut self, want: Desired) -> Result<usize> {
         let d = delta(self.applied.as_ref(), &want);
-        if d.structure.is_empty() && d.ops.is_empty() {
+        if d.is_empty() {
             self.applied = Some(want);
             self.refused.clear();
             return Ok(0);
         }
-        let size = d.structure.len() + d.ops.len();
+        let size = d.size();
         match self.sink.apply(&d) {
             Ok(()) => {
                 self.applied = Some(want);
                 self.refused.clear();
                 Ok(size)
             }
-            Err(e) if structure_refused(&e, &d) => Err(e),
             Err(e) => {
                 let fresh = self.applied.is_none();
-                self.after_failure(&e, &want.chains);
+                self.after_failure(&e, &d, &want.chains)?;
                 let Some(applied) = self.applied.as_ref() else { return Err(e) };
                 if fresh {
                     // The table was made anew and is empty: every Service goes in again.
@@ -545,14 +482,21 @@ impl<S: Sink> Applier<S> {
         }
     }
 
-    /// What the kernel has after a refused change: unchanged if nothing changed; otherwise its
-    /// structure went in (a fresh table with every chain, or new chains) and no element did.
-    fn after_failure(&mut self, e: &anyhow::Error, chains: &crate::compile::Chains) {
+    /// After a refused change `d`, finds out what is to blame and what the kernel has. A sink
+    /// that changed nothing ([`NothingChanged`], one transaction) gets the change's structure
+    /// alone (the table anew, new chains): refused too, the structure is to blame (an error: no
+    /// Service is, and splitting would send it again and again), else the Services are looked
+    /// at in parts on top of it. A sink that did change something put the structure in.
+    fn after_failure(&mut self, e: &anyhow::Error, d: &Delta, chains: &Chains) -> Result<()> {
+        if !d.has_structure() {
+            return Ok(());
+        }
         if e.is::<NothingChanged>() {
-            return;
+            self.sink.apply(&d.structure_only())?;
         }
         let a = self.applied.get_or_insert_with(Desired::default);
         a.chains.extend(chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(())
     }
 
     /// Applies `items` in halves until each part goes in or is one refused Service. Errors only
@@ -563,7 +507,7 @@ impl<S: Sink> Applier<S> {
             let Some(applied) = self.applied.as_ref() else { break };
             let patch = part_patch(applied, part, chains);
             let d = delta_patch(applied, &patch);
-            let result = if d.structure.is_empty() && d.ops.is_empty() { Ok(()) } else { self.sink.apply(&d) };
+            let result = if d.is_empty() { Ok(()) } else { self.sink.apply(&d) };
             match result {
                 Ok(()) => {
                     for (k, _, _) in &patch.fragments {
@@ -573,16 +517,15 @@ impl<S: Sink> Applier<S> {
                         a.apply_patch(&patch);
                     }
                 }
-                Err(e) if structure_refused(&e, &d) => return Err(e),
                 Err(e) if patch.fragments.len() > 1 => {
-                    self.after_failure(&e, chains);
+                    self.after_failure(&e, &d, chains)?;
                     let mut part = patch.fragments;
                     let rest = part.split_off(part.len() / 2);
                     queue.push(rest);
                     queue.push(part);
                 }
                 Err(e) => {
-                    self.after_failure(&e, chains);
+                    self.after_failure(&e, &d, chains)?;
                     if let Some((k, _, _)) = patch.fragments.first() {
                         tracing::warn!(service = %format!("{}/{}", k.0, k.1), error = %format!("{e:#}"), "the kernel refused this Service's rules; it keeps its last good state");
                         self.refused.insert(k.clone(), format!("{e:#}"));
@@ -596,12 +539,6 @@ impl<S: Sink> Applier<S> {
         let names: Vec<String> = self.refused.keys().map(|(n, s)| format!("{n}/{s}")).collect();
         Err(anyhow::anyhow!("the kernel refused the rules of {}", names.join(", ")))
     }
-}
-
-/// Whether the shared structure (the table, a chain) is what the kernel refused: no Service is
-/// to blame, and splitting the change would only send it again and again.
-fn structure_refused(e: &anyhow::Error, d: &Delta) -> bool {
-    e.is::<NothingChanged>() && !d.structure.is_empty()
 }
 
 /// The fragments that differ between `applied` and `want` (or were compiled from other inputs).
@@ -754,7 +691,7 @@ mod tests {
             &crate::compile::Claims::new(&s2),
         );
         let d = delta_patch(&after, &same);
-        assert!(d.ops.is_empty() && d.structure.is_empty());
+        assert!(d.is_empty());
     }
 
     #[test]
@@ -773,13 +710,10 @@ mod tests {
         let ready = compile(std::slice::from_ref(&svc), &[slice], &node);
         let d = delta(Some(&empty), &ready);
         let vip = "10.96.0.10".parse().unwrap();
-        assert_eq!(d.stale_udp, vec![crate::conntrack::StaleFlow { vip, port: 53, endpoint: None }]);
+        assert_eq!(d.stale_udp, vec![StaleFlow { vip, port: 53, endpoint: None }]);
         // And the way back: the endpoint's own flows go.
         let d = delta(Some(&ready), &empty);
-        assert_eq!(
-            d.stale_udp,
-            vec![crate::conntrack::StaleFlow { vip, port: 53, endpoint: Some("10.244.0.2".parse().unwrap()) }]
-        );
+        assert_eq!(d.stale_udp, vec![StaleFlow { vip, port: 53, endpoint: Some("10.244.0.2".parse().unwrap()) }]);
     }
 
     #[test]
@@ -828,12 +762,13 @@ mod tests {
     }
     impl Sink for Refusing {
         fn apply(&self, d: &Delta) -> Result<()> {
-            if !self.fresh_ok && d.structure.contains("delete table") {
-                return Err(NothingChanged(anyhow::anyhow!("no nft")).into());
+            if !self.fresh_ok && d.fresh {
+                return Err(NothingChanged(anyhow::anyhow!("no nf_tables")).into());
             }
             self.log.borrow_mut().push(d.ops.len());
             if d.ops.iter().any(|o| o.key.contains(&Field::Ip(self.bad))) {
-                anyhow::bail!("File exists (os error 17)");
+                // One transaction: nothing of it went in.
+                return Err(NothingChanged(anyhow::anyhow!("File exists (os error 17)")).into());
             }
             Ok(())
         }

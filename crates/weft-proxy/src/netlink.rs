@@ -1,39 +1,24 @@
-//! A small nf_tables netlink writer for the one thing a Service change needs: adding and deleting
-//! set and map elements, many in one batch (one atomic transaction), with no process to start and
-//! nothing read back from the kernel. Written by hand because no permissive-licence Rust crate
-//! speaks nf_tables netlink with verdict maps; tables and chains (rare, structural) still go
-//! through `nft -f -`.
+//! The proxy's table in nf_tables terms ([`weft_netlink::nft`]): its sets and maps, its fixed
+//! chains, the rules of the shared chains and the layout of element keys. The expressions are
+//! the ones `nft` itself makes from the text rendering in `apply.rs` (compare with
+//! `nft --debug=netlink`), so the kernel runs the same bytecode.
 //!
 //! Keys and data are laid out as nf_tables registers hold them: each field of a concatenation in
 //! 4-byte slots; addresses and ports in network byte order, `numgen`/`jhash` results in host order.
 
 use std::net::Ipv4Addr;
 
-const NETLINK_NETFILTER: isize = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 0x8000;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFT_GOTO: i32 = -4;
-const NFPROTO_IPV4: u8 = 2;
-/// Elements per message: keeps each message well under the socket buffer.
-const PER_MESSAGE: usize = 512;
+use ipnet::Ipv4Net;
+use weft_netlink::nft::{
+    Batch, ByteOrderOp, Chain, ChainType, CmpOp, Elem, ElemData, Expr, Family, FibResult, FieldType, Hook, Key,
+    MetaKey, NatKind, PayloadBase, Reg, Reject, Rule, Set, SetData, Table, Typeof, Verdict, addr_type, fib_flags,
+    priority,
+};
+
+use crate::compile::{AFFINITY_SEED, MASQ_MARK, Masq, SharedChain};
+
+pub const TABLE: &str = "weft-proxy";
+const FAMILY: Family = Family::Ip;
 
 /// One field of a key or a data value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +28,9 @@ pub enum Field {
     Port(u16),
     /// A `numgen` or `jhash` result (host byte order).
     Slot(u32),
+    /// A range of addresses (an interval set's key: its first address, and its last as the
+    /// element's key end).
+    Net(Ipv4Net),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,187 +57,310 @@ pub fn proto_num(p: &str) -> u8 {
     }
 }
 
-fn encode_fields(fields: &[Field]) -> Vec<u8> {
-    let mut out = vec![];
+/// The fields in register layout; `end`: a range's last address instead of its first.
+fn layout(fields: &[Field], end: bool) -> Vec<u8> {
+    let mut k = Key::new();
     for f in fields {
-        match f {
-            Field::Ip(ip) => out.extend_from_slice(&ip.octets()),
-            Field::Proto(p) => out.extend_from_slice(&[*p, 0, 0, 0]),
-            Field::Port(p) => {
-                out.extend_from_slice(&p.to_be_bytes());
-                out.extend_from_slice(&[0, 0]);
-            }
-            Field::Slot(n) => out.extend_from_slice(&n.to_ne_bytes()),
-        }
+        k = match f {
+            Field::Ip(ip) => k.ipv4(*ip),
+            Field::Proto(p) => k.proto(*p),
+            Field::Port(p) => k.port(*p),
+            Field::Slot(n) => k.host_u32(*n),
+            Field::Net(n) => k.ipv4(if end { n.broadcast() } else { n.network() }),
+        };
     }
-    out
+    k.bytes()
 }
 
-/// Appends a netlink attribute (padded to 4 bytes).
-fn attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    while !buf.len().is_multiple_of(4) {
-        buf.push(0);
+/// The element an operation adds or deletes.
+pub fn elem(op: &ElemOp) -> Elem {
+    let ranged = op.key.iter().any(|f| matches!(f, Field::Net(_)));
+    Elem {
+        key: layout(&op.key, false),
+        key_end: ranged.then(|| layout(&op.key, true)),
+        data: match &op.data {
+            Data::None => None,
+            Data::Value(v) => Some(ElemData::Value(layout(v, false))),
+            Data::Goto(c) => Some(ElemData::Verdict(Verdict::Goto(c.clone()))),
+        },
     }
 }
 
-fn nested(buf: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0, 0, 0, 0]);
-    inner(buf);
-    let len = (buf.len() - start) as u16;
-    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 2..start + 4].copy_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-fn message(ty: u16, flags: u16, seq: u32, res_id: u16, body: &[u8]) -> Vec<u8> {
-    let len = 16 + 4 + body.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.push(NFPROTO_IPV4);
-    m.push(0);
-    m.extend_from_slice(&res_id.to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-/// The whole batch (BEGIN, element messages, END) for `ops` on `table`; returns the bytes and the
-/// sequence numbers that expect an acknowledgement.
-pub fn encode(table: &str, ops: &[ElemOp]) -> (Vec<u8>, Vec<u32>) {
-    let mut out = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES, &[]);
-    let mut seqs = vec![];
-    let mut seq = 1u32;
-    // Consecutive operations of the same kind on the same set share a message.
+/// Adds `ops` to a batch; consecutive operations of one kind on one set share messages.
+pub fn add_elements(b: &mut Batch, ops: &[ElemOp]) {
     let mut i = 0;
     while i < ops.len() {
         let (add, set) = (ops[i].add, ops[i].set);
-        let mut j = i;
-        while j < ops.len() && j - i < PER_MESSAGE && ops[j].add == add && ops[j].set == set {
-            j += 1;
-        }
-        let mut body = vec![];
-        attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-        attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(set));
-        nested(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-            for op in &ops[i..j] {
-                nested(b, NFTA_LIST_ELEM, |e| {
-                    nested(e, NFTA_SET_ELEM_KEY, |k| attr(k, NFTA_DATA_VALUE, &encode_fields(&op.key)));
-                    match &op.data {
-                        Data::None => {}
-                        Data::Value(v) if add => {
-                            nested(e, NFTA_SET_ELEM_DATA, |d| attr(d, NFTA_DATA_VALUE, &encode_fields(v)))
-                        }
-                        Data::Goto(chain) if add => nested(e, NFTA_SET_ELEM_DATA, |d| {
-                            nested(d, NFTA_DATA_VERDICT, |v| {
-                                attr(v, NFTA_VERDICT_CODE, &NFT_GOTO.to_be_bytes());
-                                attr(v, NFTA_VERDICT_CHAIN, &cstr(chain));
-                            })
-                        }),
-                        _ => {}
-                    }
-                });
-            }
-        });
-        let (ty, flags) = if add {
-            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+        let n = ops[i..].iter().take_while(|o| o.add == add && o.set == set).count();
+        let elems: Vec<Elem> = ops[i..i + n].iter().map(elem).collect();
+        if add {
+            b.add_elements(FAMILY, TABLE, set, &elems);
         } else {
-            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
-        };
-        out.extend(message((NFNL_SUBSYS_NFTABLES << 8) | ty, flags, seq, 0, &body));
-        seqs.push(seq);
-        seq += 1;
-        i = j;
+            b.delete_elements(FAMILY, TABLE, set, &elems);
+        }
+        i += n;
     }
-    out.extend(message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, NFNL_SUBSYS_NFTABLES, &[]));
-    (out, seqs)
 }
 
-/// One received netlink message: type, sequence number and the bytes after the 16-byte header.
-pub struct Msg<'a> {
-    pub ty: u16,
-    pub seq: u32,
-    pub body: &'a [u8],
+// Registers as nft allocates them: `reg 1` (32-bit slot 0), then `reg 9`, `reg 10`, ...
+fn s(n: u32) -> Reg {
+    Reg::slot(n)
+}
+fn daddr(dreg: Reg) -> Expr {
+    Expr::Payload { base: PayloadBase::Network, offset: 16, len: 4, dreg }
+}
+fn saddr(dreg: Reg) -> Expr {
+    Expr::Payload { base: PayloadBase::Network, offset: 12, len: 4, dreg }
+}
+fn l4proto(dreg: Reg) -> Expr {
+    Expr::Meta { key: MetaKey::L4Proto, dreg }
+}
+/// `th dport` (and `tcp`/`udp`/`sctp dport`: the same two bytes).
+fn dport(dreg: Reg) -> Expr {
+    Expr::Payload { base: PayloadBase::Transport, offset: 2, len: 2, dreg }
+}
+fn lookup(set: &str, dreg: Option<Reg>) -> Expr {
+    Expr::Lookup { set: set.into(), sreg: s(0), dreg, invert: false }
+}
+/// `meta l4proto P`.
+fn l4proto_is(p: u8) -> [Expr; 2] {
+    [l4proto(s(0)), Expr::Cmp { sreg: s(0), op: CmpOp::Eq, data: vec![p] }]
+}
+/// `ip daddr . meta l4proto . th dport` in slots 0-2.
+fn vip_key() -> [Expr; 3] {
+    [daddr(s(0)), l4proto(s(1)), dport(s(2))]
+}
+/// `fib daddr type local ip daddr != 127.0.0.0/8`.
+fn local_not_loopback() -> [Expr; 4] {
+    [
+        Expr::Fib { flags: fib_flags::DADDR, result: FibResult::AddrType, dreg: s(0) },
+        Expr::cmp_u32(s(0), CmpOp::Eq, addr_type::LOCAL),
+        Expr::Payload { base: PayloadBase::Network, offset: 16, len: 1, dreg: s(0) },
+        Expr::Cmp { sreg: s(0), op: CmpOp::Neq, data: vec![127] },
+    ]
+}
+/// `meta mark set meta mark & MASK ^ XOR`.
+fn set_mark(mask: u32, xor: u32) -> [Expr; 3] {
+    [
+        Expr::Meta { key: MetaKey::Mark, dreg: s(0) },
+        Expr::Bitwise { sreg: s(0), dreg: s(0), mask: mask.to_ne_bytes().to_vec(), xor: xor.to_ne_bytes().to_vec() },
+        Expr::MetaSet { key: MetaKey::Mark, sreg: s(0) },
+    ]
+}
+/// `ip saddr != NET`, as nft writes it: whole bytes compared directly, else masked.
+fn saddr_outside(net: Ipv4Net) -> Vec<Expr> {
+    let octets = net.network().octets();
+    let p = u32::from(net.prefix_len());
+    if p > 0 && p.is_multiple_of(8) {
+        let n = (p / 8) as usize;
+        return vec![
+            Expr::Payload { base: PayloadBase::Network, offset: 12, len: p / 8, dreg: s(0) },
+            Expr::Cmp { sreg: s(0), op: CmpOp::Neq, data: octets[..n].to_vec() },
+        ];
+    }
+    vec![
+        saddr(s(0)),
+        Expr::Bitwise { sreg: s(0), dreg: s(0), mask: net.netmask().octets().to_vec(), xor: vec![0; 4] },
+        Expr::Cmp { sreg: s(0), op: CmpOp::Neq, data: octets.to_vec() },
+    ]
 }
 
-/// The netlink messages in a received buffer (a malformed tail is ignored).
-pub fn messages(buf: &[u8]) -> Vec<Msg<'_>> {
-    let mut out = vec![];
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-        let seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-        out.push(Msg { ty, seq, body: &buf[off + 16..off + len] });
-        off += (len + 3) & !3;
-    }
-    out
+fn rule(chain: &str, parts: &[&[Expr]]) -> Rule {
+    Rule { chain: chain.into(), exprs: parts.concat() }
 }
 
-/// The error code of an NLMSG_ERROR message (0 is an acknowledgement).
-pub fn error_code(m: &Msg) -> i32 {
-    m.body.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0)
+/// The sets and maps of the table.
+pub fn sets() -> Vec<Set> {
+    use FieldType as F;
+    let endpoint = SetData::Value(vec![F::IPV4, F::PORT]);
+    let mut v = vec![
+        Set::map("services", &[F::IPV4, F::PROTO, F::PORT], SetData::Verdict),
+        Set::map("nodeports", &[F::PROTO, F::PORT], SetData::Verdict),
+    ];
+    // Declared by `typeof` as nft declares them, so that `nft list` can print the slot field.
+    let slot = Typeof::NumgenRandom { modulus: 2 };
+    for p in ["tcp", "udp", "sctp"] {
+        let port = Typeof::Dport(proto_num(p));
+        v.push(Set {
+            typeof_key: vec![Typeof::IpDaddr, Typeof::L4Proto, port, slot],
+            typeof_data: vec![Typeof::IpDaddr, port],
+            ..Set::map(&format!("backends-{p}"), &[F::IPV4, F::PROTO, F::PORT, F::U32], endpoint.clone())
+        });
+    }
+    for p in ["tcp", "udp", "sctp"] {
+        let port = Typeof::Dport(proto_num(p));
+        v.push(Set {
+            typeof_key: vec![Typeof::L4Proto, port, slot],
+            typeof_data: vec![Typeof::IpDaddr, port],
+            ..Set::map(&format!("np-backends-{p}"), &[F::PROTO, F::PORT, F::U32], endpoint.clone())
+        });
+    }
+    v.push(Set::set("hairpin", &[F::IPV4, F::IPV4]));
+    v.push(Set::set("no-endpoints", &[F::IPV4, F::PROTO, F::PORT]));
+    v.push(Set::set("no-endpoint-nodeports", &[F::PROTO, F::PORT]));
+    v.push(Set::set("firewall", &[F::IPV4, F::PROTO, F::PORT]));
+    v.push(Set { interval: true, ..Set::set("firewall-allow", &[F::IPV4, F::PROTO, F::PORT, F::IPV4]) });
+    v
 }
 
-/// Sends the batch in this thread's network namespace and waits for every acknowledgement.
-pub fn send(table: &str, ops: &[ElemOp]) -> std::io::Result<()> {
-    if ops.is_empty() {
-        return Ok(());
+/// The fixed chains, each with its rules.
+pub fn base_chains() -> Vec<(Chain, Vec<Rule>)> {
+    let jump = |to: &str| Expr::Verdict(Verdict::Jump(to.into()));
+    let vip = vip_key();
+    let np_key = [l4proto(s(0)), dport(s(1))];
+    let masq_rule = [
+        &[Expr::Meta { key: MetaKey::Mark, dreg: s(0) }][..],
+        &[Expr::Bitwise {
+            sreg: s(0),
+            dreg: s(0),
+            mask: MASQ_MARK.to_ne_bytes().to_vec(),
+            xor: 0u32.to_ne_bytes().to_vec(),
+        }],
+        &[Expr::cmp_u32(s(0), CmpOp::Eq, MASQ_MARK)],
+        &set_mark(!MASQ_MARK, 0),
+        &[Expr::Masquerade],
+    ];
+    let reset = Expr::Reject(Reject::TcpReset);
+    let unreachable = Expr::Reject(Reject::PORT_UNREACHABLE);
+    let firewall_allow = [
+        daddr(s(0)),
+        l4proto(s(1)),
+        // nft converts the 1-byte protocol for an interval concatenation (a no-op at this size).
+        Expr::ByteOrder { sreg: s(1), dreg: s(1), op: ByteOrderOp::Hton, len: 1, size: 2 },
+        dport(s(2)),
+        saddr(s(3)),
+        Expr::Lookup { set: "firewall-allow".into(), sreg: s(0), dreg: None, invert: true },
+        Expr::Verdict(Verdict::Drop),
+    ];
+    vec![
+        (Chain::regular("mark-masq"), vec![rule("mark-masq", &[&set_mark(!MASQ_MARK, MASQ_MARK)])]),
+        (
+            Chain::regular("services"),
+            vec![
+                rule("services", &[&vip, &[lookup("services", Some(Reg::VERDICT))]]),
+                rule("services", &[&local_not_loopback(), &np_key, &[lookup("nodeports", Some(Reg::VERDICT))]]),
+            ],
+        ),
+        (
+            Chain::base("nat-prerouting", ChainType::Nat, Hook::Prerouting, priority::DSTNAT),
+            vec![rule("nat-prerouting", &[&[jump("services")]])],
+        ),
+        (
+            Chain::base("nat-output", ChainType::Nat, Hook::Output, -100),
+            vec![rule("nat-output", &[&[jump("services")]])],
+        ),
+        (
+            Chain::base("nat-postrouting", ChainType::Nat, Hook::Postrouting, priority::SRCNAT),
+            vec![
+                rule("nat-postrouting", &masq_rule),
+                rule("nat-postrouting", &[&[saddr(s(0)), daddr(s(1)), lookup("hairpin", None), Expr::Masquerade]]),
+            ],
+        ),
+        (
+            Chain::regular("reject-chain"),
+            vec![
+                rule("reject-chain", &[&vip, &[lookup("firewall", None)], &firewall_allow]),
+                rule("reject-chain", &[&vip, &[lookup("no-endpoints", None)], &l4proto_is(6), &[reset.clone()]]),
+                rule("reject-chain", &[&vip, &[lookup("no-endpoints", None), unreachable.clone()]]),
+                rule(
+                    "reject-chain",
+                    &[
+                        &local_not_loopback(),
+                        &np_key,
+                        &[lookup("no-endpoint-nodeports", None)],
+                        &l4proto_is(6),
+                        &[reset],
+                    ],
+                ),
+                rule(
+                    "reject-chain",
+                    &[&local_not_loopback(), &np_key, &[lookup("no-endpoint-nodeports", None), unreachable]],
+                ),
+            ],
+        ),
+        (
+            Chain::base("filter-prerouting", ChainType::Filter, Hook::Prerouting, -110),
+            vec![rule("filter-prerouting", &[&[jump("reject-chain")]])],
+        ),
+        (
+            Chain::base("filter-output", ChainType::Filter, Hook::Output, -110),
+            vec![rule("filter-output", &[&[jump("reject-chain")]])],
+        ),
+    ]
+}
+
+/// A shared chain's rules: masquerade as it says, then DNAT to the endpoint its map gives for
+/// the packet's key and a slot picked at random or by the client address.
+pub fn shared_chain_rules(name: &str, c: &SharedChain) -> Vec<Rule> {
+    let mut rules = vec![];
+    let to_masq = Expr::Verdict(Verdict::Jump("mark-masq".into()));
+    match c.masq {
+        Masq::Cluster => rules.push(rule(name, &[&saddr_outside(c.cluster_cidr), &[to_masq]])),
+        Masq::Always => rules.push(rule(name, &[&[to_masq]])),
+        Masq::Never => {}
     }
-    let (bytes, seqs) = encode(table, ops);
-    let mut sock = netlink_sys::Socket::new(NETLINK_NETFILTER)?;
-    sock.bind_auto()?;
-    // A full sync is one batch of megabytes: the whole batch must fit one send to be one
-    // transaction. Root may raise the limit (SO_SNDBUFFORCE).
-    {
-        use std::os::fd::AsRawFd;
-        let size: i32 = (bytes.len() + (1 << 20)).min(i32::MAX as usize) as i32;
-        unsafe {
-            nix::libc::setsockopt(
-                sock.as_raw_fd(),
-                nix::libc::SOL_SOCKET,
-                nix::libc::SO_SNDBUFFORCE,
-                &size as *const i32 as *const nix::libc::c_void,
-                std::mem::size_of::<i32>() as u32,
-            );
+    // The key: [daddr .] l4proto . dport . slot, each field in the next 32-bit slot.
+    let mut key: Vec<Expr> = vec![];
+    if !c.nodeport {
+        key.push(daddr(s(0)));
+    }
+    let first = key.len() as u32;
+    key.push(l4proto(s(first)));
+    key.push(dport(s(first + 1)));
+    let slot = s(first + 2);
+    if c.affinity {
+        // nft's choice of a scratch register for the hashed address.
+        let scratch = if c.nodeport { Reg(15) } else { Reg(3) };
+        key.push(saddr(scratch));
+        key.push(Expr::Jhash {
+            sreg: scratch,
+            dreg: slot,
+            len: 4,
+            modulus: c.endpoints,
+            seed: AFFINITY_SEED,
+            offset: 0,
+        });
+    } else {
+        key.push(Expr::Numgen { dreg: slot, modulus: c.endpoints, random: true, offset: 0 });
+    }
+    let dnat = [
+        Expr::Lookup { set: c.map(), sreg: s(0), dreg: Some(s(0)), invert: false },
+        Expr::Nat { kind: NatKind::Dnat, family: FAMILY, addr: Some(s(0)), proto: Some(s(1)) },
+    ];
+    rules.push(rule(name, &[&l4proto_is(proto_num(&c.proto)), &key, &dnat]));
+    rules
+}
+
+/// Adds the table anew (replacing one that is there, in the same transaction): its sets, maps
+/// and fixed chains.
+pub fn add_table(b: &mut Batch) {
+    // Added first so that the delete never fails: the transaction replaces whatever was there.
+    b.add_table(&Table::new(FAMILY, TABLE));
+    b.delete_table(FAMILY, TABLE);
+    b.add_table(&Table::new(FAMILY, TABLE));
+    for set in sets() {
+        b.add_set(FAMILY, TABLE, &set);
+    }
+    let chains = base_chains();
+    // Every chain exists before a rule jumps to one.
+    for (c, _) in &chains {
+        b.add_chain(FAMILY, TABLE, c);
+    }
+    for (_, rules) in &chains {
+        for r in rules {
+            b.add_rule(FAMILY, TABLE, r);
         }
     }
-    sock.send(&bytes, 0)?;
-    let mut pending: std::collections::BTreeSet<u32> = seqs.into_iter().collect();
-    let mut first_err: Option<std::io::Error> = None;
-    while !pending.is_empty() {
-        let mut buf = Vec::with_capacity(1 << 16);
-        sock.recv(&mut buf, 0)?;
-        for m in messages(&buf).iter().filter(|m| m.ty == NLMSG_ERROR) {
-            pending.remove(&m.seq);
-            let code = error_code(m);
-            if code != 0 && first_err.is_none() {
-                first_err = Some(std::io::Error::from_raw_os_error(-code));
-            }
+}
+
+/// Adds (or refills: flushed first, so sending one again never doubles its rules) shared chains.
+pub fn add_shared_chains<'a>(b: &mut Batch, chains: impl IntoIterator<Item = (&'a String, &'a SharedChain)>) {
+    for (name, c) in chains {
+        b.add_chain(FAMILY, TABLE, &Chain::regular(name));
+        b.flush_chain(FAMILY, TABLE, name);
+        for r in shared_chain_rules(name, c) {
+            b.add_rule(FAMILY, TABLE, &r);
         }
-        // After an error the kernel aborts the batch and may not answer the rest.
-        if first_err.is_some() {
-            break;
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 
@@ -260,7 +371,7 @@ mod tests {
     #[test]
     fn keys_are_laid_out_in_registers() {
         let k =
-            encode_fields(&[Field::Ip("10.96.0.5".parse().unwrap()), Field::Proto(6), Field::Port(80), Field::Slot(2)]);
+            layout(&[Field::Ip("10.96.0.5".parse().unwrap()), Field::Proto(6), Field::Port(80), Field::Slot(2)], false);
         assert_eq!(k.len(), 16);
         assert_eq!(&k[0..4], &[10, 96, 0, 5]);
         assert_eq!(&k[4..8], &[6, 0, 0, 0]);
@@ -269,10 +380,24 @@ mod tests {
     }
 
     #[test]
-    fn batches_group_operations() {
-        let op =
-            |add, set| ElemOp { add, set, key: vec![Field::Proto(6), Field::Port(80)], data: Data::Goto("c".into()) };
-        let (_, seqs) = encode("t", &[op(false, "a"), op(false, "a"), op(true, "a"), op(true, "b")]);
-        assert_eq!(seqs.len(), 3);
+    fn a_range_gives_its_element_a_key_end() {
+        let op = ElemOp {
+            add: true,
+            set: "firewall-allow",
+            key: vec![Field::Ip("10.0.0.1".parse().unwrap()), Field::Net("192.168.0.0/16".parse().unwrap())],
+            data: Data::None,
+        };
+        let e = elem(&op);
+        assert_eq!(e.key, [10, 0, 0, 1, 192, 168, 0, 0]);
+        assert_eq!(e.key_end.unwrap(), [10, 0, 0, 1, 192, 168, 255, 255]);
+    }
+
+    #[test]
+    fn a_cluster_cidr_on_a_byte_boundary_is_compared_without_a_mask() {
+        let e = saddr_outside("10.244.0.0/16".parse().unwrap());
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1], Expr::Cmp { sreg: s(0), op: CmpOp::Neq, data: vec![10, 244] });
+        let e = saddr_outside("10.240.0.0/12".parse().unwrap());
+        assert!(matches!(&e[1], Expr::Bitwise { mask, .. } if mask == &[255, 240, 0, 0]));
     }
 }

@@ -1,5 +1,6 @@
-//! The applier against the kernel, in a namespace this test makes: what the netlink writer puts
-//! in the maps is what `nft` (an independent observer) lists, and deltas add and remove exactly.
+//! The applier against the kernel, in a namespace this test makes: what the netlink batches put
+//! in the table is what `nft` (an independent observer) lists, the table built through netlink is
+//! what `nft` makes of its text rendering, and deltas add and remove exactly.
 
 use std::process::Command;
 
@@ -101,15 +102,12 @@ fn stale_udp_conntrack_entries_go_with_their_endpoint() {
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     // Datagrams from many source ports until both endpoints carry flows (bounded).
-    let f = std::fs::File::open(format!("/run/netns/{}", c.0)).unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    weft_netlink::ns::run_in(Some(format!("/run/netns/{}", c.0).as_ref()), || {
         for _ in 0..64 {
             let s = std::net::UdpSocket::bind("10.250.1.1:0").unwrap();
             let _ = s.send_to(b"q", "10.96.0.53:53");
         }
     })
-    .join()
     .unwrap();
     let before = entries();
     assert!(before.contains("src=10.250.1.3") && before.contains("src=10.250.1.2"), "{before}");
@@ -142,4 +140,130 @@ fn a_restarted_proxy_replaces_the_table_in_one_transaction() {
     let (s, e) = world(&["10.244.3.3", "10.244.4.4"]);
     b.sync(compile(&s, &e, &node)).unwrap();
     assert!(list(&ns, &["map", "ip", "weft-proxy", "backends-tcp"]).contains("10.244.4.4"));
+}
+
+/// Every kind of shared chain, node ports, no-endpoint refusals and source ranges.
+fn rich_world() -> (Vec<Service>, Vec<EndpointSlice>) {
+    let svc = |name: &str, spec: serde_json::Value| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})).unwrap()
+    };
+    let mut lb = svc(
+        "lb",
+        json!({"clusterIP": "10.96.0.9", "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+        "loadBalancerSourceRanges": ["192.168.0.0/16", "10.1.2.3/32"],
+        "ports": [{"port": 443, "protocol": "TCP", "nodePort": 30443}]}),
+    );
+    lb.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "172.18.255.1"}]}})).unwrap());
+    let services = vec![
+        svc(
+            "aff",
+            json!({"clusterIP": "10.96.0.8", "sessionAffinity": "ClientIP", "type": "NodePort",
+            "ports": [{"port": 53, "protocol": "UDP", "nodePort": 30053}]}),
+        ),
+        svc("sig", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 3868, "protocol": "SCTP"}]})),
+        svc(
+            "empty",
+            json!({"clusterIP": "10.96.0.11", "type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}),
+        ),
+        lb,
+    ];
+    let slice = |name: &str, proto: &str, port: u16, eps: &[(&str, &str)]| -> EndpointSlice {
+        let endpoints: Vec<_> = eps
+            .iter()
+            .map(|(ip, node)| json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": format!("{name}-x"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": name}}, "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "", "protocol": proto, "port": port}]}))
+        .unwrap()
+    };
+    let slices = vec![
+        slice("aff", "UDP", 5353, &[("10.244.1.2", "n1"), ("10.244.2.2", "n2")]),
+        slice("sig", "SCTP", 3868, &[("10.244.1.3", "n1")]),
+        slice("lb", "TCP", 8443, &[("10.244.1.4", "n1"), ("10.244.2.4", "n2")]),
+    ];
+    (services, slices)
+}
+
+#[test]
+fn the_table_built_through_netlink_is_what_nft_makes_of_its_text() {
+    let by_netlink = Ns(format!("weft-proxy-t-{}-n", std::process::id()));
+    let by_nft = Ns(format!("weft-proxy-t-{}-f", std::process::id()));
+    for n in [&by_netlink, &by_nft] {
+        assert!(Command::new("ip").args(["netns", "add", &n.0]).status().unwrap().success());
+    }
+    // A cluster CIDR off a byte boundary: nft masks it.
+    let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.240.0.0/12".parse().unwrap() };
+    let (s, e) = rich_world();
+    let want = compile(&s, &e, &node);
+    let text = weft_proxy::apply::script(None, &want);
+    Applier::new(NetlinkSink { netns: Some(format!("/run/netns/{}", by_netlink.0).into()) }).sync(want).unwrap();
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &by_nft.0, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    nft.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft refused the text rendering:\n{text}");
+    let netlink = list(&by_netlink, &["table", "ip", "weft-proxy"]);
+    let text_made = list(&by_nft, &["table", "ip", "weft-proxy"]);
+    assert_eq!(netlink, text_made, "the same table, rule for rule and element for element");
+    // And it holds what the rendering says, read by nft.
+    for expected in [
+        "jhash ip saddr mod 2 seed 0x5eed",
+        "ip saddr != 10.240.0.0/12 jump mark-masq",
+        "172.18.255.1 . tcp . 443 . 192.168.0.0/16",
+        "udp . 30053 : goto np-masq-affinity-udp-2",
+        "10.96.0.10 . sctp . 3868 : goto vip-cluster-random-sctp-1",
+        "tcp . 30080",
+    ] {
+        assert!(netlink.contains(expected), "{expected} missing from:\n{netlink}");
+    }
+}
+
+#[test]
+fn traffic_to_a_service_without_endpoints_is_refused_and_with_one_reaches_it() {
+    let c = Ns(format!("weft-proxy-p-{}-c", std::process::id()));
+    let b = Ns(format!("weft-proxy-p-{}-b", std::process::id()));
+    let ip = |ns: &Ns, args: &[&str]| {
+        assert!(Command::new("ip").arg("-n").arg(&ns.0).args(args).status().unwrap().success(), "{args:?}")
+    };
+    for n in [&c, &b] {
+        assert!(Command::new("ip").args(["netns", "add", &n.0]).status().unwrap().success());
+    }
+    ip(&c, &["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.0]);
+    ip(&c, &["addr", "add", "10.250.2.1/24", "dev", "eth0"]);
+    ip(&b, &["addr", "add", "10.250.2.2/24", "dev", "eth0"]);
+    ip(&c, &["link", "set", "eth0", "up"]);
+    ip(&b, &["link", "set", "eth0", "up"]);
+    ip(&c, &["route", "add", "10.96.0.0/12", "via", "10.250.2.2"]);
+    let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+    let mut a = Applier::new(NetlinkSink { netns: Some(format!("/run/netns/{}", c.0).into()) });
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80, "protocol": "TCP"}]}}))
+    .unwrap();
+    // Clients: the node itself (its output path) and a pod beside it (the node's prerouting path).
+    ip(&b, &["route", "add", "10.96.0.0/12", "via", "10.250.2.1"]);
+    let connect_from = |ns: &Ns| {
+        weft_netlink::ns::run_in(Some(format!("/run/netns/{}", ns.0).as_ref()), || {
+            let to = "10.96.0.7:80".parse().unwrap();
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3)).map(|_| ())
+        })
+        .unwrap()
+    };
+    // No endpoint: a TCP reset at once (not a timeout).
+    a.sync(compile(std::slice::from_ref(&svc), &[], &node)).unwrap();
+    let err = connect_from(&b).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // An endpoint (a listener in the other namespace): DNATed to it.
+    let listener = weft_netlink::ns::run_in(Some(format!("/run/netns/{}", b.0).as_ref()), || {
+        std::net::TcpListener::bind("10.250.2.2:8080").unwrap()
+    })
+    .unwrap();
+    let (_, slices) = world(&["10.250.2.2"]);
+    a.sync(compile(std::slice::from_ref(&svc), &slices, &node)).unwrap();
+    connect_from(&c).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_ok(), "the connection reached the endpoint");
 }
