@@ -5,10 +5,8 @@
 //!
 //! Usage: lab-bench (needs root; makes and removes its own labs and namespaces)
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,13 +17,8 @@ use weft_bench::BenchLab;
 
 const STREAM_SECS: f64 = 3.0;
 
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let file = File::open(format!("/run/netns/{ns}")).expect("netns");
-    let fd = file.as_fd().try_clone_to_owned().unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> weft_netlink::ns::NsThread<T> {
+    weft_netlink::ns::spawn_in(Some(&weft_netlink::ns::path(ns)), f).expect("netns")
 }
 
 /// Bulk TCP from namespace `from` to a receiver in namespace `to` on `addr`; Gbit/s.

@@ -7,11 +7,8 @@
 //! Usage: proxy-bench [N ...]   (root)
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,36 +97,28 @@ fn topology() -> Result<(Ns, Ns)> {
 }
 
 fn serve(b: &Ns) {
-    let f = File::open(b.path()).unwrap();
-    let fd = f.as_fd().try_clone_to_owned().unwrap();
     for port in [8080u16, 8081] {
-        let fd = fd.try_clone().unwrap();
-        std::thread::spawn(move || {
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        weft_netlink::ns::spawn_in(Some(std::path::Path::new(&b.path())), move || {
             let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
             for s in l.incoming() {
                 drop(s);
             }
-        });
+        })
+        .unwrap();
     }
     std::thread::sleep(Duration::from_millis(100));
 }
 
 /// Mean TCP connect latency (µs) from `c` to `addr` over `n` connections.
 fn connect_latency(c: &Ns, addr: SocketAddr, n: usize) -> Result<f64> {
-    let f = File::open(c.path())?;
-    let fd = f.as_fd().try_clone_to_owned()?;
-    std::thread::spawn(move || -> Result<f64> {
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    weft_netlink::ns::run_in(Some(std::path::Path::new(&c.path())), move || -> Result<f64> {
         let start = Instant::now();
         for _ in 0..n {
             let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
             drop(s);
         }
         Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
-    })
-    .join()
-    .unwrap()
+    })?
 }
 
 fn iptables_restore(ns: &Ns, input: &str, noflush: bool) -> Result<Duration> {
@@ -138,10 +127,7 @@ fn iptables_restore(ns: &Ns, input: &str, noflush: bool) -> Result<Duration> {
         cmd.arg("--noflush");
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let f = File::open(ns.path())?;
-    unsafe {
-        cmd.pre_exec(move || nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
-    }
+    weft_netlink::ns::command_in(&mut cmd, std::path::Path::new(&ns.path()))?;
     let t = Instant::now();
     let mut child = cmd.spawn()?;
     let wrote = child.stdin.take().unwrap().write_all(input.as_bytes());
