@@ -267,3 +267,43 @@ fn traffic_to_a_service_without_endpoints_is_refused_and_with_one_reaches_it() {
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_ok(), "the connection reached the endpoint");
 }
+
+#[test]
+fn preflight_builds_the_table_in_a_throwaway_namespace() {
+    let here = || weft_netlink::nft::list_tables(None, weft_netlink::nft::Family::Ip).unwrap();
+    let before = here();
+    weft_proxy::apply::preflight().unwrap();
+    assert_eq!(here(), before, "nothing changed in this namespace");
+}
+
+#[test]
+fn a_large_first_sync_goes_in_whole() {
+    let ns = Ns(format!("weft-proxy-l-{}", std::process::id()));
+    assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+    let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse().unwrap() };
+    let (mut services, mut slices) = (vec![], vec![]);
+    for i in 0..3000u32 {
+        let name = format!("s{i}");
+        let vip = format!("10.97.{}.{}", i / 256, i % 256);
+        services.push(
+            serde_json::from_value::<Service>(json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": vip, "ports": [{"port": 80, "protocol": "TCP"}]}}))
+            .unwrap(),
+        );
+        let eps: Vec<_> = (0..10)
+            .map(|k| json!({"addresses": [format!("10.244.{k}.{}", i % 250 + 1)], "conditions": {"ready": true}}))
+            .collect();
+        slices.push(
+            serde_json::from_value::<EndpointSlice>(json!({"metadata": {"name": format!("{name}-x"),
+                "namespace": "default", "labels": {"kubernetes.io/service-name": name}}, "addressType": "IPv4",
+                "endpoints": eps, "ports": [{"name": "", "protocol": "TCP", "port": 8080}]}))
+            .unwrap(),
+        );
+    }
+    let mut a = Applier::new(NetlinkSink { netns: Some(format!("/run/netns/{}", ns.0).into()) });
+    a.sync(compile(&services, &slices, &node)).unwrap();
+    assert!(a.refused().is_empty());
+    let backends = list(&ns, &["map", "ip", "weft-proxy", "backends-tcp"]);
+    assert_eq!(backends.matches(" : 10.244.").count(), 30_000, "every endpoint of every Service");
+    assert!(backends.contains("10.97.11.183 . tcp . 80 . 9 : 10.244.9."), "the last Service's last endpoint");
+}
