@@ -14,16 +14,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
+use weft_k8s::endpoints::Conditions;
+use weft_k8s::labels::{
+    ENDPOINTSLICE_CONTROLLER as CONTROLLER, MANAGED_BY, MIRRORING_CONTROLLER as MIRROR, SERVICE_NAME,
+};
+use weft_k8s::selectors::service_selects;
 
-pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-pub const CONTROLLER: &str = "endpointslice-controller.k8s.io";
-pub const MIRROR: &str = "endpointslicemirroring-controller.k8s.io";
 pub const MAX_PER_SLICE: usize = 100;
-
-fn selects(sel: &BTreeMap<String, String>, p: &Pod) -> bool {
-    let labels = p.metadata.labels.clone().unwrap_or_default();
-    !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
 
 /// A Service port's target on one pod, or None when the pod has no such named port.
 fn resolve(target: &Option<IntOrString>, port: i32, proto: &str, p: &Pod) -> Option<i32> {
@@ -44,7 +41,6 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let spec = svc.spec.clone().unwrap_or_default();
-    let sel = spec.selector.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
     // Group pods by their resolved port set (name, protocol, port): a slice has one port list.
@@ -53,11 +49,10 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     let mut subsets: BTreeMap<PortSet, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     let mut matching: Vec<&Arc<Pod>> = pods
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns) && selects(&sel, p))
         .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-            phase != "Succeeded" && phase != "Failed"
+            p.namespace().as_deref() == Some(&ns) && service_selects(spec.selector.as_ref(), p.metadata.labels.as_ref())
         })
+        .filter(|p| !weft_k8s::pods::is_finished(p))
         .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
         .collect();
     matching.sort_by_key(|p| p.name_any());
@@ -73,9 +68,11 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
         if key.is_empty() && !ports.is_empty() {
             continue;
         }
-        let terminating = p.metadata.deletion_timestamp.is_some();
-        let ready = (crate::is_ready(p) && !terminating) || publish_not_ready;
-        let serving = crate::is_ready(p) || publish_not_ready;
+        let Conditions { ready, serving, terminating } = Conditions::for_pod(
+            weft_k8s::pods::is_ready(p),
+            p.metadata.deletion_timestamp.is_some(),
+            publish_not_ready,
+        );
         let target = json!({"kind": "Pod", "name": p.name_any(), "namespace": ns, "uid": p.metadata.uid});
         let mut ep = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                             "targetRef": target});
@@ -102,11 +99,11 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
     for (key, eps) in &groups {
         let port_list: Vec<Value> = key.iter().map(|(n, p, t)| json!({"name": n, "protocol": p, "port": t})).collect();
         for (i, chunk) in eps.chunks(MAX_PER_SLICE).enumerate() {
-            let suffix = crate::safe_suffix(&format!("{key:?}/{i}"), 5, 8);
+            let suffix = weft_k8s::names::safe_suffix(&format!("{key:?}/{i}"), 5, 8);
             slices.push(json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": format!("{name}-{suffix}"), "namespace": ns,
-                    "labels": {"kubernetes.io/service-name": name, MANAGED_BY: CONTROLLER},
+                    "labels": {SERVICE_NAME: name, MANAGED_BY: CONTROLLER},
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
                 "addressType": "IPv4",
                 "endpoints": chunk,
@@ -156,7 +153,7 @@ pub fn plan_mirror(svc: &Service, ep: &Endpoints) -> Vec<Value> {
         out.push(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-mirror-{i}"), "namespace": ns,
-                "labels": {"kubernetes.io/service-name": name, MANAGED_BY: MIRROR},
+                "labels": {SERVICE_NAME: name, MANAGED_BY: MIRROR},
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc.metadata.uid, "controller": true, "blockOwnerDeletion": true}]},
             "addressType": "IPv4", "endpoints": eps, "ports": ports,
         }));
@@ -186,13 +183,7 @@ pub async fn reconcile(
         .iter()
         .filter_map(|e| Some(((e.metadata.namespace.as_deref()?, e.metadata.name.as_deref()?), e)))
         .collect();
-    let mut slices_of: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
-    for sl in slices {
-        let owner = sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"));
-        if let (Some(ns), Some(owner)) = (sl.metadata.namespace.as_deref(), owner) {
-            slices_of.entry((ns, owner.as_str())).or_default().push(sl);
-        }
-    }
+    let slices_of = weft_k8s::slices::by_service(slices);
     for svc in services {
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
@@ -297,7 +288,7 @@ mod tests {
         assert_eq!(slices.len(), 2, "two port sets: 8080 and 9090");
         let all: Vec<&Value> = slices.iter().flat_map(|s| s["endpoints"].as_array().unwrap()).collect();
         assert_eq!(all.len(), 2);
-        assert_eq!(slices[0]["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        assert_eq!(slices[0]["metadata"]["labels"][SERVICE_NAME], "web");
         let ready_b = all.iter().find(|e| e["addresses"][0] == "10.0.0.2").unwrap();
         assert_eq!(ready_b["conditions"]["ready"], false);
         assert!(ep["subsets"].as_array().unwrap().iter().any(|s| s.get("notReadyAddresses").is_some()));

@@ -14,8 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 pub const CLASS: &str = "weft.dev/lb";
-pub const CONFIG: &str = "weft-config";
-pub const POOLS_KEY: &str = "loadBalancerPools";
+pub use weft_k8s::config::{LOAD_BALANCER_POOLS as POOLS_KEY, NAME as CONFIG};
 
 /// The addresses of a pool spec (`172.18.255.0/24, 10.0.0.5-10.0.0.9`), network and broadcast
 /// addresses of CIDRs excluded.
@@ -86,13 +85,13 @@ pub async fn reconcile(client: &kube::Client, services: &[Arc<Service>]) -> anyh
     if !services.iter().any(|s| wants_ip(s) && held(s).is_empty()) {
         return Ok(());
     }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), weft_k8s::config::NAMESPACE);
     let spec =
         cms.get_opt(CONFIG).await?.and_then(|c| c.data).and_then(|d| d.get(POOLS_KEY).cloned()).unwrap_or_default();
     let pool = match parse_pools(&spec) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(configmap = "kube-system/weft-config", key = POOLS_KEY, error = %e, "LoadBalancer pools");
+            tracing::error!(configmap = weft_k8s::config::PATH, key = POOLS_KEY, error = %e, "LoadBalancer pools");
             return Ok(());
         }
     };

@@ -4,8 +4,9 @@
 //!
 //! Each loop is level-triggered: reflectors keep caches of the objects, any change wakes a pass
 //! that compares desired with actual and writes the difference through the API (so these loops
-//! are kube-rs clients like any other, and work against a real API server too). The decisions are
-//! pure functions (`plan_*`), tested without a server.
+//! are kube-rs clients like any other, and work against a real API server too). Each controller
+//! is a loop of its own ([`weft_watch::Controller`]), so one that fails or panics does not stop
+//! the others. The decisions are pure functions (`plan_*`), tested without a server.
 
 pub mod endpoints;
 pub mod gc;
@@ -17,32 +18,18 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service, Toleration};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
+use weft_k8s::pods::{is_finished, is_ready};
+use weft_watch::{Controller, Wake};
 
 fn is_active(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    p.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
-}
-
-pub fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        && !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+    p.metadata.deletion_timestamp.is_none() && !is_finished(p)
 }
 
 fn owned_by(p: &Pod, uid: &str) -> bool {
@@ -73,14 +60,14 @@ pub fn node_pod_capacity(n: &Node) -> usize {
 /// Does the pod still take a place on its node (also while terminating: it holds its address
 /// until the kubelet has torn it down)?
 fn holds_place(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    phase != "Succeeded" && phase != "Failed"
+    !is_finished(p)
 }
 
-/// Scheduler decision: the Ready node with room (see [`node_pod_capacity`]) and the fewest active
-/// pods (ties by name); or, when no node fits, the reason in kube-scheduler's words
-/// ("0/3 nodes are available: 3 Too many pods.").
-pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<String, String> {
+/// Scheduler decision for a pod with `tolerations`: the node it fits (see
+/// [`weft_k8s::nodes::fit`]: not cordoned, Ready, no untolerated taint) with room (see
+/// [`node_pod_capacity`]) and the fewest active pods (ties by name); or, when no node fits,
+/// the reason in kube-scheduler's words ("0/3 nodes are available: 3 Too many pods.").
+pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], tolerations: &[Toleration]) -> Result<String, String> {
     let mut load: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for p in pods {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
@@ -89,19 +76,15 @@ pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<String, S
             e.1 += usize::from(holds_place(p));
         }
     }
-    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(usize, String)> = None;
     for n in nodes {
         let name = n.name_any();
         let (active, placed) = load.get(&name).copied().unwrap_or_default();
-        let why = if n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
-            Some("node(s) were unschedulable")
-        } else if !node_ready(n) {
-            Some("node(s) had untolerated taint {node.kubernetes.io/not-ready: }")
-        } else if placed >= node_pod_capacity(n) {
-            Some("Too many pods")
-        } else {
-            None
+        let why = match weft_k8s::nodes::fit(n, tolerations) {
+            Err(unfit) => Some(unfit.to_string()),
+            Ok(()) if placed >= node_pod_capacity(n) => Some("Too many pods".to_string()),
+            Ok(()) => None,
         };
         match why {
             Some(r) => *reasons.entry(r).or_default() += 1,
@@ -140,28 +123,20 @@ pub fn plan_scale_down(mut pods: Vec<Arc<Pod>>, n: usize) -> Vec<Arc<Pod>> {
     pods.into_iter().take(n).collect()
 }
 
-/// A short, stable name suffix: FNV-1a of `text`, spelled in Kubernetes' safe alphabet (no
-/// vowels, no look-alike digits), `len` characters taking `shift` bits each.
-pub(crate) fn safe_suffix(text: &str, len: usize, shift: u32) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..len).map(|i| ALPHA[((h >> (i as u32 * shift)) % ALPHA.len() as u64) as usize] as char).collect()
-}
-
 /// The pod-template-hash of a Deployment's template (stable for the same template).
 pub fn template_hash(template: &Value) -> String {
-    safe_suffix(&serde_json::to_string(template).unwrap_or_default(), 10, 6)
+    weft_k8s::names::safe_suffix(&serde_json::to_string(template).unwrap_or_default(), 10, 6)
 }
 
+#[derive(Clone)]
 pub struct Config {
     pub pod_cidr: Ipv4Net,
     pub node_cidr_size: u8,
 }
 
+/// What every controller reads (each has its own copy: the caches are shared handles, the
+/// bookkeeping below is used by one controller each).
+#[derive(Clone)]
 struct Ctx {
     client: kube::Client,
     cfg: Config,
@@ -179,18 +154,19 @@ struct Ctx {
     services_seen: Option<std::collections::BTreeSet<(String, String)>>,
 }
 
-/// Runs every control loop until the process ends.
+/// Runs every control loop until the process ends. Each is a loop of its own: woken by any
+/// change of the caches, a burst settled for 20 ms, and at least every 2 s.
 pub async fn run(client: kube::Client, cfg: Config) {
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let mut ctx = Ctx {
-        pods: weft_watch::cached(&client, notify.clone()),
-        nodes: weft_watch::cached(&client, notify.clone()),
-        rss: weft_watch::cached(&client, notify.clone()),
-        deploys: weft_watch::cached(&client, notify.clone()),
-        rcs: weft_watch::cached(&client, notify.clone()),
-        services: weft_watch::cached(&client, notify.clone()),
-        slices: weft_watch::cached(&client, notify.clone()),
-        endpoints: weft_watch::cached(&client, notify.clone()),
+    let wake = Wake::new();
+    let ctx = Ctx {
+        pods: weft_watch::cached(&client, wake.clone()),
+        nodes: weft_watch::cached(&client, wake.clone()),
+        rss: weft_watch::cached(&client, wake.clone()),
+        deploys: weft_watch::cached(&client, wake.clone()),
+        rcs: weft_watch::cached(&client, wake.clone()),
+        services: weft_watch::cached(&client, wake.clone()),
+        slices: weft_watch::cached(&client, wake.clone()),
+        endpoints: weft_watch::cached(&client, wake.clone()),
         client,
         cfg,
         expect: HashMap::new(),
@@ -204,21 +180,30 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let _ = ctx.services.wait_until_ready().await;
     let _ = ctx.slices.wait_until_ready().await;
     let _ = ctx.endpoints.wait_until_ready().await;
-    loop {
-        if let Err(e) = pass(&mut ctx).await {
-            tracing::warn!(error = %format!("{e:#}"), "controllers");
-        }
-        tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        // Let a burst of events settle into one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let controller = |name: &str| {
+        Controller::new(name).wake_on(&wake).resync(Duration::from_secs(2)).debounce(Duration::from_millis(20))
+    };
+    let mut loops = tokio::task::JoinSet::new();
+    let mut c = ctx.clone();
+    loops.spawn(controller("node-ipam").run(async move || node_ipam(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("replicas").run(async move || replicas(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("scheduler").run(async move || schedule(&mut c).await));
+    let c = ctx.clone();
+    loops.spawn(controller("endpoints").run(async move || {
+        endpoints::reconcile(&c.client, &c.services.state(), &c.pods.state(), &c.slices.state(), &c.endpoints.state())
+            .await
+    }));
+    let c = ctx.clone();
+    loops.spawn(controller("loadbalancer").run(async move || lb::reconcile(&c.client, &c.services.state()).await));
+    let mut c = ctx;
+    loops.spawn(controller("garbage-collector").run(async move || garbage_collect(&mut c).await));
+    while loops.join_next().await.is_some() {}
 }
 
-async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
-    node_ipam(ctx).await?;
+/// The Deployment, ReplicaSet and ReplicationController controllers.
+async fn replicas(ctx: &mut Ctx) -> anyhow::Result<()> {
     deployments(ctx).await?;
     let rss: Vec<Arc<ReplicaSet>> = ctx.rss.state();
     for rs in rss {
@@ -235,16 +220,10 @@ async fn pass(ctx: &mut Ctx) -> anyhow::Result<()> {
         let template = rc.spec.as_ref().and_then(|s| s.template.clone());
         replicas_of(ctx, &*rc, "v1", "ReplicationController", replicas, template, sel).await?;
     }
-    schedule(ctx).await?;
-    endpoints::reconcile(
-        &ctx.client,
-        &ctx.services.state(),
-        &ctx.pods.state(),
-        &ctx.slices.state(),
-        &ctx.endpoints.state(),
-    )
-    .await?;
-    lb::reconcile(&ctx.client, &ctx.services.state()).await?;
+    Ok(())
+}
+
+async fn garbage_collect(ctx: &mut Ctx) -> anyhow::Result<()> {
     let (pods, rss, slices, deploys, rcs, services, endpoints) = (
         ctx.pods.state(),
         ctx.rss.state(),
@@ -309,7 +288,8 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
     });
     for p in pending {
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        let node = match plan_schedule(&nodes, &pods) {
+        let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
+        let node = match plan_schedule(&nodes, &pods, tolerations) {
             Ok(n) => n,
             Err(message) => {
                 let cond =
@@ -487,10 +467,12 @@ async fn deployments(ctx: &mut Ctx) -> anyhow::Result<()> {
             None => {
                 let mut t = spec.template.clone();
                 let mut labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-                labels.insert("pod-template-hash".into(), hash.clone());
+                labels.insert(weft_k8s::labels::POD_TEMPLATE_HASH.into(), hash.clone());
                 t.metadata.get_or_insert_with(Default::default).labels = Some(labels.clone());
                 let mut sel = spec.selector.clone();
-                sel.match_labels.get_or_insert_with(Default::default).insert("pod-template-hash".into(), hash.clone());
+                sel.match_labels
+                    .get_or_insert_with(Default::default)
+                    .insert(weft_k8s::labels::POD_TEMPLATE_HASH.into(), hash.clone());
                 let rs = json!({
                     "apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
@@ -538,6 +520,11 @@ async fn deployments(ctx: &mut Ctx) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A pod without tolerations.
+    fn schedule_plain(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<String, String> {
+        plan_schedule(nodes, pods, &[])
+    }
+
     fn node(name: &str, ready: bool) -> Arc<Node> {
         Arc::new(
             serde_json::from_value(json!({"metadata": {"name": name},
@@ -578,13 +565,13 @@ mod tests {
             lab_node("node-2", "110", "10.244.1.0/24"),
             node("node-3", false),
         ];
-        assert_eq!(plan_schedule(&nodes, &[]), Ok("node-1".into()));
-        assert_eq!(plan_schedule(&nodes, &[pod(Some("node-1"))]), Ok("node-2".into()));
+        assert_eq!(schedule_plain(&nodes, &[]), Ok("node-1".into()));
+        assert_eq!(schedule_plain(&nodes, &[pod(Some("node-1"))]), Ok("node-2".into()));
         assert_eq!(
-            plan_schedule(&[node("x", false)], &[]),
+            schedule_plain(&[node("x", false)], &[]),
             Err("0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }.".into())
         );
-        assert_eq!(plan_schedule(&[], &[]), Err("no nodes available to schedule pods".into()));
+        assert_eq!(schedule_plain(&[], &[]), Err("no nodes available to schedule pods".into()));
     }
 
     #[test]
@@ -603,11 +590,11 @@ mod tests {
         let nodes: Vec<Arc<Node>> =
             (1..=3).map(|i| lab_node(&format!("node-{i}"), "110", &format!("10.244.{i}.0/24"))).collect();
         let mut pods: Vec<Arc<Pod>> = (1..=3).flat_map(|i| pods_on(&format!("node-{i}"), 110, "Running")).collect();
-        assert_eq!(plan_schedule(&nodes, &pods), Err("0/3 nodes are available: 3 Too many pods.".into()));
+        assert_eq!(schedule_plain(&nodes, &pods), Err("0/3 nodes are available: 3 Too many pods.".into()));
         // A finished pod frees its place; a terminating one does not until it is gone.
         pods.retain(|p| !(p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-2") && p.name_any() == "p0"));
         pods.extend(pods_on("node-2", 1, "Succeeded"));
-        assert_eq!(plan_schedule(&nodes, &pods), Ok("node-2".into()));
+        assert_eq!(schedule_plain(&nodes, &pods), Ok("node-2".into()));
         // Mixed reasons are counted and sorted as kube-scheduler prints them.
         let mut cordoned = (*lab_node("node-4", "110", "10.244.4.0/24")).clone();
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
@@ -616,15 +603,29 @@ mod tests {
         more.push(node("node-5", false));
         pods.extend(pods_on("node-2", 1, "Pending"));
         assert_eq!(
-            plan_schedule(&more, &pods),
+            schedule_plain(&more, &pods),
             Err("0/5 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
                  1 node(s) were unschedulable, 3 Too many pods."
                 .into())
         );
         // A small podCIDR fills before allocatable does.
         let small = vec![lab_node("node-1", "110", "10.244.0.0/29")];
-        assert_eq!(plan_schedule(&small, &pods_on("node-1", 4, "Running")), Ok("node-1".into()));
-        assert!(plan_schedule(&small, &pods_on("node-1", 5, "Running")).is_err());
+        assert_eq!(schedule_plain(&small, &pods_on("node-1", 4, "Running")), Ok("node-1".into()));
+        assert!(schedule_plain(&small, &pods_on("node-1", 5, "Running")).is_err());
+    }
+
+    #[test]
+    fn taints_keep_pods_away_unless_tolerated() {
+        let mut tainted = (*lab_node("node-1", "110", "10.244.1.0/24")).clone();
+        tainted.spec.as_mut().unwrap().taints =
+            Some(vec![serde_json::from_value(json!({"key": "gpu", "value": "yes", "effect": "NoSchedule"})).unwrap()]);
+        let nodes = vec![Arc::new(tainted)];
+        assert_eq!(
+            schedule_plain(&nodes, &[]),
+            Err("0/1 nodes are available: 1 node(s) had untolerated taint {gpu: yes}.".into())
+        );
+        let tolerates: Toleration = serde_json::from_value(json!({"key": "gpu", "operator": "Exists"})).unwrap();
+        assert_eq!(plan_schedule(&nodes, &[], &[tolerates]), Ok("node-1".into()));
     }
 
     #[test]

@@ -301,14 +301,13 @@ pub fn service(s: &core::Service) -> Option<(Key, Service)> {
 /// An EndpointSlice as DNS sees it; None for slices that belong to no Service.
 pub fn slice(s: &discovery::EndpointSlice) -> Option<(Key, Slice)> {
     let k = key_of(s)?;
-    let service = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
+    let (_, service) = weft_k8s::slices::service_of(s)?;
     let ports = s.ports.iter().flatten().filter_map(|p| port(&p.name, &p.protocol, p.port?)).collect();
     let endpoints = s.endpoints.iter().flatten().filter_map(|e| {
         Some(Endpoint {
             ip: e.addresses.first()?.parse().ok()?,
             hostname: e.hostname.as_deref(),
-            // An unset `ready` means ready (discovery.k8s.io/v1).
-            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            ready: weft_k8s::endpoints::is_ready(e),
         })
     });
     Some((k, Slice::new(service, ports, endpoints)))

@@ -14,8 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
-use tokio::sync::Notify;
-use weft_watch::{Fold, fold};
+use weft_watch::{Controller, Fold, Wake, fold};
 
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
@@ -23,8 +22,7 @@ use crate::model::{self, Key, Snapshot, key_of};
 use crate::zone::{Zone, ZoneConfig};
 
 /// The ConfigMap (in kube-system) and key that can set the upstream servers.
-pub const CONFIG: &str = "weft-config";
-pub const UPSTREAMS_KEY: &str = "dnsUpstreams";
+pub use weft_k8s::config::{DNS_UPSTREAMS as UPSTREAMS_KEY, NAME as CONFIG};
 
 #[derive(Default)]
 struct State {
@@ -110,30 +108,36 @@ fn apply_pod(pods: &mut model::Pods, o: &Pod) {
 /// Watches the cluster and keeps `zone` current. Never returns.
 pub async fn run(client: kube::Client, cfg: ZoneConfig, zone: Arc<ArcSwap<Zone>>, metrics: Arc<Metrics>) {
     let state = Arc::new(Mutex::new(State::default()));
-    let notify = Arc::new(Notify::new());
-    fold::<Service, _>(Api::all(client.clone()), state.clone(), notify.clone());
-    fold::<EndpointSlice, _>(Api::all(client.clone()), state.clone(), notify.clone());
-    fold::<Pod, _>(Api::all(client.clone()), state.clone(), notify.clone());
-    fold::<Namespace, _>(Api::all(client.clone()), state.clone(), notify.clone());
-    loop {
-        notify.notified().await;
-        let st = state.lock().unwrap_or_else(|e| e.into_inner());
-        if !st.synced.iter().all(|s| *s) {
-            continue;
-        }
-        let serial =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
-        let t = std::time::Instant::now();
-        let z = Zone::build(&st.snap, &cfg, serial);
-        drop(st);
-        metrics.zone_names.set(z.len() as i64);
-        metrics.zone_builds.inc();
-        tracing::debug!(names = z.len(), took = ?t.elapsed(), "zone rebuilt");
-        let old = zone.swap(Arc::new(z));
-        drop(old);
-        metrics.ready.store(true, Ordering::Relaxed);
-        release_freed_memory();
-    }
+    let wake = Wake::new();
+    fold::<Service, _>(Api::all(client.clone()), state.clone(), wake.clone());
+    fold::<EndpointSlice, _>(Api::all(client.clone()), state.clone(), wake.clone());
+    fold::<Pod, _>(Api::all(client.clone()), state.clone(), wake.clone());
+    fold::<Namespace, _>(Api::all(client.clone()), state.clone(), wake.clone());
+    // Every change rebuilds at once (no debounce, no resync: the index only changes with events).
+    Controller::new("dns-zone")
+        .wake_on(&wake)
+        .run(async move || {
+            let st = state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.synced.iter().all(|s| *s) {
+                return Ok(());
+            }
+            let serial = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(1);
+            let t = std::time::Instant::now();
+            let z = Zone::build(&st.snap, &cfg, serial);
+            drop(st);
+            metrics.zone_names.set(z.len() as i64);
+            metrics.zone_builds.inc();
+            tracing::debug!(names = z.len(), took = ?t.elapsed(), "zone rebuilt");
+            let old = zone.swap(Arc::new(z));
+            drop(old);
+            metrics.ready.store(true, Ordering::Relaxed);
+            release_freed_memory();
+            Ok(())
+        })
+        .await
 }
 
 /// Gives memory freed by the last list and index build back to the system. glibc keeps freed
@@ -150,12 +154,18 @@ fn release_freed_memory() {
 /// Keeps the forwarder's upstreams: `dnsUpstreams` of kube-system/weft-config when it is set,
 /// else `default` (the node's resolv.conf). Never returns.
 pub async fn upstreams_from_config(client: kube::Client, fwd: Arc<Forwarder>, default: Vec<std::net::SocketAddr>) {
-    let api: Api<ConfigMap> = Api::namespaced(client, "kube-system");
+    let api: Api<ConfigMap> = Api::namespaced(client, weft_k8s::config::NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={CONFIG}"));
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut seen = false;
     while let Some(ev) = stream.next().await {
-        let Ok(ev) = ev else { continue };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(configmap = weft_k8s::config::PATH, error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
         let cm = match ev {
             Event::Init => {
                 seen = false;

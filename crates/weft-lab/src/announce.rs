@@ -1,5 +1,6 @@
 //! Layer-2 announcement of LoadBalancer IPs on the lab's underlay, in MetalLB's manner: for each
-//! address one node, chosen by rendezvous hashing among the Ready nodes (for
+//! address one node, chosen by rendezvous hashing among the nodes that may take LoadBalancer
+//! traffic (Ready, not labelled out; a cordoned node still may, as in Kubernetes) (for
 //! `externalTrafficPolicy: Local`, among those with a ready local endpoint), takes the address
 //! (so its kernel answers ARP for it and the proxy's DNAT takes the traffic) and sends a
 //! gratuitous ARP; when that node goes away another one takes over and announces. Only
@@ -23,19 +24,7 @@ use weft_netlink::Netlink;
 use crate::topology::NodeNet;
 
 fn score(ip: Ipv4Addr, node: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in format!("{ip}/{node}").bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
-fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    weft_k8s::names::fnv1a(format!("{ip}/{node}").as_bytes())
 }
 
 /// Which node announces which addresses (pure). Addresses outside `pools` are never announced.
@@ -45,7 +34,8 @@ pub fn plan(
     slices: &[Arc<EndpointSlice>],
     pools: &BTreeSet<Ipv4Addr>,
 ) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
-    let ready: Vec<String> = nodes.iter().filter(|n| node_ready(n)).map(|n| n.name_any()).collect();
+    let ready: Vec<String> =
+        nodes.iter().filter(|n| weft_k8s::nodes::serves_load_balancers(n)).map(|n| n.name_any()).collect();
     let mut out: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for s in services {
         let spec = s.spec.clone().unwrap_or_default();
@@ -55,10 +45,9 @@ pub fn plan(
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
         let with_endpoints: BTreeSet<String> = slices
             .iter()
-            .filter(|sl| sl.namespace() == s.namespace())
-            .filter(|sl| sl.labels().get("kubernetes.io/service-name") == Some(&s.name_any()))
+            .filter(|sl| weft_k8s::slices::belongs_to(sl, &s.namespace().unwrap_or_default(), &s.name_any()))
             .flat_map(|sl| sl.endpoints.iter().flatten())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .filter(|e| weft_k8s::endpoints::is_ready(e))
             .filter_map(|e| e.node_name.clone())
             .collect();
         let ips = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
@@ -159,41 +148,36 @@ async fn set_announced(node: &NodeNet, want: &BTreeSet<Ipv4Addr>, have: &mut BTr
 
 /// The pools' addresses as `kube-system/weft-config` says now (none if it says nothing valid).
 fn pools(cms: &[Arc<ConfigMap>]) -> BTreeSet<Ipv4Addr> {
-    use weft_controllers::lb::{CONFIG, POOLS_KEY, parse_pools};
-    let spec = cms
-        .iter()
-        .find(|c| c.name_any() == CONFIG && c.namespace().as_deref() == Some("kube-system"))
-        .and_then(|c| c.data.as_ref()?.get(POOLS_KEY).cloned())
-        .unwrap_or_default();
-    parse_pools(&spec).unwrap_or_default().into_iter().collect()
+    let spec = weft_k8s::config::value(cms, weft_k8s::config::LOAD_BALANCER_POOLS).unwrap_or_default();
+    weft_controllers::lb::parse_pools(spec).unwrap_or_default().into_iter().collect()
 }
 
 pub async fn run(client: kube::Client, nodes: Vec<NodeNet>) {
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let svc_r = weft_watch::cached::<Service>(&client, notify.clone());
-    let node_r = weft_watch::cached::<Node>(&client, notify.clone());
-    let eps_r = weft_watch::cached::<EndpointSlice>(&client, notify.clone());
-    let cm_r = weft_watch::cached::<ConfigMap>(&client, notify.clone());
+    let wake = weft_watch::Wake::new();
+    let svc_r = weft_watch::cached::<Service>(&client, wake.clone());
+    let node_r = weft_watch::cached::<Node>(&client, wake.clone());
+    let eps_r = weft_watch::cached::<EndpointSlice>(&client, wake.clone());
+    let cm_r = weft_watch::cached::<ConfigMap>(&client, wake.clone());
     let _ = svc_r.wait_until_ready().await;
     let _ = cm_r.wait_until_ready().await;
     let _ = node_r.wait_until_ready().await;
     let _ = eps_r.wait_until_ready().await;
     let mut have: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    loop {
-        let pools = pools(&cm_r.state());
-        let want = plan(&svc_r.state(), &node_r.state(), &eps_r.state(), &pools);
-        for n in &nodes {
-            let w = want.get(&n.name).cloned().unwrap_or_default();
-            let h = have.entry(n.name.clone()).or_default();
-            if let Err(e) = set_announced(n, &w, h).await {
-                tracing::warn!(node = %n.name, error = %format!("{e:#}"), "announce");
+    let controller = weft_watch::Controller::new("announcer").wake_on(&wake).resync(Duration::from_secs(5));
+    controller
+        .run(async move || {
+            let pools = pools(&cm_r.state());
+            let want = plan(&svc_r.state(), &node_r.state(), &eps_r.state(), &pools);
+            for n in &nodes {
+                let w = want.get(&n.name).cloned().unwrap_or_default();
+                let h = have.entry(n.name.clone()).or_default();
+                if let Err(e) = set_announced(n, &w, h).await {
+                    tracing::warn!(node = %n.name, error = %format!("{e:#}"), "announce");
+                }
             }
-        }
-        tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
+            Ok(())
+        })
+        .await
 }
 
 #[cfg(test)]

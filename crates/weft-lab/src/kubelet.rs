@@ -111,7 +111,7 @@ pub struct Kubelet {
     probes: HashMap<(String, String), ProbeState>,
     pushed: HashMap<String, Value>,
     failures: HashMap<String, (Instant, String)>,
-    wake: Arc<tokio::sync::Notify>,
+    wake: weft_watch::Wake,
 }
 
 impl Kubelet {
@@ -123,25 +123,20 @@ impl Kubelet {
             probes: HashMap::new(),
             pushed: HashMap::new(),
             failures: HashMap::new(),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            wake: weft_watch::Wake::new(),
         }
     }
 
     pub async fn run(mut self) {
-        let notify = self.wake.clone();
+        let wake = self.wake.clone();
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
-        let reader = weft_watch::cached_with(Api::<Pod>::all(self.client.clone()), cfg, notify.clone());
+        let reader = weft_watch::cached_with(Api::<Pod>::all(self.client.clone()), cfg, wake.clone());
         let _ = reader.wait_until_ready().await;
-        loop {
-            let pods: Vec<Arc<Pod>> = reader.state();
-            if let Err(e) = self.sync(&pods).await {
-                tracing::warn!(node = %self.node.name, error = %format!("{e:#}"), "kubelet sync");
-            }
-            tokio::select! {
-                _ = notify.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        // PLEG's relist: once a second besides the watch's and the probes' wakes.
+        let controller = weft_watch::Controller::new(format!("kubelet {}", self.node.name))
+            .wake_on(&wake)
+            .resync(Duration::from_secs(1));
+        controller.run(async move || self.sync(&reader.state()).await).await
     }
 
     async fn sync(&mut self, pods: &[Arc<Pod>]) -> Result<()> {
@@ -324,7 +319,7 @@ impl Kubelet {
             let (container, wake) = (c.clone(), self.wake.clone());
             entry.running = Some(tokio::task::spawn_blocking(move || {
                 let ok = probe_once(&probe, &container, &ip, &node_ns, &dir);
-                wake.notify_one();
+                wake.wake();
                 ok
             }));
         }

@@ -132,16 +132,15 @@ fn endpoints_for(slices: &[&EndpointSlice], port_name: &str, proto: &str) -> Vec
         };
         let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else { continue };
         for e in s.endpoints.iter().flatten() {
-            let c = e.conditions.clone().unwrap_or_default();
+            let c = weft_k8s::endpoints::conditions(e);
             for a in &e.addresses {
                 if let Ok(ip) = a.parse() {
-                    let ready = c.ready.unwrap_or(true);
                     out.push(Ep {
                         ip,
                         port,
-                        ready,
-                        serving: c.serving.unwrap_or(ready),
-                        terminating: c.terminating.unwrap_or(false),
+                        ready: c.ready,
+                        serving: c.serving,
+                        terminating: c.terminating,
                         node: e.node_name.clone(),
                     });
                 }
@@ -520,13 +519,7 @@ pub fn compile_from(
             }
         }
     };
-    let mut by_svc: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::with_capacity(services.len());
-    for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or("");
-        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-            by_svc.entry((ns, svc.as_str())).or_default().push(s);
-        }
-    }
+    let by_svc = weft_k8s::slices::by_service(slices);
     for svc in services {
         let (ns, name) = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
         let slices: &[&EndpointSlice] = by_svc.get(&(ns, name)).map(Vec::as_slice).unwrap_or(&[]);

@@ -42,8 +42,7 @@ fn meta_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> K
 }
 
 fn service_of(s: &EndpointSlice) -> Option<Key> {
-    let svc = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?;
-    Some((s.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+    weft_k8s::slices::service_of(s).map(|(ns, name)| (ns.to_string(), name.to_string()))
 }
 
 impl World {
@@ -135,44 +134,45 @@ impl weft_watch::Fold<EndpointSlice> for World {
 /// sends only the Services it touched (their objects are found through the world's index), so
 /// its cost does not grow with the number of Services.
 pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
-    let notify = Arc::new(tokio::sync::Notify::new());
+    let wake = weft_watch::Wake::new();
     let world = Arc::new(Mutex::new(World::default()));
-    weft_watch::fold::<Service, _>(kube::Api::all(client.clone()), world.clone(), notify.clone());
-    weft_watch::fold::<EndpointSlice, _>(kube::Api::all(client.clone()), world.clone(), notify.clone());
+    weft_watch::fold::<Service, _>(kube::Api::all(client.clone()), world.clone(), wake.clone());
+    weft_watch::fold::<EndpointSlice, _>(kube::Api::all(client.clone()), world.clone(), wake.clone());
     let mut appliers: Vec<(NodeInfo, Applier<NetlinkSink>, health::HealthServers)> = nodes
         .into_iter()
         .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))
         .collect();
     let mut report = report::Reporter::new(client.clone());
-    loop {
-        let outcome = {
-            let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
-            if w.synced.iter().all(|s| *s) {
-                let full = std::mem::take(&mut w.full);
-                let dirty = std::mem::take(&mut w.dirty);
-                let conflicts: Vec<compile::Conflict> = dirty.iter().flat_map(|k| w.claims.lost_by(k)).collect();
-                let outcome = sync_nodes(&w, full, &dirty, &mut appliers);
-                // Services the kernel refused are tried again on the next pass.
-                for (_, a, _) in &appliers {
-                    w.dirty.extend(a.refused().keys().cloned());
+    // A burst of changes becomes one transaction; the resync retries a failed sync.
+    let controller = weft_watch::Controller::new("proxy")
+        .wake_on(&wake)
+        .resync(Duration::from_secs(5))
+        .debounce(Duration::from_millis(10));
+    controller
+        .run(async move || {
+            let outcome = {
+                let mut w = world.lock().unwrap_or_else(|e| e.into_inner());
+                if w.synced.iter().all(|s| *s) {
+                    let full = std::mem::take(&mut w.full);
+                    let dirty = std::mem::take(&mut w.dirty);
+                    let conflicts: Vec<compile::Conflict> = dirty.iter().flat_map(|k| w.claims.lost_by(k)).collect();
+                    let outcome = sync_nodes(&w, full, &dirty, &mut appliers);
+                    // Services the kernel refused are tried again on the next pass.
+                    for (_, a, _) in &appliers {
+                        w.dirty.extend(a.refused().keys().cloned());
+                    }
+                    Some((outcome, conflicts))
+                } else {
+                    None
                 }
-                Some((outcome, conflicts))
-            } else {
-                None
+            };
+            if let Some((outcome, conflicts)) = outcome {
+                report.conflicts(conflicts).await;
+                report.nodes(outcome).await;
             }
-        };
-        if let Some((outcome, conflicts)) = outcome {
-            report.conflicts(conflicts).await;
-            report.nodes(outcome).await;
-        }
-        tokio::select! {
-            _ = notify.notified() => {}
-            // Retries a failed sync.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        // A burst of changes becomes one transaction.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            Ok(())
+        })
+        .await
 }
 
 /// Each node's name and, if its rules are not all in force, why.

@@ -1,9 +1,19 @@
 //! The one way weft's control loops see the API: a reflector cache of a kind, kept by a watch,
-//! that wakes a shared `Notify` on every change (added, modified or deleted), so a loop can be
-//! level-triggered over several caches at once; and the client the daemons of cluster mode
-//! make from a kubeconfig or the in-cluster service account.
+//! that wakes a shared [`Wake`] on every change (added, modified or deleted), so a loop can be
+//! level-triggered over several caches at once; the one shape of a control loop
+//! ([`Controller`]); and the client the daemons of cluster mode make from a kubeconfig or the
+//! in-cluster service account.
+//!
+//! A watch that fails (an RBAC 403, a lost API server) is retried with kube's backoff and
+//! logged, at most once a minute per watch, so a misconfiguration is visible without a flood.
+
+mod controller;
+mod errors;
 
 use std::sync::Arc;
+
+pub use controller::{Controller, Wake};
+use errors::WatchErrors;
 
 use futures::StreamExt;
 use kube::api::Api;
@@ -22,25 +32,32 @@ pub async fn client(kubeconfig: Option<std::path::PathBuf>) -> anyhow::Result<ku
     })
 }
 
-/// Starts watching every object of `K` (all namespaces) into a cache; `notify` fires on changes.
-pub fn cached<K>(client: &kube::Client, notify: Arc<tokio::sync::Notify>) -> Store<K>
+/// Starts watching every object of `K` (all namespaces) into a cache; `wake` fires on changes.
+pub fn cached<K>(client: &kube::Client, wake: Wake) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    cached_with(Api::all(client.clone()), watcher::Config::default(), notify)
+    cached_with(Api::all(client.clone()), watcher::Config::default(), wake)
 }
 
 /// As [`cached`], for a given API and watch configuration (a namespace, a field selector).
-pub fn cached_with<K>(api: Api<K>, cfg: watcher::Config, notify: Arc<tokio::sync::Notify>) -> Store<K>
+pub fn cached_with<K>(api: Api<K>, cfg: watcher::Config, wake: Wake) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     tokio::spawn(async move {
+        let mut errors = WatchErrors::new(K::kind(&()).into_owned());
         let mut s = watcher(api, cfg).default_backoff().reflect(writer).touched_objects().boxed();
         while let Some(ev) = s.next().await {
-            if ev.is_ok() {
-                notify.notify_one();
+            match ev {
+                Ok(_) => {
+                    errors.recovered();
+                    wake.wake();
+                }
+                Err(e) => {
+                    errors.failed(&e);
+                }
             }
         }
     });
@@ -60,18 +77,26 @@ pub trait Fold<K>: Send + 'static {
 }
 
 /// Feeds every event of a watch of `api` into `state`. A (re)list is gathered apart (without the
-/// lock) and handed over whole, so the state never shows half a list; `notify` fires after each
+/// lock) and handed over whole, so the state never shows half a list; `wake` fires after each
 /// change, not for each object of a list.
-pub fn fold<K, S>(api: Api<K>, state: Arc<std::sync::Mutex<S>>, notify: Arc<tokio::sync::Notify>)
+pub fn fold<K, S>(api: Api<K>, state: Arc<std::sync::Mutex<S>>, wake: Wake)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     S: Fold<K>,
 {
     tokio::spawn(async move {
+        let mut errors = WatchErrors::new(K::kind(&()).into_owned());
         let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut fresh: Option<S::Fresh> = None;
         while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { continue };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    errors.failed(&e);
+                    continue;
+                }
+            };
+            errors.recovered();
             let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
             match ev {
                 watcher::Event::Init => {
@@ -88,7 +113,7 @@ where
                 watcher::Event::Apply(o) => lock().applied(o),
                 watcher::Event::Delete(o) => lock().deleted(o),
             }
-            notify.notify_one();
+            wake.wake();
         }
     });
 }
