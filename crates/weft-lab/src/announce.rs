@@ -9,9 +9,7 @@
 //! node's, or the external host's).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,12 +67,9 @@ pub fn plan(
 /// A gratuitous ARP for `ip` from `ifname` in the namespace `ns`, so neighbours update their
 /// caches at once on a takeover.
 fn gratuitous_arp(ns: &std::path::Path, ifname: &str, mac: [u8; 6], ip: Ipv4Addr) -> std::io::Result<()> {
-    let f = File::open(ns)?;
-    let fd = f.as_fd().try_clone_to_owned()?;
-    let ifname = std::ffi::CString::new(ifname).unwrap();
-    std::thread::spawn(move || -> std::io::Result<()> {
+    let ifname = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    weft_netlink::ns::run_in(Some(ns), move || -> std::io::Result<()> {
         use nix::libc;
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
         unsafe {
             let ifindex = libc::if_nametoindex(ifname.as_ptr());
             if ifindex == 0 {
@@ -111,9 +106,7 @@ fn gratuitous_arp(ns: &std::path::Path, ifname: &str, mac: [u8; 6], ip: Ipv4Addr
             }
         }
         Ok(())
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("arp thread panicked"))?
+    })?
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -128,15 +121,14 @@ async fn set_announced(node: &NodeNet, want: &BTreeSet<Ipv4Addr>, have: &mut BTr
     if want == have {
         return Ok(());
     }
-    let f = File::open(node.netns_path())?;
-    let nl = Netlink::in_netns(&f).map_err(anyhow::Error::msg)?;
-    let lo = nl.link("lo").await.map_err(anyhow::Error::msg)?.ok_or_else(|| anyhow::anyhow!("no lo"))?;
-    let eth0 = nl.link("eth0").await.map_err(anyhow::Error::msg)?.ok_or_else(|| anyhow::anyhow!("no eth0"))?;
+    let nl = Netlink::at(Some(&node.netns_path()))?;
+    let lo = nl.must_link("lo").await?;
+    let eth0 = nl.must_link("eth0").await?;
     for ip in have.difference(want) {
-        nl.del_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await.map_err(anyhow::Error::msg)?;
+        nl.del_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await?;
     }
     for ip in want.difference(have) {
-        nl.add_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await.map_err(anyhow::Error::msg)?;
+        nl.add_address(lo.index, IpNet::V4(Ipv4Net::new(*ip, 32)?)).await?;
         if let Err(e) = gratuitous_arp(&node.netns_path(), "eth0", parse_mac(&eth0.mac), *ip) {
             tracing::warn!(node = %node.name, %ip, error = %e, "gratuitous ARP");
         }

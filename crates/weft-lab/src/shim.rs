@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::libc;
 use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, setns, unshare};
+use nix::sched::CloneFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -275,20 +275,17 @@ pub fn read_status(dir: &Path) -> Option<ShimStatus> {
     serde_json::from_slice(&fs::read(dir.join("status.json")).ok()?).ok()
 }
 
-/// Enters the pod's namespaces. Mounts are slaves of the host's, so a namespace file the host
-/// removes disappears here too. The caller is pid 1 of the pod's PID namespace: the /proc mounted
-/// here shows the pod's processes only; as containerd does, some of /proc is read-only
+/// Enters the pod (`weft_netlink::ns::enter_pod`: its network namespace, private mount and UTS
+/// namespaces, resolv.conf, hostname) and hardens its view of the host. The caller is pid 1 of
+/// the pod's PID namespace: the /proc mounted here shows the pod's processes only; as containerd does, some of /proc is read-only
 /// (/proc/sys, /proc/sysrq-trigger, ...) or masked (/proc/kcore, ...), and /sys is read-only.
 fn enter(spec: &ShimSpec) -> Result<()> {
-    let ns = File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
-    setns(&ns, CloneFlags::CLONE_NEWNET).context("entering the pod's network namespace")?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS).context("unshare mount+uts")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .context("making / a slave")?;
-    if let Some(r) = &spec.resolv_conf {
-        mount(Some(r.as_path()), "/etc/resolv.conf", None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .context("bind-mounting the pod's resolv.conf")?;
-    }
+    weft_netlink::ns::enter_pod(&weft_netlink::ns::PodEntry {
+        netns: spec.netns.clone(),
+        resolv_conf: spec.resolv_conf.clone(),
+        hostname: Some(spec.hostname.clone()),
+    })
+    .context("entering the pod")?;
     let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), "/proc", Some("proc"), hard, None::<&str>).context("mounting the pod's /proc")?;
     for p in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"] {
@@ -322,7 +319,6 @@ fn enter(spec: &ShimSpec) -> Result<()> {
     // ... are out of reach).
     mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::MS_RDONLY | hard, None::<&str>)
         .context("mounting a read-only /sys")?;
-    nix::unistd::sethostname(&spec.hostname).context("sethostname")?;
     Ok(())
 }
 

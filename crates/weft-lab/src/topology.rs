@@ -9,9 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan, RouteMessageBuilder};
-use weft_netlink::Netlink;
+use weft_netlink::route::Route;
+use weft_netlink::{Netlink, Vxlan};
 
 use crate::netns;
 
@@ -82,13 +81,8 @@ pub fn external_ip(underlay: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(underlay.network()) + 2)
 }
 
-fn nl<T>(r: Result<T, String>) -> Result<T> {
-    r.map_err(anyhow::Error::msg)
-}
-
 async fn netlink_in(ns: &str) -> Result<Netlink> {
-    let f = File::open(netns::path(ns)).with_context(|| format!("opening netns {ns}"))?;
-    nl(Netlink::in_netns(&f))
+    Netlink::at(Some(&netns::path(ns))).with_context(|| format!("netlink in {ns}"))
 }
 
 /// The underlay: a namespace holding bridge `br0`.
@@ -96,16 +90,7 @@ pub async fn build_underlay(lab: &str) -> Result<()> {
     let ns = underlay_ns(lab);
     netns::create(&ns)?;
     let u = netlink_in(&ns).await?;
-    if nl(u.link("br0").await)?.is_none() {
-        u.handle
-            .link()
-            .add(LinkBridge::new("br0").mtu(UNDERLAY_MTU).build())
-            .execute()
-            .await
-            .context("creating br0")?;
-    }
-    let br = nl(u.link("br0").await)?.context("br0 missing")?;
-    nl(u.set_up(br.index).await)?;
+    u.ensure_bridge("br0", Some(UNDERLAY_MTU), false).await?;
     Ok(())
 }
 
@@ -115,19 +100,19 @@ pub async fn attach_host(lab: &str, host_ns: &str, port: &str, ip: Ipv4Addr, und
     netns::create(host_ns)?;
     let u = netlink_in(&underlay_ns(lab)).await?;
     let h = netlink_in(host_ns).await?;
-    if nl(h.link("eth0").await)?.is_none() {
-        if let Some(stale) = nl(u.link(port).await)? {
-            nl(u.del_link(stale.index).await)?;
+    if h.link("eth0").await?.is_none() {
+        if let Some(stale) = u.link(port).await? {
+            u.del_link(stale.index).await?;
         }
         let hf = File::open(netns::path(host_ns))?;
-        nl(u.create_veth(port, "eth0", &hf, Some(UNDERLAY_MTU)).await)?;
+        u.create_veth(port, "eth0", &hf, Some(UNDERLAY_MTU)).await?;
     }
-    let br = nl(u.link("br0").await)?.context("br0 missing")?;
-    let p = nl(u.link(port).await)?.context("underlay port missing")?;
-    nl(u.set_controller_up(p.index, br.index).await)?;
-    let e = nl(h.link("eth0").await)?.context("eth0 missing")?;
-    nl(h.add_address(e.index, IpNet::V4(Ipv4Net::new(ip, underlay.prefix_len())?)).await)?;
-    nl(h.set_up(e.index).await)?;
+    let br = u.must_link("br0").await?;
+    let p = u.must_link(port).await?;
+    u.set_controller_up(p.index, br.index).await?;
+    let e = h.must_link("eth0").await?;
+    h.add_address(e.index, IpNet::V4(Ipv4Net::new(ip, underlay.prefix_len())?)).await?;
+    h.set_up(e.index).await?;
     Ok(())
 }
 
@@ -138,73 +123,43 @@ pub async fn configure_node(node: &NodeNet, peers: &[NodeNet], overlay: Overlay,
     // Pods' traffic leaves through eth0 with their own source address; no reverse-path drops.
     let _ = netns::sysctl(&path, "net.ipv4.conf.all.rp_filter", "0");
     let h = netlink_in(&node.netns).await?;
-    let eth0 = nl(h.link("eth0").await)?.context("eth0 missing")?;
+    let eth0 = h.must_link("eth0").await?;
     // A route for Service IPs, so the node's own connections reach the proxy's DNAT (which
     // happens after the routing decision for locally made packets).
-    nl(h.add_route(IpNet::V4(service_cidr), None, eth0.index).await)?;
+    h.add_route(IpNet::V4(service_cidr), None, eth0.index).await?;
     match overlay {
         Overlay::Routed => {
             for p in peers.iter().filter(|p| p.name != node.name) {
-                nl(h.add_route(IpNet::V4(p.pod_cidr), Some(IpAddr::V4(p.ip)), eth0.index).await)?;
+                h.add_route(IpNet::V4(p.pod_cidr), Some(IpAddr::V4(p.ip)), eth0.index).await?;
             }
         }
         Overlay::Vxlan => {
-            let vx = match nl(h.link("flannel.1").await)? {
+            let vx = match h.link("flannel.1").await? {
                 Some(l) => l,
                 None => {
-                    let msg = LinkVxlan::new("flannel.1", 1)
-                        .dev(eth0.index)
-                        .local(node.ip)
-                        .port(VXLAN_PORT)
-                        .learning(false)
-                        .mtu(UNDERLAY_MTU - VXLAN_OVERHEAD)
-                        .address(node.vtep_mac().to_vec())
-                        .build();
-                    h.handle.link().add(msg).execute().await.context("creating flannel.1")?;
-                    nl(h.link("flannel.1").await)?.context("flannel.1 missing")?
+                    h.create_vxlan(&Vxlan {
+                        name: "flannel.1".into(),
+                        vni: 1,
+                        dev: eth0.index,
+                        local: node.ip,
+                        port: VXLAN_PORT,
+                        mtu: UNDERLAY_MTU - VXLAN_OVERHEAD,
+                        mac: node.vtep_mac(),
+                    })
+                    .await?;
+                    h.must_link("flannel.1").await?
                 }
             };
             // flannel gives the VTEP the .0 address of the node's pod CIDR.
-            nl(h.add_address(vx.index, IpNet::V4(Ipv4Net::new(node.pod_cidr.network(), 32)?)).await)?;
-            h.handle
-                .link()
-                .set(LinkUnspec::new_with_index(vx.index).up().build())
-                .execute()
-                .await
-                .context("flannel.1 up")?;
+            h.add_address(vx.index, IpNet::V4(Ipv4Net::new(node.pod_cidr.network(), 32)?)).await?;
+            h.set_up(vx.index).await?;
             for p in peers.iter().filter(|p| p.name != node.name) {
                 let gw = p.pod_cidr.network();
                 let mac = p.vtep_mac();
-                h.handle
-                    .neighbours()
-                    .add(vx.index, IpAddr::V4(gw))
-                    .link_layer_address(&mac)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .context("vxlan neighbour")?;
-                h.handle
-                    .neighbours()
-                    .add_bridge(vx.index, &mac)
-                    .destination(IpAddr::V4(p.ip))
-                    .flags(NeighbourFlags::Own)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .context("vxlan fdb entry")?;
-                let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(p.pod_cidr.network(), p.pod_cidr.prefix_len())
-                    .gateway(gw)
-                    .output_interface(vx.index)
-                    .onlink()
-                    .build();
-                match h.handle.route().add(route).execute().await {
-                    Ok(()) => {}
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -17 => {}
-                    Err(e) => return Err(e).context("vxlan route"),
-                }
+                h.set_neighbour(vx.index, IpAddr::V4(gw), mac).await?;
+                h.set_fdb(vx.index, mac, IpAddr::V4(p.ip)).await?;
+                let route = Route { onlink: true, ..Route::new(IpNet::V4(p.pod_cidr), Some(IpAddr::V4(gw)), vx.index) };
+                h.ensure_route(&route).await?;
             }
         }
     }
