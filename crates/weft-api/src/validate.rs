@@ -227,19 +227,9 @@ fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
     }
 }
 
-/// Does a label selector select these labels?
+/// Does a label selector select these labels? (An invalid one selects nothing.)
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let ml = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    ml && sel.match_expressions.iter().flatten().all(|e| {
-        let vals = e.values.as_deref().unwrap_or(&[]);
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| vals.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !vals.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    })
+    weft_k8s::selectors::label_selector_matches(Some(sel), labels)
 }
 
 pub fn service(svc: &Service, errs: &mut Errors) {

@@ -1,100 +1,30 @@
 //! `labelSelector` and `fieldSelector` query parameters, parsed once per request.
 
 use serde_json::Value;
+use weft_k8s::selectors::Selector;
 
-#[derive(Debug, Clone)]
-enum Req {
-    Eq(String, String),
-    NotEq(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
-/// A parsed label selector (`app=web,tier in (a,b),!legacy`).
+/// A parsed label selector (`app=web,tier in (a,b),!legacy`): Kubernetes' syntax and matching
+/// (`weft_k8s::selectors`), with the API's rule for keys.
 #[derive(Debug, Clone, Default)]
-pub struct LabelSelector(Vec<Req>);
-
-fn split_top(s: &str) -> Vec<&str> {
-    let (mut out, mut depth, mut start) = (vec![], 0, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out.into_iter().map(|p| p.trim()).filter(|p| !p.is_empty()).collect()
-}
-
-fn set_values(s: &str) -> Result<Vec<String>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('(')
-        .and_then(|x| x.strip_suffix(')'))
-        .ok_or_else(|| format!("expected (values) in {s:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
-}
+pub struct LabelSelector(Selector);
 
 impl LabelSelector {
     /// Selects everything.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_everything()
     }
 
     pub fn parse(s: &str) -> Result<LabelSelector, String> {
-        let mut reqs = vec![];
-        for part in split_top(s) {
-            let r = if let Some((k, v)) = part.split_once("!=") {
-                Req::NotEq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once("==") {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once('=') {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once(" notin ") {
-                Req::NotIn(k.trim().into(), set_values(v)?)
-            } else if let Some((k, v)) = part.split_once(" in ") {
-                Req::In(k.trim().into(), set_values(v)?)
-            } else if let Some(k) = part.strip_prefix('!') {
-                Req::NotExists(k.trim().into())
-            } else {
-                Req::Exists(part.into())
-            };
-            reqs.push(r);
+        let sel = Selector::parse(s)?;
+        if let Some(k) = sel.requirements().iter().map(|r| r.key()).find(|k| !weft_api::validate::is_label_key(k)) {
+            return Err(format!("invalid label key {k:?} in selector {s:?}"));
         }
-        for r in &reqs {
-            let k = match r {
-                Req::Eq(k, _)
-                | Req::NotEq(k, _)
-                | Req::In(k, _)
-                | Req::NotIn(k, _)
-                | Req::Exists(k)
-                | Req::NotExists(k) => k,
-            };
-            if !weft_api::validate::is_label_key(k) {
-                return Err(format!("invalid label key {k:?} in selector {s:?}"));
-            }
-        }
-        Ok(LabelSelector(reqs))
+        Ok(LabelSelector(sel))
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str());
-        self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => get(k) == Some(v.as_str()),
-            Req::NotEq(k, v) => get(k) != Some(v.as_str()),
-            Req::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Req::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
-            Req::Exists(k) => get(k).is_some(),
-            Req::NotExists(k) => get(k).is_none(),
-        })
+        self.0.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str()))
     }
 }
 

@@ -27,9 +27,9 @@ impl Api {
             return Ok(());
         }
         let name = obj_name(v);
-        let config = self.store.get(&Key::new("configmaps", "kube-system", "weft-config"));
-        let spec =
-            config.as_ref().and_then(|c| c.pointer("/data/externalIPCIDRs")).and_then(|s| s.as_str()).unwrap_or("");
+        use weft_k8s::config::{EXTERNAL_IP_CIDRS, NAME, NAMESPACE};
+        let config = self.store.get(&Key::new("configmaps", NAMESPACE, NAME));
+        let spec = config.as_ref().and_then(|c| c.get("data")?.get(EXTERNAL_IP_CIDRS)?.as_str()).unwrap_or("");
         let allowed: Vec<ipnet::IpNet> = spec.split(',').filter_map(|c| c.trim().parse().ok()).collect();
         let service_range = self.alloc.lock().unwrap().ips.net();
         let (nodes, _) = self.store.list("nodes", None);
