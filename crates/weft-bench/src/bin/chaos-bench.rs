@@ -1174,8 +1174,8 @@ async fn pod_leaks(client: &kube::Client, lab: &str, state: &Path) -> Result<Pod
         .collect();
     for sl in &slices {
         let ns = sl.metadata.namespace.clone().unwrap_or_default();
-        if let Some(svc) = sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
-            && !svc_names.contains(&(ns.clone(), svc.clone()))
+        if let Some((_, svc)) = weft_k8s::slices::service_of(sl)
+            && !svc_names.contains(&(ns.clone(), svc.to_string()))
             && sl.metadata.owner_references.iter().flatten().all(|r| uids.contains(r.uid.as_str()))
         {
             l.stale.push(format!("endpointslice {ns}/{} of Service {svc}, which is gone", name_of_meta(&sl.metadata)));

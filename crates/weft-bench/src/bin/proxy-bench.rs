@@ -142,12 +142,7 @@ fn iptables_restore(ns: &Ns, input: &str, noflush: bool) -> Result<Duration> {
 }
 
 fn h(s: &str) -> String {
-    let mut x: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        x ^= b as u64;
-        x = x.wrapping_mul(0x100000001b3);
-    }
-    format!("{:016X}", x)
+    format!("{:016X}", weft_k8s::names::fnv1a(s.as_bytes()))
 }
 
 /// kube-proxy's iptables shape for N services (seed 002).
@@ -222,7 +217,7 @@ fn main() -> Result<()> {
         let svc = s2.iter().find(|x| x.metadata.name.as_deref() == Some(&name));
         let slices: Vec<&EndpointSlice> = e2
             .iter()
-            .filter(|x| x.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&name))
+            .filter(|x| weft_k8s::slices::belongs_to(x, "default", &name))
             .collect();
         let key = ("default".to_string(), name.clone());
         // The proxy keeps the claims up to date as events arrive; updating them is timed.
