@@ -215,10 +215,8 @@ fn main() -> Result<()> {
         // it against what is applied, send the difference.
         let name = format!("s{}", n - 1);
         let svc = s2.iter().find(|x| x.metadata.name.as_deref() == Some(&name));
-        let slices: Vec<&EndpointSlice> = e2
-            .iter()
-            .filter(|x| weft_k8s::slices::belongs_to(x, "default", &name))
-            .collect();
+        let slices: Vec<&EndpointSlice> =
+            e2.iter().filter(|x| weft_k8s::slices::belongs_to(x, "default", &name)).collect();
         let key = ("default".to_string(), name.clone());
         // The proxy keeps the claims up to date as events arrive; updating them is timed.
         let mut claims = Claims::new(&s);
