@@ -12,8 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::watcher::{self, Event};
 use weft_watch::{Controller, Fold, Wake, fold};
 
 use crate::forward::Forwarder;
@@ -156,16 +155,9 @@ fn release_freed_memory() {
 pub async fn upstreams_from_config(client: kube::Client, fwd: Arc<Forwarder>, default: Vec<std::net::SocketAddr>) {
     let api: Api<ConfigMap> = Api::namespaced(client, weft_k8s::config::NAMESPACE);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={CONFIG}"));
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut stream = weft_watch::events(api, cfg);
     let mut seen = false;
     while let Some(ev) = stream.next().await {
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(configmap = weft_k8s::config::PATH, error = %e, "watch failed; retrying with backoff");
-                continue;
-            }
-        };
         let cm = match ev {
             Event::Init => {
                 seen = false;

@@ -64,6 +64,31 @@ where
     reader
 }
 
+/// The events of a watch of `api` (kube's backoff between retries); failures are logged (see
+/// the crate docs), not returned.
+pub fn events<K>(api: Api<K>, cfg: watcher::Config) -> futures::stream::BoxStream<'static, watcher::Event<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let mut errors = WatchErrors::new(K::kind(&()).into_owned());
+    watcher(api, cfg)
+        .default_backoff()
+        .filter_map(move |ev| {
+            let ev = match ev {
+                Ok(ev) => {
+                    errors.recovered();
+                    Some(ev)
+                }
+                Err(e) => {
+                    errors.failed(&e);
+                    None
+                }
+            };
+            std::future::ready(ev)
+        })
+        .boxed()
+}
+
 /// How the events of a watch of `K` change an owner's own state (one that keeps its own index
 /// or a compact model instead of a cache of whole objects), for [`fold`].
 pub trait Fold<K>: Send + 'static {
@@ -85,18 +110,9 @@ where
     S: Fold<K>,
 {
     tokio::spawn(async move {
-        let mut errors = WatchErrors::new(K::kind(&()).into_owned());
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut stream = events(api, watcher::Config::default());
         let mut fresh: Option<S::Fresh> = None;
         while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    errors.failed(&e);
-                    continue;
-                }
-            };
-            errors.recovered();
             let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
             match ev {
                 watcher::Event::Init => {
