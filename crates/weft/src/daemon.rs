@@ -4,6 +4,7 @@
 //! nowhere else.
 
 use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use crate::lab::{self, Lab};
 /// error), on `--ready-fd`.
 pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
     let DaemonArgs { state_dir, ready_fd } = a;
-    use std::os::fd::FromRawFd;
     // `weft up` reads progress lines, then "ready" (or an error), from this pipe.
     let ready = std::sync::Mutex::new(ready_fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) }));
     let say = |line: &str| {
