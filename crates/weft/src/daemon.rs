@@ -93,12 +93,13 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                 .collect();
             tokio::spawn(weft_proxy::run(client.clone(), proxied));
             // LoadBalancer addresses from --lb-pool, announced on the underlay.
+            use weft_k8s::config;
             let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-                kube::Api::namespaced(client.clone(), "kube-system");
-            if cms.get_opt(weft_controllers::lb::CONFIG).await?.is_none() {
+                kube::Api::namespaced(client.clone(), config::NAMESPACE);
+            if cms.get_opt(config::NAME).await?.is_none() {
                 let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
-                    "metadata": {"name": weft_controllers::lb::CONFIG, "namespace": "kube-system"},
-                    "data": {weft_controllers::lb::POOLS_KEY: cfg.lb_pool.clone()}}))?;
+                    "metadata": {"name": config::NAME, "namespace": config::NAMESPACE},
+                    "data": {config::LOAD_BALANCER_POOLS: cfg.lb_pool.clone()}}))?;
                 cms.create(&Default::default(), &cm).await?;
             }
             tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
@@ -158,7 +159,7 @@ async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
 async fn dns_ready(client: &kube::Client, within: Duration) -> bool {
     let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
         kube::Api::namespaced(client.clone(), "kube-system");
-    let lp = kube::api::ListParams::default().labels("kubernetes.io/service-name=kube-dns");
+    let lp = kube::api::ListParams::default().labels(&weft_k8s::slices::selector_for("kube-dns"));
     let until = std::time::Instant::now() + within;
     while std::time::Instant::now() < until {
         if let Ok(list) = slices.list(&lp).await
@@ -166,7 +167,7 @@ async fn dns_ready(client: &kube::Client, within: Duration) -> bool {
                 .items
                 .iter()
                 .flat_map(|s| s.endpoints.iter().flatten())
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+                .any(weft_k8s::endpoints::is_ready)
         {
             return true;
         }

@@ -27,7 +27,7 @@ pub async fn run(name: Option<String>, a: DescribeArgs) -> Result<ExitCode> {
         let path = format!(
             "{}?labelSelector={}",
             client::path(es, Some(&ns), None),
-            url_escape(&format!("kubernetes.io/service-name={obj}"))
+            url_escape(&weft_k8s::slices::selector_for(&obj))
         );
         let slices = client::get(&c, &path)
             .await

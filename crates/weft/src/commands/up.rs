@@ -72,9 +72,9 @@ pub async fn run(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks that the machine has what a lab needs (the `nft` command and a kernel with the
-/// nf_tables features the service proxy uses), so `weft up` fails at once, naming what to
-/// install, instead of reporting a lab up whose Services cannot work.
+/// Checks that the machine has what a lab needs (root, and a kernel with the nf_tables features
+/// the service proxy uses: no command-line tool is needed), so `weft up` fails at once, naming
+/// what is missing, instead of reporting a lab up whose Services cannot work.
 fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("weft up needs root: a lab makes network namespaces (run it with sudo)");
