@@ -51,6 +51,16 @@ pub fn load_sandbox(state: &Path, uid: &str) -> Option<Sandbox> {
     serde_json::from_slice(&fs::read(pod_dir(state, uid).join("sandbox.json")).ok()?).ok()
 }
 
+/// Writes a pod's sandbox record whole (a temporary file renamed over the old one), so a daemon
+/// killed mid-write leaves the old record or the new one, never half of one.
+pub fn save_sandbox(state: &Path, sb: &Sandbox) -> Result<()> {
+    let dir = pod_dir(state, &sb.uid);
+    let tmp = dir.join("sandbox.json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(sb)?)?;
+    fs::rename(&tmp, dir.join("sandbox.json"))?;
+    Ok(())
+}
+
 pub fn all_sandboxes(state: &Path) -> Vec<Sandbox> {
     let Ok(rd) = fs::read_dir(pods_dir(state)) else { return vec![] };
     rd.flatten().filter_map(|e| load_sandbox(state, &e.file_name().to_string_lossy())).collect()
@@ -102,6 +112,28 @@ struct ProbeState {
     /// The probe under way: probes run on their own (one pod's hung probe holds up nobody) and
     /// wake the kubelet when they finish.
     running: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl ProbeState {
+    /// Counts one finished probe as kubelet does: Ready after `successThreshold` successes in a
+    /// row (default 1); a Ready container becomes unready after `failureThreshold` failures in a
+    /// row (default 3); one not yet Ready stays so.
+    fn record(&mut self, ok: bool, probe: &Probe) {
+        let (succ_needed, fail_needed) = (probe.success_threshold.unwrap_or(1), probe.failure_threshold.unwrap_or(3));
+        if ok {
+            self.successes = self.successes.saturating_add(1);
+            self.failures = 0;
+            if self.successes >= succ_needed {
+                self.ready = true;
+            }
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.successes = 0;
+            if self.failures >= fail_needed || !self.ready {
+                self.ready = false;
+            }
+        }
+    }
 }
 
 pub struct Kubelet {
@@ -217,60 +249,8 @@ impl Kubelet {
 
     fn pod_status(&self, pod: &Pod, sb: &Sandbox) -> Value {
         let st = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)).unwrap_or_default();
-        let uid = sb.uid.clone();
-        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-        let mut statuses = vec![];
-        let mut all_ready = !containers.is_empty();
-        let mut all_done = !containers.is_empty();
-        let mut all_ok = true;
-        for c in &containers {
-            let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
-            let probe_ready = match &c.readiness_probe {
-                None => true,
-                Some(_) => self.probes.get(&(uid.clone(), c.name.clone())).is_some_and(|p| p.ready),
-            };
-            let ready = cs.running && probe_ready;
-            all_ready &= ready;
-            all_done &= cs.done;
-            all_ok &= cs.exit_code.unwrap_or(0) == 0;
-            let state = if cs.running {
-                json!({"running": {"startedAt": cs.started_at}})
-            } else if cs.done {
-                json!({"terminated": {"exitCode": cs.exit_code.unwrap_or(0), "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at}})
-            } else if cs.restart_count > 0 {
-                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {}", c.name)}})
-            } else {
-                json!({"waiting": {"reason": "ContainerCreating"}})
-            };
-            let mut s = json!({
-                "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                "containerID": format!("weft://{}/{}", uid, c.name),
-                "ready": ready, "started": cs.running, "restartCount": cs.restart_count, "state": state,
-            });
-            if cs.restart_count > 0 && cs.exit_code.is_some() && !cs.done {
-                s["lastState"] = json!({"terminated": {"exitCode": cs.exit_code, "reason": cs.reason, "finishedAt": cs.finished_at}});
-            }
-            statuses.push(s);
-        }
-        let phase = if all_done {
-            if all_ok { "Succeeded" } else { "Failed" }
-        } else if st.containers.iter().any(|c| c.running || c.restart_count > 0) {
-            "Running"
-        } else {
-            "Pending"
-        };
-        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
-        let ips: Vec<Value> = sb.ips.iter().map(|ip| json!({"ip": ip})).collect();
-        json!({
-            "phase": phase,
-            "podIP": sb.ips.first(),
-            "podIPs": ips,
-            "hostIP": self.node.ip.to_string(),
-            "hostIPs": [{"ip": self.node.ip.to_string()}],
-            "startTime": pod.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| json!(t)).unwrap_or(json!(shim::now())),
-            "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", all_ready), cond("Ready", all_ready)],
-            "containerStatuses": statuses,
-        })
+        let probe_ready = |c: &str| self.probes.get(&(sb.uid.clone(), c.to_string())).is_some_and(|p| p.ready);
+        status_of(pod, sb, &st, probe_ready, self.node.ip, &shim::now())
     }
 
     async fn run_probes(&mut self, pod: &Pod, sb: &Sandbox) {
@@ -294,22 +274,7 @@ impl Kubelet {
                 continue;
             }
             if let Some(h) = entry.running.take_if(|h| h.is_finished()) {
-                let ok = h.await.unwrap_or(false);
-                let (succ_needed, fail_needed) =
-                    (probe.success_threshold.unwrap_or(1), probe.failure_threshold.unwrap_or(3));
-                if ok {
-                    entry.successes += 1;
-                    entry.failures = 0;
-                    if entry.successes >= succ_needed {
-                        entry.ready = true;
-                    }
-                } else {
-                    entry.failures += 1;
-                    entry.successes = 0;
-                    if entry.failures >= fail_needed || !entry.ready {
-                        entry.ready = false;
-                    }
-                }
+                entry.record(h.await.unwrap_or(false), &probe);
             }
             if entry.running.is_some() || now < entry.next {
                 continue;
@@ -326,6 +291,72 @@ impl Kubelet {
     }
 }
 
+/// A pod's status from its sandbox and what its shim reports: phase (Succeeded or Failed once every
+/// container is done, which the restart policy decides), container states (CrashLoopBackOff
+/// between restarts, the last exit in `lastState`), readiness from the probes (`probe_ready` of a
+/// container's name). `now` is the start time of a pod that has none yet.
+fn status_of(
+    pod: &Pod,
+    sb: &Sandbox,
+    st: &shim::ShimStatus,
+    probe_ready: impl Fn(&str) -> bool,
+    host_ip: std::net::Ipv4Addr,
+    now: &str,
+) -> Value {
+    let uid = &sb.uid;
+    let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let mut statuses = vec![];
+    let mut all_ready = !containers.is_empty();
+    let mut all_done = !containers.is_empty();
+    let mut all_ok = true;
+    for c in &containers {
+        let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
+        let probe_ready = c.readiness_probe.is_none() || probe_ready(&c.name);
+        let ready = cs.running && probe_ready;
+        all_ready &= ready;
+        all_done &= cs.done;
+        all_ok &= cs.exit_code.unwrap_or(0) == 0;
+        let state = if cs.running {
+            json!({"running": {"startedAt": cs.started_at}})
+        } else if cs.done {
+            json!({"terminated": {"exitCode": cs.exit_code.unwrap_or(0), "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at}})
+        } else if cs.restart_count > 0 {
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {}", c.name)}})
+        } else {
+            json!({"waiting": {"reason": "ContainerCreating"}})
+        };
+        let mut s = json!({
+            "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+            "containerID": format!("weft://{}/{}", uid, c.name),
+            "ready": ready, "started": cs.running, "restartCount": cs.restart_count, "state": state,
+        });
+        if cs.restart_count > 0 && cs.exit_code.is_some() && !cs.done {
+            s["lastState"] =
+                json!({"terminated": {"exitCode": cs.exit_code, "reason": cs.reason, "finishedAt": cs.finished_at}});
+        }
+        statuses.push(s);
+    }
+    let phase = if all_done {
+        if all_ok { "Succeeded" } else { "Failed" }
+    } else if st.containers.iter().any(|c| c.running || c.restart_count > 0) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+    let ips: Vec<Value> = sb.ips.iter().map(|ip| json!({"ip": ip})).collect();
+    json!({
+        "phase": phase,
+        "podIP": sb.ips.first(),
+        "podIPs": ips,
+        "hostIP": host_ip.to_string(),
+        "hostIPs": [{"ip": host_ip.to_string()}],
+        "startTime": pod.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| json!(t)).unwrap_or(json!(now)),
+        "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", all_ready), cond("Ready", all_ready)],
+        "containerStatuses": statuses,
+    })
+}
+
 fn resolve_port(p: &IntOrString, c: &Container) -> Option<u16> {
     match p {
         IntOrString::Int(n) => u16::try_from(*n).ok(),
@@ -338,70 +369,110 @@ fn resolve_port(p: &IntOrString, c: &Container) -> Option<u16> {
     }
 }
 
+/// What one probe does, decided from the spec alone.
+#[derive(Debug, PartialEq)]
+enum ProbeAction {
+    /// GET `path` from `addr`; a 2xx or 3xx status passes.
+    Http { addr: SocketAddr, path: String },
+    /// Connect to `addr`; a connection passes.
+    Tcp(SocketAddr),
+    /// Run `argv` in the container; exit code 0 passes.
+    Exec(Vec<String>),
+    /// The spec cannot be probed (no such port, no address, no command): a failure.
+    Fail(&'static str),
+    /// No handler weft runs (none, or gRPC): a success, as before.
+    Pass,
+}
+
+fn probe_action(p: &Probe, c: &Container, pod_ip: &str) -> ProbeAction {
+    if let Some(h) = &p.http_get {
+        let Some(port) = resolve_port(&h.port, c) else { return ProbeAction::Fail("no such port") };
+        let Ok(ip) = h.host.clone().unwrap_or_else(|| pod_ip.to_string()).parse::<std::net::IpAddr>() else {
+            return ProbeAction::Fail("no address");
+        };
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        return ProbeAction::Http { addr: SocketAddr::new(ip, port), path };
+    }
+    if let Some(t) = &p.tcp_socket {
+        let Some(port) = resolve_port(&t.port, c) else { return ProbeAction::Fail("no such port") };
+        let Ok(ip) = pod_ip.parse::<std::net::IpAddr>() else { return ProbeAction::Fail("no address") };
+        return ProbeAction::Tcp(SocketAddr::new(ip, port));
+    }
+    if let Some(e) = &p.exec {
+        let argv = e.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            return ProbeAction::Fail("no command");
+        }
+        return ProbeAction::Exec(argv);
+    }
+    ProbeAction::Pass
+}
+
+/// Does an HTTP status line's start (`HTTP/1.1 200`, 12 bytes) say success (200-399)?
+fn http_status_ok(head: &[u8]) -> bool {
+    let code: u16 = head.get(9..12).map(|c| String::from_utf8_lossy(c).parse().unwrap_or(0)).unwrap_or(0);
+    (200..400).contains(&code)
+}
+
 /// One probe, bounded by its `timeoutSeconds` (default 1 s, as kubelet): httpGet and tcpSocket
 /// connect to the pod IP from the node (as kubelet does); exec runs the command in the pod, by its
 /// shim (the pod's namespaces, the container's environment and capabilities), killed at the
 /// timeout.
 fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: &Path) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
-    if let Some(h) = &p.http_get {
-        let Some(port) = resolve_port(&h.port, c) else { return false };
-        let Ok(ip) = h.host.clone().unwrap_or_else(|| pod_ip.to_string()).parse::<std::net::IpAddr>() else {
-            return false;
-        };
-        let path = h.path.clone().unwrap_or_else(|| "/".into());
-        return netns::in_netns(node_ns, move || -> bool {
-            let deadline = Instant::now() + timeout;
-            let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) else { return false };
-            let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let _ = s.set_write_timeout(Some(left()));
-            let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
-            if s.write_all(req.as_bytes()).is_err() {
-                return false;
-            }
-            // The status line, within the deadline however slowly it comes.
-            let mut head = [0u8; 12];
-            let mut got = 0;
-            while got < head.len() {
-                if Instant::now() >= deadline || s.set_read_timeout(Some(left())).is_err() {
-                    return false;
-                }
-                match s.read(&mut head[got..]) {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => got += n,
-                }
-            }
-            let code: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0);
-            (200..400).contains(&code)
-        })
-        .unwrap_or(false);
-    }
-    if let Some(t) = &p.tcp_socket {
-        let Some(port) = resolve_port(&t.port, c) else { return false };
-        let Ok(ip) = pod_ip.parse::<std::net::IpAddr>() else { return false };
-        return netns::in_netns(node_ns, move || {
-            TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout).is_ok()
-        })
-        .unwrap_or(false);
-    }
-    if let Some(e) = &p.exec {
-        let argv = e.command.clone().unwrap_or_default();
-        if argv.is_empty() {
-            return false;
+    match probe_action(p, c, pod_ip) {
+        ProbeAction::Http { addr, path } => http_probe(addr, path, timeout, node_ns),
+        ProbeAction::Tcp(addr) => {
+            netns::in_netns(node_ns, move || TcpStream::connect_timeout(&addr, timeout).is_ok()).unwrap_or(false)
         }
-        return match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
+        ProbeAction::Exec(argv) => match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
             Ok(ok) => ok,
             Err(e) => {
                 tracing::debug!(container = %c.name, error = %format!("{e:#}"), "exec probe");
                 false
             }
-        };
+        },
+        ProbeAction::Fail(why) => {
+            tracing::debug!(container = %c.name, why, "probe");
+            false
+        }
+        ProbeAction::Pass => true,
     }
-    true
+}
+
+/// An httpGet probe from the node's namespace, the whole exchange within `timeout`.
+fn http_probe(addr: SocketAddr, path: String, timeout: Duration, node_ns: &Path) -> bool {
+    let (ip, port) = (addr.ip(), addr.port());
+    netns::in_netns(node_ns, move || -> bool {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) else { return false };
+        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let _ = s.set_write_timeout(Some(left()));
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        // The status line, within the deadline however slowly it comes.
+        let mut head = [0u8; 12];
+        let mut got = 0;
+        while got < head.len() {
+            if Instant::now() >= deadline || s.set_read_timeout(Some(left())).is_err() {
+                return false;
+            }
+            match s.read(&mut head[got..]) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got += n,
+            }
+        }
+        http_status_ok(&head)
+    })
+    .unwrap_or(false)
 }
 
 pub fn netns_name(lab: &str, uid: &str) -> String {
-    format!("weft-{lab}-pod-{}", &uid[..uid.len().min(13)])
+    // By characters: a byte slice of an odd uid could end inside a character and panic.
+    let short: String = uid.chars().take(13).collect();
+    format!("weft-{lab}-pod-{short}")
 }
 
 fn env_for(pod: &Pod, c: &Container, ip: &str, node: &NodeNet) -> Vec<(String, String)> {
@@ -550,6 +621,43 @@ fn port_mappings(pod: &Pod) -> Value {
     json!({"portMappings": maps})
 }
 
+/// What the shim of `pod` runs (the pod-spec translation: commands, environment, security,
+/// restart policy, hostname), given its uid, its network namespace's name and its IP. No I/O.
+fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, ip: &str) -> ShimSpec {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let dir = pod_dir(&ctx.state_dir, uid);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let lab_dns = crate::builtin::is_lab_dns_pod(pod);
+    ShimSpec {
+        pod: name.clone(),
+        namespace: pod.metadata.namespace.clone().unwrap_or("default".into()),
+        uid: uid.to_string(),
+        netns: netns::path(ns_name),
+        hostname: spec.hostname.clone().unwrap_or(name).chars().take(63).collect(),
+        resolv_conf: Some(dir.join("resolv.conf")),
+        dir,
+        restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
+        containers: spec
+            .containers
+            .iter()
+            .map(|c| ContainerSpec {
+                name: c.name.clone(),
+                argv: argv_for(ctx, pod, c),
+                env: env_for(pod, c, ip, node),
+                workdir: c.working_dir.clone(),
+                security: if is_lab_dns(pod, c) {
+                    Security { caps: None, no_new_privs: false }
+                } else {
+                    Security::of(c.security_context.as_ref())
+                },
+            })
+            .collect(),
+        host_netns: lab_dns,
+        // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
+        hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
+    }
+}
+
 /// Makes (or re-makes) a pod's sandbox: namespace, CNI ADD, resolv.conf, shim.
 pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbox>) -> Result<Sandbox> {
     let uid = pod.metadata.uid.clone().context("pod has no uid")?;
@@ -594,39 +702,9 @@ pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbo
             (ips, result)
         }
     };
-    let resolv = dir.join("resolv.conf");
-    fs::write(&resolv, resolv_conf(ctx, pod))?;
+    fs::write(dir.join("resolv.conf"), resolv_conf(ctx, pod))?;
     let ip = ips.first().cloned().unwrap_or_default();
-    let spec = pod.spec.clone().unwrap_or_default();
-    let lab_dns = crate::builtin::is_lab_dns_pod(pod);
-    let shim_spec = ShimSpec {
-        pod: name.clone(),
-        namespace: namespace.clone(),
-        uid: uid.clone(),
-        netns: netns::path(&ns_name),
-        hostname: spec.hostname.clone().unwrap_or(name.clone()).chars().take(63).collect(),
-        resolv_conf: Some(resolv),
-        dir: dir.clone(),
-        restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
-        containers: spec
-            .containers
-            .iter()
-            .map(|c| ContainerSpec {
-                name: c.name.clone(),
-                argv: argv_for(ctx, pod, c),
-                env: env_for(pod, c, &ip, node),
-                workdir: c.working_dir.clone(),
-                security: if is_lab_dns(pod, c) {
-                    Security { caps: None, no_new_privs: false }
-                } else {
-                    Security::of(c.security_context.as_ref())
-                },
-            })
-            .collect(),
-        host_netns: lab_dns,
-        // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
-        hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
-    };
+    let shim_spec = shim_spec(ctx, node, pod, &uid, &ns_name, &ip);
     let spec_path = dir.join("shim.json");
     fs::write(&spec_path, serde_json::to_vec_pretty(&shim_spec)?)?;
     let log = File::create(dir.join("shim.log"))?;
@@ -645,9 +723,7 @@ pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbo
         shim_start: start,
         cni_result: result,
     };
-    let tmp = dir.join("sandbox.json.tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(&sb)?)?;
-    fs::rename(&tmp, dir.join("sandbox.json"))?;
+    save_sandbox(&ctx.state_dir, &sb)?;
     Ok(sb)
 }
 
@@ -674,3 +750,7 @@ pub fn teardown(ctx: &LabCtx, node: &NodeNet, sb: &Sandbox) -> Result<()> {
     let _ = fs::remove_dir_all(pod_dir(&ctx.state_dir, &sb.uid));
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "kubelet_tests.rs"]
+mod tests;

@@ -1,0 +1,671 @@
+//! The kubelet's pure parts: what a pod spec becomes for its shim (command, args, environment,
+//! security, restart policy, hostname, resolv.conf, host ports), the status reported from what the
+//! shim says, probes (what is run, when it counts as failed, thresholds), the sandbox record on
+//! disk, and hostile specs.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::shim::{ContainerState, ShimStatus};
+use crate::topology::Overlay;
+
+fn ctx(state: &Path) -> LabCtx {
+    LabCtx {
+        name: "t".into(),
+        state_dir: state.to_path_buf(),
+        weft_exe: state.join("bin").join("weft"),
+        cni_path: "/usr/lib/cni".into(),
+        overlay: Overlay::Vxlan,
+        dns_ip: "10.96.0.10".into(),
+        cluster_domain: "cluster.local".into(),
+    }
+}
+
+fn node() -> NodeNet {
+    NodeNet {
+        name: "node-2".into(),
+        netns: "weft-t-node-2".into(),
+        ip: Ipv4Addr::new(172, 18, 0, 11),
+        pod_cidr: "10.244.1.0/24".parse().unwrap(),
+    }
+}
+
+fn pod(spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "namespace": "shop", "uid": "0123456789abcdef-uid"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn container(v: Value) -> Container {
+    serde_json::from_value(v).unwrap()
+}
+
+fn spec_of(pod: &Pod) -> ShimSpec {
+    let dir = tempfile::tempdir().unwrap();
+    shim_spec(&ctx(dir.path()), &node(), pod, "0123456789abcdef-uid", "weft-t-pod-0123456789abc", "10.244.1.7")
+}
+
+fn env_map(env: &[(String, String)]) -> std::collections::HashMap<&str, &str> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command, args, environment
+
+#[test]
+fn command_and_args_are_run_as_written() {
+    let p = pod(json!({"containers": [
+        {"name": "a", "image": "busybox", "command": ["sh", "-c"], "args": ["echo $(HOME) 'two words'"]},
+        {"name": "b", "image": "busybox", "command": ["sleep", "600"]},
+    ]}));
+    let s = spec_of(&p);
+    assert_eq!(s.containers[0].argv, ["sh", "-c", "echo $(HOME) 'two words'"]);
+    assert_eq!(s.containers[1].argv, ["sleep", "600"]);
+    assert_eq!(s.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[test]
+fn an_image_without_a_command_runs_the_built_in_server_on_its_ports() {
+    let p = pod(json!({"containers": [{"name": "echo", "image": "weft/echo", "ports": [
+        {"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}, {"containerPort": 9090, "protocol": "TCP"}]}]}));
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    let argv = argv_for(&c, &p, &p.spec.as_ref().unwrap().containers[0]);
+    let exe = c.weft_exe.display().to_string();
+    assert_eq!(
+        argv,
+        [
+            exe.as_str(),
+            "builtin",
+            "--pod",
+            "web-0",
+            "--namespace",
+            "shop",
+            "--mode",
+            "echo",
+            "--tcp",
+            "8080,9090",
+            "--udp",
+            "5353"
+        ]
+    );
+}
+
+fn lab_dns_pod() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "coredns-abc-x", "namespace": "kube-system", "uid": "u-dns", "labels": {"k8s-app": "kube-dns"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "coredns-abc", "uid": "r", "controller": true}]},
+        "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.11.3"}]},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_labs_dns_pod_runs_weft_dns_with_the_labs_kubeconfig_and_host_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    let p = lab_dns_pod();
+    let cont = &p.spec.as_ref().unwrap().containers[0];
+    let kubeconfig = dir.path().join("kubeconfig").display().to_string();
+    let tail = ["--kubeconfig", kubeconfig.as_str(), "--cluster-domain", "cluster.local"];
+    // Without a `weft-dns` next to `weft`: `weft dns`.
+    let argv = argv_for(&c, &p, cont);
+    assert_eq!(argv[..2], [c.weft_exe.display().to_string(), "dns".to_string()]);
+    assert_eq!(argv[2..], tail);
+    // With one: that binary.
+    std::fs::create_dir_all(c.weft_exe.parent().unwrap()).unwrap();
+    std::fs::write(c.weft_exe.with_file_name("weft-dns"), "").unwrap();
+    let argv = argv_for(&c, &p, cont);
+    assert_eq!(argv[0], c.weft_exe.with_file_name("weft-dns").display().to_string());
+    assert_eq!(argv[1..], tail);
+    let s = shim_spec(&c, &node(), &p, "u-dns", "weft-t-pod-u-dns", "10.244.1.2");
+    assert!(s.host_netns && s.hide.is_empty());
+    assert_eq!(s.containers[0].security, Security { caps: None, no_new_privs: false });
+}
+
+#[test]
+fn environment_has_the_api_address_values_and_field_references_in_order() {
+    let p = pod(
+        json!({"serviceAccountName": "robot", "containers": [{"name": "c", "image": "busybox", "command": ["env"], "env": [
+            {"name": "PLAIN", "value": "x=y $(PLAIN)"},
+            {"name": "EMPTY"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+            {"name": "ODD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['x']"}}},
+        ]}]}),
+    );
+    let env = &spec_of(&p).containers[0].env;
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "KUBERNETES_SERVICE_HOST",
+            "KUBERNETES_SERVICE_PORT",
+            "PLAIN",
+            "EMPTY",
+            "POD",
+            "NS",
+            "UID",
+            "IP",
+            "HOST",
+            "NODE",
+            "SA",
+            "ODD"
+        ]
+    );
+    let m = env_map(env);
+    assert_eq!((m["KUBERNETES_SERVICE_HOST"], m["KUBERNETES_SERVICE_PORT"]), ("10.96.0.1", "443"));
+    assert_eq!(m["PLAIN"], "x=y $(PLAIN)");
+    assert_eq!(m["EMPTY"], "");
+    assert_eq!((m["POD"], m["NS"], m["UID"]), ("web-0", "shop", "0123456789abcdef-uid"));
+    assert_eq!((m["IP"], m["HOST"], m["NODE"]), ("10.244.1.7", "172.18.0.11", "node-2"));
+    assert_eq!(m["SA"], "robot");
+    assert_eq!(m["ODD"], "", "a field weft does not know is empty, not an error");
+    // No serviceAccountName: "default", as the API server defaults it.
+    let p = pod(json!({"containers": [{"name": "c", "image": "busybox", "command": ["env"], "env": [
+        {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}]}]}));
+    assert_eq!(env_map(&spec_of(&p).containers[0].env)["SA"], "default");
+}
+
+#[test]
+fn working_dir_hostname_security_and_hidden_state_are_carried_over() {
+    let p = pod(json!({"hostname": "db-0", "containers": [
+        {"name": "a", "image": "busybox", "command": ["true"], "workingDir": "/srv"},
+        {"name": "b", "image": "busybox", "command": ["true"],
+         "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}, "allowPrivilegeEscalation": true}},
+    ]}));
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    let s = shim_spec(&c, &node(), &p, "uid-1", "weft-t-pod-uid-1", "10.244.1.7");
+    assert_eq!((s.pod.as_str(), s.namespace.as_str(), s.uid.as_str()), ("web-0", "shop", "uid-1"));
+    assert_eq!(s.hostname, "db-0");
+    assert_eq!(s.netns, crate::netns::path("weft-t-pod-uid-1"));
+    assert_eq!(s.dir, pod_dir(dir.path(), "uid-1"));
+    assert_eq!(s.resolv_conf, Some(pod_dir(dir.path(), "uid-1").join("resolv.conf")));
+    assert_eq!(s.containers[0].workdir.as_deref(), Some("/srv"));
+    assert_eq!(s.containers[0].security, Security::default());
+    assert_eq!(
+        s.containers[1].security,
+        Security::of(p.spec.as_ref().unwrap().containers[1].security_context.as_ref())
+    );
+    assert!(!s.containers[1].security.no_new_privs);
+    assert!(!s.host_netns, "only the lab's DNS pod keeps the host's namespace");
+    assert_eq!(s.hide, [dir.path().to_path_buf()], "the lab's state is hidden from a user's pod");
+    // Without spec.hostname: the pod's name, cut to a hostname's 63 characters.
+    let long = "x".repeat(100);
+    let mut p = pod(json!({"containers": []}));
+    p.metadata.name = Some(long.clone());
+    assert_eq!(spec_of(&p).hostname, long[..63]);
+}
+
+#[test]
+fn restart_policy_defaults_to_always_and_is_passed_on() {
+    assert_eq!(spec_of(&pod(json!({"containers": []}))).restart_policy, "Always");
+    for policy in ["Always", "OnFailure", "Never"] {
+        assert_eq!(spec_of(&pod(json!({"restartPolicy": policy, "containers": []}))).restart_policy, policy);
+    }
+}
+
+#[test]
+fn resolv_conf_follows_the_dns_policy_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    assert_eq!(
+        resolv_conf(&c, &pod(json!({"containers": []}))),
+        "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    let r = resolv_conf(
+        &c,
+        &pod(json!({"dnsPolicy": "None", "containers": [], "dnsConfig": {
+            "nameservers": ["192.0.2.1"], "searches": ["example.org"],
+            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+    );
+    assert_eq!(r, "search example.org\nnameserver 192.0.2.1\noptions ndots:2 edns0\n");
+    assert_eq!(resolv_conf(&c, &pod(json!({"dnsPolicy": "Default", "containers": []}))), "options ndots:5\n");
+}
+
+#[test]
+fn host_ports_become_port_mappings() {
+    let p = pod(json!({"containers": [{"name": "c", "image": "nginx", "ports": [
+        {"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"},
+        {"containerPort": 443}, {"containerPort": 9, "hostPort": 0}]}]}));
+    assert_eq!(
+        port_mappings(&p),
+        json!({"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]})
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status: phases, restarts, readiness
+
+fn sandbox() -> Sandbox {
+    Sandbox {
+        uid: "0123456789abcdef-uid".into(),
+        namespace: "shop".into(),
+        name: "web-0".into(),
+        node: "node-2".into(),
+        netns: "weft-t-pod-0123456789abc".into(),
+        ips: vec!["10.244.1.7".into()],
+        shim_pid: 4242,
+        shim_start: 99,
+        cni_result: json!({"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.7/24"}]}),
+    }
+}
+
+fn state(name: &str, running: bool, restarts: u32, exit: Option<i32>, done: bool) -> ContainerState {
+    ContainerState {
+        name: name.into(),
+        running,
+        pid: running.then_some(7),
+        started_at: Some("2025-01-01T00:00:00Z".into()),
+        finished_at: exit.map(|_| "2025-01-01T00:00:01Z".into()),
+        exit_code: exit,
+        restart_count: restarts,
+        reason: exit.map(|c| if c == 0 { "Completed".into() } else { "Error".into() }),
+        done,
+    }
+}
+
+fn status(pod: &Pod, containers: Vec<ContainerState>, probe_ready: bool) -> Value {
+    let st = ShimStatus { shim_pid: 4242, containers };
+    status_of(pod, &sandbox(), &st, |_| probe_ready, Ipv4Addr::new(172, 18, 0, 11), "2025-01-02T00:00:00Z")
+}
+
+fn condition(s: &Value, t: &str) -> String {
+    s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().into()
+}
+
+fn two() -> Pod {
+    pod(json!({"containers": [
+        {"name": "a", "image": "busybox", "command": ["sleep", "1"]},
+        {"name": "b", "image": "busybox", "command": ["sleep", "1"]}]}))
+}
+
+#[test]
+fn running_containers_make_a_ready_running_pod_with_its_addresses() {
+    let s = status(&two(), vec![state("a", true, 0, None, false), state("b", true, 0, None, false)], false);
+    assert_eq!(s["phase"], "Running");
+    assert_eq!((condition(&s, "Ready"), condition(&s, "ContainersReady")), ("True".into(), "True".into()));
+    assert_eq!(s["podIP"], "10.244.1.7");
+    assert_eq!(s["podIPs"], json!([{"ip": "10.244.1.7"}]));
+    assert_eq!((s["hostIP"].as_str(), s["hostIPs"][0]["ip"].as_str()), (Some("172.18.0.11"), Some("172.18.0.11")));
+    assert_eq!(s["startTime"], "2025-01-02T00:00:00Z");
+    let cs = &s["containerStatuses"];
+    assert_eq!(cs[0]["state"], json!({"running": {"startedAt": "2025-01-01T00:00:00Z"}}));
+    assert_eq!(cs[1]["containerID"], "weft://0123456789abcdef-uid/b");
+    assert_eq!((cs[0]["ready"].as_bool(), cs[0]["started"].as_bool()), (Some(true), Some(true)));
+}
+
+#[test]
+fn a_readiness_probe_that_has_not_passed_keeps_the_pod_unready() {
+    let p = pod(json!({"containers": [
+        {"name": "a", "image": "busybox", "command": ["sleep", "1"], "readinessProbe": {"tcpSocket": {"port": 80}}},
+        {"name": "b", "image": "busybox", "command": ["sleep", "1"]}]}));
+    let run = || vec![state("a", true, 0, None, false), state("b", true, 0, None, false)];
+    let s = status(&p, run(), false);
+    assert_eq!((s["phase"].as_str(), condition(&s, "Ready")), (Some("Running"), "False".into()));
+    assert_eq!(s["containerStatuses"][0]["ready"], false);
+    assert_eq!(s["containerStatuses"][1]["ready"], true, "b has no probe");
+    let s = status(&p, run(), true);
+    assert_eq!(condition(&s, "Ready"), "True");
+    // A probe that passed counts for nothing while the container is not running.
+    let s = status(&p, vec![state("a", false, 1, Some(1), false), state("b", true, 0, None, false)], true);
+    assert_eq!(condition(&s, "Ready"), "False");
+}
+
+#[test]
+fn a_container_between_restarts_is_in_crash_loop_back_off_with_its_last_exit() {
+    let s = status(&two(), vec![state("a", false, 2, Some(3), false), state("b", true, 0, None, false)], true);
+    assert_eq!(s["phase"], "Running");
+    let a = &s["containerStatuses"][0];
+    assert_eq!(a["restartCount"], 2);
+    assert_eq!(a["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    assert_eq!(a["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(a["lastState"]["terminated"]["reason"], "Error");
+    assert!(s["containerStatuses"][1].get("lastState").is_none());
+}
+
+#[test]
+fn the_phase_ends_when_the_restart_policy_lets_every_container_finish() {
+    // The shim marks a container done when its restart policy says no more restarts.
+    let s = status(&two(), vec![state("a", false, 0, Some(0), true), state("b", false, 0, Some(0), true)], true);
+    assert_eq!(s["phase"], "Succeeded");
+    assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(condition(&s, "Ready"), "False");
+    let s = status(&two(), vec![state("a", false, 0, Some(0), true), state("b", false, 1, Some(2), true)], true);
+    assert_eq!(s["phase"], "Failed");
+    assert_eq!(s["containerStatuses"][1]["state"]["terminated"]["exitCode"], 2);
+    // One still running: not over.
+    let s = status(&two(), vec![state("a", false, 0, Some(0), true), state("b", true, 0, None, false)], true);
+    assert_eq!(s["phase"], "Running");
+}
+
+#[test]
+fn nothing_reported_yet_is_pending_and_creating() {
+    let s = status(&two(), vec![], true);
+    assert_eq!(s["phase"], "Pending");
+    assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating");
+    assert_eq!(condition(&s, "Ready"), "False");
+    assert_eq!(condition(&s, "PodScheduled"), "True");
+    // No containers at all: never Ready, never finished.
+    let s = status(&pod(json!({"containers": []})), vec![], true);
+    assert_eq!((s["phase"].as_str(), condition(&s, "Ready")), (Some("Pending"), "False".into()));
+    // A pod keeps the start time it has.
+    let mut p = two();
+    p.status = Some(serde_json::from_value(json!({"startTime": "2024-05-05T05:05:05Z"})).unwrap());
+    assert_eq!(status(&p, vec![], true)["startTime"], "2024-05-05T05:05:05Z");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes
+
+fn probe(v: Value) -> Probe {
+    serde_json::from_value(v).unwrap()
+}
+
+fn web() -> Container {
+    container(json!({"name": "web", "image": "weft/echo", "ports": [{"name": "http", "containerPort": 8080}]}))
+}
+
+#[test]
+fn what_each_probe_runs() {
+    let c = web();
+    let at = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    assert_eq!(
+        probe_action(&probe(json!({"httpGet": {"port": "http", "path": "/healthz"}})), &c, "10.244.1.7"),
+        ProbeAction::Http { addr: at("10.244.1.7:8080"), path: "/healthz".into() }
+    );
+    assert_eq!(
+        probe_action(&probe(json!({"httpGet": {"port": 9000, "host": "10.0.0.9"}})), &c, "10.244.1.7"),
+        ProbeAction::Http { addr: at("10.0.0.9:9000"), path: "/".into() }
+    );
+    assert_eq!(
+        probe_action(&probe(json!({"tcpSocket": {"port": "http"}})), &c, "10.244.1.7"),
+        ProbeAction::Tcp(at("10.244.1.7:8080"))
+    );
+    assert_eq!(
+        probe_action(&probe(json!({"exec": {"command": ["cat", "/tmp/ok"]}})), &c, "10.244.1.7"),
+        ProbeAction::Exec(vec!["cat".into(), "/tmp/ok".into()])
+    );
+    // gRPC is not run, and no handler at all passes.
+    assert_eq!(probe_action(&probe(json!({"grpc": {"port": 9}})), &c, "10.244.1.7"), ProbeAction::Pass);
+    assert_eq!(probe_action(&probe(json!({})), &c, "10.244.1.7"), ProbeAction::Pass);
+}
+
+#[test]
+fn a_probe_that_cannot_be_run_counts_as_failed() {
+    let c = web();
+    let fails = |p: Value, ip: &str| matches!(probe_action(&probe(p), &c, ip), ProbeAction::Fail(_));
+    assert!(fails(json!({"httpGet": {"port": "nosuch"}}), "10.244.1.7"));
+    assert!(fails(json!({"httpGet": {"port": 70000}}), "10.244.1.7"));
+    assert!(fails(json!({"httpGet": {"port": -1}}), "10.244.1.7"));
+    assert!(fails(json!({"httpGet": {"port": 80, "host": "not an address"}}), "10.244.1.7"));
+    assert!(fails(json!({"httpGet": {"port": 80}}), ""), "a pod without an IP");
+    assert!(fails(json!({"tcpSocket": {"port": "nosuch"}}), "10.244.1.7"));
+    assert!(fails(json!({"tcpSocket": {"port": 80}}), "garbage"));
+    assert!(fails(json!({"exec": {"command": []}}), "10.244.1.7"));
+    assert!(fails(json!({"exec": {}}), "10.244.1.7"));
+    // A named port that names a port beyond u16 is no port.
+    let odd = container(json!({"name": "o", "ports": [{"name": "big", "containerPort": 65536}]}));
+    assert!(matches!(
+        probe_action(&probe(json!({"tcpSocket": {"port": "big"}})), &odd, "10.244.1.7"),
+        ProbeAction::Fail(_)
+    ));
+}
+
+#[test]
+fn http_success_is_2xx_and_3xx() {
+    for (line, ok) in [
+        ("HTTP/1.1 200", true),
+        ("HTTP/1.0 204", true),
+        ("HTTP/1.1 302", true),
+        ("HTTP/1.1 399", true),
+        ("HTTP/1.1 400", false),
+        ("HTTP/1.1 500", false),
+        ("HTTP/1.1 199", false),
+        ("HTTP/1.1 2x0", false),
+        ("garbage-here", false),
+        ("HTTP/1.1 20", false),
+        ("", false),
+    ] {
+        assert_eq!(http_status_ok(line.as_bytes()), ok, "{line:?}");
+    }
+    assert!(!http_status_ok(&[0xff; 12]));
+}
+
+fn counter() -> ProbeState {
+    ProbeState { ready: false, next: Instant::now(), successes: 0, failures: 0, running: None }
+}
+
+#[test]
+fn thresholds_count_results_in_a_row() {
+    // Defaults: one success makes Ready, three failures in a row make it unready.
+    let p = probe(json!({"tcpSocket": {"port": 80}}));
+    let mut s = counter();
+    s.record(false, &p);
+    assert!(!s.ready, "not ready before any success");
+    s.record(true, &p);
+    assert!(s.ready);
+    s.record(false, &p);
+    s.record(false, &p);
+    assert!(s.ready, "two failures are under the threshold of 3");
+    s.record(true, &p);
+    s.record(false, &p);
+    s.record(false, &p);
+    assert!(s.ready, "a success resets the failures");
+    s.record(false, &p);
+    assert!(!s.ready, "three in a row");
+    // successThreshold 3, failureThreshold 1.
+    let p = probe(json!({"tcpSocket": {"port": 80}, "successThreshold": 3, "failureThreshold": 1}));
+    let mut s = counter();
+    s.record(true, &p);
+    s.record(true, &p);
+    s.record(false, &p);
+    s.record(true, &p);
+    s.record(true, &p);
+    assert!(!s.ready, "a failure resets the successes");
+    s.record(true, &p);
+    assert!(s.ready);
+    s.record(false, &p);
+    assert!(!s.ready);
+}
+
+/// A server on 127.0.0.1 that answers each of at most `n` connections with `reply` after `delay`.
+fn server(reply: &'static [u8], delay: Duration, n: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            std::thread::sleep(delay);
+            let _ = s.write_all(reply);
+        }
+    });
+    addr
+}
+
+/// Runs a probe as the kubelet does, here on loopback (this process's own namespace as the node's).
+fn run(p: Value, addr: SocketAddr) -> bool {
+    let c = container(json!({"name": "web", "ports": [{"name": "http", "containerPort": addr.port()}]}));
+    let dir = tempfile::tempdir().unwrap();
+    probe_once(&probe(p), &c, &addr.ip().to_string(), Path::new("/proc/self/ns/net"), dir.path())
+}
+
+#[test]
+fn http_and_tcp_probes_against_real_servers() {
+    let ok = server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Duration::ZERO, 1);
+    assert!(run(json!({"httpGet": {"port": "http", "path": "/healthz"}}), ok));
+    let err = server(b"HTTP/1.1 500 Internal Server Error\r\n\r\n", Duration::ZERO, 1);
+    assert!(!run(json!({"httpGet": {"port": "http"}}), err));
+    let short = server(b"HTTP/1.1", Duration::ZERO, 1);
+    assert!(!run(json!({"httpGet": {"port": "http"}}), short), "a status line cut short");
+    // Slower than timeoutSeconds (1 s): failed, and within about that time.
+    let slow = server(b"HTTP/1.1 200 OK\r\n\r\n", Duration::from_secs(3), 1);
+    let t = Instant::now();
+    assert!(!run(json!({"httpGet": {"port": "http"}, "timeoutSeconds": 1}), slow));
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    // tcpSocket: a listener passes, a closed port fails.
+    let open = server(b"", Duration::ZERO, 1);
+    assert!(run(json!({"tcpSocket": {"port": open.port()}}), open));
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert!(!run(json!({"tcpSocket": {"port": closed.port()}}), closed));
+    assert!(!run(json!({"httpGet": {"port": closed.port()}}), closed));
+}
+
+#[test]
+fn an_exec_probe_without_a_shim_to_run_it_fails() {
+    let t = Instant::now();
+    assert!(!run(json!({"exec": {"command": ["true"]}}), "127.0.0.1:1".parse().unwrap()));
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox record
+
+#[test]
+fn a_sandbox_record_reads_back_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox();
+    std::fs::create_dir_all(pod_dir(dir.path(), &sb.uid)).unwrap();
+    save_sandbox(dir.path(), &sb).unwrap();
+    let back = load_sandbox(dir.path(), &sb.uid).expect("the record");
+    assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&sb).unwrap());
+    assert!(!pod_dir(dir.path(), &sb.uid).join("sandbox.json.tmp").exists());
+    // Saved again with a new shim: replaced whole.
+    let sb2 = Sandbox { shim_pid: 7, shim_start: 8, ..sb.clone() };
+    save_sandbox(dir.path(), &sb2).unwrap();
+    assert_eq!(load_sandbox(dir.path(), &sb.uid).unwrap().shim_pid, 7);
+    assert_eq!(all_sandboxes(dir.path()).len(), 1);
+}
+
+#[test]
+fn damaged_or_stray_records_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = sandbox();
+    std::fs::create_dir_all(pod_dir(dir.path(), &good.uid)).unwrap();
+    save_sandbox(dir.path(), &good).unwrap();
+    let full = serde_json::to_vec(&good).unwrap();
+    for (uid, bytes) in [
+        ("cut", &full[..full.len() / 2]),
+        ("empty", &b""[..]),
+        ("binary", &[0xff, 0x00, 0xfe][..]),
+        ("other", &br#"{"uid": 5}"#[..]),
+    ] {
+        std::fs::create_dir_all(pod_dir(dir.path(), uid)).unwrap();
+        std::fs::write(pod_dir(dir.path(), uid).join("sandbox.json"), bytes).unwrap();
+        assert!(load_sandbox(dir.path(), uid).is_none(), "{uid}");
+    }
+    std::fs::create_dir_all(pod_dir(dir.path(), "no-record")).unwrap();
+    std::fs::write(pods_dir(dir.path()).join("a-file"), "x").unwrap();
+    let all = all_sandboxes(dir.path());
+    assert_eq!(all.iter().map(|s| s.uid.as_str()).collect::<Vec<_>>(), [good.uid.as_str()]);
+    assert!(load_sandbox(dir.path(), "missing").is_none());
+    assert!(all_sandboxes(&dir.path().join("nowhere")).is_empty());
+    // A record whose pod directory is gone cannot be saved: an error, not a panic.
+    let lost = Sandbox { uid: "gone".into(), ..good };
+    assert!(save_sandbox(dir.path(), &lost).is_err());
+}
+
+#[test]
+fn a_dead_shim_is_not_alive() {
+    let mut sb = sandbox();
+    sb.shim_pid = 0;
+    assert!(!shim_alive(&sb));
+    // This process, but with another start time: a reused pid.
+    sb.shim_pid = std::process::id();
+    sb.shim_start = proc_start(sb.shim_pid).unwrap() + 1;
+    assert!(!shim_alive(&sb));
+    sb.shim_start -= 1;
+    assert!(shim_alive(&sb));
+}
+
+#[test]
+fn pod_namespace_names_are_short_and_safe_for_any_uid() {
+    assert_eq!(netns_name("lab", "0123456789abcdef-0000"), "weft-lab-pod-0123456789abc");
+    assert_eq!(netns_name("lab", "abc"), "weft-lab-pod-abc");
+    assert_eq!(netns_name("lab", ""), "weft-lab-pod-");
+    // Multi-byte characters across the cut: no panic, whole characters.
+    assert_eq!(netns_name("lab", "ééééééééééééééé"), format!("weft-lab-pod-{}", "é".repeat(13)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile specs
+
+#[test]
+fn huge_specs_translate_without_panicking() {
+    let env: Vec<Value> = (0..200).map(|i| json!({"name": format!("V{i}"), "value": "v".repeat(1000)})).collect();
+    let containers: Vec<Value> = (0..500)
+        .map(|i| {
+            json!({"name": format!("c{i}"), "image": "busybox", "command": ["sh", "-c", "x".repeat(64 << 10)],
+                   "env": env, "ports": [{"containerPort": 80 + i, "hostPort": 30000 + i}],
+                   "readinessProbe": {"httpGet": {"port": 80 + i}}})
+        })
+        .collect();
+    let p = pod(json!({"hostname": "h".repeat(10_000), "containers": containers}));
+    let s = spec_of(&p);
+    assert_eq!(s.containers.len(), 500);
+    assert_eq!(s.containers[499].env.len(), 202);
+    assert_eq!(s.hostname.len(), 63);
+    assert_eq!(port_mappings(&p)["portMappings"].as_array().unwrap().len(), 500);
+    let st: Vec<ContainerState> = (0..500).map(|i| state(&format!("c{i}"), true, 0, None, false)).collect();
+    let v = status(&p, st, true);
+    assert_eq!(v["containerStatuses"].as_array().unwrap().len(), 500);
+    assert_eq!(condition(&v, "Ready"), "True");
+}
+
+#[test]
+fn odd_specs_translate_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    let odd = pod(json!({"restartPolicy": "Sometimes", "dnsPolicy": "Weird", "containers": [
+        {"name": "", "ports": [{"containerPort": -5}, {"containerPort": 2147483647, "hostPort": -1},
+                               {"containerPort": 53, "protocol": "SCTP"}],
+         "env": [{"name": "", "valueFrom": {}}, {"name": "\u{0}", "value": "\u{0}"}],
+         "readinessProbe": {"httpGet": {"port": "", "path": "/\r\nX: y"}, "timeoutSeconds": -100,
+                            "periodSeconds": 2147483647, "initialDelaySeconds": -1,
+                            "successThreshold": -2147483648, "failureThreshold": 2147483647}},
+        {"name": "dup", "command": []}, {"name": "dup", "args": ["--port=99999"]}]}));
+    let s = shim_spec(&c, &node(), &odd, "uid", "weft-t-pod-uid", "");
+    assert_eq!(s.restart_policy, "Sometimes", "passed on: the shim restarts unless Never or OnFailure");
+    assert_eq!(s.containers.len(), 3);
+    let _ = resolv_conf(&c, &odd);
+    let _ = port_mappings(&odd);
+    let _ = status(&odd, vec![state("dup", true, u32::MAX, Some(i32::MIN), false)], true);
+    let cont = &odd.spec.as_ref().unwrap().containers[0];
+    let p = cont.readiness_probe.clone().unwrap();
+    assert!(matches!(probe_action(&p, cont, "10.0.0.1"), ProbeAction::Fail(_)));
+    let mut st = counter();
+    for _ in 0..3 {
+        st.record(true, &p);
+        st.record(false, &p);
+    }
+    // A pod with no spec, no name, no namespace, no uid.
+    let bare: Pod = serde_json::from_value(json!({"metadata": {}})).unwrap();
+    let s = shim_spec(&c, &node(), &bare, "", "", "");
+    assert!(s.containers.is_empty() && s.hostname.is_empty());
+    assert_eq!(s.namespace, "default");
+    assert_eq!(status(&bare, vec![], true)["phase"], "Pending");
+    assert_eq!(port_mappings(&bare), json!({"portMappings": []}));
+    let _: PathBuf = pod_dir(dir.path(), "");
+}
