@@ -497,10 +497,10 @@ fn valid_attachments(conf: &NetConf) -> CniResult<&[crate::spec::Attachment]> {
 /// DEL and GC must be repeatable), then the file. A file in an older or unreadable format is
 /// dropped: its entries stay in the map until the table is flushed.
 fn remove_host_ports(file: &Path) {
-    if let Ok(bytes) = std::fs::read(file) {
-        if let Ok(entries) = serde_json::from_slice::<Vec<nft::HostPortEntry>>(&bytes) {
-            nft::remove_host_ports(&entries);
-        }
+    if let Ok(bytes) = std::fs::read(file)
+        && let Ok(entries) = serde_json::from_slice::<Vec<nft::HostPortEntry>>(&bytes)
+    {
+        nft::remove_host_ports(&entries);
     }
     let _ = std::fs::remove_file(file);
 }

@@ -64,7 +64,7 @@ pub(crate) fn nl(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) 
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> std::io::Error {
         match e.errno_value() {
-            Some(n) => std::io::Error::new(std::io::ErrorKind::from(std::io::Error::from(n).kind()), e.to_string()),
+            Some(n) => std::io::Error::new(std::io::Error::from(n).kind(), e.to_string()),
             None => std::io::Error::other(e.to_string()),
         }
     }

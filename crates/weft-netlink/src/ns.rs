@@ -45,7 +45,7 @@ pub fn of_pid(pid: u32) -> PathBuf {
 
 /// Whether `p` is a namespace file (a bind-mounted nsfs file, not an empty placeholder).
 pub fn is_netns(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// Makes /run/netns a shared mount (as `ip netns` does), so that removing a namespace's mount

@@ -61,7 +61,7 @@ fn vip_proto_port() -> Vec<Expr> {
 fn table(b: &mut Batch) {
     use FieldType as Ft;
     b.add_table(&Table { comment: Some("made by the codec test".into()), ..Table::new(F, T) });
-    b.add_set(F, T, &Set::set("refused", &[Ft::IPV4, Ft::PROTO, Ft::PORT]));
+    b.add_set(F, T, &Set::plain("refused", &[Ft::IPV4, Ft::PROTO, Ft::PORT]));
     b.add_set(F, T, &Set::map("dispatch", &[Ft::IPV4, Ft::PROTO, Ft::PORT], SetData::Verdict));
     b.add_set(
         F,
@@ -72,7 +72,7 @@ fn table(b: &mut Batch) {
             ..Set::map("backends", &[Ft::IPV4, Ft::PROTO, Ft::PORT, Ft::U32], SetData::Value(vec![Ft::IPV4, Ft::PORT]))
         },
     );
-    b.add_set(F, T, &Set { interval: true, ..Set::set("allow", &[Ft::IPV4, Ft::PROTO, Ft::PORT, Ft::IPV4]) });
+    b.add_set(F, T, &Set { interval: true, ..Set::plain("allow", &[Ft::IPV4, Ft::PROTO, Ft::PORT, Ft::IPV4]) });
     b.add_chain(F, T, &Chain::regular("mark"));
     b.add_chain(F, T, &Chain::regular("pick"));
     b.add_chain(F, T, &Chain::base("out", ChainType::Filter, Hook::Output, -110));

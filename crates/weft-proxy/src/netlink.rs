@@ -195,11 +195,11 @@ pub fn sets() -> Vec<Set> {
             ..Set::map(&format!("np-backends-{p}"), &[F::PROTO, F::PORT, F::U32], endpoint.clone())
         });
     }
-    v.push(Set::set("hairpin", &[F::IPV4, F::IPV4]));
-    v.push(Set::set("no-endpoints", &[F::IPV4, F::PROTO, F::PORT]));
-    v.push(Set::set("no-endpoint-nodeports", &[F::PROTO, F::PORT]));
-    v.push(Set::set("firewall", &[F::IPV4, F::PROTO, F::PORT]));
-    v.push(Set { interval: true, ..Set::set("firewall-allow", &[F::IPV4, F::PROTO, F::PORT, F::IPV4]) });
+    v.push(Set::plain("hairpin", &[F::IPV4, F::IPV4]));
+    v.push(Set::plain("no-endpoints", &[F::IPV4, F::PROTO, F::PORT]));
+    v.push(Set::plain("no-endpoint-nodeports", &[F::PROTO, F::PORT]));
+    v.push(Set::plain("firewall", &[F::IPV4, F::PROTO, F::PORT]));
+    v.push(Set { interval: true, ..Set::plain("firewall-allow", &[F::IPV4, F::PROTO, F::PORT, F::IPV4]) });
     v
 }
 
@@ -260,7 +260,7 @@ pub fn base_chains() -> Vec<(Chain, Vec<Rule>)> {
             Chain::regular("reject-chain"),
             vec![
                 rule("reject-chain", &[&vip, &[lookup("firewall", None)], &firewall_allow]),
-                rule("reject-chain", &[&vip, &[lookup("no-endpoints", None)], &l4proto_is(6), &[reset.clone()]]),
+                rule("reject-chain", &[&vip, &[lookup("no-endpoints", None)], &l4proto_is(6), std::slice::from_ref(&reset)]),
                 rule("reject-chain", &[&vip, &[lookup("no-endpoints", None), unreachable.clone()]]),
                 rule(
                     "reject-chain",

@@ -264,7 +264,7 @@ mod tests {
     fn many_elements_are_split_into_messages_under_the_attribute_limit() {
         let elems: Vec<Elem> = (0..20_000u32).map(|i| Elem::key(Key::new().host_u32(i).bytes())).collect();
         let mut b = Batch::new();
-        b.add_set(Family::Ip, "t", &Set::set("s", &[FieldType::U32]));
+        b.add_set(Family::Ip, "t", &Set::plain("s", &[FieldType::U32]));
         b.add_elements(Family::Ip, "t", "s", &elems);
         assert!(b.len() > 3, "{} messages", b.len());
         let bytes = b.encode();

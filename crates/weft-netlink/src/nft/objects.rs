@@ -187,7 +187,7 @@ pub enum Typeof {
 }
 
 impl Set {
-    pub fn set(name: &str, key: &[FieldType]) -> Set {
+    pub fn plain(name: &str, key: &[FieldType]) -> Set {
         Set {
             name: name.into(),
             key: key.to_vec(),
@@ -199,7 +199,7 @@ impl Set {
         }
     }
     pub fn map(name: &str, key: &[FieldType], data: SetData) -> Set {
-        Set { data: Some(data), ..Set::set(name, key) }
+        Set { data: Some(data), ..Set::plain(name, key) }
     }
 }
 
@@ -462,7 +462,7 @@ mod tests {
     fn an_interval_concatenation_describes_its_fields() {
         use FieldType as F;
         let mut w = Writer::default();
-        let s = Set { interval: true, ..Set::set("fw", &[F::IPV4, F::PROTO, F::PORT, F::IPV4]) };
+        let s = Set { interval: true, ..Set::plain("fw", &[F::IPV4, F::PROTO, F::PORT, F::IPV4]) };
         encode_set(&mut w, "t", &s, 3);
         let attrs: Vec<_> = super::super::wire::Attrs(&w.buf).collect();
         assert_eq!(attrs[2], (3, &0x84u32.to_be_bytes()[..]), "interval and concat flags");
