@@ -1,16 +1,15 @@
 //! The embedded API as kube-rs sees it: auth, conflicts, validation, allocation, watches across a
 //! restart, and durability across `kill -9`.
 
-mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::TestLab;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
+use weft_testkit::Lab;
 
 fn svc(name: &str, spec: serde_json::Value) -> Service {
     serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}))
@@ -26,12 +25,11 @@ fn api_err(e: kube::Error) -> Box<kube::core::Status> {
 
 #[tokio::test]
 async fn auth_conflicts_validation_and_allocation() {
-    let lab = TestLab::up(&["--nodes", "0", "--service-cidr", "10.96.0.0/28", "--node-port-range", "30000-30002"]);
+    let lab = Lab::up(&["--nodes", "0", "--service-cidr", "10.96.0.0/28", "--node-port-range", "30000-30002"]);
     let client = lab.client().await;
 
     // No token: 401.
-    let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig()).unwrap();
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let mut cfg = weft_testkit::kubeconfig::config(&lab.kubeconfig()).await.unwrap();
     cfg.auth_info = Default::default();
     let anon = kube::Client::try_from(cfg).unwrap();
     let e = api_err(Api::<Service>::default_namespaced(anon).list(&Default::default()).await.unwrap_err());
@@ -169,7 +167,7 @@ async fn auth_conflicts_validation_and_allocation() {
 
 #[tokio::test]
 async fn watcher_sees_every_event_once_in_order_across_a_restart() {
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     let client = lab.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -224,7 +222,7 @@ async fn watcher_sees_every_event_once_in_order_across_a_restart() {
     }
 
     // Restart the daemon; the watch resumes from its last revision with nothing lost or repeated.
-    let down = lab.cmd(common::WEFT).args(["up"]).output().unwrap();
+    let down = lab.weft_cmd().args(["up"]).output().unwrap();
     assert!(String::from_utf8_lossy(&down.stdout).contains("already up"));
     let pid = lab.daemon_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -252,7 +250,7 @@ async fn watcher_sees_every_event_once_in_order_across_a_restart() {
 
 #[tokio::test]
 async fn kill_9_mid_writes_loses_no_acknowledged_write() {
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     let client = lab.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

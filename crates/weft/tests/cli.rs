@@ -1,21 +1,20 @@
 //! The weft CLI: up/down, apply/get/describe/delete, lab selection.
 
-mod common;
-use common::TestLab;
+use weft_testkit::Lab;
 
 #[test]
 fn weft_cli_round_trip() {
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     // A second `up` changes nothing.
     let again = lab.weft_ok(&["up"]);
     assert!(again.contains("already up"), "{again}");
-    let np = TestLab::fixture("nodeport-ip.yaml");
+    let np = Lab::fixture("nodeport-ip.yaml");
     assert!(lab.weft_ok(&["apply", "-f", &np]).contains("service/my-nodeport created"));
     assert!(lab.weft_ok(&["apply", "-f", &np]).contains("service/my-nodeport unchanged"));
     let dir = lab.home.path().join("manifests");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(TestLab::fixture("cluster-ip.yaml"), dir.join("a.yaml")).unwrap();
-    std::fs::copy(TestLab::fixture("nginx-deployment.yaml"), dir.join("b.yaml")).unwrap();
+    std::fs::copy(Lab::fixture("cluster-ip.yaml"), dir.join("a.yaml")).unwrap();
+    std::fs::copy(Lab::fixture("nginx-deployment.yaml"), dir.join("b.yaml")).unwrap();
     let out = lab.weft_ok(&["apply", "-f", dir.to_str().unwrap()]);
     assert!(
         out.contains("service/my-service created") && out.contains("deployment.apps/nginx-loadbalancer created"),

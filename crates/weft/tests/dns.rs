@@ -2,11 +2,9 @@
 //! 10.96.0.10 Service) asked from pods by real resolvers: glibc (`getent hosts`, with the pod's
 //! search list and ndots:5), `dig` and `nslookup` from Debian's dnsutils.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestLab;
+use weft_testkit::Lab;
 
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -75,26 +73,26 @@ spec:
   ports: [{port: 443}]
 "#;
 
-fn svc_ip(lab: &TestLab, ns: &str, name: &str) -> String {
+fn svc_ip(lab: &Lab, ns: &str, name: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(&lab.weft_ok(&["get", "svc", name, "-n", ns, "-o", "json"])).unwrap();
     v["spec"]["clusterIP"].as_str().unwrap().to_string()
 }
 
-fn pod_ip(lab: &TestLab, name: &str) -> String {
+fn pod_ip(lab: &Lab, name: &str) -> String {
     let pods = lab.pods("default");
     let p = pods.iter().find(|p| p["metadata"]["name"] == name).expect("pod");
     p["status"]["podIP"].as_str().unwrap().to_string()
 }
 
 /// `dig` from the client pod with the given arguments (`+short` unless `full`).
-fn dig(lab: &TestLab, args: &[&str]) -> String {
+fn dig(lab: &Lab, args: &[&str]) -> String {
     let mut a = vec!["dig", "+time=2", "+tries=2"];
     a.extend_from_slice(args);
     lab.exec_ok(&["client"], &a)
 }
 
-fn status(lab: &TestLab, args: &[&str]) -> String {
+fn status(lab: &Lab, args: &[&str]) -> String {
     let out = dig(lab, args);
     out.lines()
         .find_map(|l| l.split("status: ").nth(1))
@@ -102,7 +100,7 @@ fn status(lab: &TestLab, args: &[&str]) -> String {
         .unwrap_or_else(|| panic!("no status in {out}"))
 }
 
-fn wait_dns_ready(lab: &TestLab) {
+fn wait_dns_ready(lab: &Lab) {
     lab.wait_running("kube-system", 1);
     lab.wait_for("kube-dns endpoints", 30, || {
         let out = lab.weft_ok(&["get", "endpoints", "kube-dns", "-n", "kube-system", "-o", "json"]);
@@ -111,7 +109,7 @@ fn wait_dns_ready(lab: &TestLab) {
 }
 
 /// Waits until pods resolve through the kube-dns Service (the proxy has its endpoints).
-fn wait_resolving(lab: &TestLab) {
+fn wait_resolving(lab: &Lab) {
     lab.wait_for("kube-dns answering through its Service", 30, || {
         let o =
             lab.exec(&["client"], &["dig", "+short", "+time=1", "+tries=1", "kubernetes.default.svc.cluster.local"]);
@@ -121,7 +119,7 @@ fn wait_resolving(lab: &TestLab) {
 
 #[test]
 fn cluster_dns_answers_the_spec_from_pods() {
-    let lab = TestLab::up(&["--nodes", "2"]);
+    let lab = Lab::up(&["--nodes", "2"]);
     lab.apply_str(MANIFESTS);
     wait_dns_ready(&lab);
     lab.wait_running("default", 4);
@@ -204,7 +202,7 @@ fn cluster_dns_answers_the_spec_from_pods() {
 /// A Service resolves within a second of being created, and stops within a second of deletion.
 #[test]
 fn new_and_deleted_services_resolve_within_a_second() {
-    let lab = TestLab::up(&["--nodes", "2"]);
+    let lab = Lab::up(&["--nodes", "2"]);
     lab.apply_str(MANIFESTS);
     wait_dns_ready(&lab);
     lab.wait_running("default", 4);
@@ -215,7 +213,7 @@ fn new_and_deleted_services_resolve_within_a_second() {
             "i=0; while [ $i -lt 300 ]; do r=$(dig +short +time=1 +tries=1 fresh.default.svc.cluster.local); \
              if [ {test} \"$r\" ]; then date +%s.%N; exit 0; fi; i=$((i+1)); sleep 0.01; done; exit 1"
         );
-        lab.cmd(common::WEFT).args(["exec", "client", "--", "sh", "-c", &script]).output().unwrap()
+        lab.weft_cmd().args(["exec", "client", "--", "sh", "-c", &script]).output().unwrap()
     };
     let fresh =
         "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  ports: [{port: 80}]\n";
@@ -272,7 +270,7 @@ while True:
 
 #[test]
 fn names_outside_the_cluster_go_to_the_configured_upstream_and_are_cached() {
-    let lab = TestLab::up(&["--nodes", "2"]);
+    let lab = Lab::up(&["--nodes", "2"]);
     lab.apply_str(MANIFESTS);
     wait_dns_ready(&lab);
     lab.wait_running("default", 4);
@@ -282,7 +280,7 @@ fn names_outside_the_cluster_go_to_the_configured_upstream_and_are_cached() {
     let cidr: ipnet::Ipv4Net = node["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
     let gateway = cidr.hosts().next().unwrap().to_string();
     let mut up = lab
-        .cmd(common::WEFT)
+        .weft_cmd()
         .args(["exec", "--node", "node-2", "--", "python3", "-c", UPSTREAM, &gateway])
         .stdout(std::process::Stdio::piped())
         .spawn()

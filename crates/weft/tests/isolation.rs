@@ -5,11 +5,9 @@
 //! own DNS pod runs weft's DNS. Exec probes run inside the pod with their timeout, and a hung one
 //! does not hold up another pod's readiness.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestLab;
+use weft_testkit::Lab;
 
 /// Reports what the container can see and do, then idles.
 fn report_script(daemon_pid: i32, state_dir: &str) -> String {
@@ -45,7 +43,7 @@ spec:
     )
 }
 
-fn report(lab: &TestLab, pod: &str) -> String {
+fn report(lab: &Lab, pod: &str) -> String {
     let mut log = String::new();
     lab.wait_for(&format!("{pod}'s report"), 60, || {
         log = String::from_utf8_lossy(&lab.weft(&["logs", pod]).stdout).to_string();
@@ -69,7 +67,7 @@ const DEFAULT_CAPS: u64 = 0xa80425fb;
 
 #[test]
 fn pods_are_confined() {
-    let lab = TestLab::up(&[]);
+    let lab = Lab::up(&[]);
     let daemon = lab.daemon_pid();
     let state = lab.state_dir().display().to_string();
     let script = report_script(daemon, &state);
@@ -121,7 +119,7 @@ fn pods_are_confined() {
 /// namespace (it runs the echo server on its ports, as any image without a command does).
 #[test]
 fn only_the_labs_own_dns_pod_runs_the_cluster_dns() {
-    let lab = TestLab::up(&[]);
+    let lab = Lab::up(&[]);
     lab.apply_str(
         r#"
 apiVersion: v1
@@ -176,7 +174,7 @@ fn ready(p: &serde_json::Value) -> bool {
 
 #[test]
 fn a_hung_exec_probe_times_out_and_holds_up_no_other_pod() {
-    let lab = TestLab::up(&[]);
+    let lab = Lab::up(&[]);
     lab.apply_str(
         r#"
 apiVersion: v1
@@ -241,7 +239,7 @@ spec:
 /// Pending, Unschedulable, in kube-scheduler's words.
 #[test]
 fn a_full_node_leaves_the_rest_pending_unschedulable() {
-    let lab = TestLab::up(&["--nodes", "1"]);
+    let lab = Lab::up(&["--nodes", "1"]);
     lab.apply_str(
         r#"
 apiVersion: apps/v1

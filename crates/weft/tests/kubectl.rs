@@ -1,13 +1,12 @@
 //! The real kubectl against the embedded API, with the seeds' manifests and commands.
 
-mod common;
-use common::TestLab;
+use weft_testkit::Lab;
 
 #[test]
 fn kubectl_drives_the_embedded_api() {
-    let lab = TestLab::up(&["--nodes", "0"]);
-    let cip = TestLab::fixture("cluster-ip.yaml");
-    let np = TestLab::fixture("nodeport-ip.yaml");
+    let lab = Lab::up(&["--nodes", "0"]);
+    let cip = Lab::fixture("cluster-ip.yaml");
+    let np = Lab::fixture("nodeport-ip.yaml");
 
     // create -f, then apply -f twice (the second is an update).
     assert!(lab.kubectl_ok(&["create", "-f", &cip]).contains("service/my-service created"));
@@ -86,7 +85,7 @@ fn kubectl_drives_the_embedded_api() {
     assert_eq!(lab.kubectl_ok(&["get", "svc", "nginx-service", "-o", "jsonpath={.metadata.annotations.team}"]), "net");
 
     // A Deployment: scale (the scale subresource) and expose deployment (seed 003).
-    lab.kubectl_ok(&["apply", "-f", &TestLab::fixture("nginx-deployment.yaml")]);
+    lab.kubectl_ok(&["apply", "-f", &Lab::fixture("nginx-deployment.yaml")]);
     assert!(lab.kubectl_ok(&["scale", "deployment/nginx-loadbalancer", "--replicas=2"]).contains("scaled"));
     assert_eq!(lab.kubectl_ok(&["get", "deploy", "nginx-loadbalancer", "-o", "jsonpath={.spec.replicas}"]), "2");
     lab.kubectl_ok(&[
@@ -105,7 +104,7 @@ fn kubectl_drives_the_embedded_api() {
     lab.kubectl_ok(&["annotate", "service", "nginx-loadbalancer", "ExternalTrafficPolicy=Local"]);
 
     // The seed's v1beta1 Ingress applies and reads back as v1.
-    lab.kubectl_ok(&["apply", "-f", &TestLab::fixture("ingress-v1beta1.yaml")]);
+    lab.kubectl_ok(&["apply", "-f", &Lab::fixture("ingress-v1beta1.yaml")]);
     let ing = lab.kubectl_ok(&[
         "get",
         "ingress",

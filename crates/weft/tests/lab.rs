@@ -1,9 +1,8 @@
 //! The lab end to end: seed 000's pod networking model, in routed and VXLAN modes, the seeds'
 //! workloads, and a daemon killed with `kill -9`.
 
-mod common;
-use common::TestLab;
 use serde_json::Value;
+use weft_testkit::Lab;
 
 const PODS: &str = r#"
 apiVersion: v1
@@ -37,12 +36,12 @@ fn by_name<'a>(pods: &'a [Value], name: &str) -> &'a Value {
 }
 
 /// The echo server's JSON answer on port 8080 of `to`, asked from `from`.
-fn ask(lab: &TestLab, from: &[&str], to: &str) -> Value {
+fn ask(lab: &Lab, from: &[&str], to: &str) -> Value {
     lab.http_json(from, &format!("http://{to}:8080/"))
 }
 
 fn pod_networking_model(overlay: &str) {
-    let lab = TestLab::up(&["--nodes", "3", "--overlay", overlay]);
+    let lab = Lab::up(&["--nodes", "3", "--overlay", overlay]);
     lab.apply_str(PODS);
     let pods = lab.wait_running("default", 3);
     let nodes: Value = serde_json::from_str(&lab.weft_ok(&["get", "nodes", "-o", "json"])).unwrap();
@@ -124,7 +123,7 @@ fn pod_networking_model_vxlan() {
 
 #[test]
 fn seed_workloads_run_spread_over_nodes() {
-    let lab = TestLab::up(&["--nodes", "3"]);
+    let lab = Lab::up(&["--nodes", "3"]);
     let seeds = format!("{}/../../examples/seeds", env!("CARGO_MANIFEST_DIR"));
     lab.weft_ok(&["apply", "-f", &format!("{seeds}/busybox-rc.yaml")]);
     lab.weft_ok(&["apply", "-f", &format!("{seeds}/nginx-deployment.yaml")]);
@@ -157,7 +156,7 @@ fn seed_workloads_run_spread_over_nodes() {
 
 #[test]
 fn kill_9_keeps_pods_and_down_leaves_nothing() {
-    let lab = TestLab::up(&["--nodes", "2", "--overlay", "routed"]);
+    let lab = Lab::up(&["--nodes", "2", "--overlay", "routed"]);
     lab.apply_str(PODS);
     let before = lab.wait_running("default", 3);
     let a = ip(by_name(&before, "srv-a"));
@@ -196,7 +195,7 @@ fn kill_9_keeps_pods_and_down_leaves_nothing() {
 
 #[test]
 fn probes_restarts_and_logs() {
-    let lab = TestLab::up(&["--nodes", "1"]);
+    let lab = Lab::up(&["--nodes", "1"]);
     lab.apply_str(
         r#"
 apiVersion: v1

@@ -1,9 +1,8 @@
 //! What a hostile or careless object must not do to a lab: take other Services down, brick the
 //! store, or write when asked for a dry run.
 
-mod common;
-use common::TestLab;
 use serde_json::Value;
+use weft_testkit::Lab;
 
 const COLLIDING: &str = r#"
 apiVersion: v1
@@ -44,7 +43,7 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#;
 
-fn json(lab: &TestLab, args: &[&str]) -> Value {
+fn json(lab: &Lab, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["-o", "json"]);
     serde_json::from_str(&lab.weft_ok(&a)).unwrap()
@@ -52,7 +51,7 @@ fn json(lab: &TestLab, args: &[&str]) -> Value {
 
 #[test]
 fn two_colliding_services_take_no_other_service_down() {
-    let lab = TestLab::up(&["--nodes", "2"]);
+    let lab = Lab::up(&["--nodes", "2"]);
     lab.kubectl_ok(&[
         "patch",
         "configmap",
@@ -114,7 +113,7 @@ fn deep_configmap(name: &str, depth: usize) -> String {
 
 #[test]
 fn a_deep_object_and_a_restart_leave_the_lab_working() {
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     let file = |name: &str, text: String| {
         let p = lab.home.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -138,7 +137,7 @@ fn a_deep_object_and_a_restart_leave_the_lab_working() {
 
 #[test]
 fn kubectl_dry_runs_and_diff_write_nothing() {
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     let cm = |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: {v}}}\n");
     let path = lab.home.path().join("c.yaml");
     std::fs::write(&path, cm("one")).unwrap();
@@ -168,7 +167,7 @@ fn kubectl_dry_runs_and_diff_write_nothing() {
 #[test]
 fn state_is_private_and_down_removes_only_what_weft_made() {
     use std::os::unix::fs::PermissionsExt;
-    let lab = TestLab::up(&["--nodes", "0"]);
+    let lab = Lab::up(&["--nodes", "0"]);
     let dir = lab.state_dir();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
@@ -178,7 +177,7 @@ fn state_is_private_and_down_removes_only_what_weft_made() {
     // A directory that is not weft's is refused, and never removed.
     let foreign = tempfile::tempdir().unwrap();
     std::fs::write(foreign.path().join("precious"), b"data").unwrap();
-    let other = TestLab { name: format!("{}-x", lab.name), home: tempfile::tempdir().unwrap() };
+    let other = Lab::unstarted(&format!("{}-x", lab.name));
     let out = other.weft(&["up", "--nodes", "0", "--state-dir", foreign.path().to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
@@ -196,9 +195,9 @@ fn state_is_private_and_down_removes_only_what_weft_made() {
 
 #[test]
 fn up_without_nft_fails_at_once_naming_the_package() {
-    let lab = TestLab { name: format!("weft-t{}-nonft", std::process::id()), home: tempfile::tempdir().unwrap() };
+    let lab = Lab::unstarted(&format!("weft-t{}-nonft", std::process::id()));
     let empty = tempfile::tempdir().unwrap();
-    let out = lab.cmd(common::WEFT).args(["up", "--nodes", "1"]).env("PATH", empty.path()).output().unwrap();
+    let out = lab.weft_cmd().args(["up", "--nodes", "1"]).env("PATH", empty.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nftables"), "{err}");
@@ -223,7 +222,7 @@ spec:
 
 #[test]
 fn source_ranges_guard_load_balancers_and_node_ports_skip_loopback() {
-    let lab = TestLab::up(&["--nodes", "2"]);
+    let lab = Lab::up(&["--nodes", "2"]);
     lab.apply_str(GUARDED);
     lab.wait_running("default", 1);
     let mut lb = String::new();
@@ -235,7 +234,7 @@ fn source_ranges_guard_load_balancers_and_node_ports_skip_loopback() {
         !lb.is_empty()
     });
     let url = format!("http://{lb}/");
-    let reaches = |lab: &TestLab| lab.exec(&["--external"], &["curl", "-s", "-m", "2", &url]).status.success();
+    let reaches = |lab: &Lab| lab.exec(&["--external"], &["curl", "-s", "-m", "2", &url]).status.success();
     // The external host (172.18.0.2) is in the range.
     lab.wait_for("the allowed source to get through", 20, || reaches(&lab));
     // Out of range now: dropped.

@@ -2,9 +2,8 @@
 //! external host, distribution over endpoints, scaling, refusal without endpoints, the
 //! selector-less Service of seed 000, a pod reaching itself, and `kubectl expose`.
 
-mod common;
-use common::TestLab;
 use serde_json::Value;
+use weft_testkit::Lab;
 
 const APP: &str = r#"
 apiVersion: apps/v1
@@ -75,13 +74,13 @@ spec:
   ports: [{port: 53, targetPort: 5353, protocol: UDP}]
 "#;
 
-fn svc_ip(lab: &TestLab, name: &str) -> String {
+fn svc_ip(lab: &Lab, name: &str) -> String {
     let v: Value = serde_json::from_str(&lab.weft_ok(&["get", "svc", name, "-o", "json"])).unwrap();
     v["spec"]["clusterIP"].as_str().unwrap().to_string()
 }
 
 /// Which pods answer `n` fresh connections to `url` from `from` (counted by pod name).
-fn spread(lab: &TestLab, from: &[&str], url: &str, n: usize) -> std::collections::BTreeMap<String, u64> {
+fn spread(lab: &Lab, from: &[&str], url: &str, n: usize) -> std::collections::BTreeMap<String, u64> {
     let prog = format!(
         "import urllib.request,json,collections\nc=collections.Counter(json.load(urllib.request.urlopen('{url}',timeout=3))['pod'] for _ in range({n}))\nprint(json.dumps(c))"
     );
@@ -91,7 +90,7 @@ fn spread(lab: &TestLab, from: &[&str], url: &str, n: usize) -> std::collections
 
 #[test]
 fn services_in_the_lab() {
-    let lab = TestLab::up(&["--nodes", "3"]);
+    let lab = Lab::up(&["--nodes", "3"]);
     lab.apply_str(APP);
     let pods = lab.wait_running("default", 6);
     let ip_of = |name: &str| {
@@ -180,7 +179,7 @@ fn services_in_the_lab() {
 
 #[test]
 fn load_balancer_and_traffic_policies() {
-    let lab = TestLab::up(&["--nodes", "3"]);
+    let lab = Lab::up(&["--nodes", "3"]);
     lab.apply_str(
         r#"
 apiVersion: apps/v1
