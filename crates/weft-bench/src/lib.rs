@@ -1,66 +1,16 @@
-//! Shared helpers of the benchmark programs: a throwaway lab, percentiles, resident memory.
+//! Shared helpers of the benchmark programs: percentiles, resident memory; the throwaway lab is
+//! `weft_testkit::Lab`, the one the tests use.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-/// The `weft` binary next to this benchmark (same target directory).
-pub fn weft_bin() -> PathBuf {
-    let me = std::env::current_exe().expect("current exe");
-    let dir = me.parent().unwrap();
-    for cand in [dir.join("weft"), dir.join("../weft")] {
-        if cand.exists() {
-            return cand;
-        }
-    }
-    PathBuf::from("weft")
-}
+pub use weft_testkit::{Lab, LabOptions, weft_bin};
 
-/// Another binary of the workspace, built next to `weft` (e.g. `weft-dns`).
+/// Another binary of the weft package next to `weft` (e.g. `weft-dns`).
 pub fn sibling_bin(name: &str) -> PathBuf {
     weft_bin().with_file_name(name)
-}
-
-/// A lab with its own `$WEFT_HOME`, brought down on drop.
-pub struct BenchLab {
-    pub name: String,
-    pub home: tempfile::TempDir,
-}
-
-impl BenchLab {
-    pub fn up(name: &str, extra: &[&str]) -> Result<BenchLab> {
-        let home = tempfile::tempdir()?;
-        let lab = BenchLab { name: name.to_string(), home };
-        let out = lab.weft().arg("up").args(extra).output()?;
-        if !out.status.success() {
-            bail!("weft up failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(lab)
-    }
-    pub fn weft(&self) -> Command {
-        let mut c = Command::new(weft_bin());
-        c.env("WEFT_HOME", self.home.path()).env("WEFT_CLUSTER", &self.name);
-        c
-    }
-    pub fn state_dir(&self) -> PathBuf {
-        std::fs::read_link(self.home.path().join("labs").join(&self.name)).expect("registered")
-    }
-    pub fn daemon_pid(&self) -> i32 {
-        std::fs::read_to_string(self.state_dir().join("daemon.pid")).unwrap().trim().parse().unwrap()
-    }
-    pub async fn client(&self) -> Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::read_from(self.state_dir().join("kubeconfig"))?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok(kube::Client::try_from(cfg)?)
-    }
-}
-
-impl Drop for BenchLab {
-    fn drop(&mut self) {
-        let _ = self.weft().arg("down").output();
-    }
 }
 
 /// Resident memory of a process in MiB.

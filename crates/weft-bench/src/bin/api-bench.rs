@@ -10,13 +10,13 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
-use weft_bench::{BenchLab, percentile_ms, rss_mib};
+use weft_bench::{Lab, LabOptions, percentile_ms, rss_mib};
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let lab = BenchLab::up(&format!("weft-bench-api-{}", std::process::id()), &[])?;
-    let client = lab.client().await?;
+    let lab = Lab::start(LabOptions::new().name(&format!("weft-bench-api-{}", std::process::id())))?;
+    let client = lab.client().await;
     let pid = lab.daemon_pid();
     println!("== api-bench: {n} Services against weft's embedded API (pid {pid})");
     println!("rss at start: {:.1} MiB", rss_mib(pid)?);

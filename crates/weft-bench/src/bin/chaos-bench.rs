@@ -24,8 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,6 +39,7 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 use weft_proxy::compile::{Flat, NodeInfo, compile};
+use weft_testkit::{Lab, LabOptions, run_bounded};
 
 /// No single request waits longer than this for its answer (then its outcome is unknown).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -127,74 +128,16 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The lab, brought down on drop (also on error and panic)
+// The lab is weft_testkit::Lab: brought down on drop (also on error and panic), with whatever
+// `weft down` left stopped by pid and the lab's namespaces removed.
 
-struct ChaosLab {
-    name: String,
-    home: tempfile::TempDir,
-    down: bool,
-}
-
-impl ChaosLab {
-    fn weft(&self) -> Command {
-        let mut c = Command::new(weft_bench::weft_bin());
-        c.env("WEFT_HOME", self.home.path()).env("WEFT_CLUSTER", &self.name);
-        c
-    }
-    fn state_dir(&self) -> Result<PathBuf> {
-        std::fs::read_link(self.home.path().join("labs").join(&self.name)).context("the lab is not registered")
-    }
-    fn daemon_pid(&self) -> Result<i32> {
-        let p = self.state_dir()?.join("daemon.pid");
-        Ok(std::fs::read_to_string(&p).with_context(|| p.display().to_string())?.trim().parse()?)
-    }
-    /// `weft ARGS`, killed (by its pid) if it takes longer than `limit`.
-    fn weft_run(&self, args: &[&str], limit: Duration) -> Result<String> {
-        let mut cmd = self.weft();
-        cmd.args(args);
-        run_bounded(cmd, limit).with_context(|| format!("weft {}", args.join(" ")))
-    }
-    async fn client(&self) -> Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::read_from(self.state_dir()?.join("kubeconfig"))?;
-        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        cfg.connect_timeout = Some(Duration::from_secs(5));
-        cfg.read_timeout = Some(REQUEST_TIMEOUT);
-        cfg.write_timeout = Some(REQUEST_TIMEOUT);
-        Ok(kube::Client::try_from(cfg)?)
-    }
-}
-
-impl Drop for ChaosLab {
-    fn drop(&mut self) {
-        if !self.down {
-            let _ = self.weft_run(&["down"], Duration::from_secs(120));
-        }
-    }
-}
-
-/// Runs a command with stdout captured, killing it (by pid) past `limit`; fails on a non-zero exit.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child =
-        cmd.stdin(Stdio::null()).stdout(std::fs::File::create(&out)?).stderr(std::fs::File::create(&err)?).spawn()?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-    if !status.success() {
-        bail!("{status}: {}{}", stdout, std::fs::read_to_string(&err).unwrap_or_default().trim());
-    }
-    Ok(stdout)
+/// A client of the lab's API whose requests give up rather than hang while the daemon is down.
+async fn lab_client(lab: &Lab) -> Result<kube::Client> {
+    let mut cfg = weft_testkit::kubeconfig::config(&lab.kubeconfig()).await?;
+    cfg.connect_timeout = Some(Duration::from_secs(5));
+    cfg.read_timeout = Some(REQUEST_TIMEOUT);
+    cfg.write_timeout = Some(REQUEST_TIMEOUT);
+    Ok(kube::Client::try_from(cfg)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -705,11 +648,11 @@ struct Restarts {
     up_times: Vec<Duration>,
 }
 
-async fn killer(lab: Arc<ChaosLab>, seed: u64, a: (f64, f64), ctx: Arc<Ctx>) -> Restarts {
+async fn killer(lab: Arc<Lab>, seed: u64, a: (f64, f64), ctx: Arc<Ctx>) -> Restarts {
     let mut rng = Rng(seed ^ 0xDEAD_BEEF);
     let mut r =
         Restarts { survived: 0, failed: vec![], daemon_pids: vec![], down_time: Duration::ZERO, up_times: vec![] };
-    if let Ok(p) = lab.daemon_pid() {
+    if let Some(p) = lab.try_daemon_pid() {
         r.daemon_pids.push(p);
     }
     // At most one kill per `kill_min` seconds of the run: bounded in count as in time.
@@ -720,8 +663,8 @@ async fn killer(lab: Arc<ChaosLab>, seed: u64, a: (f64, f64), ctx: Arc<Ctx>) -> 
             break;
         }
         tokio::time::sleep(wait).await;
-        let pid = match lab.daemon_pid() {
-            Ok(p) if is_lab_daemon(p, &lab.name) => p,
+        let pid = match lab.try_daemon_pid() {
+            Some(p) if is_lab_daemon(p, &lab.name) => p,
             other => {
                 r.failed.push(format!("t={:.2}s: no daemon of the lab to kill ({other:?})", ctx.t()));
                 break;
@@ -750,7 +693,7 @@ async fn killer(lab: Arc<ChaosLab>, seed: u64, a: (f64, f64), ctx: Arc<Ctx>) -> 
             Ok(Ok(_)) => {
                 r.survived += 1;
                 r.up_times.push(up_start.elapsed());
-                if let Ok(p) = lab.daemon_pid() {
+                if let Some(p) = lab.try_daemon_pid() {
                     r.daemon_pids.push(p);
                 }
             }
@@ -1325,13 +1268,12 @@ async fn run() -> Result<bool> {
         "seed {} (replay: --seed {}), {} s, {} nodes, {} clients, kill every {}-{} s",
         a.seed, a.seed, a.secs, a.nodes, a.clients, a.kill_min, a.kill_max
     );
-    let mut lab = ChaosLab { name: name.clone(), home: tempfile::tempdir()?, down: false };
     let t0 = Instant::now();
-    lab.weft_run(&["up", "--nodes", &a.nodes.to_string()], UP_TIMEOUT)?;
-    let state = lab.state_dir()?;
+    let mut lab = Lab::start(LabOptions::new().name(&name).nodes(a.nodes).up_limit(UP_TIMEOUT))?;
+    let state = lab.state_dir();
     println!("lab {name} up in {:.2} s (state {})", t0.elapsed().as_secs_f64(), state.display());
     let cidr = lab_pod_cidr(&state)?;
-    let client = lab.client().await?;
+    let client = lab_client(&lab).await?;
 
     let start = Instant::now();
     let ctx = Arc::new(Ctx {
@@ -1424,8 +1366,7 @@ async fn run() -> Result<bool> {
         }
     }
     let down_start = Instant::now();
-    let down = lab.weft_run(&["down"], Duration::from_secs(120));
-    lab.down = down.is_ok();
+    let down = lab.down(Duration::from_secs(120));
     let down_secs = down_start.elapsed().as_secs_f64();
     let mut ns_left = lab_netns(&name);
     let mut left = leftover_processes(&name, &state, &inodes, &sessions, &hist, &ctx);

@@ -8,31 +8,13 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use weft_bench::percentile_ms;
 use weft_cni::runtime::Invocation;
-
-struct Ns(String);
-impl Ns {
-    fn new(name: String) -> Result<Ns> {
-        if !Command::new("ip").args(["netns", "add", &name]).status()?.success() {
-            bail!("ip netns add {name} failed");
-        }
-        Ok(Ns(name))
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-}
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use weft_testkit::Netns;
 
 fn weft_cni_bin() -> std::path::PathBuf {
     let me = std::env::current_exe().unwrap();
@@ -45,10 +27,9 @@ struct Round {
 }
 
 fn round(plugin: &Path, ty: &str, masq: bool, pods: usize, tag: &str) -> Result<Round> {
-    let node = Ns::new(format!("weft-bench-cni-{}-{tag}-node", std::process::id()))?;
-    let pod_ns: Vec<Ns> = (0..pods)
-        .map(|i| Ns::new(format!("weft-bench-cni-{}-{tag}-p{i}", std::process::id())))
-        .collect::<Result<_>>()?;
+    let node = Netns::try_new(&format!("bench-cni-{tag}-node"))?;
+    let pod_ns: Vec<Netns> =
+        (0..pods).map(|i| Netns::try_new(&format!("bench-cni-{tag}-p{i}"))).collect::<Result<_>>()?;
     let dir = tempfile::tempdir()?;
     let conf = json!({
         "cniVersion": "1.0.0", "name": "bench", "type": ty, "bridge": "cnio0", "isGateway": true, "ipMasq": masq,

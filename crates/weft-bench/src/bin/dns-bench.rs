@@ -22,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use weft_bench::{BenchLab, rss_mib, sibling_bin, status_mib};
+use weft_bench::{Lab, LabOptions, rss_mib, sibling_bin, status_mib};
 
 const WEFT_ADDR: &str = "127.0.0.85";
 const KNOT_ADDR: &str = "127.0.0.86";
@@ -102,8 +102,8 @@ async fn main() -> Result<()> {
         }
     }
     let work = tempfile::tempdir()?;
-    let lab = BenchLab::up(&format!("weft-bench-dns-{}", std::process::id()), &["--nodes", "0"])?;
-    let client = lab.client().await?;
+    let lab = Lab::start(LabOptions::new().name(&format!("weft-bench-dns-{}", std::process::id())).nodes(0))?;
+    let client = lab.client().await;
     println!("== dns-bench: {n} Services x {per} endpoints, dnsperf -q 100 for {secs} s per server, servers on core 1");
 
     // The cluster.

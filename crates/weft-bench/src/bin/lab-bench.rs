@@ -7,13 +7,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use weft_bench::BenchLab;
+use serde_json::json;
+use weft_bench::{Lab, LabOptions};
+use weft_testkit::Netns;
+use weft_testkit::objects::{pod, sleeper};
 
 const STREAM_SECS: f64 = 3.0;
 
@@ -59,32 +61,10 @@ fn throughput(from: &str, to: &str, addr: SocketAddr) -> Result<f64> {
     Ok(sent as f64 * 8.0 / secs / 1e9)
 }
 
-struct Ns(String);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 fn bare_veth() -> Result<f64> {
-    let pid = std::process::id();
-    let (a, b) = (Ns(format!("weft-bench-veth-{pid}-a")), Ns(format!("weft-bench-veth-{pid}-b")));
-    let sh = |args: &[&str]| -> Result<()> {
-        if !Command::new("ip").args(args).status()?.success() {
-            bail!("ip {args:?}");
-        }
-        Ok(())
-    };
-    sh(&["netns", "add", &a.0])?;
-    sh(&["netns", "add", &b.0])?;
-    sh(&["-n", &a.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.0])?;
-    sh(&["-n", &a.0, "addr", "add", "10.99.0.1/24", "dev", "eth0"])?;
-    sh(&["-n", &b.0, "addr", "add", "10.99.0.2/24", "dev", "eth0"])?;
-    for n in [&a.0, &b.0] {
-        sh(&["-n", n, "link", "set", "eth0", "up"])?;
-        sh(&["-n", n, "link", "set", "lo", "up"])?;
-    }
-    throughput(&a.0, &b.0, "10.99.0.2:5201".parse()?)
+    let (a, b) = (Netns::try_new("bench-veth-a")?, Netns::try_new("bench-veth-b")?);
+    a.veth("eth0", "10.99.0.1/24", &b, "eth0", "10.99.0.2/24")?;
+    throughput(&a.name, &b.name, "10.99.0.2:5201".parse()?)
 }
 
 async fn wait_pods(client: &kube::Client, n: usize, limit: Duration) -> Result<Duration> {
@@ -105,42 +85,21 @@ async fn wait_pods(client: &kube::Client, n: usize, limit: Duration) -> Result<D
     bail!("pods were not running within {limit:?}")
 }
 
-fn pod_netns(lab: &BenchLab, name: &str) -> Result<(String, String)> {
-    for e in std::fs::read_dir(lab.state_dir().join("pods"))?.flatten() {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.path().join("sandbox.json"))?)?;
-        if v["name"] == name {
-            return Ok((v["netns"].as_str().unwrap().into(), v["ips"][0].as_str().unwrap().into()));
-        }
-    }
-    bail!("no sandbox for {name}")
+/// A pod's network namespace and IP, from its sandbox record.
+fn pod_netns(lab: &Lab, name: &str) -> Result<(String, String)> {
+    let v = lab.sandbox(name)?;
+    let (Some(netns), Some(ip)) = (v["netns"].as_str(), v["ips"][0].as_str()) else {
+        bail!("the sandbox of {name} has no namespace or address: {v}")
+    };
+    Ok((netns.into(), ip.into()))
 }
 
-const PAIR: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: srv-a}
-spec: {nodeName: node-1, containers: [{name: c, image: busybox, command: ["sleep", "600"]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: srv-b}
-spec: {nodeName: node-2, containers: [{name: c, image: busybox, command: ["sleep", "600"]}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cli}
-spec: {nodeName: node-1, containers: [{name: c, image: busybox, command: ["sleep", "600"]}]}
-"#;
-
 async fn pod_pair_rates(overlay: &str) -> Result<(f64, f64)> {
-    let lab =
-        BenchLab::up(&format!("weft-bench-{overlay}-{}", std::process::id()), &["--nodes", "2", "--overlay", overlay])?;
-    let f = lab.home.path().join("pair.yaml");
-    std::fs::write(&f, PAIR)?;
-    if !lab.weft().args(["apply", "-f"]).arg(&f).stdout(std::process::Stdio::null()).status()?.success() {
-        bail!("apply failed");
-    }
-    wait_pods(&lab.client().await?, 3, Duration::from_secs(60)).await?;
+    let name = format!("weft-bench-{overlay}-{}", std::process::id());
+    let lab = Lab::start(LabOptions::new().name(&name).nodes(2).args(&["--overlay", overlay]))?;
+    let on = |node: &str| json!({"nodeName": node, "containers": [sleeper("c")]});
+    lab.apply(&[pod("srv-a", on("node-1")), pod("srv-b", on("node-2")), pod("cli", on("node-1"))]);
+    wait_pods(&lab.client().await, 3, Duration::from_secs(60)).await?;
     let (cli, _) = pod_netns(&lab, "cli")?;
     let (a, a_ip) = pod_netns(&lab, "srv-a")?;
     let (b, b_ip) = pod_netns(&lab, "srv-b")?;
@@ -155,7 +114,7 @@ async fn main() -> Result<()> {
     for nodes in [3, 10] {
         let start = Instant::now();
         let lab =
-            BenchLab::up(&format!("weft-bench-up{nodes}-{}", std::process::id()), &["--nodes", &nodes.to_string()])?;
+            Lab::start(LabOptions::new().name(&format!("weft-bench-up{nodes}-{}", std::process::id())).nodes(nodes))?;
         let t = start.elapsed();
         println!("weft up, {nodes:>2} nodes, to ready: {:.2} s", t.as_secs_f64());
         let start = Instant::now();
@@ -163,15 +122,15 @@ async fn main() -> Result<()> {
         println!("weft down, {nodes:>2} nodes: {:.2} s", start.elapsed().as_secs_f64());
     }
     {
-        let lab = BenchLab::up(&format!("weft-bench-pods-{}", std::process::id()), &["--nodes", "3"])?;
-        let client = lab.client().await?;
+        let lab = Lab::start(LabOptions::new().name(&format!("weft-bench-pods-{}", std::process::id())).nodes(3))?;
+        let client = lab.client().await;
         let f = lab.home.path().join("d.yaml");
         std::fs::write(
             &f,
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: many}\nspec:\n  replicas: 100\n  selector: {matchLabels: {app: many}}\n  template:\n    metadata: {labels: {app: many}}\n    spec: {containers: [{name: c, image: busybox, command: [sleep, \"600\"]}]}\n",
         )?;
         let start = Instant::now();
-        if !lab.weft().args(["apply", "-f"]).arg(&f).stdout(std::process::Stdio::null()).status()?.success() {
+        if !lab.weft_cmd().args(["apply", "-f"]).arg(&f).stdout(std::process::Stdio::null()).status()?.success() {
             bail!("apply failed");
         }
         wait_pods(&client, 100, Duration::from_secs(300)).await.context("100 pods")?;

@@ -2,7 +2,7 @@
 //! 002: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT, loaded with iptables-restore), in the
 //! same run, for N Services x 10 endpoints (default N = 1000 and 10000). For each: full sync
 //! time, one-Service update time, and TCP connect latency to the last Service added.
-//! Everything happens in namespaces this program makes (weft-bench-px-*).
+//! Everything happens in namespaces this program makes (weft-ns*-bench-px-*).
 //!
 //! Usage: proxy-bench [N ...]   (root)
 
@@ -18,33 +18,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use weft_proxy::apply::{Applier, NetlinkSink};
 use weft_proxy::compile::{Claims, NodeInfo, compile, compile_patch};
+use weft_testkit::Netns;
+use weft_testkit::objects::{at_version, endpoint, port, service, slice};
 
 const EPS: usize = 10;
-
-struct Ns(String);
-impl Ns {
-    fn new(tag: &str) -> Result<Ns> {
-        let n = format!("weft-bench-px-{}-{tag}", std::process::id());
-        if !Command::new("ip").args(["netns", "add", &n]).status()?.success() {
-            bail!("ip netns add {n}");
-        }
-        Ok(Ns(n))
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        if !Command::new("ip").arg("-n").arg(&self.0).args(args).status()?.success() {
-            bail!("ip -n {} {args:?}", self.0);
-        }
-        Ok(())
-    }
-}
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn vip(i: usize) -> String {
     std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) + i as u32 + 1).to_string()
@@ -59,44 +36,31 @@ fn world(n: usize, bump: Option<usize>) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut svcs = vec![];
     let mut slices = vec![];
     for i in 0..n {
-        svcs.push(
-            serde_json::from_value(
-                json!({"metadata": {"name": format!("s{i}"), "namespace": "default", "resourceVersion": "1"},
-                "spec": {"clusterIP": vip(i), "ports": [{"port": 80, "protocol": "TCP"}]}}),
-            )
-            .unwrap(),
-        );
+        let name = format!("s{i}");
+        let spec = json!({"clusterIP": vip(i), "ports": [{"port": 80, "protocol": "TCP"}]});
+        svcs.push(at_version(service(&name, spec), "1"));
         // Every endpoint address lives on the one backend namespace (so any pick connects).
-        let eps: Vec<_> = (0..EPS).map(|k| json!({"addresses": [backend(k)], "conditions": {"ready": true}})).collect();
-        slices.push(
-            serde_json::from_value(json!({"metadata": {"name": format!("s{i}-x"), "namespace": "default",
-                "resourceVersion": if bump == Some(i) { "2" } else { "1" },
-                "labels": {"kubernetes.io/service-name": format!("s{i}")}}, "addressType": "IPv4", "endpoints": eps,
-                "ports": [{"name": "", "protocol": "TCP", "port": if bump == Some(i) { 8081 } else { 8080 }}]}))
-            .unwrap(),
-        );
+        let bumped = bump == Some(i);
+        let eps = (0..EPS).map(|k| endpoint(&backend(k)));
+        let ports = [port("", "TCP", if bumped { 8081 } else { 8080 })];
+        slices.push(at_version(slice(&name, eps, ports), if bumped { "2" } else { "1" }));
     }
     (svcs, slices)
 }
 
 /// A client namespace (where the rules live) wired to a backend namespace with a server.
-fn topology() -> Result<(Ns, Ns)> {
-    let c = Ns::new("c")?;
-    let b = Ns::new("b")?;
-    c.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.0])?;
-    c.ip(&["addr", "add", "10.250.0.1/24", "dev", "eth0"])?;
-    for k in 0..EPS {
-        b.ip(&["addr", "add", &format!("{}/24", backend(k)), "dev", "eth0"])?;
+fn topology() -> Result<(Netns, Netns)> {
+    let c = Netns::try_new("bench-px-c")?;
+    let b = Netns::try_new("bench-px-b")?;
+    c.veth("eth0", "10.250.0.1/24", &b, "eth0", &format!("{}/24", backend(0)))?;
+    for k in 1..EPS {
+        b.try_ip(&["addr", "add", &format!("{}/24", backend(k)), "dev", "eth0"])?;
     }
-    for n in [&c, &b] {
-        n.ip(&["link", "set", "eth0", "up"])?;
-        n.ip(&["link", "set", "lo", "up"])?;
-    }
-    c.ip(&["route", "add", "10.96.0.0/12", "via", "10.250.0.2"])?;
+    c.try_ip(&["route", "add", "10.96.0.0/12", "via", "10.250.0.2"])?;
     Ok((c, b))
 }
 
-fn serve(b: &Ns) {
+fn serve(b: &Netns) {
     for port in [8080u16, 8081] {
         weft_netlink::ns::spawn_in(Some(std::path::Path::new(&b.path())), move || {
             let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
@@ -110,7 +74,7 @@ fn serve(b: &Ns) {
 }
 
 /// Mean TCP connect latency (µs) from `c` to `addr` over `n` connections.
-fn connect_latency(c: &Ns, addr: SocketAddr, n: usize) -> Result<f64> {
+fn connect_latency(c: &Netns, addr: SocketAddr, n: usize) -> Result<f64> {
     weft_netlink::ns::run_in(Some(std::path::Path::new(&c.path())), move || -> Result<f64> {
         let start = Instant::now();
         for _ in 0..n {
@@ -121,7 +85,7 @@ fn connect_latency(c: &Ns, addr: SocketAddr, n: usize) -> Result<f64> {
     })?
 }
 
-fn iptables_restore(ns: &Ns, input: &str, noflush: bool) -> Result<Duration> {
+fn iptables_restore(ns: &Netns, input: &str, noflush: bool) -> Result<Duration> {
     let mut cmd = Command::new("iptables-nft-restore");
     if noflush {
         cmd.arg("--noflush");
