@@ -142,14 +142,27 @@ pub fn pids_in(netns: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Makes the process-wide state that tokio creates with its first I/O runtime (the signal
+/// driver's socket pair) here, in the caller's namespace, before any thread enters another. A
+/// socket belongs to the namespace it was made in and keeps it alive: made inside a namespace
+/// that is then deleted, it would pin that namespace (and its links) for the process's life.
+fn settle_process_globals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio::runtime::Builder::new_current_thread().enable_io().build();
+    });
+}
+
 /// Moves the calling thread into the network namespace `netns` for good. Only for a thread made
 /// for that namespace (a runtime's `on_thread_start`); anything else uses [`run_in`].
 pub fn enter(netns: &File) -> Result<()> {
+    settle_process_globals();
     setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno("entering a network namespace", e))
 }
 
 /// Runs `f` on a fresh thread inside the network namespace `netns` (here when `None`).
 pub fn run_in<T: Send + 'static>(netns: Option<&Path>, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    settle_process_globals();
     let file = netns.map(open).transpose()?;
     let what = netns.map(|p| p.display().to_string()).unwrap_or_default();
     std::thread::spawn(move || -> Result<T> {
@@ -164,6 +177,7 @@ pub fn run_in<T: Send + 'static>(netns: Option<&Path>, f: impl FnOnce() -> T + S
 
 /// Runs `f` on a fresh thread inside the network namespace open as `netns`.
 pub fn run_in_file<T: Send + 'static>(netns: &File, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    settle_process_globals();
     let fd = dup(netns)?;
     std::thread::spawn(move || -> Result<T> {
         setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno("entering a network namespace", e))?;
@@ -194,6 +208,7 @@ pub fn spawn_in<T: Send + 'static>(
     netns: Option<&Path>,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<NsThread<T>> {
+    settle_process_globals();
     let file = netns.map(open).transpose()?;
     let what = netns.map(|p| p.display().to_string()).unwrap_or_default();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -214,6 +229,7 @@ pub fn spawn_in<T: Send + 'static>(
 /// Runs `f` on a fresh thread inside a private network namespace of its own (only loopback,
 /// down), which disappears when the thread ends unless something else holds it.
 pub fn run_in_fresh<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    settle_process_globals();
     std::thread::spawn(move || -> Result<T> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno("making a private network namespace", e))?;
         Ok(f())
