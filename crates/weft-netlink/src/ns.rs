@@ -148,8 +148,10 @@ pub fn pids_in(netns: &Path) -> Vec<i32> {
 /// that is then deleted, it would pin that namespace (and its links) for the process's life.
 fn settle_process_globals() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    // On a thread of its own (it starts in this thread's namespace): a runtime may not be
+    // dropped inside another runtime, and the caller may be in one.
     ONCE.call_once(|| {
-        let _ = tokio::runtime::Builder::new_current_thread().enable_io().build();
+        let _ = std::thread::spawn(|| drop(tokio::runtime::Builder::new_current_thread().enable_io().build())).join();
     });
 }
 
