@@ -260,7 +260,10 @@ pub fn base_chains() -> Vec<(Chain, Vec<Rule>)> {
             Chain::regular("reject-chain"),
             vec![
                 rule("reject-chain", &[&vip, &[lookup("firewall", None)], &firewall_allow]),
-                rule("reject-chain", &[&vip, &[lookup("no-endpoints", None)], &l4proto_is(6), std::slice::from_ref(&reset)]),
+                rule(
+                    "reject-chain",
+                    &[&vip, &[lookup("no-endpoints", None)], &l4proto_is(6), std::slice::from_ref(&reset)],
+                ),
                 rule("reject-chain", &[&vip, &[lookup("no-endpoints", None), unreachable.clone()]]),
                 rule(
                     "reject-chain",
