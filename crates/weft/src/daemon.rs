@@ -163,11 +163,7 @@ async fn dns_ready(client: &kube::Client, within: Duration) -> bool {
     let until = std::time::Instant::now() + within;
     while std::time::Instant::now() < until {
         if let Ok(list) = slices.list(&lp).await
-            && list
-                .items
-                .iter()
-                .flat_map(|s| s.endpoints.iter().flatten())
-                .any(weft_k8s::endpoints::is_ready)
+            && list.items.iter().flat_map(|s| s.endpoints.iter().flatten()).any(weft_k8s::endpoints::is_ready)
         {
             return true;
         }
