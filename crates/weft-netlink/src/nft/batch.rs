@@ -6,7 +6,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
-use super::objects::{self, Chain, Elem, Family, Rule, Set, Table};
+use super::objects::{self, Chain, Elem, Family, Interval, Rule, Set, Table};
 use super::socket::Socket;
 use super::wire::{self, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Writer};
 use crate::error::{Error, Result};
@@ -145,21 +145,44 @@ impl Batch {
         self.elements(false, family, table, set, elems);
     }
 
+    /// Adds ranges to a one-field interval set (an end and a start may share a key: adjacent
+    /// ranges are fine; overlapping ones are refused).
+    pub fn add_intervals(&mut self, family: Family, table: &str, set: &str, ranges: &[Interval]) {
+        self.element_messages(true, family, table, set, ranges, objects::encode_interval);
+    }
+    /// Deletes ranges from a one-field interval set (each exactly as it was added).
+    pub fn delete_intervals(&mut self, family: Family, table: &str, set: &str, ranges: &[Interval]) {
+        self.element_messages(false, family, table, set, ranges, objects::encode_interval);
+    }
+
     fn elements(&mut self, add: bool, family: Family, table: &str, set: &str, elems: &[Elem]) {
+        self.element_messages(add, family, table, set, elems, |w, e| objects::encode_elem(w, e, add));
+    }
+
+    /// Element messages for `items`, each encoded by `encode`, split under the attribute limit.
+    fn element_messages<T>(
+        &mut self,
+        add: bool,
+        family: Family,
+        table: &str,
+        set: &str,
+        items: &[T],
+        encode: impl Fn(&mut Writer, &T),
+    ) {
         let mut list = Writer::default();
         let mut count = 0;
-        for (i, e) in elems.iter().enumerate() {
-            objects::encode_elem(&mut list, e, add);
+        for (i, e) in items.iter().enumerate() {
+            encode(&mut list, e);
             count += 1;
-            if list.buf.len() >= ELEMENT_BYTES_PER_MESSAGE || i + 1 == elems.len() {
+            if list.buf.len() >= ELEMENT_BYTES_PER_MESSAGE || i + 1 == items.len() {
                 let (ty, flags, verb) = if add { (NEWSETELEM, NLM_F_CREATE, "add") } else { (DELSETELEM, 0, "delete") };
                 let what = format!("{verb} {count} elements of {} {table} {set}", family.as_str());
-                let items = std::mem::take(&mut list.buf);
+                let encoded = std::mem::take(&mut list.buf);
                 self.push(ty, flags, family, what, |w| {
                     w.str(1, table);
                     w.str(2, set);
                     // NFTA_SET_ELEM_LIST_ELEMENTS, nested, holding the encoded list.
-                    w.nested(3, |w| w.buf.extend_from_slice(&items));
+                    w.nested(3, |w| w.buf.extend_from_slice(&encoded));
                 });
                 count = 0;
             }

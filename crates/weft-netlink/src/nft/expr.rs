@@ -249,6 +249,21 @@ pub enum Expr {
         key: CtKey,
         dreg: Reg,
     },
+    /// `limit rate [over] RATE/UNIT burst BURST packets|bytes`: the rule goes on while the
+    /// packets stay under the rate (over it, with `invert`); a token bucket per rule.
+    Limit {
+        rate: u64,
+        unit_seconds: u64,
+        burst: u32,
+        bytes: bool,
+        invert: bool,
+    },
+    /// `log [prefix P] [group G]`: with a group, a copy of the packet goes to userspace through
+    /// NFLOG group G (nfnetlink_log), else to the kernel log.
+    Log {
+        group: Option<u16>,
+        prefix: Option<String>,
+    },
 }
 
 impl Expr {
@@ -284,6 +299,8 @@ impl Expr {
             Expr::Reject(_) => "reject",
             Expr::Counter => "counter",
             Expr::Ct { .. } => "ct",
+            Expr::Limit { .. } => "limit",
+            Expr::Log { .. } => "log",
         }
     }
 
@@ -384,6 +401,21 @@ impl Expr {
                 w.be32(2, *key as u32);
                 w.be32(1, dreg.0);
             }
+            Expr::Limit { rate, unit_seconds, burst, bytes, invert } => {
+                w.bytes(1, &rate.to_be_bytes());
+                w.bytes(2, &unit_seconds.to_be_bytes());
+                w.be32(3, *burst);
+                w.be32(4, u32::from(*bytes));
+                w.be32(5, u32::from(*invert));
+            }
+            Expr::Log { group, prefix } => {
+                if let Some(p) = prefix {
+                    w.str(2, p);
+                }
+                if let Some(g) = group {
+                    w.bytes(1, &g.to_be_bytes());
+                }
+            }
         }
     }
 }
@@ -418,5 +450,37 @@ mod tests {
         // list elem, name "immediate", data { dreg 0, data { verdict { code -3, chain "c" } } }
         assert_eq!(&w.buf[..4], &[(w.buf.len() as u16).to_ne_bytes()[0], 0, 1, 0x80]);
         assert_eq!(&w.buf[w.buf.len() - 16..], &[8, 0, 1, 0, 0xff, 0xff, 0xff, 0xfd, 6, 0, 2, 0, b'c', 0, 0, 0]);
+    }
+
+    /// The expression's data attributes, after its name.
+    fn data_of(e: &Expr) -> Vec<u8> {
+        let mut w = Writer::default();
+        e.encode_data(&mut w);
+        w.buf
+    }
+
+    #[test]
+    fn limit_is_encoded_as_nft_encodes_it() {
+        // `nft --debug=mnl`: limit rate 10/second burst 5 packets
+        let got = data_of(&Expr::Limit { rate: 10, unit_seconds: 1, burst: 5, bytes: false, invert: false });
+        #[rustfmt::skip]
+        let want = [
+            12, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 10,
+            12, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            8, 0, 3, 0, 0, 0, 0, 5,
+            8, 0, 4, 0, 0, 0, 0, 0,
+            8, 0, 5, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(got, want);
+        assert_eq!(Expr::Limit { rate: 1, unit_seconds: 60, burst: 0, bytes: false, invert: false }.name(), "limit");
+    }
+
+    #[test]
+    fn log_to_a_group_is_encoded_as_nft_encodes_it() {
+        // `nft --debug=mnl`: log prefix "in-abc" group 13: the prefix, then the group (16 bits).
+        let got = data_of(&Expr::Log { group: Some(13), prefix: Some("in-abc".into()) });
+        let want = [11, 0, 2, 0, b'i', b'n', b'-', b'a', b'b', b'c', 0, 0, 6, 0, 1, 0, 0, 13, 0, 0];
+        assert_eq!(got, want);
+        assert!(data_of(&Expr::Log { group: None, prefix: None }).is_empty());
     }
 }

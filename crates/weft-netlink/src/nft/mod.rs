@@ -29,7 +29,7 @@ pub use expr::{
     ct_state, fib_flags,
 };
 pub use objects::{
-    BaseChain, Chain, ChainType, Elem, ElemData, Family, FieldType, Hook, Key, Rule, Set, SetData, Table, Typeof,
-    datatype, priority,
+    BaseChain, Chain, ChainType, Elem, ElemData, Family, FieldType, Hook, Interval, Key, Rule, Set, SetData, Table,
+    Typeof, datatype, priority,
 };
 pub use query::{list_tables, table_exists, table_names_in};

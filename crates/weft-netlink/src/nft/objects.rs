@@ -224,6 +224,26 @@ impl Elem {
     }
 }
 
+/// A range of a one-field interval set (`flags interval`; the kernel keeps it in an rbtree as
+/// a start element and an end element): `start` is its first key, `end` the first key past it,
+/// `None` when the range runs to the top of the key space (as for `128.0.0.0/1`). Concatenated
+/// interval sets take [`Elem::key_end`] instead.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Interval {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl Interval {
+    /// The addresses `first..=last`.
+    pub fn ipv4(first: Ipv4Addr, last: Ipv4Addr) -> Interval {
+        Interval {
+            start: first.octets().to_vec(),
+            end: u32::from(last).checked_add(1).map(|e| e.to_be_bytes().to_vec()),
+        }
+    }
+}
+
 /// Lays out a key or value as registers hold it: each field of a concatenation padded to whole
 /// 4-byte slots; addresses and ports in network byte order, `numgen`/`jhash` results in host
 /// byte order.
@@ -423,9 +443,52 @@ pub(crate) fn encode_elem(w: &mut Writer, e: &Elem, with_data: bool) {
     });
 }
 
+/// A one-field interval as `nft` sends it: the start element (an open range carries libnftnl's
+/// "open interval" flag in its user data, for `nft list`), then the end element flagged as one.
+pub(crate) fn encode_interval(w: &mut Writer, iv: &Interval) {
+    use super::expr::encode_value;
+    const NFTA_SET_ELEM_KEY: u16 = 1;
+    const NFTA_SET_ELEM_FLAGS: u16 = 3;
+    const NFTA_SET_ELEM_USERDATA: u16 = 6;
+    const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+    w.nested(1, |w| {
+        encode_value(w, NFTA_SET_ELEM_KEY, &iv.start);
+        if iv.end.is_none() {
+            // NFTNL_UDATA_SET_ELEM_FLAGS (1), 4 bytes, NFTNL_SET_ELEM_F_INTERVAL_OPEN (1).
+            let mut u = vec![1u8, 4];
+            u.extend_from_slice(&1u32.to_ne_bytes());
+            w.bytes(NFTA_SET_ELEM_USERDATA, &u);
+        }
+    });
+    if let Some(end) = &iv.end {
+        w.nested(1, |w| {
+            w.be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+            encode_value(w, NFTA_SET_ELEM_KEY, end);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_one_field_interval_is_a_start_and_a_flagged_end() {
+        let mut w = Writer::default();
+        encode_interval(&mut w, &Interval::ipv4(Ipv4Addr::new(192, 168, 1, 7), Ipv4Addr::new(192, 168, 1, 9)));
+        let elems: Vec<_> = super::super::wire::Attrs(&w.buf).collect();
+        assert_eq!(elems.len(), 2);
+        // start: { key { value 192.168.1.7 } }
+        assert_eq!(elems[0].1, [12, 0, 1, 0x80, 8, 0, 1, 0, 192, 168, 1, 7]);
+        // end: { flags 1 (big-endian), key { value 192.168.1.10 } }, as nft's `element 0a01a8c0 : 1 [end]`
+        assert_eq!(elems[1].1, [8, 0, 3, 0, 0, 0, 0, 1, 12, 0, 1, 0x80, 8, 0, 1, 0, 192, 168, 1, 10]);
+        // A range to the top of the space has no end element.
+        let top = Interval::ipv4(Ipv4Addr::new(128, 0, 0, 0), Ipv4Addr::BROADCAST);
+        assert_eq!(top.end, None);
+        let mut w = Writer::default();
+        encode_interval(&mut w, &top);
+        assert_eq!(super::super::wire::Attrs(&w.buf).count(), 1);
+    }
 
     #[test]
     fn concatenations_are_typed_and_sized_as_nft_does() {
