@@ -14,6 +14,8 @@ pub mod kubeconfig;
 pub mod lab;
 pub mod netns;
 pub mod objects;
+pub mod probe;
+pub mod reach;
 pub mod run;
 
 pub use lab::{Lab, LabOptions, seed, weft_bin};
