@@ -263,21 +263,29 @@ pub fn port(p: &NetworkPolicyPort) -> Result<PortMatch, String> {
     }
 }
 
-/// The ports a pod's containers name `name` with `protocol` (TCP when unset), as a named port
-/// resolves against that pod.
-pub fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Vec<u16> {
-    let mut out: Vec<u16> = pod
+/// The named ports of a pod's containers: (name, protocol, number), sorted, once each.
+pub fn named_ports(pod: &Pod) -> Vec<(String, Protocol, u16)> {
+    let mut out: Vec<(String, Protocol, u16)> = pod
         .spec
         .iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.name.as_deref() == Some(name))
-        .filter(|p| Protocol::parse(p.protocol.as_deref()).is_ok_and(|x| x == protocol))
-        .filter_map(|p| u16::try_from(p.container_port).ok().filter(|n| *n > 0))
+        .filter_map(|p| {
+            let name = p.name.as_ref().filter(|n| !n.is_empty())?;
+            let proto = Protocol::parse(p.protocol.as_deref()).ok()?;
+            let number = u16::try_from(p.container_port).ok().filter(|n| *n > 0)?;
+            Some((name.clone(), proto, number))
+        })
         .collect();
-    out.sort_unstable();
+    out.sort();
     out.dedup();
     out
+}
+
+/// The ports a pod's containers name `name` with `protocol` (TCP when unset), as a named port
+/// resolves against that pod.
+pub fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Vec<u16> {
+    named_ports(pod).into_iter().filter(|(n, p, _)| n == name && *p == protocol).map(|(_, _, n)| n).collect()
 }
 
 /// The pod's IPv4 address, if it has one and policies apply to it: not hostNetwork (its address
