@@ -1586,6 +1586,7 @@ fn watch_new_pod(
     let stop = AtomicBool::new(false);
     let probes = AtomicUsize::new(0);
     let reached = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
     let first: Mutex<Option<Duration>> = Mutex::new(None);
     let addr = SocketAddr::new(ip, 80);
     std::thread::scope(|s| {
@@ -1606,6 +1607,9 @@ fn watch_new_pod(
                     probes.fetch_add(1, Ordering::SeqCst);
                     if o.reached() {
                         reached.fetch_add(1, Ordering::SeqCst);
+                        if o == Outcome::Refused {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
                         first.lock().unwrap().get_or_insert(known.elapsed());
                     }
                 }
@@ -1629,9 +1633,10 @@ fn watch_new_pod(
     });
     let first = *first.lock().unwrap();
     println!(
-        "    {ns}/{name} on {node} ({ip}): {} probes, {} reached it (first {first:?} after its address was known)",
+        "    {ns}/{name} on {node} ({ip}): {} probes, {} reached it ({} refused: before it listened), the first {first:?} after its address was known",
         probes.load(Ordering::SeqCst),
-        reached.load(Ordering::SeqCst)
+        reached.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst),
     );
     (probes.load(Ordering::SeqCst), reached.load(Ordering::SeqCst), first)
 }
