@@ -11,11 +11,9 @@
 //! their timeout.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,7 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::libc;
 use nix::mount::{MsFlags, mount};
-use nix::sched::CloneFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -334,46 +331,10 @@ fn hide(dirs: &[PathBuf]) -> Result<()> {
 
 /// Starts the shim for `spec` (`weft shim SPEC`, `exe` being the `weft` binary) as pid 1 of a new
 /// PID namespace, in a session of its own, its output to `log`. Returns its pid (as this process
-/// sees it). A fork in a threaded process: the child only makes system calls, then execs.
+/// sees it).
 pub fn spawn(exe: &Path, spec: &Path, log: &File) -> Result<u32> {
-    let prog = CString::new(exe.as_os_str().as_bytes())?;
-    let args = [prog.clone(), CString::new("shim")?, CString::new(spec.as_os_str().as_bytes())?];
-    let env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let argv: Vec<*const libc::c_char> =
-        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let null = File::open("/dev/null")?;
-    let (null_fd, log_fd) = (null.as_raw_fd(), log.as_raw_fd());
-    let mut stack = vec![0u8; 256 << 10];
-    let cb = Box::new(move || -> isize {
-        // SAFETY: async-signal-safe system calls only, on memory prepared before the clone.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            if libc::setsid() < 0
-                || libc::dup2(null_fd, 0) < 0
-                || libc::dup2(log_fd, 1) < 0
-                || libc::dup2(log_fd, 2) < 0
-            {
-                libc::_exit(126);
-            }
-            libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127)
-        }
-    });
-    // SAFETY: the child runs on `stack` (ample for the calls above) and execs or exits.
-    let pid = unsafe { nix::sched::clone(cb, &mut stack, CloneFlags::CLONE_NEWPID, Some(libc::SIGCHLD)) }
-        .context("clone(CLONE_NEWPID) for the pod's shim")?;
-    Ok(pid.as_raw() as u32)
+    let args = [std::ffi::OsStr::new("shim"), spec.as_os_str()];
+    Ok(weft_netlink::ns::spawn_pid_namespace(exe, &args, log)?)
 }
 
 /// The pod's child processes and who waits for each. As pid 1 of the pod, the shim also inherits

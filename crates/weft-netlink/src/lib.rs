@@ -1,8 +1,11 @@
 //! The one Linux plumbing layer of weft: namespaces ([`ns`]: create, delete, enter, run a
-//! closure or a command in one, enter a pod, sysctl) and rtnetlink ([`Netlink`]: links including
-//! veth, bridge and vxlan, addresses, routes, neighbours and FDB entries), in the caller's network
-//! namespace or in another (a pod's, a lab node's). Every other crate goes through it: nothing
-//! else calls `setns` or builds netlink messages.
+//! closure or a command in one, enter a pod, start a pod's init in a PID namespace, sysctl),
+//! rtnetlink ([`Netlink`]: links including veth, bridge and vxlan, addresses, routes, neighbours
+//! and FDB entries), nf_tables ([`nft`]: tables, chains, rules, sets, maps and elements in one
+//! batch, written by hand: the crates that speak it are GPL) and ctnetlink ([`conntrack`]), in the
+//! caller's network namespace or in another (a pod's, a lab node's). Every other crate goes
+//! through it: nothing else calls `setns` or builds netlink messages, and weft needs no `nft` or
+//! `ip` command.
 //!
 //! Errors are [`Error`]s that keep the kernel's errno, so callers ask `e.is_exists()` or
 //! `e.is_missing()` instead of matching raw numbers.

@@ -240,6 +240,61 @@ pub fn run_in_fresh<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     .map_err(|_| Error::other("a thread working in a private network namespace panicked"))?
 }
 
+/// Starts `exe ARGS` as pid 1 of a new PID namespace (a pod's init, which reaps its orphans and
+/// whose end ends the pod), in a session of its own, stdin from /dev/null and its output to
+/// `out`, with this process's environment. Returns its pid as this process sees it. A fork in
+/// a threaded process: the child only makes async-signal-safe system calls, then execs.
+pub fn spawn_pid_namespace(exe: &Path, args: &[&std::ffi::OsStr], out: &File) -> Result<u32> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    use nix::libc;
+
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::other("a NUL byte in a program, argument or variable"));
+    let prog = cstr(exe.as_os_str().as_bytes())?;
+    let mut argv_owned = vec![prog.clone()];
+    for a in args {
+        argv_owned.push(cstr(a.as_bytes())?);
+    }
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let argv: Vec<*const libc::c_char> =
+        argv_owned.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let null = File::open("/dev/null").map_err(|e| Error::io("opening /dev/null", e))?;
+    let (null_fd, out_fd) = (null.as_raw_fd(), out.as_raw_fd());
+    let mut stack = vec![0u8; 256 << 10];
+    let cb = Box::new(move || -> isize {
+        // SAFETY: async-signal-safe system calls only, on memory prepared before the clone.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            if libc::setsid() < 0
+                || libc::dup2(null_fd, 0) < 0
+                || libc::dup2(out_fd, 1) < 0
+                || libc::dup2(out_fd, 2) < 0
+            {
+                libc::_exit(126);
+            }
+            libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    });
+    // SAFETY: the child runs on `stack` (ample for the calls above) and execs or exits.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, CloneFlags::CLONE_NEWPID, Some(libc::SIGCHLD)) }
+        .map_err(|e| Error::errno("clone(CLONE_NEWPID)", e))?;
+    Ok(pid.as_raw() as u32)
+}
+
 /// Makes `cmd` start inside the network namespace `netns` (entered between fork and exec).
 pub fn command_in(cmd: &mut Command, netns: &Path) -> Result<()> {
     command_in_file(cmd, &open(netns)?)
