@@ -330,6 +330,11 @@ impl<S: Sink> Applier<S> {
     pub fn sink(&self) -> &S {
         &self.sink
     }
+    /// Forgets what was applied: the next sync replaces the whole table (after the table was
+    /// found missing, or changed by someone else).
+    pub fn forget(&mut self) {
+        self.stale = true;
+    }
 
     /// Applies `want`; returns the change's size (0: nothing to do).
     pub fn sync(&mut self, want: Desired) -> Result<usize> {

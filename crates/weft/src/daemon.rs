@@ -1,6 +1,6 @@
 //! The lab daemon's composition root (`weft daemon`, started by `weft up`): the API server
 //! (with the lab's pod logs), the control loops, the lab's nodes and kubelets, the service proxy
-//! on every node, the LoadBalancer announcer and the cluster DNS, wired together here and
+//! and NetworkPolicy enforcement on every node, the LoadBalancer announcer and the cluster DNS, wired together here and
 //! nowhere else.
 
 use std::io::Write;
@@ -92,6 +92,9 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                 })
                 .collect();
             tokio::spawn(weft_proxy::run(client.clone(), proxied));
+            // NetworkPolicy on every node, in the node's namespace (its forward hook).
+            let policed = nodes.iter().map(|n| (n.name.clone(), Some(n.netns_path()))).collect();
+            tokio::spawn(weft_policy::run(client.clone(), policed));
             // LoadBalancer addresses from --lb-pool, announced on the underlay.
             use weft_k8s::config;
             let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
