@@ -312,6 +312,48 @@ impl Api {
 mod tests {
     use super::*;
 
+    /// Every namespace carries `kubernetes.io/metadata.name: <its name>` (what NetworkPolicy's
+    /// namespaceSelector selects a namespace by name with), set on create and kept on every
+    /// update and patch whatever they send, as kube-apiserver does.
+    #[tokio::test]
+    async fn a_namespace_always_carries_its_name_label() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = weft_store::Store::open(&dir.path().join("store.redb"), weft_store::DEFAULT_HISTORY).unwrap();
+        let alloc = crate::alloc::Allocators {
+            ips: crate::alloc::IpAllocator::new("10.96.0.0/24".parse().unwrap()),
+            ports: crate::alloc::PortAllocator::new(30000..=30010),
+        };
+        let api = Api::new(store, alloc, Arc::new(crate::pod_logs::NoPodLogs));
+        let kind = weft_api::kinds::by_path("", "v1", "namespaces").unwrap();
+        let at = |name: Option<&str>| Target { kind, namespace: None, name: name.map(String::from), sub: None };
+        let label = |v: &Value| v.pointer("/metadata/labels/kubernetes.io~1metadata.name").cloned();
+        let body = |v: Value| serde_json::to_vec(&v).unwrap();
+        let o = WriteOpts::default();
+        let made = api
+            .create(&at(None), &body(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})), o)
+            .await
+            .unwrap();
+        assert_eq!(label(&made), Some(json!("x")));
+        // An update that changes it, or drops every label, gets it back.
+        let mut v = made.clone();
+        v["metadata"]["labels"] = json!({"kubernetes.io/metadata.name": "y", "team": "t"});
+        let updated = api.update(&at(Some("x")), &body(v), o).await.unwrap();
+        assert_eq!(label(&updated), Some(json!("x")));
+        assert_eq!(updated.pointer("/metadata/labels/team"), Some(&json!("t")));
+        let mut v = updated.clone();
+        v["metadata"].as_object_mut().unwrap().remove("labels");
+        assert_eq!(label(&api.update(&at(Some("x")), &body(v), o).await.unwrap()), Some(json!("x")));
+        // Patches likewise.
+        let merge = br#"{"metadata": {"labels": {"kubernetes.io/metadata.name": null}}}"#;
+        let patched = api.patch(&at(Some("x")), "application/merge-patch+json", merge, o).await.unwrap();
+        assert_eq!(label(&patched), Some(json!("x")));
+        let jp = br#"[{"op": "replace", "path": "/metadata/labels/kubernetes.io~1metadata.name", "value": "z"}]"#;
+        let patched = api.patch(&at(Some("x")), "application/json-patch+json", jp, o).await.unwrap();
+        assert_eq!(label(&patched), Some(json!("x")));
+        api.store.close();
+    }
+
     #[test]
     fn a_patch_names_a_resource_version_only_when_its_body_does() {
         assert!(!body_names_rv(br#"{"status": {"phase": "Running"}}"#));
