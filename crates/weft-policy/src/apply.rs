@@ -357,3 +357,187 @@ impl<S: Sink> Applier<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::compile::{NodeInfo, compile, recompile};
+    use crate::model::{PodInfo, Policy, World};
+
+    fn node() -> NodeInfo {
+        NodeInfo { name: "n1".into(), pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()] }
+    }
+
+    /// `policies` policies in namespaces ns0..ns9, each selecting `app=a<i>` and allowing
+    /// ingress from `app=c<i>` on TCP 80; `pods` pods over those namespaces (every other one on
+    /// n1), labelled so that each policy selects and admits a few.
+    fn world(policies: usize, pods: usize) -> World {
+        let mut w = World::default();
+        for n in 0..10 {
+            w.put_namespace(format!("ns{n}"), [("kubernetes.io/metadata.name".to_string(), format!("ns{n}"))].into());
+        }
+        for i in 0..policies {
+            w.put_policy(policy(i, 80));
+        }
+        for i in 0..pods {
+            let (ns, app) = (
+                format!("ns{}", i % 10),
+                if i % 3 == 0 { format!("a{}", i % policies) } else { format!("c{}", i % policies) },
+            );
+            let ip = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250 + 1) as u8);
+            w.put_pod(
+                (ns.clone(), format!("pod{i}")),
+                Some(pod_info(&ns, &format!("pod{i}"), &app, if i % 2 == 0 { "n1" } else { "n2" }, ip)),
+            );
+        }
+        w.take_changes();
+        w
+    }
+
+    fn policy(i: usize, port: u16) -> Policy {
+        Policy::from_object(&serde_json::from_value(json!({"metadata": {"name": format!("p{i}"), "namespace": format!("ns{}", i % 10)},
+            "spec": {"podSelector": {"matchLabels": {"app": format!("a{i}")}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("c{i}")}}}], "ports": [{"port": port}]}]}})).unwrap())
+    }
+
+    fn pod_info(ns: &str, name: &str, app: &str, node: &str, ip: Ipv4Addr) -> PodInfo {
+        PodInfo {
+            key: (ns.into(), name.into()),
+            ip,
+            node: node.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ports: vec![],
+        }
+    }
+
+    fn sets_touched(d: &Delta) -> BTreeSet<String> {
+        d.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Add(s, _) | Op::Delete(s, _) | Op::DeleteSet(s) | Op::AddSet(s, _) => Some(s.clone()),
+                Op::Chain { name, .. } | Op::DeleteChain(name) => Some(name.clone()),
+                Op::Table => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_one_policy_change_sends_only_that_policy_and_its_chains() {
+        let mut w = world(1000, 10_000);
+        let before = compile(&w, &node());
+        assert!(delta(None, &before).size() > 5_000, "a fresh table declares everything");
+        w.put_policy(policy(42, 8080));
+        let ch = w.take_changes();
+        let after = recompile(Some(&before), &w, &node(), &ch);
+        let d = delta(Some(&before), &after);
+        let id = crate::compile::policy_id(&("ns2".into(), "p42".into()));
+        for name in sets_touched(&d) {
+            let own = name.starts_with(&id)
+                || before.chain_policies(&name).is_some_and(|p| p.contains(&("ns2".into(), "p42".into())));
+            assert!(own, "{name} is not p42's: {}", d.text());
+        }
+        // Its port set changes by one element each way, its chains are refilled; no map entry moves.
+        assert!(d.text().contains("delete element ip weft-policy ") && d.text().contains("tcp . 8080"), "{}", d.text());
+        assert!(!d.text().contains("@ingress") && !d.ops.iter().any(|o| matches!(o, Op::Add(s, _) if s == "ingress")));
+        assert!(d.size() < 20, "{} operations: {}", d.size(), d.text());
+        assert!(delta(Some(&after), &after).is_empty(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn pod_churn_is_elements_only() {
+        let mut w = world(100, 1000);
+        let before = compile(&w, &node());
+        // A pod selected by p6 comes to n1 (where p6 already selects pod6), one it admits to n2,
+        // and a pod of n1 goes.
+        w.put_pod(
+            ("ns6".into(), "new-a".into()),
+            Some(pod_info("ns6", "new-a", "a6", "n1", "10.244.200.1".parse().unwrap())),
+        );
+        w.put_pod(
+            ("ns6".into(), "new-c".into()),
+            Some(pod_info("ns6", "new-c", "c6", "n2", "10.244.200.2".parse().unwrap())),
+        );
+        w.remove_pod(&("ns4".into(), "pod4".into()));
+        let ch = w.take_changes();
+        let after = recompile(Some(&before), &w, &node(), &ch);
+        let d = delta(Some(&before), &after);
+        assert!(
+            d.ops.iter().all(|o| matches!(o, Op::Add(..) | Op::Delete(..))),
+            "no structure for pods that share existing policy sets: {}",
+            d.text()
+        );
+        let text = d.text();
+        assert!(text.contains("add element ip weft-policy local-pods { 10.244.200.1 }"), "{text}");
+        assert!(text.contains("add element ip weft-policy ingress { 10.244.200.1 : jump in-"), "{text}");
+        assert!(text.contains("-i0-pods { 10.244.200.2 }"), "{text}");
+        assert!(text.contains("delete element ip weft-policy local-pods { 10.244.0.5 }"), "{text}");
+    }
+
+    #[test]
+    fn nothing_is_deleted_while_something_refers_to_it() {
+        let mut w = world(3, 30);
+        w.put_pod(
+            ("ns1".into(), "sel".into()),
+            Some(pod_info("ns1", "sel", "a1", "n1", "10.244.100.1".parse().unwrap())),
+        );
+        w.take_changes();
+        let before = compile(&w, &node());
+        // p1 goes: its pods' map entries, then its chain, then its sets.
+        w.remove_policy(&("ns1".into(), "p1".into()));
+        let ch = w.take_changes();
+        let after = recompile(Some(&before), &w, &node(), &ch);
+        let d = delta(Some(&before), &after);
+        let pos = |f: &dyn Fn(&Op) -> bool| d.ops.iter().position(f).unwrap_or_else(|| panic!("{}", d.text()));
+        let entries = pos(&|o| matches!(o, Op::Delete(s, _) if s == "ingress"));
+        let chain = pos(&|o| matches!(o, Op::DeleteChain(_)));
+        let set = pos(&|o| matches!(o, Op::DeleteSet(_)));
+        assert!(entries < chain && chain < set, "{}", d.text());
+        // And a new policy: its sets and elements before the chain that reads them, the chain
+        // before the entries that jump to it.
+        w.put_policy(policy(1, 443));
+        let ch = w.take_changes();
+        let again = recompile(Some(&after), &w, &node(), &ch);
+        let d = delta(Some(&after), &again);
+        let pos = |f: &dyn Fn(&Op) -> bool| d.ops.iter().position(f).unwrap_or_else(|| panic!("{}", d.text()));
+        let set = pos(&|o| matches!(o, Op::AddSet(..)));
+        let chain = pos(&|o| matches!(o, Op::Chain { .. }));
+        let entries = pos(&|o| matches!(o, Op::Add(s, _) if s == "ingress"));
+        assert!(set < chain && chain < entries, "{}", d.text());
+    }
+
+    /// A kernel that refuses what it is told to.
+    struct Refusing {
+        refuse: std::cell::Cell<bool>,
+        seen: RefCell<Vec<bool>>,
+    }
+    impl Sink for Refusing {
+        fn apply(&self, d: &Delta) -> Result<()> {
+            self.seen.borrow_mut().push(d.is_fresh());
+            if self.refuse.get() { Err(anyhow::anyhow!("refused")) } else { Ok(()) }
+        }
+    }
+
+    #[test]
+    fn a_refused_change_keeps_the_last_good_state_and_the_next_sync_is_whole() {
+        let mut w = world(5, 50);
+        let first = compile(&w, &node());
+        let mut a = Applier::new(Refusing { refuse: false.into(), seen: RefCell::default() });
+        a.sync(first.clone()).unwrap();
+        w.put_policy(policy(2, 8443));
+        let ch = w.take_changes();
+        let second = recompile(Some(&first), &w, &node(), &ch);
+        a.sink.refuse.set(true);
+        assert!(a.sync(second.clone()).is_err());
+        assert_eq!(a.applied(), Some(&first), "what the kernel still has");
+        a.sink.refuse.set(false);
+        a.sync(second.clone()).unwrap();
+        assert_eq!(a.applied(), Some(&second));
+        assert_eq!(*a.sink.seen.borrow(), vec![true, false, true], "fresh, a delta (refused), then fresh");
+        // Then deltas again.
+        assert_eq!(a.sync(second).unwrap(), 0);
+    }
+}

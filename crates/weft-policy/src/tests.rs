@@ -737,3 +737,59 @@ fn hostile_policies_never_panic_and_the_rest_is_enforced() {
         X......XX X.....X.X X.....XX.",
     );
 }
+
+/// Random changes, each checked: the incremental compile equals a compile from scratch.
+#[test]
+fn random_changes_compile_incrementally_as_from_scratch() {
+    let mut c = Cluster::model();
+    c.sync();
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let templates = [
+        json!({"podSelector": {}}),
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "t"}}}], "ports": [{"port": "serve-80-tcp"}]}]}),
+        json!({"podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]}),
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.0/24"]}},
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "d"}}}], "ports": [{"port": 80, "endPort": 90}, {"port": "serve-81-tcp"}]}]}),
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{}], "egress": [{"to": [{"podSelector": {}}]}]}),
+    ];
+    let pods = ["a", "b", "c", "d"];
+    for step in 0..300 {
+        let ns = ["x", "y", "z"][next(3) as usize];
+        match next(7) {
+            0 | 1 => {
+                let name = format!("{ns}/{}", ["a", "b", "c"][next(3) as usize]);
+                let label = pods[next(4) as usize];
+                c.pod(&name, &[("pod", label)]);
+            }
+            2 => {
+                // A pod moves node or address, or goes.
+                let pod = ["a", "b", "c"][next(3) as usize];
+                match next(3) {
+                    0 => c.delete_pod(&format!("{ns}/{pod}")),
+                    n => c.pod_object(json!({"metadata": {"name": pod, "namespace": ns, "labels": {"pod": pods[next(4) as usize]}},
+                        "spec": {"nodeName": if n == 1 { "n1" } else { "n2" }, "containers": [{"name": "c", "ports": [
+                            {"name": "serve-80-tcp", "containerPort": 80 + next(3)}, {"name": "serve-81-udp", "protocol": "UDP", "containerPort": 81}]}]},
+                        "status": {"podIP": format!("10.244.{}.{}", n, 50 + next(20))}})),
+                }
+            }
+            3 => {
+                let team = if next(2) == 0 { "t" } else { "u" };
+                c.namespace(ns, &[("ns", ns), ("team", team)]);
+            }
+            4 | 5 => {
+                let t = templates[next(templates.len() as u64) as usize].clone();
+                c.policy(np(ns, &format!("p{}", next(4)), t));
+            }
+            _ => c.delete_policy(ns, &format!("p{}", next(4))),
+        }
+        // Sometimes several changes land in one pass.
+        if step % 3 != 0 {
+            c.sync();
+        }
+    }
+}
