@@ -330,6 +330,11 @@ impl<S: Sink> Applier<S> {
     pub fn sink(&self) -> &S {
         &self.sink
     }
+    /// Whether the next sync must send something even if nothing changed (nothing applied yet,
+    /// or the last sync was refused).
+    pub fn needs_sync(&self) -> bool {
+        self.stale || self.applied.is_none()
+    }
     /// Forgets what was applied: the next sync replaces the whole table (after the table was
     /// found missing, or changed by someone else).
     pub fn forget(&mut self) {

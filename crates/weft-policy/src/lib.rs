@@ -148,6 +148,8 @@ struct Engine {
     name: String,
     netns: Option<PathBuf>,
     compiled: Option<Desired>,
+    /// `compiled` changed since it was last given to the applier.
+    dirty: bool,
     applier: Applier<NetlinkSink>,
 }
 
@@ -210,7 +212,13 @@ pub async fn run_published(client: kube::Client, nodes: Vec<(String, Option<Path
         .into_iter()
         .map(|(name, netns)| {
             check_bridge_netfilter(&name, netns.as_deref());
-            Engine { applier: Applier::new(NetlinkSink { netns: netns.clone() }), name, netns, compiled: None }
+            Engine {
+                applier: Applier::new(NetlinkSink { netns: netns.clone() }),
+                name,
+                netns,
+                compiled: None,
+                dirty: true,
+            }
         })
         .collect();
     let controller = weft_watch::Controller::new("network-policy")
@@ -228,20 +236,28 @@ pub async fn run_published(client: kube::Client, nodes: Vec<(String, Option<Path
                 let changes = s.world.take_changes();
                 for e in engines.iter_mut() {
                     let info = NodeInfo { name: e.name.clone(), pod_cidrs: pod_cidrs(&node_store, &e.name) };
-                    e.compiled = Some(compile::recompile(e.compiled.as_ref(), &s.world, &info, &changes));
+                    let same = changes.is_empty() && e.compiled.as_ref().is_some_and(|c| c.pod_cidrs == info.pod_cidrs);
+                    if !same {
+                        e.compiled = Some(compile::recompile(e.compiled.as_ref(), &s.world, &info, &changes));
+                        e.dirty = true;
+                    }
                 }
             }
             let mut failed = vec![];
             for e in engines.iter_mut() {
-                let Some(want) = e.compiled.clone() else { continue };
+                let Some(want) = e.compiled.as_ref() else { continue };
                 // A table someone removed is made again whole.
-                if e.applier.applied().is_some()
+                if !e.applier.needs_sync()
                     && !weft_netlink::nft::table_exists(e.netns.as_deref(), rules::FAMILY, rules::TABLE).unwrap_or(true)
                 {
                     tracing::warn!(node = %e.name, "the NetworkPolicy table went missing; making it again");
                     e.applier.forget();
                 }
-                match e.applier.sync(want) {
+                if !e.dirty && !e.applier.needs_sync() {
+                    continue;
+                }
+                e.dirty = false;
+                match e.applier.sync(want.clone()) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(node = %e.name, changes = n, "NetworkPolicy rules applied"),
                     Err(err) => {
