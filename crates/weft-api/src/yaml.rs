@@ -7,12 +7,16 @@ use serde_json::Value;
 pub fn parse_manifests(text: &str) -> Result<Vec<Value>, String> {
     let trimmed = text.trim_start();
     let docs: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // JSON, possibly several concatenated objects.
-        let mut out = vec![];
-        for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            out.push(v.map_err(|e| format!("invalid JSON: {e}"))?);
+        // JSON, possibly several concatenated objects; JSON documents between `---` lines are a
+        // YAML stream (JSON is YAML), as kubectl reads them.
+        let json: Result<Vec<Value>, String> = serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .map(|v| v.map_err(|e| format!("invalid JSON: {e}")))
+            .collect();
+        match json {
+            Ok(docs) => docs,
+            Err(e) => serde_saphyr::from_multiple::<Value>(text).map_err(|_| e)?,
         }
-        out
     } else {
         serde_saphyr::from_multiple::<Value>(text).map_err(|e| format!("invalid YAML: {e}"))?
     };
@@ -35,6 +39,18 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_documents_between_yaml_separators() {
+        let docs = parse_manifests(
+            "{\"kind\": \"Pod\", \"apiVersion\": \"v1\"}\n---\n{\"kind\": \"Service\", \"apiVersion\": \"v1\"}\n",
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1]["kind"], "Service");
+        // Broken JSON is reported as JSON.
+        assert!(parse_manifests("{\"kind\": ").unwrap_err().contains("invalid JSON"));
+    }
 
     #[test]
     fn multi_document_yaml() {
