@@ -146,9 +146,11 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
         "NetworkPolicy" => {
             let mut o: NetworkPolicy = decode(kind, v)?;
             if let Some(s) = o.spec.as_mut() {
-                if s.policy_types.is_none() {
+                // As kube-apiserver defaults it: an empty list too; Egress only when there is an
+                // egress rule (`egress: []` isolates nothing).
+                if s.policy_types.as_ref().is_none_or(|t| t.is_empty()) {
                     let mut t = vec!["Ingress".to_string()];
-                    if s.egress.is_some() {
+                    if s.egress.as_ref().is_some_and(|e| !e.is_empty()) {
                         t.push("Egress".into());
                     }
                     s.policy_types = Some(t);
@@ -288,6 +290,22 @@ mod tests {
             Err(ObjectError::Invalid { causes, .. }) => causes.iter().map(|c| c.field.clone()).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn policy_types_default_as_kube_apiserver_defaults_them() {
+        let k = by_gvk("networking.k8s.io/v1", "NetworkPolicy").unwrap();
+        let types = |spec: Value| {
+            let v = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "p", "namespace": "default"}, "spec": spec});
+            admit(k, &v).unwrap()["spec"]["policyTypes"].clone()
+        };
+        let any = json!([{}]);
+        assert_eq!(types(json!({"podSelector": {}})), json!(["Ingress"]));
+        assert_eq!(types(json!({"podSelector": {}, "egress": []})), json!(["Ingress"]), "an empty egress list");
+        assert_eq!(types(json!({"podSelector": {}, "egress": any})), json!(["Ingress", "Egress"]));
+        assert_eq!(types(json!({"podSelector": {}, "policyTypes": [], "egress": any})), json!(["Ingress", "Egress"]));
+        assert_eq!(types(json!({"podSelector": {}, "policyTypes": ["Egress"]})), json!(["Egress"]));
     }
 
     #[test]
