@@ -309,6 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_peer_names_one_thing_and_an_ip_block_stands_alone() {
+        let k = by_gvk("networking.k8s.io/v1", "NetworkPolicy").unwrap();
+        let np = |from: Value| {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "p", "namespace": "default"}, "spec": {"podSelector": {}, "ingress": [{"from": from}]}})
+        };
+        let ok = json!([{"podSelector": {}, "namespaceSelector": {}}, {"ipBlock": {"cidr": "10.0.0.0/8"}}]);
+        assert!(admit(k, &np(ok)).is_ok());
+        let bad = json!([{}, {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]);
+        assert_eq!(causes(admit(k, &np(bad))), ["spec.ingress[0].from[0]", "spec.ingress[0].from[1]"]);
+    }
+
+    #[test]
     fn special_addresses_are_no_endpoints_and_no_external_ips() {
         let k = by_gvk("v1", "Service").unwrap();
         let ips = ["127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "::1", "fe80::1"];

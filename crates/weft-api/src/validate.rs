@@ -716,6 +716,18 @@ fn ip_block(b: &k8s_openapi::api::networking::v1::IPBlock, f: &str, errs: &mut E
 fn np_peers(peers: Option<&Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>, f: &str, errs: &mut Errors) {
     for (j, p) in peers.into_iter().flatten().enumerate() {
         let pf = format!("{f}[{j}]");
+        // As kube-apiserver: a peer names something, and an ipBlock stands alone.
+        let named = [p.pod_selector.is_some(), p.namespace_selector.is_some(), p.ip_block.is_some()];
+        match named.iter().filter(|n| **n).count() {
+            0 => errs.push(FieldError::required(
+                pf.clone(),
+                "must specify a peer: podSelector, namespaceSelector (or both), or ipBlock",
+            )),
+            n if n > 1 && p.ip_block.is_some() => {
+                errs.push(FieldError::forbidden(pf.clone(), "may not specify both ipBlock and another peer"))
+            }
+            _ => {}
+        }
         if let Some(s) = &p.pod_selector {
             check_selector(&format!("{pf}.podSelector"), s, errs);
         }
