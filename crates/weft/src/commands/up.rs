@@ -73,11 +73,12 @@ pub async fn run(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
 }
 
 /// Checks that the machine has what a lab needs (root, and a kernel with the nf_tables features
-/// the service proxy uses: no command-line tool is needed), so `weft up` fails at once, naming
+/// the service proxy and the NetworkPolicy engine use: no command-line tool is needed), so `weft up` fails at once, naming
 /// what is missing, instead of reporting a lab up whose Services cannot work.
 fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("weft up needs root: a lab makes network namespaces (run it with sudo)");
     }
-    weft_proxy::apply::preflight().context("this machine cannot run a lab")
+    weft_proxy::apply::preflight().context("this machine cannot run a lab")?;
+    weft_policy::apply::preflight().context("this machine cannot run a lab")
 }
