@@ -3,31 +3,11 @@
 //! built as it would have written it.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use weft_netlink::nft::*;
 
-struct Ns(String);
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let ns = Ns(format!("weft-nl-{tag}-{}", std::process::id()));
-        assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
-        ns
-    }
-    fn path(&self) -> std::path::PathBuf {
-        format!("/run/netns/{}", self.0).into()
-    }
-    fn nft(&self, args: &[&str]) -> String {
-        let o = Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+mod common;
+use common::Ns;
 
 const T: &str = "weft-codec";
 const F: Family = Family::Ip;

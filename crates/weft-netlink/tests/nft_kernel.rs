@@ -3,41 +3,27 @@
 //! and keeps errno, and real packets meet the rules.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use weft_netlink::nft::*;
 
-struct Ns(String);
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let ns = Ns(format!("weft-nl-{tag}-{}", std::process::id()));
-        assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-            &["addr", "add", "10.96.0.254/24", "dev", "d0"],
-            &["link", "set", "d0", "up"],
-            &["link", "set", "d1", "up"],
-        ] {
-            assert!(Command::new("ip").args(["-n", &ns.0]).args(args).status().unwrap().success(), "{args:?}");
-        }
-        ns
+mod common;
+use common::Ns;
+
+/// A namespace with loopback up and a veth pair, `d0` holding 10.96.0.254/24.
+fn veth_ns(tag: &str) -> Ns {
+    let ns = Ns::new(tag);
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+        &["addr", "add", "10.96.0.254/24", "dev", "d0"],
+        &["link", "set", "d0", "up"],
+        &["link", "set", "d1", "up"],
+    ] {
+        ns.ip(args);
     }
-    fn path(&self) -> PathBuf {
-        format!("/run/netns/{}", self.0).into()
-    }
-    fn nft(&self, args: &[&str]) -> String {
-        let o = Command::new("ip").args(["netns", "exec", &self.0, "nft"]).args(args).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    ns
 }
 
 const T: &str = "weft-codec";
@@ -191,7 +177,7 @@ fn vip_key(ip: [u8; 4], port: u16) -> Key {
 
 #[test]
 fn a_table_built_through_netlink_is_what_nft_lists_and_packets_meet_it() {
-    let ns = Ns::new("codec");
+    let ns = veth_ns("codec");
     let mut b = Batch::new();
     table(&mut b);
     let listener_port = 7001;
@@ -303,7 +289,7 @@ fn a_table_built_through_netlink_is_what_nft_lists_and_packets_meet_it() {
 
 #[test]
 fn a_refused_batch_changes_nothing_and_names_the_operation() {
-    let ns = Ns::new("refuse");
+    let ns = veth_ns("refuse");
     let mut b = Batch::new();
     table(&mut b);
     b.commit_in(Some(&ns.path())).unwrap();
