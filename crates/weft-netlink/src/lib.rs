@@ -2,7 +2,8 @@
 //! closure or a command in one, enter a pod, start a pod's init in a PID namespace, sysctl),
 //! rtnetlink ([`Netlink`]: links including veth, bridge and vxlan, addresses, routes, neighbours
 //! and FDB entries), nf_tables ([`nft`]: tables, chains, rules, sets, maps and elements in one
-//! batch, written by hand: the crates that speak it are GPL) and ctnetlink ([`conntrack`]), in the
+//! batch, written by hand: the crates that speak it are GPL), ctnetlink ([`conntrack`]) and
+//! nfnetlink_log ([`nflog`]: the packets a `log group` rule copies), in the
 //! caller's network namespace or in another (a pod's, a lab node's). Every other crate goes
 //! through it: nothing else calls `setns` or builds netlink messages, and weft needs no `nft` or
 //! `ip` command.
@@ -15,6 +16,7 @@ pub mod conntrack;
 pub mod error;
 pub mod link;
 pub mod neigh;
+pub mod nflog;
 pub mod nft;
 pub mod ns;
 pub mod route;

@@ -20,7 +20,7 @@ mod batch;
 mod expr;
 mod objects;
 mod query;
-mod socket;
+pub(crate) mod socket;
 pub mod wire;
 
 pub use batch::Batch;

@@ -86,6 +86,37 @@ impl Socket {
         }
     }
 
+    /// Sets how long a waiting receive blocks ([`Socket::recv_within`]; 10 s when opened).
+    pub fn set_recv_timeout(&self, t: Duration) {
+        let timeout = nix::libc::timeval {
+            tv_sec: t.as_secs().min(i32::MAX as u64) as nix::libc::time_t,
+            tv_usec: t.subsec_micros() as nix::libc::suseconds_t,
+        };
+        // SAFETY: a timeval option on a socket this process owns.
+        unsafe {
+            nix::libc::setsockopt(
+                self.0.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_RCVTIMEO,
+                &timeout as *const _ as *const nix::libc::c_void,
+                std::mem::size_of::<nix::libc::timeval>() as u32,
+            );
+        }
+    }
+
+    /// Receives one datagram, waiting up to the receive timeout: `None` when nothing came (for
+    /// a subscriber, where silence is normal).
+    pub fn recv_within(&self) -> Result<Option<Vec<u8>>> {
+        let mut buf = Vec::with_capacity(1 << 16);
+        match self.0.recv(&mut buf, 0) {
+            Ok(_) => Ok(Some(buf)),
+            Err(e) if matches!(e.raw_os_error(), Some(n) if n == Errno::EAGAIN as i32 || n == Errno::EINTR as i32) => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::io("reading from nfnetlink", e)),
+        }
+    }
+
     /// Sends a request and calls `each` with every message of the answer until its
     /// acknowledgement (or the end of a dump); an error answer becomes an `Error` with its errno.
     pub fn request(&self, req: &[u8], what: &str, mut each: impl FnMut(&Msg)) -> Result<()> {
