@@ -3,13 +3,16 @@
 //! node's desired state (pure, incremental), [`apply`] sends the difference in one atomic
 //! nf_tables transaction, [`rules`] is the table in nf_tables terms, and [`run`] watches the
 //! API and keeps a set of nodes in step (in the lab every node's namespace; in `weft agent`
-//! this node).
+//! this node). [`denials`] reads what the rules log and makes it visible: counters (Prometheus
+//! text) and `PolicyDenied` Events aggregated as Kubernetes aggregates them.
 //!
 //! Behaviour worth knowing:
 //! - A pod is isolated in a direction when some policy selecting it has that type; then what
 //!   the union of those policies' rules allows passes, and the rest is dropped (and logged,
 //!   rate-limited, to NFLOG group [`rules::LOG_GROUP`] with the policy-set chain's name as the
-//!   prefix; [`compile::Desired::chain_policies`] names the policies behind it).
+//!   prefix; [`compile::Desired::chain_policies`] names the policies behind it, and
+//!   [`denials::run`], given the same [`Published`] handle as [`run_published`], turns each
+//!   logged packet into a denial naming them).
 //! - Replies of allowed connections pass (conntrack). Packets in a connection's original
 //!   direction are judged on every packet, not only the first: a policy change that denies an
 //!   open connection cuts it at its next packet, and one that still allows it keeps it (the
@@ -26,11 +29,13 @@
 
 pub mod apply;
 pub mod compile;
+pub mod denials;
 pub mod eval;
 pub mod model;
 pub mod rules;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -124,22 +129,45 @@ impl weft_watch::Fold<Namespace> for State {
     }
 }
 
-/// What each node has in force, for readers in the same process (the denial records: which
-/// policies a logged chain stands for; `describe`). Updated after every pass.
+/// What each node has in force, and which pod has each address, for readers in the same
+/// process (the denial records: which policies a logged chain stands for, which pods sent and
+/// were sent a denied packet). Updated after every pass.
 #[derive(Clone, Default)]
-pub struct Published(Arc<RwLock<BTreeMap<String, Arc<Desired>>>>);
+pub struct Published {
+    nodes: Arc<RwLock<BTreeMap<String, Arc<Desired>>>>,
+    pods: Arc<RwLock<BTreeMap<Ipv4Addr, Key>>>,
+}
 
 impl Published {
     /// The state last applied on `node`.
     pub fn node(&self, node: &str) -> Option<Arc<Desired>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).get(node).cloned()
     }
     /// The policies behind a policy-set chain on `node` (what an NFLOG prefix names).
     pub fn chain_policies(&self, node: &str, chain: &str) -> Option<Vec<Key>> {
         self.node(node)?.chain_policies(chain)
     }
+    /// The pod (namespace, name) that has `ip`, among the pods policies apply to.
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<Key> {
+        self.pods.read().unwrap_or_else(|e| e.into_inner()).get(&ip).cloned()
+    }
     fn set(&self, node: &str, d: Arc<Desired>) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), d);
+        self.nodes.write().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), d);
+    }
+    /// Follows the world's pods: the addresses that changed, or all of them after a relist.
+    fn pods_changed(&self, world: &World, changes: &model::Changes) {
+        let first = |keys: &std::collections::BTreeSet<Key>| keys.iter().next().cloned();
+        let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
+        if changes.all {
+            *pods = world.by_ip.iter().filter_map(|(ip, keys)| Some((*ip, first(keys)?))).collect();
+            return;
+        }
+        for ip in &changes.ips {
+            match world.by_ip.get(ip).and_then(first) {
+                Some(k) => pods.insert(*ip, k),
+                None => pods.remove(ip),
+            };
+        }
     }
 }
 
@@ -234,6 +262,7 @@ pub async fn run_published(client: kube::Client, nodes: Vec<(String, Option<Path
                     return Ok(());
                 }
                 let changes = s.world.take_changes();
+                published.pods_changed(&s.world, &changes);
                 for e in engines.iter_mut() {
                     let info = NodeInfo { name: e.name.clone(), pod_cidrs: pod_cidrs(&node_store, &e.name) };
                     let same = changes.is_empty() && e.compiled.as_ref().is_some_and(|c| c.pod_cidrs == info.pod_cidrs);
