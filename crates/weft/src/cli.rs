@@ -26,8 +26,11 @@ pub enum Cmd {
     Delete(DeleteArgs),
     /// List or show objects, with kubectl's columns.
     Get(GetArgs),
-    /// Show an object in detail.
+    /// Show an object in detail (a NetworkPolicy with the pods it selects and its peers match).
     Describe(DescribeArgs),
+    /// NetworkPolicy: `weft policy denials` lists the connections policies denied.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Print the lab's kubeconfig (for kubectl: `weft kubeconfig > k; kubectl --kubeconfig k ...`).
     Kubeconfig,
     /// Show the lab and the health of its components.
@@ -123,6 +126,26 @@ pub struct DescribeArgs {
     pub namespace: Option<String>,
 }
 
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// The connections NetworkPolicies denied recently (from the PolicyDenied Events): source,
+    /// destination, protocol and port, how often, and the policies that selected the pod.
+    Denials(DenialsArgs),
+}
+
+#[derive(Args)]
+pub struct DenialsArgs {
+    /// Denials involving pods of this namespace (default: "default").
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Denials in every namespace.
+    #[arg(short = 'A', long = "all-namespaces")]
+    pub all_namespaces: bool,
+    /// Only denials seen within this long (e.g. 30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
 #[derive(Args)]
 pub struct ExecArgs {
     #[arg(value_name = "POD")]
@@ -159,6 +182,10 @@ pub struct AgentArgs {
     /// The cluster's pod network: ClusterIP traffic from outside it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: String,
+    /// Where to serve /metrics (Prometheus text: NetworkPolicy denials), as kube-proxy's
+    /// --metrics-bind-address; an empty value turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
 }
 
 #[derive(Args)]

@@ -53,5 +53,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Delete(a) => commands::delete::run(name, a).await,
         Cmd::Get(a) => commands::get::run(name, a).await,
         Cmd::Describe(a) => commands::describe::run(name, a).await,
+        Cmd::Policy(cli::PolicyCmd::Denials(a)) => commands::policy::denials(name, a).await,
     }
 }

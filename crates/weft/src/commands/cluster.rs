@@ -28,11 +28,24 @@ pub async fn agent(a: AgentArgs) -> Result<ExitCode> {
     init_logging();
     let cidr: ipnet::Ipv4Net =
         a.cluster_cidr.parse().with_context(|| format!("--cluster-cidr {:?} is not an IPv4 CIDR", a.cluster_cidr))?;
+    let metrics: Option<std::net::SocketAddr> = match a.metrics_bind_address.trim() {
+        "" => None,
+        m => Some(m.parse().with_context(|| format!("--metrics-bind-address {m:?} is not an address:port"))?),
+    };
     let client = weft_watch::client(a.kubeconfig).await?;
     let node = a.node;
     tracing::info!(%node, "weft agent: service proxy and NetworkPolicy enforcement starting");
-    // NetworkPolicy for this node's pods, whatever CNI made them, in this namespace's forward hook.
-    tokio::spawn(weft_policy::run(client.clone(), vec![(node.clone(), None)]));
+    // NetworkPolicy for this node's pods, whatever CNI made them, in this namespace's forward hook;
+    // its denials (the rules' NFLOG group) counted on /metrics and recorded as Events.
+    let published = weft_policy::Published::default();
+    let denials = weft_policy::denials::Denials::default();
+    if let Some(addr) = metrics {
+        let bound = super::metrics::serve(addr, denials.clone()).await?;
+        tracing::info!(%bound, "serving /metrics");
+    }
+    let policed = vec![(node.clone(), None)];
+    tokio::spawn(weft_policy::run_published(client.clone(), policed.clone(), published.clone()));
+    tokio::spawn(weft_policy::denials::run(client.clone(), policed, published, denials));
     weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)]).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,11 @@
-//! `weft describe`: an object in detail (a Service with its endpoints).
+//! `weft describe`: an object in detail (a Service with its endpoints, a NetworkPolicy with the
+//! pods it selects and its rules' peers match).
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use weft_api::kinds;
 
 use super::url_escape;
@@ -35,6 +38,13 @@ pub async fn run(name: Option<String>, a: DescribeArgs) -> Result<ExitCode> {
             .and_then(|l| l.get("items").and_then(|i| i.as_array()).cloned())
             .unwrap_or_default();
         print!("{}", output::describe_service(&v, &slices));
+    } else if k.kind == "NetworkPolicy" {
+        // What it selects now: evaluated here against the cluster's pods and namespaces.
+        let np: NetworkPolicy = serde_json::from_value(v).context("reading the NetworkPolicy")?;
+        let pods = kube::Api::<Pod>::all(c.clone()).list(&Default::default()).await.context("listing pods")?;
+        let nss =
+            kube::Api::<Namespace>::all(c.clone()).list(&Default::default()).await.context("listing namespaces")?;
+        print!("{}", output::describe_network_policy(&np, &pods.items, &nss.items));
     } else {
         print!("{}", output::describe_generic(&v));
     }

@@ -12,6 +12,8 @@ pub mod internal;
 pub mod kubeconfig;
 pub mod logs;
 mod manifests;
+pub mod metrics;
+pub mod policy;
 pub mod status;
 pub mod up;
 

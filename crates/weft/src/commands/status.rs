@@ -1,4 +1,5 @@
-//! `weft status`: the lab, its daemon, and the health of the API server and each node's proxy.
+//! `weft status`: the lab, its daemon, the health of the API server and each node's proxy, and
+//! the packets NetworkPolicy denied on each node.
 
 use std::process::ExitCode;
 
@@ -41,6 +42,23 @@ pub async fn run(name: Option<String>) -> Result<ExitCode> {
                 };
                 println!("proxy:      {} {}", n.metadata.name.unwrap_or_default(), text);
             }
+        }
+        // NetworkPolicy denials per node, from the daemon's own counters (its /metrics).
+        match super::metrics::scrape(&lab.dir).await {
+            Ok(text) => {
+                let totals = weft_policy::denials::parse_totals(&text);
+                let mut nodes: Vec<&String> = totals.keys().map(|(n, _)| n).collect();
+                nodes.dedup();
+                if nodes.is_empty() {
+                    println!("policy:     no denied packets");
+                }
+                for n in nodes {
+                    let get = |d: &str| totals.get(&(n.clone(), d.to_string())).copied().unwrap_or(0);
+                    let (i, e) = (get("ingress"), get("egress"));
+                    println!("policy:     {n} denied {} packets (ingress {i}, egress {e})", i + e);
+                }
+            }
+            Err(e) => println!("policy:     denials unknown: {e:#}"),
         }
     }
     Ok(if running { ExitCode::SUCCESS } else { ExitCode::FAILURE })

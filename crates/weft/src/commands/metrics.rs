@@ -1,0 +1,78 @@
+//! The metrics listener of `weft agent` (like kube-proxy's, on 127.0.0.1:10249 by default) and
+//! of the lab daemon (a free loopback port, written to the lab's state directory for `weft
+//! status`): `/metrics` in Prometheus' text format (the NetworkPolicy denial counters) and
+//! `/healthz`. Served with hyper as weft-dns serves its own.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The file in a lab's state directory holding the daemon's metrics address.
+pub const ADDR_FILE: &str = "metrics.addr";
+
+fn respond(denials: &weft_policy::denials::Denials, path: &str) -> (u16, String) {
+    match path {
+        "/metrics" => (200, denials.render()),
+        "/healthz" => (200, "ok\n".into()),
+        _ => (404, "not found\n".into()),
+    }
+}
+
+/// Binds `addr` and serves the counters until the process ends; returns the bound address.
+pub async fn serve(addr: SocketAddr, denials: weft_policy::denials::Denials) -> Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener on {addr}"))?;
+    let bound = l.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let denials = denials.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (code, body) = respond(&denials, req.uri().path());
+                    async move {
+                        hyper::Response::builder()
+                            .status(code)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(s);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
+                )
+                .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Fetches `/metrics` from a lab daemon whose state directory is `dir` (bounded in time).
+pub async fn scrape(dir: &Path) -> Result<String> {
+    let addr = std::fs::read_to_string(dir.join(ADDR_FILE)).context("the daemon wrote no metrics address")?;
+    let addr: SocketAddr = addr.trim().parse().context("the metrics address is not an address")?;
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: weft\r\n\r\n").await?;
+        let mut out = Vec::new();
+        s.take(16 << 20).read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .context("the metrics listener did not answer within 5 s")?
+        .with_context(|| format!("reading {addr}/metrics"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("a malformed HTTP answer")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "metrics answered {head:?}");
+    Ok(body.to_string())
+}
