@@ -23,7 +23,9 @@
 //! group unseen for [`WINDOW`] is forgotten (a later denial starts a new Event, as the
 //! recorder's cache would), the queue between the readers and the writer holds at most
 //! [`QUEUE`] packets (more are counted as lost), and the per-policy counters at most
-//! [`KEEP`] series.
+//! [`KEEP`] series. So are the Events: a pod gets at most [`CREATE_BURST`] new ones at once,
+//! then one per [`CREATE_EVERY`] (client-go's spam filter bounds events per object the same
+//! way), so a port scan does not fill the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -55,6 +57,11 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(10);
 pub const KEEP: usize = 1024;
 /// A group unseen this long is forgotten (client-go aggregates similar events over 10 minutes).
 pub const WINDOW: Duration = Duration::from_secs(600);
+/// New Events one pod may get at once, then one per [`CREATE_EVERY`] (as client-go's spam
+/// filter bounds the events per object): a port scan makes a few dozen Events, not thousands.
+/// Denials past it are still counted, and their Event is made when the pod has a token again.
+pub const CREATE_BURST: u32 = 25;
+pub const CREATE_EVERY: Duration = Duration::from_secs(60);
 /// Packets waiting between the readers and the writer.
 pub const QUEUE: usize = 4096;
 
@@ -307,12 +314,31 @@ fn event_name(pod: &str, key: &DenialKey, at: SystemTime) -> String {
     format!("{pod}.{:x}", nanos ^ (h & 0xffff))
 }
 
+/// A pod's tokens `tokens` as of `at`, refilled up to `now`.
+fn refill(tokens: f64, at: SystemTime, now: SystemTime) -> f64 {
+    (tokens + since(now, at).as_secs_f64() / CREATE_EVERY.as_secs_f64()).min(CREATE_BURST as f64)
+}
+
+/// Takes one of `pod`'s Event tokens, if it has one.
+fn take_token(tokens: &mut HashMap<Key, (f64, SystemTime)>, pod: &Key, now: SystemTime) -> bool {
+    let (t, at) = tokens.get(pod).copied().unwrap_or((CREATE_BURST as f64, now));
+    let t = refill(t, at, now);
+    if t < 1.0 {
+        tokens.insert(pod.clone(), (t, now));
+        return false;
+    }
+    tokens.insert(pod.clone(), (t - 1.0, now));
+    true
+}
+
 /// Denials grouped for Events, bounded ([`KEEP`] groups, [`WINDOW`]), with the write schedule.
 pub struct Aggregator {
     groups: HashMap<DenialKey, Aggregate>,
     keep: usize,
     window: Duration,
     every: Duration,
+    /// Per involved pod: the Events it may still get now, as of when.
+    tokens: HashMap<Key, (f64, SystemTime)>,
 }
 
 impl Default for Aggregator {
@@ -323,7 +349,7 @@ impl Default for Aggregator {
 
 impl Aggregator {
     pub fn new(keep: usize, window: Duration, every: Duration) -> Aggregator {
-        Aggregator { groups: HashMap::new(), keep: keep.max(1), window, every }
+        Aggregator { groups: HashMap::new(), keep: keep.max(1), window, every, tokens: HashMap::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -397,21 +423,32 @@ impl Aggregator {
     pub fn due(&mut self, now: SystemTime) -> Vec<Write> {
         self.expire(now);
         let every = self.every;
+        // The oldest groups first, so they get a pod's tokens first.
+        let mut keys: Vec<(SystemTime, DenialKey)> = self
+            .groups
+            .values()
+            .filter(|a| a.written < a.count && a.tried.is_none_or(|t| since(now, t) >= every))
+            .filter(|a| a.involved().is_some())
+            .map(|a| (a.first, a.key.clone()))
+            .collect();
+        keys.sort();
         let mut out = vec![];
-        for a in self.groups.values_mut() {
-            if a.written >= a.count || a.tried.is_some_and(|t| since(now, t) < every) {
-                continue;
-            }
-            let Some((_, pod)) = a.involved() else { continue };
+        for (_, key) in keys {
+            let Some(a) = self.groups.get_mut(&key) else { continue };
+            let Some(pod) = a.involved().cloned() else { continue };
+            a.tried = Some(now);
             let (name, create) = match &a.event {
                 Some(n) => (n.clone(), false),
-                None => (event_name(pod, &a.key, a.first), true),
+                None => (event_name(&pod.1, &a.key, a.first), true),
             };
+            if create && !take_token(&mut self.tokens, &pod, now) {
+                continue;
+            }
             let Some(event) = a.event(&name) else { continue };
-            a.tried = Some(now);
-            out.push(Write { key: a.key.clone(), create, count: a.count, event });
+            out.push(Write { key, create, count: a.count, event });
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Full buckets need not be kept.
+        self.tokens.retain(|_, (t, at)| refill(*t, *at, now) < CREATE_BURST as f64);
         out
     }
 
@@ -855,6 +892,37 @@ mod tests {
         unknown.key.dst = Ipv4Addr::new(10, 244, 9, 9);
         agg.observe(unknown);
         assert!(agg.due(t(60)).iter().all(|w| w.key.dst != Ipv4Addr::new(10, 244, 9, 9)));
+    }
+
+    #[test]
+    fn a_pod_gets_a_burst_of_new_events_then_one_a_minute() {
+        let chain = ingress_chain();
+        let mut agg = Aggregator::default();
+        // A port scan of x/b: 100 groups.
+        for port in 0..100u16 {
+            let mut d = denial(&chain, 1, t(0));
+            d.key.port = Some(port);
+            agg.observe(d);
+        }
+        let w = agg.due(t(0));
+        assert_eq!(w.len(), CREATE_BURST as usize);
+        assert!(w.iter().all(|w| w.create));
+        for w in &w {
+            agg.written(&w.key, w.name(), w.count);
+        }
+        // Ten seconds on: nothing new for the pod (a token a minute), the scan still counted.
+        assert!(agg.due(t(10)).is_empty());
+        assert_eq!(agg.len(), 100);
+        // A minute after the burst: one more.
+        assert_eq!(agg.due(t(61)).len(), 1);
+        // Updates of Events made are not limited by it.
+        let first = w[0].key.clone();
+        let mut again = denial(&chain, 2, t(62));
+        again.key = first.clone();
+        agg.observe(again);
+        let w = agg.due(t(75));
+        assert_eq!(w.iter().filter(|w| !w.create).count(), 1);
+        assert_eq!(w.iter().find(|w| !w.create).unwrap().key, first);
     }
 
     #[test]
