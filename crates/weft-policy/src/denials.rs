@@ -574,14 +574,14 @@ pub fn parse_totals(text: &str) -> BTreeMap<(String, String), u64> {
     out
 }
 
-type Received = (String, Logged, SystemTime);
-
-/// Starts a thread in `netns` (here when None) reading the log group for `node`. Fails when the
-/// group cannot be bound (another listener has it).
+/// Starts a thread in `netns` (here when None) reading the log group for `node`: it reads and
+/// counts each denial itself (so the counters stay exact however slow the API is) and hands it
+/// to the Event writer. Fails when the group cannot be bound (another listener has it).
 fn start_reader(
     node: String,
     netns: Option<PathBuf>,
-    tx: tokio::sync::mpsc::Sender<Received>,
+    tx: tokio::sync::mpsc::Sender<Denial>,
+    published: Published,
     denials: Denials,
 ) -> anyhow::Result<()> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
@@ -603,7 +603,12 @@ fn start_reader(
                 Ok(packets) => {
                     errors = 0;
                     for p in packets {
-                        if tx.try_send((node.clone(), p, SystemTime::now())).is_err() {
+                        let Some(d) = Denial::read(&node, &p, SystemTime::now(), &published) else {
+                            denials.unreadable();
+                            continue;
+                        };
+                        denials.count(&d);
+                        if tx.try_send(d).is_err() {
                             denials.lost(&node, 1);
                         }
                     }
@@ -624,27 +629,37 @@ fn start_reader(
     Ok(())
 }
 
+/// How long one Event write may take before it is given up (and tried again later).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Writes one Event: creates it (or, when the name is taken, patches it) or patches it.
 async fn write(client: &kube::Client, w: &Write) -> Result<(), kube::Error> {
     use kube::api::{Api, Patch, PatchParams, PostParams};
     let api: Api<Event> = Api::namespaced(client.clone(), w.namespace());
+    let within = |what: &str| kube::Error::Service(format!("{what} took longer than {WRITE_TIMEOUT:?}").into());
     if w.create {
-        match api.create(&PostParams::default(), &w.event).await {
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            other => return other.map(|_| ()),
+        match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &w.event)).await {
+            Err(_) => return Err(within("creating the event")),
+            Ok(Err(kube::Error::Api(s))) if s.code == 409 => {}
+            Ok(other) => return other.map(|_| ()),
         }
     }
-    api.patch(w.name(), &PatchParams::default(), &Patch::Merge(&w.event)).await.map(|_| ())
+    match tokio::time::timeout(WRITE_TIMEOUT, api.patch(w.name(), &PatchParams::default(), &Patch::Merge(&w.event)))
+        .await
+    {
+        Err(_) => Err(within("patching the event")),
+        Ok(r) => r.map(|_| ()),
+    }
 }
 
 /// Reads the denial log of every given node (name, network namespace: None for this process's)
 /// and publishes what it reads: counts in `denials`, Events through `client`. Runs until the
 /// process ends; a node whose log group cannot be bound is reported and left out.
 pub async fn run(client: kube::Client, nodes: Vec<(String, Option<PathBuf>)>, published: Published, denials: Denials) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Received>(QUEUE);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Denial>(QUEUE);
     let mut readers = 0;
     for (node, netns) in nodes {
-        match start_reader(node.clone(), netns, tx.clone(), denials.clone()) {
+        match start_reader(node.clone(), netns, tx.clone(), published.clone(), denials.clone()) {
             Ok(()) => readers += 1,
             Err(e) => tracing::warn!(
                 node,
@@ -664,14 +679,8 @@ pub async fn run(client: kube::Client, nodes: Vec<(String, Option<PathBuf>)>, pu
     loop {
         tokio::select! {
             got = rx.recv() => {
-                let Some((node, logged, at)) = got else { break };
-                match Denial::read(&node, &logged, at, &published) {
-                    Some(d) => {
-                        denials.count(&d);
-                        agg.observe(d);
-                    }
-                    None => denials.unreadable(),
-                }
+                let Some(d) = got else { break };
+                agg.observe(d);
             }
             _ = tick.tick() => {
                 for w in agg.due(SystemTime::now()) {
