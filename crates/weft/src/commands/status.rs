@@ -43,8 +43,11 @@ pub async fn run(name: Option<String>) -> Result<ExitCode> {
                 println!("proxy:      {} {}", n.metadata.name.unwrap_or_default(), text);
             }
         }
-        // NetworkPolicy denials per node, from the daemon's own counters (its /metrics).
+        // NetworkPolicy denials per node, from the daemon's own counters (its /metrics; a lab
+        // without nodes has none).
+        let has_metrics = lab.dir.join(super::metrics::ADDR_FILE).exists();
         match super::metrics::scrape(&lab.dir).await {
+            Err(_) if !has_metrics => {}
             Ok(text) => {
                 let totals = weft_policy::denials::parse_totals(&text);
                 let mut nodes: Vec<&String> = totals.keys().map(|(n, _)| n).collect();
