@@ -244,6 +244,11 @@ fn commit_bytes(bytes: &[u8], ops: &[String]) -> Result<()> {
             }
         }
     }
+    // Closing an nfnetlink socket right after a transaction that deleted something waits for
+    // the kernel to release it (a grace period, 10-20 ms here), though the transaction is
+    // already in force: the socket is closed off the caller's path. (A transaction that follows
+    // within the grace period still waits for it in the kernel.)
+    std::thread::spawn(move || drop(sock));
     match refused {
         Some((seq, code, msg)) => {
             let op = &ops[seq as usize - 1];
