@@ -109,24 +109,6 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The lab is weft_testkit::Lab: brought down on drop (also on error and panic), with whatever
 // `weft down` left stopped by pid and the lab's namespaces removed.
@@ -496,7 +478,7 @@ const SLOTS: [(Kind, usize); 3] = [(Kind::Service, 4), (Kind::Deployment, 2), (K
 
 async fn client_task(idx: usize, seed: u64, client: kube::Client, ctx: Arc<Ctx>) -> Vec<Slot> {
     let apis = Apis::new(&client);
-    let mut rng = Rng(seed ^ (0xC11E_0000 + idx as u64));
+    let mut rng = weft_bench::SplitMix(seed ^ (0xC11E_0000 + idx as u64));
     let mut slots: Vec<Slot> = vec![];
     for (kind, n) in SLOTS {
         for i in 0..n {
@@ -523,7 +505,7 @@ async fn client_task(idx: usize, seed: u64, client: kube::Client, ctx: Arc<Ctx>)
         };
         generation += 1;
         let kind = s.kind;
-        let field = |rng: &mut Rng| match kind {
+        let field = |rng: &mut weft_bench::SplitMix| match kind {
             Kind::Service => 1000 + rng.below(8000) as i64,
             Kind::Deployment => rng.below(3) as i64,
             Kind::Pod => 0,
@@ -649,7 +631,7 @@ struct Restarts {
 }
 
 async fn killer(lab: Arc<Lab>, seed: u64, a: (f64, f64), ctx: Arc<Ctx>) -> Restarts {
-    let mut rng = Rng(seed ^ 0xDEAD_BEEF);
+    let mut rng = weft_bench::SplitMix(seed ^ 0xDEAD_BEEF);
     let mut r =
         Restarts { survived: 0, failed: vec![], daemon_pids: vec![], down_time: Duration::ZERO, up_times: vec![] };
     if let Some(p) = lab.try_daemon_pid() {

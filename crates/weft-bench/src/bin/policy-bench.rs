@@ -103,22 +103,6 @@ const CONNECT_BUDGET: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // The world.
 
-/// splitmix64: the same world on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn node_name(k: usize) -> String {
     format!("node-{k}")
 }
@@ -165,7 +149,8 @@ fn cluster(policies: usize, pods: usize) -> Result<Cluster> {
             labels(&[("kubernetes.io/metadata.name", &name), ("team", &team), ("env", ENVS[n % ENVS.len()])]),
         );
     }
-    let mut rng = Rng(13);
+    // A fixed seed: the same world on every run.
+    let mut rng = weft_bench::SplitMix(13);
     let (mut server, mut client) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
     for i in 0..pods {
         let (node, j) = (i % nodes, i / nodes);
@@ -181,8 +166,8 @@ fn cluster(policies: usize, pods: usize) -> Result<Cluster> {
                 (0, labels(&[("app", "bench-client")]), vec![])
             }
             _ => {
-                let ns = rng.below(namespaces);
-                let app = rng.below(APPS);
+                let ns = rng.index(namespaces);
+                let app = rng.index(APPS);
                 let tier = TIERS[app % TIERS.len()];
                 let mut ports = vec![http(app), ("metrics".to_string(), Protocol::Tcp, 9090)];
                 if tier == "backend" {
@@ -210,12 +195,12 @@ fn cluster(policies: usize, pods: usize) -> Result<Cluster> {
 }
 
 /// Policy i of the world, in namespace `ns` (policy 0 is the one the latency is measured through).
-fn policy_object(i: usize, ns: usize, namespaces: usize, rng: &mut Rng) -> Result<NetworkPolicy> {
+fn policy_object(i: usize, ns: usize, namespaces: usize, rng: &mut weft_bench::SplitMix) -> Result<NetworkPolicy> {
     let app = format!("app-{}", (i / namespaces) % APPS);
     let sel = json!({"matchLabels": {"app": app}});
-    let team = format!("t{}", rng.below(TEAMS));
+    let team = format!("t{}", rng.index(TEAMS));
     let tier = |t: &str| json!({"matchLabels": {"tier": t}});
-    let kind = if i == 0 { usize::MAX } else { rng.below(10) };
+    let kind = if i == 0 { usize::MAX } else { rng.index(10) };
     let (name, spec) = match kind {
         usize::MAX => (
             "bench-allow-client".to_string(),
@@ -280,7 +265,7 @@ fn policy_object(i: usize, ns: usize, namespaces: usize, rng: &mut Rng) -> Resul
         _ => (
             format!("mixed-{i}"),
             json!({"podSelector": sel, "policyTypes": ["Ingress"],
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("app-{}", rng.below(APPS))}}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("app-{}", rng.index(APPS))}}},
                                       {"namespaceSelector": {"matchLabels": {"team": team}}, "podSelector": tier("frontend")},
                                       {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}],
                     "ports": [{"port": 8000, "endPort": 8100}, {"protocol": "UDP", "port": 53}, {"port": "metrics"}]}]}),
