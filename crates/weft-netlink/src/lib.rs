@@ -49,12 +49,18 @@ impl Netlink {
     pub fn in_netns(netns: &File) -> Result<Netlink> {
         let rt =
             tokio::runtime::Handle::try_current().map_err(|e| Error::other(format!("netlink needs a runtime: {e}")))?;
-        let (conn, handle, _) = ns::run_in_file(netns, move || {
-            // The socket registers with the caller's runtime from the namespace's thread.
-            let _inside = rt.enter();
-            rtnetlink::new_connection()
-        })?
-        .map_err(|e| Error::io("opening netlink in a namespace", e))?;
+        let made = if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            // The caller's own thread: in and back out, no thread to start (the CNI plugin,
+            // exec'd per pod, does this on every ADD and DEL).
+            ns::while_in(netns, rtnetlink::new_connection)?
+        } else {
+            ns::run_in_file(netns, move || {
+                // The socket registers with the caller's runtime from the namespace's thread.
+                let _inside = rt.enter();
+                rtnetlink::new_connection()
+            })?
+        };
+        let (conn, handle, _) = made.map_err(|e| Error::io("opening netlink in a namespace", e))?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }

@@ -148,10 +148,12 @@ pub fn pids_in(netns: &Path) -> Vec<i32> {
 /// that is then deleted, it would pin that namespace (and its links) for the process's life.
 fn settle_process_globals() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    // On a thread of its own (it starts in this thread's namespace): a runtime may not be
-    // dropped inside another runtime, and the caller may be in one.
     ONCE.call_once(|| {
-        let _ = std::thread::spawn(|| drop(tokio::runtime::Builder::new_current_thread().enable_io().build())).join();
+        // Inside a runtime they exist already (made with it); a runtime may not be dropped
+        // inside another one anyway. Otherwise make them here, on this thread.
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(tokio::runtime::Builder::new_current_thread().enable_io().build());
+        }
     });
 }
 
@@ -162,19 +164,35 @@ pub fn enter(netns: &File) -> Result<()> {
     setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno("entering a network namespace", e))
 }
 
-/// Runs `f` on a fresh thread inside the network namespace `netns` (here when `None`).
+/// Runs `f` on a fresh thread inside the network namespace `netns` (on this thread when `None`).
 pub fn run_in<T: Send + 'static>(netns: Option<&Path>, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    // Here: no thread needed (the CNI plugin, exec'd per pod, asks this several times per ADD).
+    let Some(netns) = netns else { return Ok(f()) };
     settle_process_globals();
-    let file = netns.map(open).transpose()?;
-    let what = netns.map(|p| p.display().to_string()).unwrap_or_default();
+    let file = open(netns)?;
+    let what = netns.display().to_string();
     std::thread::spawn(move || -> Result<T> {
-        if let Some(file) = file {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno(format!("entering {what}"), e))?;
-        }
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno(format!("entering {what}"), e))?;
         Ok(f())
     })
     .join()
     .map_err(|_| Error::other("a thread working in a network namespace panicked"))?
+}
+
+/// Runs `f` on this thread inside the network namespace open as `netns`, then returns to the
+/// thread's own: no thread to start. Only for a thread that is the caller's own (a plain thread,
+/// or the one a current-thread runtime runs on), never a multi-thread runtime's worker, whose
+/// other tasks must not run in the wrong namespace. If the way back fails, the process aborts
+/// rather than go on in the wrong namespace.
+pub fn while_in<T>(netns: &File, f: impl FnOnce() -> T) -> Result<T> {
+    let home = open(Path::new("/proc/thread-self/ns/net"))?;
+    setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::errno("entering a network namespace", e))?;
+    let out = f();
+    if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
+        eprintln!("weft: cannot return to this thread's network namespace ({e}); stopping");
+        std::process::abort();
+    }
+    Ok(out)
 }
 
 /// Runs `f` on a fresh thread inside the network namespace open as `netns`.
