@@ -2,7 +2,8 @@
 //! containernetworking-plugins), in the same run. For each plugin and for ipMasq off and on:
 //! 100 pods ADDed one after another, then DELeted, each call timed; prints p50/p95 and the ratio.
 //! Both run exactly the same way: exec'd with the CNI environment, inside a node namespace the
-//! benchmark makes (setns before exec, no `ip netns exec` wrapper).
+//! benchmark makes (entered between fork and exec through weft-netlink, no `ip netns exec`
+//! wrapper).
 //!
 //! Usage: cni-bench [PODS] [ROUNDS]   (defaults 100 and 3; needs root)
 
