@@ -167,12 +167,25 @@ fn respond(m: &Metrics, path: &str) -> (u16, String) {
 
 /// Serves /health, /ready and /metrics (every path on every port given, as they are cheap).
 pub async fn serve_http(l: tokio::net::TcpListener, m: Arc<Metrics>) {
+    serve_text(l, move |path| respond(&m, path)).await
+}
+
+/// A small plain-text HTTP server (Prometheus' text format): `answer` maps a path to a status and
+/// a body. A failing accept backs off briefly; a connection lasts at most 30 s. Shared with the
+/// `weft agent` and lab daemon metrics listener.
+pub async fn serve_text<F>(l: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(&str) -> (u16, String) + Clone + Send + Sync + 'static,
+{
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
-        let m = m.clone();
+        let Ok((s, _)) = l.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let answer = answer.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (code, body) = respond(&m, req.uri().path());
+                let (code, body) = answer(req.uri().path());
                 async move {
                     hyper::Response::builder()
                         .status(code)
@@ -181,7 +194,11 @@ pub async fn serve_http(l: tokio::net::TcpListener, m: Arc<Metrics>) {
                 }
             });
             let io = hyper_util::rt::TokioIo::new(s);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
+            )
+            .await;
         });
     }
 }

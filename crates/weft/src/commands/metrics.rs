@@ -1,15 +1,13 @@
 //! The metrics listener of `weft agent` (like kube-proxy's, on 127.0.0.1:10249 by default) and
 //! of the lab daemon (a free loopback port, written to the lab's state directory for `weft
 //! status`): `/metrics` in Prometheus' text format (the NetworkPolicy denial counters) and
-//! `/healthz`. Served with hyper as weft-dns serves its own.
+//! `/healthz`. Served by weft-dns's plain-text HTTP server.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::body::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The file in a lab's state directory holding the daemon's metrics address.
@@ -27,32 +25,7 @@ fn respond(denials: &weft_policy::denials::Denials, path: &str) -> (u16, String)
 pub async fn serve(addr: SocketAddr, denials: weft_policy::denials::Denials) -> Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener on {addr}"))?;
     let bound = l.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let denials = denials.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (code, body) = respond(&denials, req.uri().path());
-                    async move {
-                        hyper::Response::builder()
-                            .status(code)
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(body)))
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(s);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
-                )
-                .await;
-            });
-        }
-    });
+    tokio::spawn(weft_dns::metrics::serve_text(l, move |path| respond(&denials, path)));
     Ok(bound)
 }
 
