@@ -58,6 +58,24 @@ pub fn wait_until(limit: Duration, every: Duration, mut f: impl FnMut() -> bool)
     }
 }
 
+/// The lines under `label:` in `weft describe`'s output: its own line and the continuation lines
+/// indented to the value column (26 spaces).
+pub fn describe_section(text: &str, label: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut inside = false;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix(&format!("{label}:")) {
+            inside = true;
+            out.push(rest.trim().to_string());
+        } else if inside && l.starts_with(&" ".repeat(26)) {
+            out.push(l.trim().to_string());
+        } else if inside {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

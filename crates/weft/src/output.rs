@@ -472,22 +472,7 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": name, "labels": l}})).unwrap()
     }
 
-    /// The lines under `label` (its own and the continuation lines).
-    fn section(text: &str, label: &str) -> Vec<String> {
-        let mut out = vec![];
-        let mut inside = false;
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix(&format!("{label}:")) {
-                inside = true;
-                out.push(rest.trim().to_string());
-            } else if inside && l.starts_with(&" ".repeat(26)) {
-                out.push(l.trim().to_string());
-            } else if inside {
-                break;
-            }
-        }
-        out
-    }
+    use weft_testkit::run::describe_section as section;
 
     #[test]
     fn a_policy_is_described_with_the_pods_it_selects_and_its_peers_match() {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use weft_testkit::Lab;
 use weft_testkit::probe::{self, Answerer, Job, Outcome, Proto};
+use weft_testkit::run::describe_section as section;
 
 const NS: &str = "x";
 /// How long a denial may take to show (the first write of a new group is at once, then at
@@ -107,23 +108,6 @@ fn events_on(lab: &Lab, pod: &str, words: &[&str]) -> Vec<Value> {
         .filter(|e| e["involvedObject"]["name"] == pod)
         .filter(|e| e["message"].as_str().is_some_and(|m| words.iter().all(|w| m.contains(w))))
         .collect()
-}
-
-/// The lines under `label:` in describe's output (its own and the continuation lines).
-fn section(text: &str, label: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut inside = false;
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix(&format!("{label}:")) {
-            inside = true;
-            out.push(rest.trim().to_string());
-        } else if inside && l.starts_with(&" ".repeat(26)) {
-            out.push(l.trim().to_string());
-        } else if inside {
-            break;
-        }
-    }
-    out
 }
 
 #[test]
