@@ -6,6 +6,7 @@ use weft_api::kinds::Kind;
 use weft_api::{objects, table};
 use weft_store::{Key, StoreError};
 
+use super::delete::{being_deleted, check_deletion_fields, deletes_during_update};
 use super::services::drop_type_dependent_fields;
 use super::subresources::{scale_of, scale_replicas};
 use super::write_opts::{check_depth, check_strict};
@@ -15,6 +16,21 @@ use super::{
 use crate::alloc::Reservation;
 use crate::patch::{self, PatchKind};
 use crate::status::ApiError;
+
+/// kube-apiserver's 403 (NamespaceLifecycle admission) for a create in a Terminating namespace.
+fn namespace_terminating(kind: &Kind, name: &str, ns: &str) -> ApiError {
+    let mut e = ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            kind.plural
+        ),
+    );
+    e.details = Some(json!({"name": name, "kind": kind.plural, "causes": [{
+        "reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
+    e
+}
 
 /// Whether a patch body sets `metadata.resourceVersion` (an optimistic-concurrency precondition).
 fn body_names_rv(body: &[u8]) -> bool {
@@ -103,8 +119,12 @@ impl Api {
                 md.insert("generation".into(), json!(1));
             }
         }
-        if kind.namespaced && self.store.get(&Key::new("namespaces", "", &ns)).is_none() {
-            return Err(ApiError::not_found("namespaces", &ns));
+        if kind.namespaced {
+            match self.store.get(&Key::new("namespaces", "", &ns)) {
+                None => return Err(ApiError::not_found("namespaces", &ns)),
+                Some(n) if being_deleted(&n) => return Err(namespace_terminating(kind, &obj_name(&v), &ns)),
+                Some(_) => {}
+            }
         }
         check_depth(&v)?;
         let sent = v;
@@ -247,6 +267,10 @@ impl Api {
                 }
             }
         }
+        // The deletion fields (deletionTimestamp kept, no new finalizers while deleting).
+        if sub != Some("status") {
+            check_deletion_fields(kind, name, current, &mut v)?;
+        }
         // Server-owned metadata comes from the stored object.
         {
             let cur_md = current.get("metadata").cloned().unwrap_or(json!({}));
@@ -283,6 +307,20 @@ impl Api {
         } else {
             Reservation::new(&self.alloc)
         };
+        // The last finalizer of an object being deleted (its grace period over) removes it.
+        if deletes_during_update(kind, current, &v) {
+            drop(reservation);
+            if o.dry_run {
+                return Ok(v);
+            }
+            let gone = self
+                .store
+                .delete(store_key(kind, ns, name), want_rv.or(rv_of(current)))
+                .await
+                .map_err(|e| ApiError::from_store(e, kind.plural, name))?;
+            self.after_removal(kind, &gone, false).await;
+            return Ok(v);
+        }
         if v_has_spec_generation(kind) && current.get("spec") != v.get("spec") {
             let g = current.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
             v["metadata"]["generation"] = json!(g + 1);
