@@ -432,6 +432,7 @@ async fn resource(
         (Method::PUT, true) => api.update(&t, body, o).await.map(|v| (200, v)),
         (Method::PATCH, true) => api.patch(&t, ctype, body, o).await.map(|v| (200, v)),
         (Method::DELETE, true) => api.delete(&t, body, o).await.map(|v| (200, v)),
+        (Method::DELETE, false) => api.delete_collection(&t, q, body, o).await.map(|v| (200, v)),
         (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow {m} on {}", t.kind.plural))),
     };
     match result {

@@ -1,8 +1,10 @@
 //! The REST verbs over the store: get, list, watch, create, update, patch, delete, and the
 //! status, scale and log subresources, with kube-apiserver's semantics for each.
 //!
-//! One room per job: `verbs` (get, create, update, patch), `delete` (the verb and its options),
-//! `gc` (the owner-reference cascade), `list` (selectors and pages), `watch` (streaming),
+//! One room per job: `verbs` (get, create, update, patch), `delete` (the verb, deletecollection,
+//! graceful deletion, finalizers, namespaces through Terminating), `gc` (what a removal sets off:
+//! the owner-reference cascade, foreground and orphan propagation, a namespace's end), `list`
+//! (selectors and pages), `watch` (streaming),
 //! `services` (ClusterIP and node port allocation, held by a reservation until the write
 //! commits), `external_ips` (the externalIPs policy), `subresources` (scale and log) and
 //! `write_opts` (dryRun, fieldValidation, depth).
