@@ -1,7 +1,8 @@
 //! Admission of an object: decode it as its kind, default it as kube-apiserver does, validate it.
 //! Pure: JSON in, JSON (or field errors) out.
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -89,6 +90,29 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
                 }
             }
             validate::replica_set(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "DaemonSet" => {
+            let mut o: DaemonSet = decode(kind, v)?;
+            default_daemon_set(&mut o);
+            validate::daemon_set(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "StatefulSet" => {
+            let mut o: StatefulSet = decode(kind, v)?;
+            default_stateful_set(&mut o);
+            validate::stateful_set(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "ControllerRevision" => {
+            let o: ControllerRevision = decode(kind, v)?;
+            validate::controller_revision(&o, &mut errs);
+            finish(kind, &o, &o.metadata, errs)
+        }
+        "Job" => {
+            let mut o: Job = decode(kind, v)?;
+            default_job(&mut o);
+            validate::job(&o, &mut errs);
             finish(kind, &o, &o.metadata, errs)
         }
         "ReplicationController" => {
@@ -193,6 +217,10 @@ pub fn known_fields(kind: &Kind, v: &Value) -> Option<Value> {
         "ServiceAccount" => rt::<core::ServiceAccount>(v),
         "Deployment" => rt::<Deployment>(v),
         "ReplicaSet" => rt::<ReplicaSet>(v),
+        "DaemonSet" => rt::<DaemonSet>(v),
+        "StatefulSet" => rt::<StatefulSet>(v),
+        "ControllerRevision" => rt::<ControllerRevision>(v),
+        "Job" => rt::<Job>(v),
         "EndpointSlice" => rt::<EndpointSlice>(v),
         "Ingress" => rt::<Ingress>(v),
         "IngressClass" => rt::<k8s_openapi::api::networking::v1::IngressClass>(v),
@@ -254,6 +282,84 @@ fn default_service(o: &mut Service) {
         if ty == "LoadBalancer" {
             o.status.as_mut().unwrap().load_balancer = Some(Default::default());
         }
+    }
+}
+
+/// As kube-apiserver's apps/v1 defaults: RollingUpdate with maxUnavailable 1 and maxSurge 0,
+/// ten revisions kept.
+fn default_daemon_set(o: &mut DaemonSet) {
+    let s = &mut o.spec;
+    let st = s.update_strategy.get_or_insert_with(Default::default);
+    if st.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
+        let ru = st.rolling_update.get_or_insert_with(Default::default);
+        ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+        ru.max_surge.get_or_insert(IntOrString::Int(0));
+    }
+    s.revision_history_limit.get_or_insert(10);
+    if let Some(ps) = s.template.spec.as_mut() {
+        default_pod_spec(ps);
+    }
+}
+
+/// As kube-apiserver's apps/v1 defaults: one replica, OrderedReady, RollingUpdate with
+/// partition 0, ten revisions, PVCs retained (volumeClaimTemplates are accepted and ignored:
+/// the lab has no volumes).
+fn default_stateful_set(o: &mut StatefulSet) {
+    let s = &mut o.spec;
+    s.replicas.get_or_insert(1);
+    s.pod_management_policy.get_or_insert_with(|| "OrderedReady".into());
+    let st = s.update_strategy.get_or_insert_with(Default::default);
+    if st.type_.get_or_insert_with(|| "RollingUpdate".into()) == "RollingUpdate" {
+        st.rolling_update.get_or_insert_with(Default::default).partition.get_or_insert(0);
+    }
+    s.revision_history_limit.get_or_insert(10);
+    let r = s.persistent_volume_claim_retention_policy.get_or_insert_with(Default::default);
+    r.when_deleted.get_or_insert_with(|| "Retain".into());
+    r.when_scaled.get_or_insert_with(|| "Retain".into());
+    if let Some(ps) = s.template.spec.as_mut() {
+        default_pod_spec(ps);
+    }
+}
+
+/// As kube-apiserver's batch/v1 defaults and the Job strategy's PrepareForCreate: completions
+/// and parallelism 1 when both are unset, backoffLimit 6, NonIndexed, not suspended, and unless
+/// `manualSelector` a selector on the job's uid with the uid and name labels on the template.
+fn default_job(o: &mut Job) {
+    let uid = o.metadata.uid.clone();
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let Some(s) = o.spec.as_mut() else { return };
+    if s.completions.is_none() && s.parallelism.is_none() {
+        s.completions = Some(1);
+    }
+    s.parallelism.get_or_insert(1);
+    s.backoff_limit.get_or_insert(6);
+    s.completion_mode.get_or_insert_with(|| "NonIndexed".into());
+    s.suspend.get_or_insert(false);
+    s.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".into());
+    if s.manual_selector != Some(true)
+        && s.selector.is_none()
+        && let Some(uid) = uid
+    {
+        let labels =
+            s.template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            labels.insert(k.into(), v.clone());
+        }
+        s.selector = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some([("batch.kubernetes.io/controller-uid".to_string(), uid)].into()),
+            match_expressions: None,
+        });
+    }
+    if o.metadata.labels.as_ref().is_none_or(|l| l.is_empty()) {
+        o.metadata.labels = s.template.metadata.as_ref().and_then(|m| m.labels.clone());
+    }
+    if let Some(ps) = s.template.spec.as_mut() {
+        default_pod_spec(ps);
     }
 }
 
@@ -393,6 +499,69 @@ mod tests {
             "spec": {"selector": {"matchLabels": {"app": "a"}},
                      "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "n", "image": "nginx"}]}}}});
         assert_eq!(causes(admit(k, &d)), vec!["spec.template.metadata.labels"]);
+    }
+
+    #[test]
+    fn workload_kinds_default_as_kube_apiserver_does() {
+        let tmpl = json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "d", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": tmpl}});
+        let out = admit(by_gvk("apps/v1", "DaemonSet").unwrap(), &ds).unwrap();
+        assert_eq!(
+            out["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert_eq!(out["spec"]["revisionHistoryLimit"], 10);
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"serviceName": "nginx", "selector": {"matchLabels": {"app": "a"}}, "template": tmpl,
+                     "volumeClaimTemplates": [{"metadata": {"name": "www"}, "spec": {"accessModes": ["ReadWriteOnce"]}}]}});
+        let out = admit(by_gvk("apps/v1", "StatefulSet").unwrap(), &sts).unwrap();
+        assert_eq!(out["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(out["spec"]["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+        assert_eq!(out["spec"]["replicas"], 1);
+        let mut job_tmpl = tmpl.clone();
+        job_tmpl["spec"]["restartPolicy"] = json!("Never");
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi", "namespace": "default", "uid": "u-1"},
+            "spec": {"template": job_tmpl}});
+        let out = admit(by_gvk("batch/v1", "Job").unwrap(), &job).unwrap();
+        assert_eq!((out["spec"]["completions"].as_i64(), out["spec"]["parallelism"].as_i64()), (Some(1), Some(1)));
+        assert_eq!(out["spec"]["backoffLimit"], 6);
+        assert_eq!(out["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], "u-1");
+        assert_eq!(out["spec"]["template"]["metadata"]["labels"]["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(out["metadata"]["labels"]["job-name"], "pi");
+        // Only parallelism given: completions stay unset (a work queue).
+        let mut wq = job.clone();
+        wq["spec"]["parallelism"] = json!(3);
+        let out = admit(by_gvk("batch/v1", "Job").unwrap(), &wq).unwrap();
+        assert!(out["spec"]["completions"].is_null());
+    }
+
+    #[test]
+    fn workload_kinds_are_validated_by_field() {
+        let tmpl = json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi", "namespace": "default", "uid": "u"},
+            "spec": {"template": tmpl, "backoffLimit": -1}});
+        assert_eq!(
+            causes(admit(by_gvk("batch/v1", "Job").unwrap(), &job)),
+            ["spec.template.spec.restartPolicy", "spec.backoffLimit"]
+        );
+        let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "d", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "b"}}, "template": tmpl,
+                     "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 0}}}});
+        assert_eq!(
+            causes(admit(by_gvk("apps/v1", "DaemonSet").unwrap(), &ds)),
+            ["spec.template.metadata.labels", "spec.updateStrategy.rollingUpdate.maxUnavailable"]
+        );
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": tmpl, "podManagementPolicy": "Random"}});
+        assert_eq!(causes(admit(by_gvk("apps/v1", "StatefulSet").unwrap(), &sts)), ["spec.podManagementPolicy"]);
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": tmpl,
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "150%", "maxUnavailable": 0}}}});
+        assert_eq!(
+            causes(admit(by_gvk("apps/v1", "Deployment").unwrap(), &d)),
+            ["spec.strategy.rollingUpdate.maxSurge"]
+        );
     }
 
     #[test]

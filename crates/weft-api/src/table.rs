@@ -77,6 +77,31 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
+        "DaemonSet" => vec![
+            col("Name", 0),
+            col("Desired", 0),
+            col("Current", 0),
+            col("Ready", 0),
+            col("Up-to-date", 0),
+            col("Available", 0),
+            col("Node Selector", 0),
+            col("Age", 0),
+            col("Containers", 1),
+            col("Images", 1),
+            col("Selector", 1),
+        ],
+        "StatefulSet" => vec![col("Name", 0), col("Ready", 0), col("Age", 0), col("Containers", 1), col("Images", 1)],
+        "ControllerRevision" => vec![col("Name", 0), col("Controller", 0), col("Revision", 0), col("Age", 0)],
+        "Job" => vec![
+            col("Name", 0),
+            col("Status", 0),
+            col("Completions", 0),
+            col("Duration", 0),
+            col("Age", 0),
+            col("Containers", 1),
+            col("Images", 1),
+            col("Selector", 1),
+        ],
         "Ingress" => {
             vec![col("Name", 0), col("Class", 0), col("Hosts", 0), col("Address", 0), col("Ports", 0), col("Age", 0)]
         }
@@ -394,6 +419,87 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(or_none(sel)),
             ]
         }
+        "DaemonSet" => {
+            let (c, i) = containers_images(v.pointer("/spec/template/spec"));
+            vec![
+                name,
+                json!(n(v, "/status/desiredNumberScheduled")),
+                json!(n(v, "/status/currentNumberScheduled")),
+                json!(n(v, "/status/numberReady")),
+                json!(n(v, "/status/updatedNumberScheduled")),
+                json!(n(v, "/status/numberAvailable")),
+                json!(or_none(labels_string(v.pointer("/spec/template/spec/nodeSelector")))),
+                a,
+                json!(c),
+                json!(i),
+                json!(or_none(selector_string(v.pointer("/spec/selector")))),
+            ]
+        }
+        "StatefulSet" => {
+            let (c, i) = containers_images(v.pointer("/spec/template/spec"));
+            let ready = format!("{}/{}", n(v, "/status/readyReplicas"), n(v, "/spec/replicas"));
+            vec![name, json!(ready), a, json!(c), json!(i)]
+        }
+        "ControllerRevision" => {
+            // kube-apiserver's printer: the controller as `<kind>.<group>/<name>`, lowercase kind.
+            let owner = arr(v, "/metadata/ownerReferences")
+                .iter()
+                .find(|o| o.get("controller").and_then(|c| c.as_bool()) == Some(true))
+                .map(|o| {
+                    let group = s(o, "/apiVersion").rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+                    let kind = s(o, "/kind").to_ascii_lowercase();
+                    let gk = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+                    format!("{gk}/{}", s(o, "/name"))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(owner), json!(n(v, "/revision")), a]
+        }
+        "Job" => {
+            let (c, i) = containers_images(v.pointer("/spec/template/spec"));
+            let succeeded = n(v, "/status/succeeded");
+            let completions = match (
+                v.pointer("/spec/completions").and_then(|x| x.as_i64()),
+                v.pointer("/spec/parallelism").and_then(|x| x.as_i64()),
+            ) {
+                (Some(c), _) => format!("{succeeded}/{c}"),
+                (None, Some(p)) if p > 1 => format!("{succeeded}/1 of {p}"),
+                _ => format!("{succeeded}/1"),
+            };
+            let started = s(v, "/status/startTime").parse::<jiff::Timestamp>().ok();
+            let finished = s(v, "/status/completionTime").parse::<jiff::Timestamp>().ok();
+            let duration = match (started, finished) {
+                (None, _) => String::new(),
+                (Some(st), None) => human_duration(now.as_second() - st.as_second()),
+                (Some(st), Some(f)) => human_duration(f.as_second() - st.as_second()),
+            };
+            let has =
+                |t: &str| arr(v, "/status/conditions").iter().any(|c| s(c, "/type") == t && s(c, "/status") == "True");
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if v.pointer("/metadata/deletionTimestamp").is_some() {
+                "Terminating"
+            } else if has("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
+            } else if has("FailureTarget") {
+                "FailureTarget"
+            } else if v.pointer("/spec/suspend").and_then(|x| x.as_bool()) == Some(true) {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                a,
+                json!(c),
+                json!(i),
+                json!(or_none(selector_string(v.pointer("/spec/selector")))),
+            ]
+        }
         "Ingress" => {
             let hosts: Vec<String> = arr(v, "/spec/rules")
                 .iter()
@@ -499,5 +605,32 @@ mod tests {
                 json!("run=nginx")
             ]
         );
+    }
+
+    #[test]
+    fn workload_rows_match_kubectl() {
+        let now: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let k = |g: &str, kind: &str| crate::kinds::by_gvk(g, kind).unwrap();
+        let job = json!({"metadata": {"name": "pi", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"completions": 3, "parallelism": 2, "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}},
+            "status": {"succeeded": 3, "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:00:12Z",
+                       "conditions": [{"type": "Complete", "status": "True"}]}});
+        assert_eq!(
+            &row(k("batch/v1", "Job"), &job, now)[..5],
+            &[json!("pi"), json!("Complete"), json!("3/3"), json!("12s"), json!("60s")]
+        );
+        let cr = json!({"metadata": {"name": "fluentd-abc", "creationTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "fluentd", "uid": "u", "controller": true}]},
+            "revision": 2});
+        assert_eq!(
+            row(k("apps/v1", "ControllerRevision"), &cr, now)[1..3],
+            [json!("daemonset.apps/fluentd"), json!(2)]
+        );
+        let sts = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2}});
+        assert_eq!(row(k("apps/v1", "StatefulSet"), &sts, now)[1], json!("2/3"));
+        let ds = json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}}}},
+            "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2}});
+        let r = row(k("apps/v1", "DaemonSet"), &ds, now);
+        assert_eq!(r[1..7], [json!(3), json!(3), json!(2), json!(0), json!(0), json!("disk=ssd")]);
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Container, Endpoints, Namespace, Pod, PodSpec, PodTemplateSpec, ReplicationController, Service,
 };
@@ -489,6 +490,213 @@ pub fn deployment(d: &Deployment, errs: &mut Errors) {
     check_meta(&d.metadata, NameRule::Dns1123Subdomain, true, errs);
     let s = &d.spec;
     workload(Some(&s.selector), Some(&s.template), s.replicas, errs);
+    if let Some(st) = &s.strategy {
+        match st.type_.as_deref().unwrap_or("RollingUpdate") {
+            "RollingUpdate" => {
+                let ru = st.rolling_update.clone().unwrap_or_default();
+                surge_unavailable(
+                    "spec.strategy.rollingUpdate",
+                    ru.max_surge.as_ref(),
+                    ru.max_unavailable.as_ref(),
+                    errs,
+                );
+            }
+            "Recreate" if st.rolling_update.is_some() => errs.push(FieldError::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            )),
+            "Recreate" => {}
+            t => errs.push(FieldError::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"])),
+        }
+    }
+    non_negative("spec.minReadySeconds", s.min_ready_seconds, errs);
+    non_negative("spec.revisionHistoryLimit", s.revision_history_limit, errs);
+    if let Some(p) = s.progress_deadline_seconds
+        && p <= s.min_ready_seconds.unwrap_or(0)
+    {
+        errs.push(FieldError::invalid("spec.progressDeadlineSeconds", p, "must be greater than minReadySeconds"));
+    }
+}
+
+fn non_negative(field: &str, v: Option<i32>, errs: &mut Errors) {
+    if let Some(v) = v
+        && v < 0
+    {
+        errs.push(FieldError::invalid(field, v, "must be greater than or equal to 0"));
+    }
+}
+
+/// An IntOrString count or percentage (`25%`): its error, if any.
+fn int_or_percent(field: &str, v: &IntOrString, errs: &mut Errors) -> bool {
+    let ok = match v {
+        IntOrString::Int(i) => *i >= 0,
+        IntOrString::String(s) => s.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100),
+    };
+    if !ok {
+        let shown = match v {
+            IntOrString::Int(i) => i.to_string(),
+            IntOrString::String(s) => s.clone(),
+        };
+        errs.push(FieldError::invalid_str(
+            field,
+            &shown,
+            "must be a non-negative integer or a percentage between 0% and 100% (e.g. '25%')",
+        ));
+    }
+    ok
+}
+
+fn is_zero(v: Option<&IntOrString>) -> bool {
+    match v {
+        None => true,
+        Some(IntOrString::Int(i)) => *i == 0,
+        Some(IntOrString::String(s)) => s.trim_end_matches('%').parse::<u32>() == Ok(0),
+    }
+}
+
+/// maxSurge and maxUnavailable of a rolling update: each valid, not both zero (the rollout
+/// could never move).
+fn surge_unavailable(f: &str, surge: Option<&IntOrString>, unavailable: Option<&IntOrString>, errs: &mut Errors) {
+    let a = surge.is_none_or(|v| int_or_percent(&format!("{f}.maxSurge"), v, errs));
+    let b = unavailable.is_none_or(|v| int_or_percent(&format!("{f}.maxUnavailable"), v, errs));
+    if a && b && is_zero(surge) && is_zero(unavailable) {
+        errs.push(FieldError::invalid(
+            format!("{f}.maxUnavailable"),
+            0,
+            "may not be 0 when `maxSurge` is 0: allow at least one of them",
+        ));
+    }
+}
+
+fn restart_policy(t: &PodTemplateSpec, allowed: &[&str], errs: &mut Errors) {
+    let p = t.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    if !allowed.contains(&p) {
+        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", p, allowed));
+    }
+}
+
+pub fn daemon_set(d: &DaemonSet, errs: &mut Errors) {
+    check_meta(&d.metadata, NameRule::Dns1123Subdomain, true, errs);
+    let s = &d.spec;
+    workload(Some(&s.selector), Some(&s.template), None, errs);
+    restart_policy(&s.template, &["Always"], errs);
+    non_negative("spec.minReadySeconds", s.min_ready_seconds, errs);
+    non_negative("spec.revisionHistoryLimit", s.revision_history_limit, errs);
+    if let Some(st) = &s.update_strategy {
+        match st.type_.as_deref().unwrap_or("RollingUpdate") {
+            "RollingUpdate" => {
+                let ru = st.rolling_update.clone().unwrap_or_default();
+                surge_unavailable(
+                    "spec.updateStrategy.rollingUpdate",
+                    ru.max_surge.as_ref(),
+                    ru.max_unavailable.as_ref(),
+                    errs,
+                );
+            }
+            "OnDelete" => {}
+            t => errs.push(FieldError::not_supported("spec.updateStrategy.type", t, &["OnDelete", "RollingUpdate"])),
+        }
+    }
+}
+
+pub fn stateful_set(d: &StatefulSet, errs: &mut Errors) {
+    check_meta(&d.metadata, NameRule::Dns1123Subdomain, true, errs);
+    let s = &d.spec;
+    workload(Some(&s.selector), Some(&s.template), s.replicas, errs);
+    restart_policy(&s.template, &["Always"], errs);
+    non_negative("spec.minReadySeconds", s.min_ready_seconds, errs);
+    non_negative("spec.revisionHistoryLimit", s.revision_history_limit, errs);
+    if let Some(n) = s.service_name.as_deref().filter(|n| !n.is_empty())
+        && !is_dns1123_label(n)
+    {
+        errs.push(FieldError::invalid_str(
+            "spec.serviceName",
+            n,
+            "must be the name of a Service (a DNS-1123 label): the pods' DNS names are <pod>.<serviceName>",
+        ));
+    }
+    let p = s.pod_management_policy.as_deref().unwrap_or("OrderedReady");
+    if !matches!(p, "OrderedReady" | "Parallel") {
+        errs.push(FieldError::not_supported("spec.podManagementPolicy", p, &["OrderedReady", "Parallel"]));
+    }
+    if let Some(st) = &s.update_strategy {
+        match st.type_.as_deref().unwrap_or("RollingUpdate") {
+            "RollingUpdate" => {
+                let ru = st.rolling_update.clone().unwrap_or_default();
+                non_negative("spec.updateStrategy.rollingUpdate.partition", ru.partition, errs);
+                if let Some(m) = &ru.max_unavailable
+                    && int_or_percent("spec.updateStrategy.rollingUpdate.maxUnavailable", m, errs)
+                    && is_zero(Some(m))
+                {
+                    errs.push(FieldError::invalid(
+                        "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                        0,
+                        "must be greater than 0",
+                    ));
+                }
+            }
+            "OnDelete" if st.rolling_update.is_some() => errs.push(FieldError::forbidden(
+                "spec.updateStrategy.rollingUpdate",
+                "only allowed for updateStrategy 'RollingUpdate'",
+            )),
+            "OnDelete" => {}
+            t => errs.push(FieldError::not_supported("spec.updateStrategy.type", t, &["OnDelete", "RollingUpdate"])),
+        }
+    }
+    // A pod's name is `<set>-<ordinal>` and must stay a DNS label (the pod-name label too).
+    if let Some(n) = &d.metadata.name
+        && n.len() > 52
+    {
+        errs.push(FieldError::invalid_str(
+            "metadata.name",
+            n,
+            "must be no more than 52 characters: the pods are named <name>-<ordinal> and labelled with it",
+        ));
+    }
+}
+
+pub fn controller_revision(r: &ControllerRevision, errs: &mut Errors) {
+    check_meta(&r.metadata, NameRule::Dns1123Subdomain, true, errs);
+    if let Some(v) = r.revision
+        && v < 0
+    {
+        errs.push(FieldError::invalid("revision", v, "must be greater than or equal to 0"));
+    }
+}
+
+pub fn job(j: &Job, errs: &mut Errors) {
+    check_meta(&j.metadata, NameRule::Dns1123Subdomain, true, errs);
+    let Some(s) = &j.spec else {
+        errs.push(FieldError::required("spec", "a Job needs a spec with a template"));
+        return;
+    };
+    match &s.selector {
+        Some(sel) => workload(Some(sel), Some(&s.template), None, errs),
+        None if s.manual_selector == Some(true) => {
+            errs.push(FieldError::required("spec.selector", "give a selector with `manualSelector: true`"))
+        }
+        // The selector is generated from the job's uid (absent only in a dry run of a pure check).
+        None => {
+            template(Some(&s.template), errs);
+        }
+    }
+    let p = s.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    if !matches!(p, "OnFailure" | "Never") {
+        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", p, &["OnFailure", "Never"]));
+    }
+    non_negative("spec.parallelism", s.parallelism, errs);
+    non_negative("spec.completions", s.completions, errs);
+    non_negative("spec.backoffLimit", s.backoff_limit, errs);
+    non_negative("spec.ttlSecondsAfterFinished", s.ttl_seconds_after_finished, errs);
+    if let Some(a) = s.active_deadline_seconds
+        && a <= 0
+    {
+        errs.push(FieldError::invalid("spec.activeDeadlineSeconds", a, "must be greater than 0"));
+    }
+    let mode = s.completion_mode.as_deref().unwrap_or("NonIndexed");
+    if mode != "NonIndexed" {
+        errs.push(FieldError::not_supported("spec.completionMode", mode, &["NonIndexed"]));
+    }
 }
 
 pub fn replica_set(d: &ReplicaSet, errs: &mut Errors) {

@@ -69,7 +69,18 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         let mut r = json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
             "kind": k.kind, "verbs": verbs, "shortNames": k.short_names});
         // `kubectl get all` lists the kinds in the "all" category.
-        if matches!(k.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet" | "ReplicationController") && !k.legacy {
+        if matches!(
+            k.kind,
+            "Pod"
+                | "Service"
+                | "Deployment"
+                | "ReplicaSet"
+                | "ReplicationController"
+                | "DaemonSet"
+                | "StatefulSet"
+                | "Job"
+        ) && !k.legacy
+        {
             r["categories"] = json!(["all"]);
         }
         resources.push(r);

@@ -13,7 +13,8 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -21,7 +22,8 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 
 /// The owner kinds this loop can look up (others are left alone: never delete on a guess).
-const OWNER_KINDS: &[&str] = &["Deployment", "ReplicaSet", "ReplicationController", "Service"];
+const OWNER_KINDS: &[&str] =
+    &["Deployment", "ReplicaSet", "ReplicationController", "Service", "DaemonSet", "StatefulSet", "Job"];
 
 /// What an object is: its kind, namespace, name and uid.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +93,9 @@ async fn owner_alive(client: &kube::Client, ns: &str, owner: &OwnerReference) ->
         "ReplicaSet" => get::<ReplicaSet>(client, ns, &owner.name).await,
         "ReplicationController" => get::<ReplicationController>(client, ns, &owner.name).await,
         "Service" => get::<Service>(client, ns, &owner.name).await,
+        "DaemonSet" => get::<DaemonSet>(client, ns, &owner.name).await,
+        "StatefulSet" => get::<StatefulSet>(client, ns, &owner.name).await,
+        "Job" => get::<Job>(client, ns, &owner.name).await,
         _ => return true,
     };
     match uid {
@@ -114,6 +119,10 @@ async fn delete(client: &kube::Client, obj: &Obj) {
         "EndpointSlice" => {
             Api::<EndpointSlice>::namespaced(client.clone(), &obj.namespace).delete(&obj.name, &dp).await.map(|_| ())
         }
+        "ControllerRevision" => Api::<ControllerRevision>::namespaced(client.clone(), &obj.namespace)
+            .delete(&obj.name, &dp)
+            .await
+            .map(|_| ()),
         _ => Ok(()),
     };
     match r {
@@ -136,6 +145,10 @@ pub struct Caches<'a> {
     pub rcs: &'a [Arc<ReplicationController>],
     pub services: &'a [Arc<Service>],
     pub endpoints: &'a [Arc<Endpoints>],
+    pub daemonsets: &'a [Arc<DaemonSet>],
+    pub statefulsets: &'a [Arc<StatefulSet>],
+    pub jobs: &'a [Arc<Job>],
+    pub revisions: &'a [Arc<ControllerRevision>],
 }
 
 /// One collection pass; returns the Services seen (for the next pass's Endpoints check).
@@ -149,12 +162,16 @@ pub async fn collect(
     live.extend(c.rss.iter().filter_map(|o| o.metadata.uid.as_deref()));
     live.extend(c.rcs.iter().filter_map(|o| o.metadata.uid.as_deref()));
     live.extend(c.services.iter().filter_map(|o| o.metadata.uid.as_deref()));
+    live.extend(c.daemonsets.iter().filter_map(|o| o.metadata.uid.as_deref()));
+    live.extend(c.statefulsets.iter().filter_map(|o| o.metadata.uid.as_deref()));
+    live.extend(c.jobs.iter().filter_map(|o| o.metadata.uid.as_deref()));
     let objects = c
         .pods
         .iter()
         .map(|o| ("Pod", &o.metadata))
         .chain(c.rss.iter().map(|o| ("ReplicaSet", &o.metadata)))
-        .chain(c.slices.iter().map(|o| ("EndpointSlice", &o.metadata)));
+        .chain(c.slices.iter().map(|o| ("EndpointSlice", &o.metadata)))
+        .chain(c.revisions.iter().map(|o| ("ControllerRevision", &o.metadata)));
     for (obj, owners) in orphans(objects, &live) {
         let mut alive = false;
         for o in &owners {
@@ -203,13 +220,14 @@ mod tests {
             meta("orphan", json!([owner("ReplicaSet", "gone")])),
             meta("owned", json!([owner("ReplicaSet", "live")])),
             meta("one-of-two", json!([owner("ReplicaSet", "gone"), owner("Deployment", "live")])),
-            meta("foreign", json!([owner("Job", "gone")])),
+            meta("foreign", json!([owner("CronJob", "gone")])),
+            meta("job-pod", json!([owner("Job", "gone")])),
             meta("free", json!([])),
         ];
         let live: HashSet<&str> = HashSet::from(["live"]);
         let found: Vec<String> =
             orphans(metas.iter().map(|m| ("Pod", m)), &live).into_iter().map(|(o, _)| o.name).collect();
-        assert_eq!(found, ["orphan"], "an unknown owner kind is never guessed at");
+        assert_eq!(found, ["orphan", "job-pod"], "an unknown owner kind is never guessed at");
     }
 
     #[test]

@@ -1,39 +1,53 @@
 //! The control loops a lab needs besides the API server (in a real cluster these are
-//! kube-scheduler and kube-controller-manager): a scheduler, node IPAM (a podCIDR per node), and
-//! the Deployment -> ReplicaSet -> Pod and ReplicationController -> Pod controllers.
+//! kube-scheduler and kube-controller-manager): a scheduler, node IPAM (a podCIDR per node), the
+//! workload controllers (Deployment, ReplicaSet and ReplicationController, DaemonSet,
+//! StatefulSet, Job: one file each), PodGC, endpoints, LoadBalancer addresses and garbage
+//! collection.
 //!
 //! Each loop is level-triggered: reflectors keep caches of the objects, any change wakes a pass
 //! that compares desired with actual and writes the difference through the API (so these loops
 //! are kube-rs clients like any other, and work against a real API server too). Each controller
 //! is a loop of its own ([`weft_watch::Controller`]), so one that fails or panics does not stop
-//! the others. The decisions are pure functions (`plan_*`), tested without a server.
+//! the others. The decisions are pure functions (`plan_*`, `plan`), tested without a server.
 
+pub mod affinity;
+pub mod daemonset;
+pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod gc;
+pub mod history;
+pub mod job;
 pub mod lb;
+pub mod podgc;
+pub mod replicaset;
+pub mod statefulset;
+pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service, Toleration};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, PodSpec, ReplicationController, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use weft_k8s::pods::{is_finished, is_ready};
+use weft_k8s::pods::is_finished;
 use weft_watch::{Controller, Wake};
 
-fn is_active(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none() && !is_finished(p)
-}
+pub use replicaset::plan_scale_down;
+use workload::is_active;
 
-fn owned_by(p: &Pod, uid: &str) -> bool {
-    p.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+/// `status.observedGeneration` for a kind whose `metadata.generation` the API server may not
+/// count (weft's counts it for Deployments and ReplicaSets; without one, 1: kubectl's rollout
+/// status reads 0 as "not observed yet").
+pub(crate) fn observed(generation: Option<i64>) -> i64 {
+    generation.unwrap_or(1)
 }
 
 /// Pods a node can hold: its `status.allocatable.pods`, and the addresses of its podCIDR (less
@@ -63,11 +77,13 @@ fn holds_place(p: &Pod) -> bool {
     !is_finished(p)
 }
 
-/// Scheduler decision for a pod with `tolerations`: the node it fits (see
-/// [`weft_k8s::nodes::fit`]: not cordoned, Ready, no untolerated taint) with room (see
-/// [`node_pod_capacity`]) and the fewest active pods (ties by name); or, when no node fits,
-/// the reason in kube-scheduler's words ("0/3 nodes are available: 3 Too many pods.").
-pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], tolerations: &[Toleration]) -> Result<String, String> {
+/// Scheduler decision for a pod with this spec: the node it fits (its nodeSelector and required
+/// node affinity, see [`affinity::node_matches`]; then [`weft_k8s::nodes::fit`]: not cordoned,
+/// Ready, no untolerated taint) with room (see [`node_pod_capacity`]) and the fewest active pods
+/// (ties by name); or, when no node fits, the reason in kube-scheduler's words ("0/3 nodes are
+/// available: 3 Too many pods.").
+pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], spec: &PodSpec) -> Result<String, String> {
+    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     let mut load: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for p in pods {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
@@ -82,6 +98,7 @@ pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], tolerations: &[Tole
         let name = n.name_any();
         let (active, placed) = load.get(&name).copied().unwrap_or_default();
         let why = match weft_k8s::nodes::fit(n, tolerations) {
+            _ if !affinity::node_matches(spec, n) => Some(affinity::MISMATCH.to_string()),
             Err(unfit) => Some(unfit.to_string()),
             Ok(()) if placed >= node_pod_capacity(n) => Some("Too many pods".to_string()),
             Ok(()) => None,
@@ -112,17 +129,6 @@ pub fn plan_pod_cidr(cluster: Ipv4Net, size: u8, taken: &[Ipv4Net]) -> Option<Ip
     cluster.subnets(size).ok()?.find(|s| !taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())))
 }
 
-/// Which pods a replica controller deletes when it has too many: unscheduled first, then not
-/// ready, then the newest.
-pub fn plan_scale_down(mut pods: Vec<Arc<Pod>>, n: usize) -> Vec<Arc<Pod>> {
-    pods.sort_by_key(|p| {
-        let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
-        (scheduled, is_ready(p), std::cmp::Reverse(created))
-    });
-    pods.into_iter().take(n).collect()
-}
-
 /// The pod-template-hash of a Deployment's template (stable for the same template).
 pub fn template_hash(template: &Value) -> String {
     weft_k8s::names::safe_suffix(&serde_json::to_string(template).unwrap_or_default(), 10, 6)
@@ -137,7 +143,7 @@ pub struct Config {
 /// What every controller reads (each has its own copy: the caches are shared handles, the
 /// bookkeeping below is used by one controller each).
 #[derive(Clone)]
-struct Ctx {
+pub(crate) struct Ctx {
     client: kube::Client,
     cfg: Config,
     pods: Store<Pod>,
@@ -145,9 +151,14 @@ struct Ctx {
     rss: Store<ReplicaSet>,
     deploys: Store<Deployment>,
     rcs: Store<ReplicationController>,
+    daemonsets: Store<DaemonSet>,
+    statefulsets: Store<StatefulSet>,
+    jobs: Store<Job>,
+    revisions: Store<ControllerRevision>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     endpoints: Store<Endpoints>,
+    events: events::Recorders,
     /// Pods a controller has asked for but the cache does not show yet: (owner uid) -> (count, until).
     expect: HashMap<String, (usize, Instant)>,
     /// The Services the last garbage collection saw (None before the first).
@@ -164,6 +175,11 @@ pub async fn run(client: kube::Client, cfg: Config) {
         rss: weft_watch::cached(&client, wake.clone()),
         deploys: weft_watch::cached(&client, wake.clone()),
         rcs: weft_watch::cached(&client, wake.clone()),
+        daemonsets: weft_watch::cached(&client, wake.clone()),
+        statefulsets: weft_watch::cached(&client, wake.clone()),
+        jobs: weft_watch::cached(&client, wake.clone()),
+        revisions: weft_watch::cached(&client, wake.clone()),
+        events: events::Recorders::new(&client),
         services: weft_watch::cached(&client, wake.clone()),
         slices: weft_watch::cached(&client, wake.clone()),
         endpoints: weft_watch::cached(&client, wake.clone()),
@@ -177,6 +193,10 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let _ = ctx.rss.wait_until_ready().await;
     let _ = ctx.deploys.wait_until_ready().await;
     let _ = ctx.rcs.wait_until_ready().await;
+    let _ = ctx.daemonsets.wait_until_ready().await;
+    let _ = ctx.statefulsets.wait_until_ready().await;
+    let _ = ctx.jobs.wait_until_ready().await;
+    let _ = ctx.revisions.wait_until_ready().await;
     let _ = ctx.services.wait_until_ready().await;
     let _ = ctx.slices.wait_until_ready().await;
     let _ = ctx.endpoints.wait_until_ready().await;
@@ -187,7 +207,19 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let mut c = ctx.clone();
     loops.spawn(controller("node-ipam").run(async move || node_ipam(&mut c).await));
     let mut c = ctx.clone();
-    loops.spawn(controller("replicas").run(async move || replicas(&mut c).await));
+    loops.spawn(controller("deployment").run(async move || deployment::reconcile(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("replicaset").run(async move || replicaset::reconcile(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("daemonset").run(async move || daemonset::reconcile(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("statefulset").run(async move || statefulset::reconcile(&mut c).await));
+    let mut c = ctx.clone();
+    loops.spawn(controller("job").run(async move || job::reconcile(&mut c).await));
+    let c = ctx.clone();
+    loops.spawn(
+        controller("pod-gc").run(async move || podgc::collect(&c.client, &c.pods.state(), &c.nodes.state()).await),
+    );
     let mut c = ctx.clone();
     loops.spawn(controller("scheduler").run(async move || schedule(&mut c).await));
     let c = ctx.clone();
@@ -202,27 +234,6 @@ pub async fn run(client: kube::Client, cfg: Config) {
     while loops.join_next().await.is_some() {}
 }
 
-/// The Deployment, ReplicaSet and ReplicationController controllers.
-async fn replicas(ctx: &mut Ctx) -> anyhow::Result<()> {
-    deployments(ctx).await?;
-    let rss: Vec<Arc<ReplicaSet>> = ctx.rss.state();
-    for rs in rss {
-        let sel = rs.spec.selector.clone();
-        let replicas = rs.spec.replicas.unwrap_or(1);
-        let template = rs.spec.template.clone();
-        replicas_of(ctx, &*rs, "apps/v1", "ReplicaSet", replicas, template, sel).await?;
-    }
-    let rcs: Vec<Arc<ReplicationController>> = ctx.rcs.state();
-    for rc in rcs {
-        let sel =
-            LabelSelector { match_labels: rc.spec.as_ref().and_then(|s| s.selector.clone()), match_expressions: None };
-        let replicas = rc.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let template = rc.spec.as_ref().and_then(|s| s.template.clone());
-        replicas_of(ctx, &*rc, "v1", "ReplicationController", replicas, template, sel).await?;
-    }
-    Ok(())
-}
-
 async fn garbage_collect(ctx: &mut Ctx) -> anyhow::Result<()> {
     let (pods, rss, slices, deploys, rcs, services, endpoints) = (
         ctx.pods.state(),
@@ -233,6 +244,8 @@ async fn garbage_collect(ctx: &mut Ctx) -> anyhow::Result<()> {
         ctx.services.state(),
         ctx.endpoints.state(),
     );
+    let (daemonsets, statefulsets, jobs, revisions) =
+        (ctx.daemonsets.state(), ctx.statefulsets.state(), ctx.jobs.state(), ctx.revisions.state());
     let caches = gc::Caches {
         pods: &pods,
         rss: &rss,
@@ -241,6 +254,10 @@ async fn garbage_collect(ctx: &mut Ctx) -> anyhow::Result<()> {
         rcs: &rcs,
         services: &services,
         endpoints: &endpoints,
+        daemonsets: &daemonsets,
+        statefulsets: &statefulsets,
+        jobs: &jobs,
+        revisions: &revisions,
     };
     ctx.services_seen = Some(gc::collect(&ctx.client, &caches, ctx.services_seen.as_ref()).await);
     Ok(())
@@ -288,8 +305,8 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
     });
     for p in pending {
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        let tolerations = p.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
-        let node = match plan_schedule(&nodes, &pods, tolerations) {
+        let spec = p.spec.clone().unwrap_or_default();
+        let node = match plan_schedule(&nodes, &pods, &spec) {
             Ok(n) => n,
             Err(message) => {
                 let cond =
@@ -303,6 +320,7 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
                     })
                 });
                 if !shown {
+                    ctx.events.scheduler.warning(p.object_ref(&()), "FailedScheduling", "Scheduling", message.clone());
                     let mut cond = cond;
                     cond["lastTransitionTime"] =
                         json!(k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
@@ -321,6 +339,13 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
             .await
         {
             Ok(bound) => {
+                let who = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                ctx.events.scheduler.normal(
+                    p.object_ref(&()),
+                    "Scheduled",
+                    "Binding",
+                    format!("Successfully assigned {who} to {node}"),
+                );
                 // Count it at once so the next pod of the burst goes elsewhere.
                 pods.retain(|x| x.metadata.uid != bound.metadata.uid);
                 pods.push(Arc::new(bound));
@@ -331,198 +356,13 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn replicas_of<K: Resource<DynamicType = ()>>(
-    ctx: &mut Ctx,
-    owner: &K,
-    api_version: &str,
-    kind: &str,
-    replicas: i32,
-    template: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
-    selector: LabelSelector,
-) -> anyhow::Result<()> {
-    let uid = owner.meta().uid.clone().unwrap_or_default();
-    let ns = owner.meta().namespace.clone().unwrap_or_default();
-    let name = owner.meta().name.clone().unwrap_or_default();
-    let pods: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| is_active(p) && owned_by(p, &uid)).collect();
-    if let Some((n, until)) = ctx.expect.get(&uid) {
-        if pods.len() < *n && Instant::now() < *until {
-            return Ok(());
-        }
-        ctx.expect.remove(&uid);
-    }
-    let want = replicas.max(0) as usize;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if pods.len() < want {
-        let Some(t) = template else { return Ok(()) };
-        let mut labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-        if labels.is_empty() {
-            labels = selector.match_labels.clone().unwrap_or_default();
-        }
-        let owner_ref = OwnerReference {
-            api_version: api_version.into(),
-            kind: kind.into(),
-            name: name.clone(),
-            uid: uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        };
-        for _ in pods.len()..want {
-            let mut pod = Pod { spec: t.spec.clone(), ..Default::default() };
-            pod.metadata.generate_name = Some(format!("{name}-"));
-            pod.metadata.labels = Some(labels.clone());
-            pod.metadata.annotations = t.metadata.as_ref().and_then(|m| m.annotations.clone());
-            pod.metadata.owner_references = Some(vec![owner_ref.clone()]);
-            api.create(&PostParams::default(), &pod).await?;
-        }
-        ctx.expect.insert(uid.clone(), (want, Instant::now() + Duration::from_secs(5)));
-    } else if pods.len() > want {
-        for p in plan_scale_down(pods.clone(), pods.len() - want) {
-            let _ = api.delete(&p.name_any(), &DeleteParams::default()).await;
-        }
-    }
-    let live: Vec<&Arc<Pod>> = pods.iter().collect();
-    let ready = live.iter().filter(|p| is_ready(p)).count().min(want.max(live.len()));
-    let status = json!({"status": {
-        "replicas": live.len().min(want.max(live.len())),
-        "fullyLabeledReplicas": live.len(),
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "observedGeneration": owner.meta().generation,
-    }});
-    patch_status_if_changed(ctx, api_version, kind, &ns, &name, status).await
-}
-
-async fn patch_status_if_changed(
-    ctx: &Ctx,
-    api_version: &str,
-    kind: &str,
-    ns: &str,
-    name: &str,
-    status: Value,
-) -> anyhow::Result<()> {
-    let current = match kind {
-        "ReplicaSet" => ctx
-            .rss
-            .state()
-            .into_iter()
-            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
-            .and_then(|r| serde_json::to_value(&r.status).ok()),
-        "ReplicationController" => ctx
-            .rcs
-            .state()
-            .into_iter()
-            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
-            .and_then(|r| serde_json::to_value(&r.status).ok()),
-        _ => ctx
-            .deploys
-            .state()
-            .into_iter()
-            .find(|r| r.name_any() == name && r.namespace().as_deref() == Some(ns))
-            .and_then(|r| serde_json::to_value(&r.status).ok()),
-    };
-    let same = current.as_ref().is_some_and(|c| {
-        status["status"].as_object().into_iter().flatten().all(|(k, v)| {
-            let cur = c.get(k).cloned().unwrap_or(Value::Null);
-            cur == *v || (v.as_i64() == Some(0) && cur.is_null())
-        })
-    });
-    if same {
-        return Ok(());
-    }
-    let gvk_api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        ns,
-        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            api_version.split('/').next().filter(|_| api_version.contains('/')).unwrap_or(""),
-            api_version.rsplit('/').next().unwrap_or("v1"),
-            kind,
-        )),
-    );
-    gvk_api.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await?;
-    Ok(())
-}
-
-async fn deployments(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let deploys: Vec<Arc<Deployment>> = ctx.deploys.state();
-    for d in deploys {
-        let ns = d.namespace().unwrap_or_default();
-        let name = d.name_any();
-        let uid = d.metadata.uid.clone().unwrap_or_default();
-        let spec = d.spec.clone();
-        let replicas = spec.replicas.unwrap_or(1);
-        let hash = template_hash(&serde_json::to_value(&spec.template).unwrap_or_default());
-        let rs_name = format!("{name}-{hash}");
-        let owned: Vec<Arc<ReplicaSet>> = ctx
-            .rss
-            .state()
-            .into_iter()
-            .filter(|r| {
-                r.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
-            })
-            .collect();
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let new = owned.iter().find(|r| r.name_any() == rs_name).cloned();
-        match &new {
-            None => {
-                let mut t = spec.template.clone();
-                let mut labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-                labels.insert(weft_k8s::labels::POD_TEMPLATE_HASH.into(), hash.clone());
-                t.metadata.get_or_insert_with(Default::default).labels = Some(labels.clone());
-                let mut sel = spec.selector.clone();
-                sel.match_labels
-                    .get_or_insert_with(Default::default)
-                    .insert(weft_k8s::labels::POD_TEMPLATE_HASH.into(), hash.clone());
-                let rs = json!({
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
-                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid,
-                                             "controller": true, "blockOwnerDeletion": true}]},
-                    "spec": {"replicas": replicas, "selector": sel, "template": t},
-                });
-                let rs: ReplicaSet = serde_json::from_value(rs)?;
-                match api.create(&PostParams::default(), &rs).await {
-                    Ok(_) | Err(kube::Error::Api(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Some(rs) if rs.spec.replicas != Some(replicas) => {
-                api.patch(&rs_name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": replicas}})))
-                    .await?;
-            }
-            _ => {}
-        }
-        // Old ReplicaSets go to zero (the lab rolls out at once).
-        for old in owned.iter().filter(|r| r.name_any() != rs_name) {
-            if old.spec.replicas.unwrap_or(0) != 0 {
-                api.patch(&old.name_any(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
-                    .await?;
-            }
-        }
-        let sum = |f: fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>| -> i32 {
-            owned.iter().filter_map(|r| r.status.as_ref().and_then(f)).sum()
-        };
-        let updated = new.as_ref().and_then(|r| r.status.as_ref()).map(|s| s.replicas).unwrap_or(0);
-        let available = sum(|s| s.available_replicas);
-        let status = json!({"status": {
-            "replicas": sum(|s| Some(s.replicas)),
-            "updatedReplicas": updated,
-            "readyReplicas": sum(|s| s.ready_replicas),
-            "availableReplicas": available,
-            "observedGeneration": d.metadata.generation,
-        }});
-        patch_status_if_changed(ctx, "apps/v1", "Deployment", &ns, &name, status).await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A pod without tolerations.
     fn schedule_plain(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> Result<String, String> {
-        plan_schedule(nodes, pods, &[])
+        plan_schedule(nodes, pods, &PodSpec::default())
     }
 
     fn node(name: &str, ready: bool) -> Arc<Node> {
@@ -624,8 +464,23 @@ mod tests {
             schedule_plain(&nodes, &[]),
             Err("0/1 nodes are available: 1 node(s) had untolerated taint {gpu: yes}.".into())
         );
-        let tolerates: Toleration = serde_json::from_value(json!({"key": "gpu", "operator": "Exists"})).unwrap();
-        assert_eq!(plan_schedule(&nodes, &[], &[tolerates]), Ok("node-1".into()));
+        let tolerates: k8s_openapi::api::core::v1::Toleration =
+            serde_json::from_value(json!({"key": "gpu", "operator": "Exists"})).unwrap();
+        let spec = PodSpec { tolerations: Some(vec![tolerates]), ..Default::default() };
+        assert_eq!(plan_schedule(&nodes, &[], &spec), Ok("node-1".into()));
+    }
+
+    #[test]
+    fn node_affinity_pins_a_pod_to_its_node() {
+        let nodes: Vec<Arc<Node>> =
+            (1..=3).map(|i| lab_node(&format!("node-{i}"), "110", &format!("10.244.{i}.0/24"))).collect();
+        let spec = daemonset::pod_spec_for(&PodSpec::default(), "node-3");
+        assert_eq!(plan_schedule(&nodes, &[], &spec), Ok("node-3".into()));
+        let spec = daemonset::pod_spec_for(&PodSpec::default(), "node-9");
+        assert_eq!(
+            plan_schedule(&nodes, &[], &spec),
+            Err("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.".into())
+        );
     }
 
     #[test]
@@ -644,13 +499,5 @@ mod tests {
         assert_eq!(h, template_hash(&json!({"spec": {"containers": [{"name": "n"}]}})));
         assert_ne!(h, template_hash(&json!({"spec": {"containers": [{"name": "m"}]}})));
         assert!(h.chars().all(|c| c.is_ascii_alphanumeric()) && h.len() == 10);
-    }
-
-    #[test]
-    fn scale_down_prefers_unscheduled() {
-        let a = pod(Some("n"));
-        let b = pod(None);
-        let out = plan_scale_down(vec![a.clone(), b.clone()], 1);
-        assert!(out[0].spec.as_ref().unwrap().node_name.is_none());
     }
 }
