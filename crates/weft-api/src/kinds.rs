@@ -49,7 +49,7 @@ macro_rules! kind {
 pub static ALL: &[Kind] = &[
     kind!("", "v1", "Namespace", "namespaces", "namespace", false, ["ns"], ["status"]),
     kind!("", "v1", "Node", "nodes", "node", false, ["no"], ["status"]),
-    kind!("", "v1", "Pod", "pods", "pod", true, ["po"], ["status", "log"]),
+    kind!("", "v1", "Pod", "pods", "pod", true, ["po"], ["status", "log", "exec", "attach", "portforward"]),
     kind!("", "v1", "Service", "services", "service", true, ["svc"], ["status"]),
     kind!("", "v1", "Endpoints", "endpoints", "endpoints", true, ["ep"], []),
     kind!("", "v1", "Secret", "secrets", "secret", true, [], []),

@@ -12,6 +12,7 @@ pub mod pod_logs;
 pub mod rest;
 pub mod selectors;
 pub mod status;
+pub mod streams;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -85,6 +86,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
 
 /// [`start`], with pods' container logs read from `pod_logs` (in a lab, the lab's kubelets).
 pub async fn start_with_pod_logs(cfg: Config, pod_logs: Arc<dyn pod_logs::PodLogs>) -> Result<Running> {
+    start_with_pods(cfg, pod_logs, Arc::new(streams::NoPodStreams)).await
+}
+
+/// [`start_with_pod_logs`], with pods' exec, attach and port-forward served through
+/// `pod_streams` (in a lab, the lab's pod shims and namespaces).
+pub async fn start_with_pods(
+    cfg: Config,
+    pod_logs: Arc<dyn pod_logs::PodLogs>,
+    pod_streams: Arc<dyn streams::PodStreams>,
+) -> Result<Running> {
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir.join("store.redb"), weft_store::DEFAULT_HISTORY)
         .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
@@ -137,6 +148,7 @@ pub async fn start_with_pod_logs(cfg: Config, pod_logs: Arc<dyn pod_logs::PodLog
             let api = a2.clone();
             let token = token.clone();
             let server_addr = server_addr.clone();
+            let pod_streams = pod_streams.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 // A client that never finishes its handshake does not keep its slot.
@@ -156,7 +168,16 @@ pub async fn start_with_pod_logs(cfg: Config, pod_logs: Arc<dyn pod_logs::PodLog
                     let api = api.clone();
                     let token = token.clone();
                     let server_addr = server_addr.clone();
-                    async move { Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await) }
+                    let pod_streams = pod_streams.clone();
+                    async move {
+                        // exec, attach and port-forward take the connection over (an upgrade).
+                        if let Some((ns, name, sub)) = streams::stream_target(req.uri().path())
+                            && authorized(&req, &token)
+                        {
+                            return Ok(streams::serve(&api, pod_streams, ns, name, sub, req).await);
+                        }
+                        Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await)
+                    }
                 });
                 let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                 // Without a timer hyper enforces no header timeout: a client that sends half a
@@ -167,7 +188,7 @@ pub async fn start_with_pod_logs(cfg: Config, pod_logs: Arc<dyn pod_logs::PodLog
                     .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
                     .keep_alive_timeout(std::time::Duration::from_secs(20))
                     .max_concurrent_streams(250);
-                let _ = b.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                let _ = b.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc).await;
             });
         }
     });

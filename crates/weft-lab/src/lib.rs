@@ -12,6 +12,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod netns;
 pub mod shim;
+pub mod streams;
 pub mod topology;
 
 use std::path::PathBuf;

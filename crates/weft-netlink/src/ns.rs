@@ -430,6 +430,74 @@ pub fn command_in_pod(cmd: &mut Command, pod: &PodEntry) -> Result<()> {
     Ok(())
 }
 
+/// The namespaces of a running process (a pod's shim, pid 1 of the pod's PID namespace), open,
+/// so a command can join them exactly: network, mount (with the pod's resolv.conf, /proc and
+/// hidden paths as the shim made them), UTS and PID. This is how `kubectl exec` and `weft exec`
+/// get into a running pod, so what they run sees what the containers see.
+pub struct ProcessNamespaces {
+    net: File,
+    mnt: File,
+    uts: File,
+    pid: File,
+}
+
+impl ProcessNamespaces {
+    /// Opens process `pid`'s namespaces (it must be alive; `is_missing()` when it is not).
+    pub fn of(pid: u32) -> Result<ProcessNamespaces> {
+        let ns = |kind: &str| open(Path::new(&format!("/proc/{pid}/ns/{kind}")));
+        Ok(ProcessNamespaces { net: ns("net")?, mnt: ns("mnt")?, uts: ns("uts")?, pid: ns("pid")? })
+    }
+
+    /// Makes `cmd` join the network, UTS and mount namespaces between fork and exec, then change
+    /// to `cwd` (joining a mount namespace moves a process to its root, so a `current_dir` set on
+    /// `cmd` would not hold). Register this before anything that drops capabilities: joining
+    /// needs CAP_SYS_ADMIN. The PID namespace is joined by the spawning thread: [`Self::spawn`].
+    pub fn command(&self, cmd: &mut Command, cwd: Option<&Path>) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let (net, uts, mnt) = (dup(&self.net)?, dup(&self.uts)?, dup(&self.mnt)?);
+        let cwd = cwd
+            .map(|c| std::ffi::CString::new(c.as_os_str().as_bytes()))
+            .transpose()
+            .map_err(|_| Error::other("a NUL byte in a working directory"))?;
+        // SAFETY: system calls only, on descriptors and a string prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (fd, kind) in [
+                    (&net, CloneFlags::CLONE_NEWNET),
+                    (&uts, CloneFlags::CLONE_NEWUTS),
+                    (&mnt, CloneFlags::CLONE_NEWNS),
+                ] {
+                    setns(fd.as_fd(), kind).map_err(std::io::Error::from)?;
+                }
+                if let Some(c) = &cwd {
+                    nix::unistd::chdir(c.as_c_str()).map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `spawn` on a fresh thread that has entered the PID namespace for its children (a
+    /// thread cannot leave a PID namespace it entered, so it is one made for this and gone after),
+    /// so the processes it starts are in the pod's PID namespace.
+    pub fn spawn<T: Send + 'static>(&self, spawn: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let pid = dup(&self.pid)?;
+        std::thread::spawn(move || -> Result<T> {
+            setns(pid.as_fd(), CloneFlags::CLONE_NEWPID)
+                .map_err(|e| Error::errno("entering the pod's PID namespace", e))?;
+            Ok(spawn())
+        })
+        .join()
+        .map_err(|_| Error::other("a thread starting a process in a PID namespace panicked"))?
+    }
+
+    /// The network namespace, to open sockets in ([`run_in_file`]).
+    pub fn netns(&self) -> &File {
+        &self.net
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

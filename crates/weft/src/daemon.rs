@@ -53,7 +53,9 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
         };
         // `kubectl logs` reads what the lab's pod shims wrote.
         let pod_logs = Arc::new(weft_lab::logs::LabPodLogs { state_dir: state_dir.clone() });
-        let running = weft_apiserver::start_with_pod_logs(api_cfg, pod_logs).await?;
+        // `kubectl exec`, `attach` and `port-forward` enter the lab's running pods.
+        let pod_streams = Arc::new(weft_lab::streams::LabPodStreams { state_dir: state_dir.clone() });
+        let running = weft_apiserver::start_with_pods(api_cfg, pod_logs, pod_streams).await?;
         tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
         let client = client::connect(&lab).await?;
         let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
