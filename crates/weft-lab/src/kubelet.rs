@@ -16,13 +16,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_cni::runtime::{ConfList, Invocation};
 
-use crate::shim::{self, ContainerSpec, Security, ShimSpec};
+use crate::lifecycle::{self, Note, ProbeKind, ProbeState, Seen, TermStep, Termination};
+use crate::pod_events::{self, PodEvents};
+use crate::shim::{self, ContainerSpec, ContainerState, Hook, Security, ShimSpec};
 use crate::topology::NodeNet;
 use crate::{LabCtx, netns};
 
@@ -104,45 +106,20 @@ pub fn kill_shim(sb: &Sandbox, grace: Duration) {
     let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
 
-struct ProbeState {
-    ready: bool,
-    next: Instant,
-    successes: i32,
-    failures: i32,
-    /// The probe under way: probes run on their own (one pod's hung probe holds up nobody) and
-    /// wake the kubelet when they finish.
-    running: Option<tokio::task::JoinHandle<bool>>,
-}
-
-impl ProbeState {
-    /// Counts one finished probe as kubelet does: Ready after `successThreshold` successes in a
-    /// row (default 1); a Ready container becomes unready after `failureThreshold` failures in a
-    /// row (default 3); one not yet Ready stays so.
-    fn record(&mut self, ok: bool, probe: &Probe) {
-        let (succ_needed, fail_needed) = (probe.success_threshold.unwrap_or(1), probe.failure_threshold.unwrap_or(3));
-        if ok {
-            self.successes = self.successes.saturating_add(1);
-            self.failures = 0;
-            if self.successes >= succ_needed {
-                self.ready = true;
-            }
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            self.successes = 0;
-            if self.failures >= fail_needed || !self.ready {
-                self.ready = false;
-            }
-        }
-    }
-}
+type ProbeKey = (String, String, ProbeKind);
 
 pub struct Kubelet {
     ctx: Arc<LabCtx>,
     node: NodeNet,
     client: kube::Client,
-    probes: HashMap<(String, String), ProbeState>,
+    probes: HashMap<ProbeKey, ProbeState>,
     pushed: HashMap<String, Value>,
     failures: HashMap<String, (Instant, String)>,
+    /// Pods being terminated, by uid.
+    terminating: HashMap<String, Termination>,
+    /// What was last reported of each container (uid, name), to report each change once.
+    seen: HashMap<(String, String), Seen>,
+    events: Option<PodEvents>,
     wake: weft_watch::Wake,
 }
 
@@ -155,11 +132,15 @@ impl Kubelet {
             probes: HashMap::new(),
             pushed: HashMap::new(),
             failures: HashMap::new(),
+            terminating: HashMap::new(),
+            seen: HashMap::new(),
+            events: None,
             wake: weft_watch::Wake::new(),
         }
     }
 
     pub async fn run(mut self) {
+        self.events = Some(PodEvents::start(self.client.clone(), &self.node.name));
         let wake = self.wake.clone();
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node.name));
         let reader = weft_watch::cached_with(Api::<Pod>::all(self.client.clone()), cfg, wake.clone());
@@ -171,30 +152,51 @@ impl Kubelet {
         controller.run(async move || self.sync(&reader.state()).await).await
     }
 
+    fn emit(&self, pod: &Pod, container: Option<&str>, note: Note) {
+        if let Some(ev) = &self.events {
+            ev.emit(pod, container.map(|c| pod_events::field_path(pod, c)), note);
+        }
+    }
+
+    /// Forgets everything kept about a pod that is gone.
+    fn forget(&mut self, uid: &str) {
+        self.pushed.remove(uid);
+        self.failures.remove(uid);
+        self.terminating.remove(uid);
+        self.probes.retain(|(u, _, _), _| u != uid);
+        self.seen.retain(|(u, _), _| u != uid);
+    }
+
     async fn sync(&mut self, pods: &[Arc<Pod>]) -> Result<()> {
         let state = self.ctx.state_dir.clone();
         let mine: Vec<Sandbox> = all_sandboxes(&state).into_iter().filter(|s| s.node == self.node.name).collect();
-        let desired: HashMap<String, Arc<Pod>> = pods
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| Some((p.metadata.uid.clone()?, p.clone())))
-            .collect();
-        // Gone pods: tear down.
-        for sb in mine.iter().filter(|s| !desired.contains_key(&s.uid)) {
+        let objects: HashMap<String, Arc<Pod>> =
+            pods.iter().filter_map(|p| Some((p.metadata.uid.clone()?, p.clone()))).collect();
+        // Pods whose object is gone (a forced delete): no grace left, kill and clean up.
+        for sb in mine.iter().filter(|s| !objects.contains_key(&s.uid)) {
             let (ctx, node, gone) = (self.ctx.clone(), self.node.clone(), sb.clone());
             tokio::task::spawn_blocking(move || teardown(&ctx, &node, &gone)).await??;
-            self.pushed.remove(&sb.uid);
-            self.probes.retain(|(u, _), _| *u != sb.uid);
+            self.forget(&sb.uid);
         }
         let have: HashSet<String> = mine.iter().map(|s| s.uid.clone()).collect();
-        for (uid, pod) in &desired {
+        // Pods being deleted: preStop, SIGTERM, SIGKILL at the end of the grace period, then
+        // the sandbox goes and the pod object with it.
+        for (uid, pod) in objects.iter().filter(|(_, p)| p.metadata.deletion_timestamp.is_some()) {
+            let sb = if have.contains(uid) { load_sandbox(&state, uid) } else { None };
+            self.terminate(pod, sb).await;
+        }
+        self.terminating.retain(|uid, _| objects.get(uid).is_some_and(|p| p.metadata.deletion_timestamp.is_some()));
+        for (uid, pod) in objects.iter().filter(|(_, p)| p.metadata.deletion_timestamp.is_none()) {
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
             if phase == "Succeeded" || phase == "Failed" {
                 continue;
             }
             let sb = if have.contains(uid) { load_sandbox(&state, uid) } else { None };
+            let finished = |sb: &Sandbox| {
+                shim::read_status(&pod_dir(&state, &sb.uid)).is_some_and(|st| lifecycle::shim_finished(&st))
+            };
             let sb = match sb {
-                Some(sb) if shim_alive(&sb) && netns::path(&sb.netns).exists() => sb,
+                Some(sb) if netns::path(&sb.netns).exists() && (shim_alive(&sb) || finished(&sb)) => sb,
                 other => {
                     // Back off a failing pod for a few seconds.
                     if let Some((at, _)) = self.failures.get(uid)
@@ -211,6 +213,11 @@ impl Kubelet {
                         Err(e) => {
                             let msg = format!("{e:#}");
                             tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %msg, "sandbox");
+                            self.emit(
+                                pod,
+                                None,
+                                Note::warning("FailedCreatePodSandBox", format!("Failed to create pod sandbox: {msg}")),
+                            );
                             self.failures.insert(uid.clone(), (Instant::now(), msg.clone()));
                             self.push_status(
                                 pod,
@@ -224,11 +231,117 @@ impl Kubelet {
                     }
                 }
             };
-            self.run_probes(pod, &sb).await;
+            self.observe(pod, &sb, false);
+            self.run_probes(pod, &sb, false).await;
             let status = self.pod_status(pod, &sb);
             self.push_status(pod, status).await;
         }
         Ok(())
+    }
+
+    /// One step of a deleted pod's termination (see [`Termination::step`]).
+    async fn terminate(&mut self, pod: &Pod, sb: Option<Sandbox>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        // Never started (or already torn down): nothing to stop.
+        let Some(sb) = sb else {
+            self.delete_for_good(pod).await;
+            self.forget(&uid);
+            return;
+        };
+        let dir = pod_dir(&self.ctx.state_dir, &uid);
+        let st = shim::read_status(&dir);
+        let now = Instant::now();
+        let grace = lifecycle::grace_period(pod);
+        let t = self.terminating.entry(uid.clone()).or_insert_with(|| Termination::new(grace, now));
+        let first = t.told.is_none();
+        match t.step(grace, st.as_ref(), shim_alive(&sb), now) {
+            TermStep::Stop(left) => {
+                if first {
+                    for c in st.iter().flat_map(|s| s.init_containers.iter().chain(&s.containers)) {
+                        if c.running {
+                            self.emit(pod, Some(&c.name), Note::normal("Killing", format!("Stopping container {}", c.name)));
+                        }
+                    }
+                }
+                let d = dir.clone();
+                let told = tokio::task::spawn_blocking(move || shim::stop(&d, None, left)).await;
+                if !matches!(told, Ok(Ok(()))) {
+                    tracing::debug!(pod = %sb.name, result = ?told.map(|r| r.map_err(|e| format!("{e:#}"))), "stop request");
+                    if let Some(t) = self.terminating.get_mut(&uid) {
+                        t.told = None;
+                    }
+                }
+            }
+            TermStep::Wait => {}
+            TermStep::Finish { overdue } => {
+                if overdue {
+                    self.emit(
+                        pod,
+                        None,
+                        Note::warning(
+                            "ExceededGracePeriod",
+                            "Container runtime did not kill the pod within specified grace period.".into(),
+                        ),
+                    );
+                }
+                self.observe(pod, &sb, true);
+                let status = self.pod_status(pod, &sb);
+                self.push_status(pod, status).await;
+                let (ctx, node, gone) = (self.ctx.clone(), self.node.clone(), sb.clone());
+                match tokio::task::spawn_blocking(move || teardown(&ctx, &node, &gone)).await {
+                    Ok(Ok(())) => {
+                        self.delete_for_good(pod).await;
+                        self.forget(&uid);
+                    }
+                    other => tracing::warn!(pod = %sb.name, result = ?other.map(|r| r.map_err(|e| format!("{e:#}"))), "teardown"),
+                }
+                return;
+            }
+        }
+        self.observe(pod, &sb, true);
+        self.run_probes(pod, &sb, true).await;
+        let status = self.pod_status(pod, &sb);
+        self.push_status(pod, status).await;
+    }
+
+    /// The kubelet's last word on a terminated pod: DELETE with no grace left, bound to its uid
+    /// (a pod of the same name made since is not touched).
+    async fn delete_for_good(&self, pod: &Pod) {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+            ..Default::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => {}
+            // Gone already, or another pod by that name now.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %name, error = %e, "final delete"),
+        }
+    }
+
+    /// Reports each change of the pod's containers once, as events (started, back-off, a failed
+    /// preStop hook).
+    fn observe(&mut self, pod: &Pod, sb: &Sandbox, terminating: bool) {
+        let Some(st) = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)) else { return };
+        let pod_ref = format!(
+            "{}_{}({})",
+            pod.metadata.name.as_deref().unwrap_or(""),
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            sb.uid
+        );
+        let specs: Vec<&Container> =
+            pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers)).collect();
+        for cs in st.init_containers.iter().chain(&st.containers) {
+            let image = specs.iter().find(|c| c.name == cs.name).and_then(|c| c.image.clone()).unwrap_or_default();
+            let seen = self.seen.entry((sb.uid.clone(), cs.name.clone())).or_default();
+            for note in lifecycle::container_events(seen, cs, &image, &pod_ref, terminating || st.terminating) {
+                self.emit(pod, Some(&cs.name), note);
+            }
+        }
     }
 
     async fn push_status(&mut self, pod: &Pod, status: Value) {
@@ -249,112 +362,196 @@ impl Kubelet {
 
     fn pod_status(&self, pod: &Pod, sb: &Sandbox) -> Value {
         let st = shim::read_status(&pod_dir(&self.ctx.state_dir, &sb.uid)).unwrap_or_default();
-        let probe_ready = |c: &str| self.probes.get(&(sb.uid.clone(), c.to_string())).is_some_and(|p| p.ready);
-        status_of(pod, sb, &st, probe_ready, self.node.ip, &shim::now())
+        let probe_ok = |c: &str, kind: ProbeKind| {
+            self.probes.get(&(sb.uid.clone(), c.to_string(), kind)).map_or(kind.initial(), |p| p.ok)
+        };
+        status_of(pod, sb, &st, probe_ok, self.node.ip, &shim::now())
     }
 
-    async fn run_probes(&mut self, pod: &Pod, sb: &Sandbox) {
+    /// Runs the pod's probes as the kubelet's prober: per container, a startup probe until it
+    /// passes, then liveness and readiness; each from `initialDelaySeconds` after the container
+    /// (instance) started, every `periodSeconds`. A liveness or startup probe that fails
+    /// `failureThreshold` times in a row has the shim restart the container (preStop, SIGTERM,
+    /// SIGKILL after the grace period). While the pod terminates only readiness is probed.
+    async fn run_probes(&mut self, pod: &Pod, sb: &Sandbox, terminating: bool) {
         let Some(spec) = &pod.spec else { return };
         let dir = pod_dir(&self.ctx.state_dir, &sb.uid);
         let st = shim::read_status(&dir).unwrap_or_default();
+        let now = Instant::now();
         for c in &spec.containers {
-            let Some(probe) = c.readiness_probe.clone() else { continue };
-            let key = (sb.uid.clone(), c.name.clone());
-            let running = st.containers.iter().any(|x| x.name == c.name && x.running);
-            let now = Instant::now();
-            let entry = self.probes.entry(key).or_insert_with(|| ProbeState {
-                ready: false,
-                next: now + Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64),
-                successes: 0,
-                failures: 0,
-                running: None,
-            });
-            if !running {
-                entry.ready = false;
-                continue;
+            let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
+            let instance = lifecycle::instance_of(&cs);
+            let mut started = c.startup_probe.is_none();
+            for kind in ProbeKind::ALL {
+                let Some(probe) = kind.of(c).cloned() else { continue };
+                let key = (sb.uid.clone(), c.name.clone(), kind);
+                let entry = self.probes.entry(key).or_insert_with(|| ProbeState::new(kind, &probe, instance.clone(), now));
+                if entry.instance != instance {
+                    // A new instance (a restart): a fresh worker; a probe of the old one is dropped.
+                    *entry = ProbeState::new(kind, &probe, instance.clone(), now);
+                }
+                if let Some(h) = entry.running.take_if(|h| h.is_finished()) {
+                    let result = h.await.unwrap_or_else(|e| Err(e.to_string()));
+                    if let Err(why) = &result {
+                        let note = Note::warning("Unhealthy", format!("{} probe failed: {why}", kind.title()));
+                        if let Some(ev) = &self.events {
+                            ev.emit(pod, Some(pod_events::field_path(pod, &c.name)), note);
+                        }
+                    }
+                    if entry.record(result.is_ok(), &probe) && !terminating && cs.running {
+                        let what = if kind == ProbeKind::Startup { "startup" } else { "liveness" };
+                        let note = Note::normal(
+                            "Killing",
+                            format!("Container {} failed {what} probe, will be restarted", c.name),
+                        );
+                        if let Some(ev) = &self.events {
+                            ev.emit(pod, Some(pod_events::field_path(pod, &c.name)), note);
+                        }
+                        let (d, name, grace) = (dir.clone(), c.name.clone(), lifecycle::probe_kill_grace(pod, &probe));
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shim::stop(&d, Some(&name), grace)).await {
+                            tracing::debug!(pod = %sb.name, container = %c.name, error = %format!("{e:#}"), "restart request");
+                        }
+                    }
+                }
+                if kind == ProbeKind::Startup {
+                    started = entry.ok;
+                }
+                if (terminating && kind != ProbeKind::Readiness) || !entry.due(cs.running, started, now) {
+                    continue;
+                }
+                entry.next = now + ProbeState::period(&probe);
+                let (ip, node_ns, dir) = (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), dir.clone());
+                let (container, wake) = (c.clone(), self.wake.clone());
+                entry.running = Some(tokio::task::spawn_blocking(move || {
+                    let r = probe_check(&probe, &container, &ip, &node_ns, &dir);
+                    wake.wake();
+                    r
+                }));
             }
-            if let Some(h) = entry.running.take_if(|h| h.is_finished()) {
-                entry.record(h.await.unwrap_or(false), &probe);
-            }
-            if entry.running.is_some() || now < entry.next {
-                continue;
-            }
-            entry.next = now + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
-            let (ip, node_ns, dir) = (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), dir.clone());
-            let (container, wake) = (c.clone(), self.wake.clone());
-            entry.running = Some(tokio::task::spawn_blocking(move || {
-                let ok = probe_once(&probe, &container, &ip, &node_ns, &dir);
-                wake.wake();
-                ok
-            }));
         }
     }
 }
 
-/// A pod's status from its sandbox and what its shim reports: phase (Succeeded or Failed once every
-/// container is done, which the restart policy decides), container states (CrashLoopBackOff
-/// between restarts, the last exit in `lastState`), readiness from the probes (`probe_ready` of a
-/// container's name). `now` is the start time of a pod that has none yet.
+/// A container's status as the API shows it. `ready`/`started` from its probes; `waiting` is the
+/// reason of a container that has not run yet.
+fn container_status(c: &Container, cs: &ContainerState, uid: &str, ready: bool, started: bool, waiting: &str) -> Value {
+    let state = if cs.running {
+        json!({"running": {"startedAt": cs.started_at}})
+    } else if cs.done {
+        json!({"terminated": {"exitCode": cs.exit_code.unwrap_or(0), "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at}})
+    } else if cs.restart_count > 0 {
+        json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {}", c.name)}})
+    } else {
+        json!({"waiting": {"reason": waiting}})
+    };
+    let mut s = json!({
+        "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+        "containerID": format!("weft://{}/{}", uid, c.name),
+        "ready": ready, "started": started, "restartCount": cs.restart_count, "state": state,
+    });
+    if cs.restart_count > 0 && cs.exit_code.is_some() && !cs.done {
+        s["lastState"] =
+            json!({"terminated": {"exitCode": cs.exit_code, "reason": cs.reason, "finishedAt": cs.finished_at}});
+    }
+    s
+}
+
+/// A pod's status from its sandbox and what its shim reports: phase (Pending while init
+/// containers run, Failed when one failed for good, Succeeded or Failed once every container is
+/// done, which the restart policy decides), init and app container states (CrashLoopBackOff
+/// between restarts, the last exit in `lastState`, PodInitializing while init containers run),
+/// readiness from the probes (`probe_ok` of a container's name and a probe kind, for containers
+/// that have that probe): a container has started once running and its startup probe passed,
+/// is ready once started and its readiness probe passed. `now` is the start time of a pod that
+/// has none yet.
 fn status_of(
     pod: &Pod,
     sb: &Sandbox,
     st: &shim::ShimStatus,
-    probe_ready: impl Fn(&str) -> bool,
+    probe_ok: impl Fn(&str, ProbeKind) -> bool,
     host_ip: std::net::Ipv4Addr,
     now: &str,
 ) -> Value {
     let uid = &sb.uid;
-    let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers = spec.containers.clone();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let state_of = |list: &[ContainerState], name: &str| list.iter().find(|x| x.name == name).cloned().unwrap_or_default();
+    let started_of = |c: &Container, cs: &ContainerState| {
+        cs.running && (c.startup_probe.is_none() || probe_ok(&c.name, ProbeKind::Startup))
+    };
+    let ready_of = |c: &Container, cs: &ContainerState| {
+        started_of(c, cs) && (c.readiness_probe.is_none() || probe_ok(&c.name, ProbeKind::Readiness))
+    };
+    let initialized = inits.is_empty() || st.initialized;
+    let mut init_statuses = vec![];
+    let mut init_failed = false;
+    let mut incomplete = vec![];
+    for c in &inits {
+        let cs = state_of(&st.init_containers, &c.name);
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        let (ready, started) = if sidecar {
+            (ready_of(c, &cs), started_of(c, &cs))
+        } else {
+            (cs.done && cs.exit_code == Some(0), cs.running)
+        };
+        init_failed |= cs.done && cs.exit_code.unwrap_or(0) != 0;
+        if !(cs.done && cs.exit_code == Some(0)) && !(sidecar && cs.running) {
+            incomplete.push(c.name.clone());
+        }
+        init_statuses.push(container_status(c, &cs, uid, ready, started, "PodInitializing"));
+    }
     let mut statuses = vec![];
-    let mut all_ready = !containers.is_empty();
+    let mut all_ready = !containers.is_empty() && initialized;
     let mut all_done = !containers.is_empty();
     let mut all_ok = true;
+    let waiting = if initialized { "ContainerCreating" } else { "PodInitializing" };
     for c in &containers {
-        let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
-        let probe_ready = c.readiness_probe.is_none() || probe_ready(&c.name);
-        let ready = cs.running && probe_ready;
+        let cs = state_of(&st.containers, &c.name);
+        let ready = ready_of(c, &cs);
         all_ready &= ready;
         all_done &= cs.done;
         all_ok &= cs.exit_code.unwrap_or(0) == 0;
-        let state = if cs.running {
-            json!({"running": {"startedAt": cs.started_at}})
-        } else if cs.done {
-            json!({"terminated": {"exitCode": cs.exit_code.unwrap_or(0), "reason": cs.reason, "startedAt": cs.started_at, "finishedAt": cs.finished_at}})
-        } else if cs.restart_count > 0 {
-            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {}", c.name)}})
-        } else {
-            json!({"waiting": {"reason": "ContainerCreating"}})
-        };
-        let mut s = json!({
-            "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-            "containerID": format!("weft://{}/{}", uid, c.name),
-            "ready": ready, "started": cs.running, "restartCount": cs.restart_count, "state": state,
-        });
-        if cs.restart_count > 0 && cs.exit_code.is_some() && !cs.done {
-            s["lastState"] =
-                json!({"terminated": {"exitCode": cs.exit_code, "reason": cs.reason, "finishedAt": cs.finished_at}});
-        }
-        statuses.push(s);
+        statuses.push(container_status(c, &cs, uid, ready, started_of(c, &cs), waiting));
     }
-    let phase = if all_done {
+    // Sidecars count for readiness too.
+    for (c, s) in inits.iter().zip(&init_statuses) {
+        if c.restart_policy.as_deref() == Some("Always") {
+            all_ready &= s["ready"] == true;
+        }
+    }
+    let phase = if init_failed {
+        "Failed"
+    } else if !initialized {
+        "Pending"
+    } else if all_done {
         if all_ok { "Succeeded" } else { "Failed" }
-    } else if st.containers.iter().any(|c| c.running || c.restart_count > 0) {
+    } else if st.containers.iter().any(|c| c.running || c.restart_count > 0 || c.done) {
         "Running"
     } else {
         "Pending"
     };
     let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+    let mut init_cond = cond("Initialized", initialized);
+    if !initialized {
+        init_cond["reason"] = json!("ContainersNotInitialized");
+        init_cond["message"] = json!(format!("containers with incomplete status: [{}]", incomplete.join(" ")));
+    }
     let ips: Vec<Value> = sb.ips.iter().map(|ip| json!({"ip": ip})).collect();
-    json!({
+    let mut out = json!({
         "phase": phase,
         "podIP": sb.ips.first(),
         "podIPs": ips,
         "hostIP": host_ip.to_string(),
         "hostIPs": [{"ip": host_ip.to_string()}],
         "startTime": pod.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| json!(t)).unwrap_or(json!(now)),
-        "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", all_ready), cond("Ready", all_ready)],
+        "conditions": [cond("PodScheduled", true), init_cond, cond("ContainersReady", all_ready), cond("Ready", all_ready)],
         "containerStatuses": statuses,
-    })
+    });
+    if !inits.is_empty() {
+        out["initContainerStatuses"] = json!(init_statuses);
+    }
+    out
 }
 
 fn resolve_port(p: &IntOrString, c: &Container) -> Option<u16> {
@@ -418,55 +615,73 @@ fn http_status_ok(head: &[u8]) -> bool {
 /// connect to the pod IP from the node (as kubelet does); exec runs the command in the pod, by its
 /// shim (the pod's namespaces, the container's environment and capabilities), killed at the
 /// timeout.
+#[cfg(test)]
 fn probe_once(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: &Path) -> bool {
+    probe_check(p, c, pod_ip, node_ns, pod_dir).is_ok()
+}
+
+/// One probe, passed or why not (in the kubelet's words where it has some).
+fn probe_check(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: &Path) -> Result<(), String> {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     match probe_action(p, c, pod_ip) {
         ProbeAction::Http { addr, path } => http_probe(addr, path, timeout, node_ns),
-        ProbeAction::Tcp(addr) => {
-            netns::in_netns(node_ns, move || TcpStream::connect_timeout(&addr, timeout).is_ok()).unwrap_or(false)
-        }
+        ProbeAction::Tcp(addr) => netns::in_netns(node_ns, move || {
+            TcpStream::connect_timeout(&addr, timeout).map(|_| ()).map_err(|e| format!("dial tcp {addr}: {e}"))
+        })
+        .unwrap_or_else(|e| Err(format!("{e:#}"))),
         ProbeAction::Exec(argv) => match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
-            Ok(ok) => ok,
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("command {argv:?} failed or timed out after {}s", timeout.as_secs())),
             Err(e) => {
                 tracing::debug!(container = %c.name, error = %format!("{e:#}"), "exec probe");
-                false
+                Err(format!("{e:#}"))
             }
         },
         ProbeAction::Fail(why) => {
             tracing::debug!(container = %c.name, why, "probe");
-            false
+            Err(why.to_string())
         }
-        ProbeAction::Pass => true,
+        ProbeAction::Pass => Ok(()),
     }
 }
 
 /// An httpGet probe from the node's namespace, the whole exchange within `timeout`.
-fn http_probe(addr: SocketAddr, path: String, timeout: Duration, node_ns: &Path) -> bool {
+fn http_probe(addr: SocketAddr, path: String, timeout: Duration, node_ns: &Path) -> Result<(), String> {
     let (ip, port) = (addr.ip(), addr.port());
-    netns::in_netns(node_ns, move || -> bool {
+    let url = format!("http://{addr}{path}");
+    netns::in_netns(node_ns, move || -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout) else { return false };
+        let get = |why: String| format!("Get \"{url}\": {why}");
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), timeout)
+            .map_err(|e| get(format!("dial tcp {addr}: {e}")))?;
         let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let _ = s.set_write_timeout(Some(left()));
         let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.33\r\n\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
+        s.write_all(req.as_bytes()).map_err(|e| get(e.to_string()))?;
         // The status line, within the deadline however slowly it comes.
         let mut head = [0u8; 12];
         let mut got = 0;
+        let slow = || get("context deadline exceeded (Client.Timeout exceeded while awaiting headers)".into());
         while got < head.len() {
             if Instant::now() >= deadline || s.set_read_timeout(Some(left())).is_err() {
-                return false;
+                return Err(slow());
             }
             match s.read(&mut head[got..]) {
-                Ok(0) | Err(_) => return false,
+                Ok(0) => return Err(get("EOF".into())),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(slow());
+                }
+                Err(e) => return Err(get(e.to_string())),
                 Ok(n) => got += n,
             }
         }
-        http_status_ok(&head)
+        if http_status_ok(&head) {
+            return Ok(());
+        }
+        let code = String::from_utf8_lossy(head.get(9..12).unwrap_or_default()).to_string();
+        Err(format!("HTTP probe failed with statuscode: {code}"))
     })
-    .unwrap_or(false)
+    .unwrap_or_else(|e| Err(format!("{e:#}")))
 }
 
 pub fn netns_name(lab: &str, uid: &str) -> String {
@@ -637,25 +852,67 @@ fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, 
         resolv_conf: Some(dir.join("resolv.conf")),
         dir,
         restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
-        containers: spec
-            .containers
-            .iter()
-            .map(|c| ContainerSpec {
-                name: c.name.clone(),
-                argv: argv_for(ctx, pod, c),
-                env: env_for(pod, c, ip, node),
-                workdir: c.working_dir.clone(),
-                security: if is_lab_dns(pod, c) {
-                    Security { caps: None, no_new_privs: false }
-                } else {
-                    Security::of(c.security_context.as_ref())
-                },
-            })
-            .collect(),
+        containers: spec.containers.iter().map(|c| container_spec(ctx, node, pod, c, ip)).collect(),
+        init_containers: spec.init_containers.iter().flatten().map(|c| container_spec(ctx, node, pod, c, ip)).collect(),
         host_netns: lab_dns,
         // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
         hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
     }
+}
+
+/// One container of the pod as its shim runs it.
+fn container_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, c: &Container, ip: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: c.name.clone(),
+        argv: argv_for(ctx, pod, c),
+        env: env_for(pod, c, ip, node),
+        workdir: c.working_dir.clone(),
+        security: if is_lab_dns(pod, c) {
+            Security { caps: None, no_new_privs: false }
+        } else {
+            Security::of(c.security_context.as_ref())
+        },
+        pre_stop: pre_stop_hook(c, ip),
+        restart_policy: c.restart_policy.clone(),
+    }
+}
+
+/// A container's `lifecycle.preStop` as the shim runs it: exec as written; httpGet to the pod's
+/// address (or the hook's host) with its port resolved, by name too; sleep. What the lab cannot
+/// run fails when it runs, saying why (the kubelet ignores a tcpSocket handler, as here).
+fn pre_stop_hook(c: &Container, pod_ip: &str) -> Option<Hook> {
+    let h = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+    if let Some(e) = &h.exec {
+        return Some(Hook::Exec(e.command.clone().unwrap_or_default()));
+    }
+    if let Some(g) = &h.http_get {
+        if g.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+            return Some(Hook::Invalid(format!(
+                "container {}: lifecycle.preStop.httpGet.scheme HTTPS is not supported by the lab; use HTTP",
+                c.name
+            )));
+        }
+        let Some(port) = resolve_port(&g.port, c) else {
+            return Some(Hook::Invalid(format!(
+                "container {}: lifecycle.preStop.httpGet.port {:?} is not a port number or a named port of the container",
+                c.name, g.port
+            )));
+        };
+        let host = g.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return Some(Hook::Invalid(format!(
+                "container {}: lifecycle.preStop.httpGet.host {host:?} is not an IP address (the lab resolves no names here)",
+                c.name
+            )));
+        };
+        let mut path = g.path.clone().unwrap_or_default();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        let headers = g.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
+        return Some(Hook::Http { addr: SocketAddr::new(ip, port), path, host: format!("{host}:{port}"), headers });
+    }
+    h.sleep.as_ref().map(|s| Hook::Sleep(s.seconds.max(0) as u64))
 }
 
 /// Makes (or re-makes) a pod's sandbox: namespace, CNI ADD, resolv.conf, shim.

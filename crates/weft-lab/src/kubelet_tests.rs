@@ -278,12 +278,13 @@ fn state(name: &str, running: bool, restarts: u32, exit: Option<i32>, done: bool
         restart_count: restarts,
         reason: exit.map(|c| if c == 0 { "Completed".into() } else { "Error".into() }),
         done,
+        ..Default::default()
     }
 }
 
 fn status(pod: &Pod, containers: Vec<ContainerState>, probe_ready: bool) -> Value {
-    let st = ShimStatus { shim_pid: 4242, containers };
-    status_of(pod, &sandbox(), &st, |_| probe_ready, Ipv4Addr::new(172, 18, 0, 11), "2025-01-02T00:00:00Z")
+    let st = ShimStatus { shim_pid: 4242, containers, ..Default::default() };
+    status_of(pod, &sandbox(), &st, |_, _| probe_ready, Ipv4Addr::new(172, 18, 0, 11), "2025-01-02T00:00:00Z")
 }
 
 fn condition(s: &Value, t: &str) -> String {
@@ -449,7 +450,7 @@ fn http_success_is_2xx_and_3xx() {
 }
 
 fn counter() -> ProbeState {
-    ProbeState { ready: false, next: Instant::now(), successes: 0, failures: 0, running: None }
+    ProbeState::new(ProbeKind::Readiness, &probe(json!({})), (0, None), Instant::now())
 }
 
 #[test]
@@ -458,18 +459,18 @@ fn thresholds_count_results_in_a_row() {
     let p = probe(json!({"tcpSocket": {"port": 80}}));
     let mut s = counter();
     s.record(false, &p);
-    assert!(!s.ready, "not ready before any success");
+    assert!(!s.ok, "not ready before any success");
     s.record(true, &p);
-    assert!(s.ready);
+    assert!(s.ok);
     s.record(false, &p);
     s.record(false, &p);
-    assert!(s.ready, "two failures are under the threshold of 3");
+    assert!(s.ok, "two failures are under the threshold of 3");
     s.record(true, &p);
     s.record(false, &p);
     s.record(false, &p);
-    assert!(s.ready, "a success resets the failures");
+    assert!(s.ok, "a success resets the failures");
     s.record(false, &p);
-    assert!(!s.ready, "three in a row");
+    assert!(!s.ok, "three in a row");
     // successThreshold 3, failureThreshold 1.
     let p = probe(json!({"tcpSocket": {"port": 80}, "successThreshold": 3, "failureThreshold": 1}));
     let mut s = counter();
@@ -478,11 +479,11 @@ fn thresholds_count_results_in_a_row() {
     s.record(false, &p);
     s.record(true, &p);
     s.record(true, &p);
-    assert!(!s.ready, "a failure resets the successes");
+    assert!(!s.ok, "a failure resets the successes");
     s.record(true, &p);
-    assert!(s.ready);
+    assert!(s.ok);
     s.record(false, &p);
-    assert!(!s.ready);
+    assert!(!s.ok);
 }
 
 /// A server on 127.0.0.1 that answers each of at most `n` connections with `reply` after `delay`.
@@ -668,4 +669,389 @@ fn odd_specs_translate_without_panicking() {
     assert_eq!(status(&bare, vec![], true)["phase"], "Pending");
     assert_eq!(port_mappings(&bare), json!({"portMappings": []}));
     let _: PathBuf = pod_dir(dir.path(), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful termination
+
+use crate::lifecycle::{
+    self, MIN_KILL_WINDOW, Note, OVERDUE, ProbeKind, ProbeState, Seen, TermStep, Termination, kill_at,
+};
+use crate::shim::Hook;
+
+fn shim_report(terminating: bool, running: &[bool]) -> ShimStatus {
+    ShimStatus {
+        shim_pid: 4242,
+        containers: running.iter().enumerate().map(|(i, r)| state(&format!("c{i}"), *r, 0, None, !r)).collect(),
+        terminating,
+        initialized: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_grace_period_comes_from_the_deletion_then_the_spec_then_30_s() {
+    let mut p = pod(json!({"terminationGracePeriodSeconds": 12, "containers": []}));
+    assert_eq!(lifecycle::grace_period(&p), Duration::from_secs(12));
+    p.metadata.deletion_grace_period_seconds = Some(5);
+    assert_eq!(lifecycle::grace_period(&p), Duration::from_secs(5));
+    p.metadata.deletion_grace_period_seconds = Some(-3);
+    assert_eq!(lifecycle::grace_period(&p), Duration::ZERO, "a negative grace is none");
+    assert_eq!(lifecycle::grace_period(&pod(json!({"containers": []}))), Duration::from_secs(30));
+    // A liveness kill: the probe's own grace, else the pod's.
+    let pr = probe(json!({"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": 3}));
+    assert_eq!(lifecycle::probe_kill_grace(&p, &pr), Duration::from_secs(3));
+    assert_eq!(lifecycle::probe_kill_grace(&p, &probe(json!({}))), Duration::from_secs(12));
+}
+
+#[test]
+fn sigkill_comes_at_the_deadline_but_never_sooner_than_2_s_after_sigterm() {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(5);
+    // preStop took 1 s: SIGTERM at 1 s, SIGKILL at the deadline (4 s later).
+    assert_eq!(kill_at(deadline, t0 + Duration::from_secs(1)), deadline);
+    // preStop used up the grace period (SIGTERM at 5 s): still 2 s to exit.
+    assert_eq!(kill_at(deadline, deadline), deadline + MIN_KILL_WINDOW);
+    // SIGTERM at 4 s: the 2 s minimum reaches past the deadline.
+    assert_eq!(kill_at(deadline, t0 + Duration::from_secs(4)), t0 + Duration::from_secs(6));
+}
+
+#[test]
+fn a_termination_tells_the_shim_once_waits_and_finishes_when_nothing_runs() {
+    let t0 = Instant::now();
+    let grace = Duration::from_secs(5);
+    let mut t = Termination::new(grace, t0);
+    // The shim has not heard yet: tell it, with the whole grace period.
+    assert_eq!(t.step(grace, Some(&shim_report(false, &[true, true])), true, t0), TermStep::Stop(grace));
+    // It has (its report says terminating): wait while containers run.
+    let stopping = shim_report(true, &[true, false]);
+    assert_eq!(t.step(grace, Some(&stopping), true, t0 + Duration::from_secs(1)), TermStep::Wait);
+    assert_eq!(t.step(grace, Some(&stopping), true, t0 + Duration::from_secs(6)), TermStep::Wait);
+    // Everything stopped: tear down and delete.
+    let done = shim_report(true, &[false, false]);
+    assert_eq!(t.step(grace, Some(&done), true, t0 + Duration::from_secs(2)), TermStep::Finish { overdue: false });
+    // A shim gone is a pod stopped.
+    assert_eq!(t.step(grace, None, false, t0 + Duration::from_secs(2)), TermStep::Finish { overdue: false });
+    // A request that got lost (the report does not say terminating) is sent again, with what is left.
+    let mut t = Termination::new(grace, t0);
+    let _ = t.step(grace, None, true, t0);
+    assert_eq!(
+        t.step(grace, Some(&shim_report(false, &[true])), true, t0 + Duration::from_secs(2)),
+        TermStep::Stop(Duration::from_secs(3))
+    );
+    // A failed request (the kubelet forgets it was told) too.
+    t.told = None;
+    assert_eq!(
+        t.step(grace, Some(&shim_report(true, &[true])), true, t0 + Duration::from_secs(3)),
+        TermStep::Stop(Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn a_shorter_second_delete_brings_the_deadline_closer_and_a_longer_one_does_not() {
+    let t0 = Instant::now();
+    let mut t = Termination::new(Duration::from_secs(30), t0);
+    let running = shim_report(true, &[true]);
+    assert_eq!(t.step(Duration::from_secs(30), None, true, t0), TermStep::Stop(Duration::from_secs(30)));
+    // `kubectl delete --grace-period=1` 10 s in: 1 s from then.
+    let at = t0 + Duration::from_secs(10);
+    assert_eq!(t.step(Duration::from_secs(1), Some(&running), true, at), TermStep::Stop(Duration::from_secs(1)));
+    assert_eq!(t.deadline, at + Duration::from_secs(1));
+    assert_eq!(t.step(Duration::from_secs(1), Some(&running), true, at), TermStep::Wait);
+    // A longer one later changes nothing.
+    assert_eq!(t.step(Duration::from_secs(60), Some(&running), true, at), TermStep::Wait);
+    assert_eq!(t.deadline, at + Duration::from_secs(1));
+}
+
+#[test]
+fn a_shim_that_does_not_stop_its_containers_is_overdue_after_the_deadline_and_the_minimum() {
+    let t0 = Instant::now();
+    let grace = Duration::from_secs(5);
+    let mut t = Termination::new(grace, t0);
+    let running = shim_report(true, &[true]);
+    let _ = t.step(grace, Some(&running), true, t0);
+    let edge = t0 + grace + MIN_KILL_WINDOW + OVERDUE;
+    assert_eq!(t.step(grace, Some(&running), true, edge - Duration::from_millis(1)), TermStep::Wait);
+    assert_eq!(t.step(grace, Some(&running), true, edge), TermStep::Finish { overdue: true });
+}
+
+#[test]
+fn a_finished_shim_is_not_started_again() {
+    assert!(!lifecycle::shim_finished(&shim_report(false, &[true])));
+    assert!(lifecycle::shim_finished(&shim_report(false, &[false, false])), "every container done");
+    assert!(lifecycle::shim_finished(&shim_report(true, &[false])), "stopped for its deletion");
+    assert!(!lifecycle::shim_finished(&shim_report(true, &[true])));
+    let mut init_failed = shim_report(false, &[]);
+    init_failed.initialized = false;
+    init_failed.init_containers = vec![state("setup", false, 0, Some(1), true)];
+    assert!(lifecycle::shim_finished(&init_failed));
+    // Not yet initialized, nothing done: not finished.
+    let mut waiting = shim_report(false, &[]);
+    waiting.initialized = false;
+    waiting.containers = vec![state("c0", false, 0, None, false)];
+    assert!(!lifecycle::shim_finished(&waiting));
+}
+
+#[test]
+fn a_terminating_pods_stopped_containers_show_terminated_and_unready() {
+    let mut sts = vec![state("a", false, 0, Some(137), true), state("b", true, 0, None, false)];
+    sts[0].killed = true;
+    let s = status(&two(), sts, true);
+    assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
+    assert_eq!(s["containerStatuses"][0]["ready"], false);
+    assert_eq!(s["containerStatuses"][1]["ready"], true, "b is still serving");
+    assert_eq!(condition(&s, "Ready"), "False");
+}
+
+// ---------------------------------------------------------------------------------------------
+// preStop hooks
+
+#[test]
+fn pre_stop_hooks_become_what_the_shim_runs() {
+    let hook = |lc: Value| {
+        let c = container(json!({"name": "web", "ports": [{"name": "http", "containerPort": 8080}], "lifecycle": lc}));
+        pre_stop_hook(&c, "10.244.1.7")
+    };
+    assert_eq!(
+        hook(json!({"preStop": {"exec": {"command": ["sh", "-c", "echo bye"]}}})),
+        Some(Hook::Exec(vec!["sh".into(), "-c".into(), "echo bye".into()]))
+    );
+    assert_eq!(
+        hook(json!({"preStop": {"httpGet": {"port": "http", "path": "drain",
+                                            "httpHeaders": [{"name": "X-Why", "value": "stop"}]}}})),
+        Some(Hook::Http {
+            addr: "10.244.1.7:8080".parse().unwrap(),
+            path: "/drain".into(),
+            host: "10.244.1.7:8080".into(),
+            headers: vec![("X-Why".into(), "stop".into())]
+        })
+    );
+    assert_eq!(
+        hook(json!({"preStop": {"httpGet": {"port": 9000, "host": "10.0.0.3"}}})),
+        Some(Hook::Http { addr: "10.0.0.3:9000".parse().unwrap(), path: "/".into(), host: "10.0.0.3:9000".into(), headers: vec![] })
+    );
+    assert_eq!(hook(json!({"preStop": {"sleep": {"seconds": 4}}})), Some(Hook::Sleep(4)));
+    assert_eq!(hook(json!({"postStart": {"sleep": {"seconds": 4}}})), None);
+    assert_eq!(hook(json!({})), None);
+    // What the lab cannot run fails when it runs, naming the field.
+    for bad in [
+        json!({"preStop": {"httpGet": {"port": "nosuch"}}}),
+        json!({"preStop": {"httpGet": {"port": 80, "scheme": "HTTPS"}}}),
+        json!({"preStop": {"httpGet": {"port": 80, "host": "example.com"}}}),
+    ] {
+        match hook(bad.clone()) {
+            Some(Hook::Invalid(why)) => assert!(why.contains("lifecycle.preStop.httpGet"), "{why}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Carried into the shim's spec, init containers too, with a sidecar's own restart policy.
+    let p = pod(json!({
+        "initContainers": [{"name": "setup", "command": ["true"]},
+                           {"name": "proxy", "command": ["sleep", "9"], "restartPolicy": "Always"}],
+        "containers": [{"name": "app", "command": ["sleep", "9"],
+                        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "1"]}}}}]}));
+    let s = spec_of(&p);
+    assert_eq!(s.init_containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["setup", "proxy"]);
+    assert_eq!(s.init_containers[1].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(s.init_containers[0].restart_policy, None);
+    assert_eq!(s.containers[0].pre_stop, Some(Hook::Exec(vec!["sleep".into(), "1".into()])));
+    // An older shim spec without the new fields still reads.
+    let old: ShimSpec = serde_json::from_value(json!({"pod": "p", "namespace": "n", "uid": "u", "netns": "/x",
+        "hostname": "h", "resolv_conf": null, "dir": "/d", "restart_policy": "Always", "containers": []}))
+    .unwrap();
+    assert!(old.init_containers.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness and startup probes
+
+#[test]
+fn liveness_starts_alive_and_asks_for_a_restart_after_its_failure_threshold() {
+    let p = probe(json!({"exec": {"command": ["true"]}, "failureThreshold": 2, "periodSeconds": 3}));
+    let t0 = Instant::now();
+    let mut s = ProbeState::new(ProbeKind::Liveness, &p, (0, Some("t".into())), t0);
+    assert!(s.ok, "alive until proven otherwise");
+    assert!(!s.record(false, &p), "one failure is under the threshold");
+    assert!(s.record(false, &p), "the second asks for a restart");
+    assert!(!s.ok && s.on_hold);
+    assert!(!s.due(true, true, t0 + Duration::from_secs(60)), "no probing until the next instance");
+    assert_eq!(ProbeState::period(&p), Duration::from_secs(3));
+    // A success between failures resets the count.
+    let mut s = ProbeState::new(ProbeKind::Liveness, &p, (1, None), t0);
+    assert!(!s.record(false, &p));
+    assert!(!s.record(true, &p));
+    assert!(!s.record(false, &p));
+    assert!(s.ok);
+}
+
+#[test]
+fn probes_wait_for_their_initial_delay_and_a_startup_probe_gates_the_others() {
+    let p = probe(json!({"tcpSocket": {"port": 80}, "initialDelaySeconds": 5}));
+    let t0 = Instant::now();
+    let live = ProbeState::new(ProbeKind::Liveness, &p, (0, None), t0);
+    assert!(!live.due(true, true, t0 + Duration::from_secs(4)));
+    assert!(live.due(true, true, t0 + Duration::from_secs(5)));
+    assert!(!live.due(false, true, t0 + Duration::from_secs(5)), "not while the container is not running");
+    assert!(!live.due(true, false, t0 + Duration::from_secs(5)), "not before the container has started");
+    let mut startup = ProbeState::new(ProbeKind::Startup, &probe(json!({"tcpSocket": {"port": 80}})), (0, None), t0);
+    assert!(!startup.ok, "not started before the startup probe passes");
+    assert!(startup.due(true, false, t0));
+    assert!(!startup.record(true, &p));
+    assert!(startup.ok);
+    assert!(!startup.due(true, true, t0 + Duration::from_secs(60)), "a started container is not startup-probed");
+    // A startup probe that keeps failing restarts the container.
+    let sp = probe(json!({"tcpSocket": {"port": 80}, "failureThreshold": 3}));
+    let mut startup = ProbeState::new(ProbeKind::Startup, &sp, (0, None), t0);
+    assert!(!startup.record(false, &sp) && !startup.record(false, &sp));
+    assert!(startup.record(false, &sp));
+    // Readiness never asks for a restart.
+    let mut ready = ProbeState::new(ProbeKind::Readiness, &sp, (0, None), t0);
+    assert!((0..10).all(|_| !ready.record(false, &sp)));
+}
+
+#[test]
+fn a_startup_probe_that_has_not_passed_keeps_the_container_unstarted_and_unready() {
+    let p = pod(json!({"containers": [{"name": "a", "image": "busybox", "command": ["sleep", "9"],
+        "startupProbe": {"tcpSocket": {"port": 80}}}]}));
+    let st = ShimStatus { shim_pid: 1, containers: vec![state("a", true, 0, None, false)], ..Default::default() };
+    let at = Ipv4Addr::new(172, 18, 0, 11);
+    let not_started = status_of(&p, &sandbox(), &st, |_, k| k != ProbeKind::Startup, at, "now");
+    assert_eq!(not_started["containerStatuses"][0]["started"], false);
+    assert_eq!(condition(&not_started, "Ready"), "False");
+    let started = status_of(&p, &sandbox(), &st, |_, _| true, at, "now");
+    assert_eq!(started["containerStatuses"][0]["started"], true);
+    assert_eq!(condition(&started, "Ready"), "True");
+}
+
+#[test]
+fn probe_failures_say_why_in_the_kubelets_words() {
+    let err = server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", Duration::ZERO, 1);
+    let c = container(json!({"name": "web", "ports": [{"name": "http", "containerPort": err.port()}]}));
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Path::new("/proc/self/ns/net");
+    let check = |p: Value, ip: &str| probe_check(&probe(p), &c, ip, ns, dir.path());
+    assert_eq!(check(json!({"httpGet": {"port": "http"}}), "127.0.0.1"), Err("HTTP probe failed with statuscode: 503".into()));
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let why = check(json!({"tcpSocket": {"port": closed.port()}}), "127.0.0.1").unwrap_err();
+    assert!(why.starts_with(&format!("dial tcp {closed}: ")), "{why}");
+    let why = check(json!({"httpGet": {"port": closed.port(), "path": "/healthz"}}), "127.0.0.1").unwrap_err();
+    assert!(why.starts_with(&format!("Get \"http://{closed}/healthz\": dial tcp")), "{why}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Init containers
+
+fn with_inits() -> Pod {
+    pod(json!({"initContainers": [
+        {"name": "one", "image": "busybox", "command": ["true"]},
+        {"name": "two", "image": "busybox", "command": ["true"]}],
+        "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "9"]}]}))
+}
+
+fn init_status(pod: &Pod, inits: Vec<ContainerState>, initialized: bool, apps: Vec<ContainerState>) -> Value {
+    let st = ShimStatus { shim_pid: 1, containers: apps, init_containers: inits, initialized, terminating: false };
+    status_of(pod, &sandbox(), &st, |_, _| true, Ipv4Addr::new(172, 18, 0, 11), "now")
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app_and_the_status_says_which() {
+    let p = with_inits();
+    // The first runs, the second waits: Init:0/2 in kubectl's words.
+    let s = init_status(&p, vec![state("one", true, 0, None, false), state("two", false, 0, None, false)], false, vec![]);
+    assert_eq!(s["phase"], "Pending");
+    let ics = &s["initContainerStatuses"];
+    assert!(ics[0]["state"]["running"].is_object());
+    assert_eq!(ics[1]["state"]["waiting"]["reason"], "PodInitializing");
+    assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+    let init = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Initialized").unwrap().clone();
+    assert_eq!(init["status"], "False");
+    assert_eq!(init["reason"], "ContainersNotInitialized");
+    assert_eq!(init["message"], "containers with incomplete status: [one two]");
+    // The first done, the second failing and retried: CrashLoopBackOff, its exit kept.
+    let s = init_status(&p, vec![state("one", false, 0, Some(0), true), state("two", false, 2, Some(1), false)], false, vec![]);
+    let ics = &s["initContainerStatuses"];
+    assert_eq!(ics[0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(ics[0]["ready"], true);
+    assert_eq!(ics[1]["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    assert_eq!(ics[1]["lastState"]["terminated"]["exitCode"], 1);
+    assert_eq!(ics[1]["restartCount"], 2);
+    assert_eq!(s["phase"], "Pending");
+    // Both done: initialized, the app runs.
+    let s = init_status(
+        &p,
+        vec![state("one", false, 0, Some(0), true), state("two", false, 0, Some(0), true)],
+        true,
+        vec![state("app", true, 0, None, false)],
+    );
+    assert_eq!((s["phase"].as_str(), condition(&s, "Initialized"), condition(&s, "Ready")), (Some("Running"), "True".into(), "True".into()));
+    // A pod without init containers has no initContainerStatuses.
+    assert!(status(&two(), vec![], true).get("initContainerStatuses").is_none());
+}
+
+#[test]
+fn an_init_container_that_fails_for_good_fails_the_pod() {
+    let mut p = with_inits();
+    p.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    let s = init_status(&p, vec![state("one", false, 0, Some(3), true), state("two", false, 0, None, false)], false, vec![]);
+    assert_eq!(s["phase"], "Failed");
+    assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Error");
+    assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+}
+
+#[test]
+fn a_sidecar_init_container_counts_once_running_and_for_readiness() {
+    let p = pod(json!({"initContainers": [{"name": "proxy", "image": "envoy", "restartPolicy": "Always"}],
+        "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "9"]}]}));
+    let s = init_status(&p, vec![state("proxy", true, 0, None, false)], true, vec![state("app", true, 0, None, false)]);
+    assert_eq!((s["phase"].as_str(), condition(&s, "Ready")), (Some("Running"), "True".into()));
+    assert_eq!(s["initContainerStatuses"][0]["started"], true);
+    let s = init_status(&p, vec![state("proxy", false, 1, Some(1), false)], true, vec![state("app", true, 0, None, false)]);
+    assert_eq!(condition(&s, "Ready"), "False", "a sidecar down makes the pod unready");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+#[test]
+fn a_containers_changes_make_the_kubelets_events_once_each() {
+    let mut seen = Seen::default();
+    let pod_ref = "web-0_shop(uid)";
+    let reasons = |notes: &[Note]| notes.iter().map(|n| n.reason).collect::<Vec<_>>();
+    let mut cs = state("app", true, 0, None, false);
+    let notes = lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false);
+    assert_eq!(reasons(&notes), ["Pulled", "Created", "Started"]);
+    assert_eq!(notes[0].message, "Container image \"busybox\" already present on machine");
+    assert_eq!(notes[1].message, "Created container: app");
+    assert_eq!(notes[2].message, "Started container app");
+    assert!(notes.iter().all(|n| !n.warning));
+    assert!(lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false).is_empty(), "once");
+    // It failed and waits to be restarted: BackOff, once per restart.
+    cs = state("app", false, 1, Some(1), false);
+    let notes = lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false);
+    assert_eq!(notes, [Note::warning("BackOff", "Back-off restarting failed container app in pod web-0_shop(uid)".into())]);
+    assert!(lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false).is_empty());
+    // The next instance starts: the three again.
+    cs = state("app", true, 1, None, false);
+    cs.started_at = Some("2025-01-01T00:01:00Z".into());
+    assert_eq!(reasons(&lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false)), ["Pulled", "Created", "Started"]);
+    // A failed preStop hook, once per stop, without the hook's output.
+    cs.pre_stop_error = Some("command exited with 1".into());
+    cs.stop_count = 1;
+    let notes = lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, true);
+    assert_eq!(notes, [Note::warning("FailedPreStopHook", "PreStopHook failed".into())]);
+    assert!(lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, true).is_empty());
+    // A terminating pod's stopped container is not in back-off.
+    let mut seen = Seen::default();
+    let stopped = state("app", false, 1, Some(143), false);
+    assert!(lifecycle::container_events(&mut seen, &stopped, "busybox", pod_ref, true).is_empty());
+}
+
+#[test]
+fn events_name_the_pod_and_the_container_as_the_kubelet_does() {
+    let p = with_inits();
+    assert_eq!(crate::pod_events::field_path(&p, "one"), "spec.initContainers{one}");
+    assert_eq!(crate::pod_events::field_path(&p, "app"), "spec.containers{app}");
+    let r = crate::pod_events::reference(&p, Some("spec.containers{app}".into()));
+    assert_eq!((r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()), (Some("Pod"), Some("web-0"), Some("shop")));
+    assert_eq!(r.uid.as_deref(), Some("0123456789abcdef-uid"));
 }

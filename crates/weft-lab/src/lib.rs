@@ -9,8 +9,10 @@
 pub mod announce;
 pub mod builtin;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod logs;
 pub mod netns;
+pub mod pod_events;
 pub mod shim;
 pub mod streams;
 pub mod topology;

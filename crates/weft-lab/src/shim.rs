@@ -47,6 +47,29 @@ pub struct ContainerSpec {
     pub workdir: Option<String>,
     #[serde(default)]
     pub security: Security,
+    /// `lifecycle.preStop`, run before the container is stopped (pod deletion, a failed liveness
+    /// or startup probe).
+    #[serde(default)]
+    pub pre_stop: Option<Hook>,
+    /// An init container's own `restartPolicy`: `Always` makes it a sidecar, started in its turn
+    /// and kept running beside the app containers.
+    #[serde(default)]
+    pub restart_policy: Option<String>,
+}
+
+/// A lifecycle hook as the shim runs it (the kubelet resolves ports and the pod's address).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Hook {
+    /// A command in the container (its environment and capabilities).
+    Exec(Vec<String>),
+    /// `GET path` from `addr` (the pod's own address unless the hook names a host); any answer
+    /// will do: the kubelet's HTTP handler does not look at the status.
+    Http { addr: std::net::SocketAddr, path: String, host: String, headers: Vec<(String, String)> },
+    /// `sleep.seconds`.
+    Sleep(u64),
+    /// A hook the lab cannot run (HTTPS, an unknown port): it fails with this message.
+    Invalid(String),
 }
 
 /// What a container's processes may do, from its `securityContext` ([`Security::of`]).
@@ -223,6 +246,10 @@ pub struct ShimSpec {
     pub dir: PathBuf,
     pub restart_policy: String,
     pub containers: Vec<ContainerSpec>,
+    /// `spec.initContainers`, run one after another (each to completion, or started for a
+    /// sidecar) before `containers` start.
+    #[serde(default)]
+    pub init_containers: Vec<ContainerSpec>,
     /// Keep a handle on the host's network namespace for the containers (`WEFT_HOST_NETNS`):
     /// only the lab's own DNS pod, which watches the lab's API on the host's loopback.
     #[serde(default)]
@@ -245,12 +272,36 @@ pub struct ContainerState {
     pub reason: Option<String>,
     /// Gave up (restartPolicy says so): the container will not run again.
     pub done: bool,
+    /// The last stop's preStop hook failed (or did not finish in the grace period): why.
+    #[serde(default)]
+    pub pre_stop_error: Option<String>,
+    /// The last stop ended with SIGKILL at the end of the grace period.
+    #[serde(default)]
+    pub killed: bool,
+    /// Stops asked of this container so far (a liveness kill, the pod's deletion).
+    #[serde(default)]
+    pub stop_count: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShimStatus {
     pub shim_pid: u32,
     pub containers: Vec<ContainerState>,
+    #[serde(default)]
+    pub init_containers: Vec<ContainerState>,
+    /// The kubelet asked the pod to stop: nothing is started or restarted any more.
+    #[serde(default)]
+    pub terminating: bool,
+    /// Every init container finished (or, a sidecar, started): the app containers run.
+    #[serde(default)]
+    pub initialized: bool,
+}
+
+impl ShimSpec {
+    /// Init containers, then app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &ContainerSpec> {
+        self.init_containers.iter().chain(&self.containers)
+    }
 }
 
 pub fn log_path(dir: &Path, container: &str) -> PathBuf {
@@ -385,7 +436,7 @@ impl Reaper {
 }
 
 /// The container's environment, as its processes (and its exec probes) get it.
-pub fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)> {
+fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOSTNAME".to_string(), spec.hostname.clone()),
@@ -412,11 +463,27 @@ fn container_command(argv: &[String], c: &ContainerSpec, spec: &ShimSpec) -> Com
     cmd
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 struct ExecRequest {
+    #[serde(default)]
     container: String,
+    #[serde(default)]
     argv: Vec<String>,
+    #[serde(default)]
     timeout_ms: u64,
+    /// Not a probe but a stop: of `container`, or of the whole pod.
+    #[serde(default)]
+    stop: Option<StopRequest>,
+}
+
+/// Stop a container (a failed liveness or startup probe: it restarts as its policy says) or the
+/// whole pod (its deletion: nothing restarts, nothing more starts): preStop, SIGTERM, SIGKILL
+/// once `grace_ms` from now have passed (at least [`MIN_KILL_WINDOW`] after the SIGTERM, as the
+/// kubelet's minimum grace). A second request can only bring the pod's deadline closer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StopRequest {
+    grace_ms: u64,
+    pod: bool,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -442,7 +509,12 @@ pub fn exec_probe(dir: &Path, container: &str, argv: &[String], timeout: Duratio
     let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
     s.set_read_timeout(Some(timeout + Duration::from_secs(3)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let req = ExecRequest { container: container.into(), argv: argv.to_vec(), timeout_ms: timeout.as_millis() as u64 };
+    let req = ExecRequest {
+        container: container.into(),
+        argv: argv.to_vec(),
+        timeout_ms: timeout.as_millis() as u64,
+        stop: None,
+    };
     let mut line = serde_json::to_vec(&req)?;
     line.push(b'\n');
     s.write_all(&line)?;
@@ -455,9 +527,33 @@ pub fn exec_probe(dir: &Path, container: &str, argv: &[String], timeout: Duratio
     Ok(r.exit == Some(0) && !r.timed_out)
 }
 
-fn serve_exec(listener: UnixListener, spec: Arc<ShimSpec>, reaper: Arc<Reaper>) {
+/// Asks the shim of the pod whose files are in `dir` to stop `container` (`None`: the whole pod,
+/// for its deletion) within `grace`; see [`StopRequest`]. Returns once the shim has taken the
+/// request; the stop goes on in the shim.
+pub fn stop(dir: &Path, container: Option<&str>, grace: Duration) -> Result<()> {
+    let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let req = ExecRequest {
+        container: container.unwrap_or_default().into(),
+        stop: Some(StopRequest { grace_ms: grace.as_millis() as u64, pod: container.is_none() }),
+        ..Default::default()
+    };
+    let mut line = serde_json::to_vec(&req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).context("the shim's answer")?;
+    let r: ExecReply = serde_json::from_str(&reply).context("the shim's answer")?;
+    match r.error {
+        Some(e) => anyhow::bail!("{e}"),
+        None => Ok(()),
+    }
+}
+
+fn serve_exec(listener: UnixListener, pod: Arc<PodRun>) {
     for conn in listener.incoming().flatten() {
-        let (spec, reaper) = (spec.clone(), reaper.clone());
+        let pod = pod.clone();
         std::thread::spawn(move || {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let mut line = String::new();
@@ -465,7 +561,8 @@ fn serve_exec(listener: UnixListener, spec: Arc<ShimSpec>, reaper: Arc<Reaper>) 
                 return;
             }
             let reply = match serde_json::from_str::<ExecRequest>(&line) {
-                Ok(req) => run_exec(&req, &spec, &reaper),
+                Ok(ExecRequest { stop: Some(stop), container, .. }) => pod.stop(&container, &stop),
+                Ok(req) => run_exec(&req, &pod.spec, &pod.reaper),
                 Err(e) => ExecReply { error: Some(format!("bad request: {e}")), ..Default::default() },
             };
             let mut out = serde_json::to_vec(&reply).unwrap_or_default();
@@ -476,7 +573,7 @@ fn serve_exec(listener: UnixListener, spec: Arc<ShimSpec>, reaper: Arc<Reaper>) 
 }
 
 fn run_exec(req: &ExecRequest, spec: &ShimSpec, reaper: &Reaper) -> ExecReply {
-    let Some(c) = spec.containers.iter().find(|c| c.name == req.container) else {
+    let Some(c) = spec.all_containers().find(|c| c.name == req.container) else {
         return ExecReply { error: Some(format!("no container {:?}", req.container)), ..Default::default() };
     };
     if req.argv.is_empty() {
@@ -574,26 +671,26 @@ pub fn run(spec_path: &Path) -> Result<()> {
         let reaper = reaper.clone();
         std::thread::spawn(move || reaper.run());
     }
+    let state = |c: &ContainerSpec| ContainerState { name: c.name.clone(), ..Default::default() };
+    let pod = Arc::new(PodRun {
+        status: Mutex::new(ShimStatus {
+            shim_pid: std::process::id(),
+            containers: spec.containers.iter().map(state).collect(),
+            init_containers: spec.init_containers.iter().map(state).collect(),
+            initialized: spec.init_containers.is_empty(),
+            terminating: false,
+        }),
+        spec,
+        reaper,
+        stopping: AtomicBool::new(false),
+        children: Mutex::default(),
+        deadline: Mutex::new(None),
+        stops: Mutex::default(),
+    });
+    write_status(&pod.spec.dir, &pod.status.lock().unwrap());
     {
-        let (spec, reaper) = (spec.clone(), reaper.clone());
-        std::thread::spawn(move || serve_exec(listener, spec, reaper));
-    }
-    let status = Arc::new(Mutex::new(ShimStatus {
-        shim_pid: std::process::id(),
-        containers: spec
-            .containers
-            .iter()
-            .map(|c| ContainerState { name: c.name.clone(), ..Default::default() })
-            .collect(),
-    }));
-    write_status(&spec.dir, &status.lock().unwrap());
-    let stopping = Arc::new(AtomicBool::new(false));
-    let children: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-    let mut threads = vec![];
-    for (i, c) in spec.containers.iter().cloned().enumerate() {
-        let (status, stopping, children, spec, reaper) =
-            (status.clone(), stopping.clone(), children.clone(), spec.clone(), reaper.clone());
-        threads.push(std::thread::spawn(move || supervise(i, c, &spec, &reaper, status, stopping, children)));
+        let pod = pod.clone();
+        std::thread::spawn(move || serve_exec(listener, pod));
     }
     // Wait for a stop signal, or for every container to be done.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -605,67 +702,313 @@ pub fn run(spec_path: &Path) -> Result<()> {
             let _ = tx.send(());
         });
     }
-    std::thread::spawn(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-        let _ = tx.send(());
-    });
-    let _ = rx.recv();
-    stopping.store(true, Ordering::SeqCst);
-    let pids: Vec<u32> = children.lock().unwrap().values().copied().collect();
-    for p in &pids {
-        let _ = nix::sys::signal::kill(Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGTERM);
+    {
+        let pod = pod.clone();
+        std::thread::spawn(move || {
+            run_pod(&pod);
+            let _ = tx.send(());
+        });
     }
+    let _ = rx.recv();
+    // A stop signal (the sandbox's teardown, `weft down`): no hooks, 2 s, then this process
+    // ends and the kernel kills whatever is left in the pod's PID namespace.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && !children.lock().unwrap().is_empty() {
+    pod.stop_all(deadline, false);
+    while Instant::now() < deadline && !pod.children.lock().unwrap().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Whatever is left goes with this process: when a PID namespace's pid 1 ends, the kernel
-    // kills everything in it.
     Ok(())
 }
 
-fn supervise(
-    i: usize,
-    c: ContainerSpec,
-    spec: &ShimSpec,
-    reaper: &Reaper,
-    status: Arc<Mutex<ShimStatus>>,
-    stopping: Arc<AtomicBool>,
-    children: Arc<Mutex<HashMap<String, u32>>>,
-) {
+/// The pod's containers in order: init containers one after another (each to completion, a
+/// sidecar until it runs), then the app containers together; returns when they are all done.
+fn run_pod(pod: &Arc<PodRun>) {
+    let spec = pod.spec.clone();
+    let mut sidecars = vec![];
+    let mut ok = true;
+    for (i, c) in spec.init_containers.iter().cloned().enumerate() {
+        if pod.stopping.load(Ordering::SeqCst) {
+            ok = false;
+            break;
+        }
+        if c.restart_policy.as_deref() == Some("Always") {
+            let p = pod.clone();
+            sidecars.push(std::thread::spawn(move || supervise(Slot::Init(i), c, "Always", &p)));
+            // Its turn ends once it runs (a startup probe, which the kubelet runs, is not waited for).
+            while !pod.stopping.load(Ordering::SeqCst) && !pod.state(Slot::Init(i)).running {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            continue;
+        }
+        // The pod's Always is OnFailure for an init container: it has to finish once.
+        let policy = if spec.restart_policy == "Never" { "Never" } else { "OnFailure" };
+        if supervise(Slot::Init(i), c, policy, pod) != Some(0) {
+            ok = false;
+            break;
+        }
+    }
+    if ok {
+        pod.update(|st| st.initialized = true);
+        let apps: Vec<_> = spec
+            .containers
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, c)| {
+                let p = pod.clone();
+                std::thread::spawn(move || supervise(Slot::App(i), c, &p.spec.restart_policy.clone(), &p))
+            })
+            .collect();
+        for t in apps {
+            let _ = t.join();
+        }
+    }
+    // Sidecars end with the pod's other containers, as the kubelet stops them.
+    if !sidecars.is_empty() {
+        pod.stop_all(Instant::now() + Duration::from_secs(2), false);
+    }
+    for t in sidecars {
+        let _ = t.join();
+    }
+}
+
+/// Which container of the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Init(usize),
+    App(usize),
+}
+
+/// What the shim's threads share about the pod.
+struct PodRun {
+    spec: Arc<ShimSpec>,
+    reaper: Arc<Reaper>,
+    status: Mutex<ShimStatus>,
+    /// The pod is stopping: nothing more starts or restarts.
+    stopping: AtomicBool,
+    /// Each running container's main process by name; a container starts only with this held
+    /// and `stopping` unset, so a stop sees every container that will ever run.
+    children: Mutex<HashMap<String, u32>>,
+    /// When a stopping pod's containers get SIGKILL (a later request may bring it closer).
+    deadline: Mutex<Option<Instant>>,
+    /// Containers with a stop under way.
+    stops: Mutex<std::collections::HashSet<String>>,
+}
+
+impl PodRun {
+    fn slot(&self, name: &str) -> Option<Slot> {
+        let s = &self.spec;
+        s.init_containers
+            .iter()
+            .position(|c| c.name == name)
+            .map(Slot::Init)
+            .or_else(|| s.containers.iter().position(|c| c.name == name).map(Slot::App))
+    }
+
+    fn state(&self, slot: Slot) -> ContainerState {
+        let st = self.status.lock().unwrap();
+        match slot {
+            Slot::Init(i) => st.init_containers[i].clone(),
+            Slot::App(i) => st.containers[i].clone(),
+        }
+    }
+
+    /// Changes the pod's status and writes status.json.
+    fn update(&self, f: impl FnOnce(&mut ShimStatus)) {
+        let mut st = self.status.lock().unwrap();
+        f(&mut st);
+        write_status(&self.spec.dir, &st);
+    }
+
+    fn update_container(&self, slot: Slot, f: impl FnOnce(&mut ContainerState)) {
+        self.update(|st| match slot {
+            Slot::Init(i) => f(&mut st.init_containers[i]),
+            Slot::App(i) => f(&mut st.containers[i]),
+        });
+    }
+
+    /// The kubelet's stop request: one container, or the whole pod (from then on nothing starts
+    /// or restarts).
+    fn stop(self: &Arc<Self>, container: &str, req: &StopRequest) -> ExecReply {
+        let deadline = Instant::now() + Duration::from_millis(req.grace_ms);
+        if req.pod {
+            self.update(|st| st.terminating = true);
+            self.stop_all(deadline, true);
+            return ExecReply::default();
+        }
+        if self.slot(container).is_none() {
+            return ExecReply { error: Some(format!("no container {container:?}")), ..Default::default() };
+        }
+        self.stop_one(container.to_string(), Some(deadline), true);
+        ExecReply::default()
+    }
+
+    /// Stops every running container by `deadline` (sooner if an earlier stop said so), with
+    /// their preStop hooks if `hooks`.
+    fn stop_all(self: &Arc<Self>, deadline: Instant, hooks: bool) {
+        self.stopping.store(true, Ordering::SeqCst);
+        {
+            let mut d = self.deadline.lock().unwrap();
+            *d = Some(d.map_or(deadline, |old| old.min(deadline)));
+        }
+        let names: Vec<String> = self.children.lock().unwrap().keys().cloned().collect();
+        for name in names {
+            self.stop_one(name, None, hooks);
+        }
+    }
+
+    /// Stops container `name` on a thread of its own (unless a stop of it is under way): its
+    /// preStop hook, SIGTERM, then SIGKILL to its process group at its deadline (`own`, or the
+    /// pod's; whichever is sooner), at least [`MIN_KILL_WINDOW`] after the SIGTERM.
+    fn stop_one(self: &Arc<Self>, name: String, own: Option<Instant>, hooks: bool) {
+        let Some(slot) = self.slot(&name) else { return };
+        let Some(pid) = self.children.lock().unwrap().get(&name).copied() else { return };
+        if !self.stops.lock().unwrap().insert(name.clone()) {
+            return;
+        }
+        let pod = self.clone();
+        std::thread::spawn(move || {
+            let deadline = || {
+                let pod_deadline = *pod.deadline.lock().unwrap();
+                match (own, pod_deadline) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or_else(Instant::now),
+                }
+            };
+            let still = || pod.children.lock().unwrap().get(&name) == Some(&pid);
+            let c = pod.spec.all_containers().find(|c| c.name == name).cloned();
+            pod.update_container(slot, |s| {
+                s.stop_count += 1;
+                s.pre_stop_error = None;
+                s.killed = false;
+            });
+            if let Some(hook) = c.as_ref().and_then(|c| c.pre_stop.as_ref()).filter(|_| hooks)
+                && let Some(c) = &c
+                && Instant::now() < deadline()
+                && let Err(e) = pod.run_hook(hook, c, &deadline)
+            {
+                pod.update_container(slot, |s| s.pre_stop_error = Some(e));
+            }
+            let term_at = Instant::now();
+            if still() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+            while still() {
+                if Instant::now() >= crate::lifecycle::kill_at(deadline(), term_at) {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                    pod.update_container(slot, |s| s.killed = true);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            pod.stops.lock().unwrap().remove(&name);
+        });
+    }
+
+    /// Runs a preStop hook of container `c`, given up at `deadline()` (which may come closer
+    /// while it runs). The kubelet only waits for a hook until the grace period ends: a hook
+    /// still running then is not an error.
+    fn run_hook(&self, hook: &Hook, c: &ContainerSpec, deadline: &dyn Fn() -> Instant) -> Result<(), String> {
+        let left = || deadline().saturating_duration_since(Instant::now());
+        match hook {
+            Hook::Invalid(why) => Err(why.clone()),
+            Hook::Sleep(secs) => {
+                let until = Instant::now() + Duration::from_secs(*secs);
+                while Instant::now() < until && !left().is_zero() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(())
+            }
+            Hook::Exec(argv) if argv.is_empty() => Err("the preStop exec hook has no command".into()),
+            Hook::Exec(argv) => {
+                let mut cmd = container_command(argv, c, &self.spec);
+                cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+                let (child, rx) =
+                    self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {:?}: {e}", argv[0]))?;
+                loop {
+                    match rx.recv_timeout(left().min(Duration::from_millis(50))) {
+                        Ok(0) => return Ok(()),
+                        Ok(code) => return Err(format!("command {argv:?} exited with {code}")),
+                        Err(_) if left().is_zero() => {
+                            let pg = Pid::from_raw(child.id() as i32);
+                            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+                            return Ok(());
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            Hook::Http { addr, path, host, headers } => {
+                // The kubelet does not look at the answer's status: a connection that answers is
+                // a hook that ran.
+                let timeout = left().max(Duration::from_millis(1));
+                let mut s = std::net::TcpStream::connect_timeout(addr, timeout)
+                    .map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
+                let _ = s.set_write_timeout(Some(timeout));
+                let _ = s.set_read_timeout(Some(timeout));
+                let mut req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-lifecycle/1.33\r\nConnection: close\r\n"
+                );
+                for (k, v) in headers {
+                    req.push_str(&format!("{k}: {v}\r\n"));
+                }
+                req.push_str("\r\n");
+                s.write_all(req.as_bytes()).map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
+                let mut head = [0u8; 12];
+                match s.read(&mut head) {
+                    Ok(n) if n > 0 => Ok(()),
+                    Ok(_) => Err(format!("Get \"http://{addr}{path}\": EOF")),
+                    Err(e) => Err(format!("Get \"http://{addr}{path}\": {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Runs container `c` and restarts it as `policy` says (with back-off) until it is done or the
+/// pod stops; returns its last exit code.
+fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option<i32> {
+    let (spec, reaper) = (&*pod.spec, &*pod.reaper);
     let log = log_path(&spec.dir, &c.name);
     let log_lock = Arc::new(Mutex::new(()));
     let mut backoff = Duration::from_secs(1);
+    let mut last = None;
     loop {
-        if stopping.load(Ordering::SeqCst) {
-            return;
-        }
         let mut cmd = container_command(&c.argv, &c, spec);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A process group per container, so its stop (and its end) takes all its processes.
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let started = Instant::now();
-        let code = match reaper.spawn(&mut cmd) {
+        // Started with `children` held and the pod not stopping: a stop sees every container.
+        let mut children = pod.children.lock().unwrap();
+        if pod.stopping.load(Ordering::SeqCst) {
+            return last;
+        }
+        let spawned = reaper.spawn(&mut cmd);
+        if let Ok((child, _)) = &spawned {
+            children.insert(c.name.clone(), child.id());
+        }
+        drop(children);
+        let code = match spawned {
             Ok((mut child, exited)) => {
                 let pid = child.id();
-                children.lock().unwrap().insert(c.name.clone(), pid);
-                {
-                    let mut st = status.lock().unwrap();
-                    let s = &mut st.containers[i];
+                pod.update_container(slot, |s| {
                     s.running = true;
                     s.pid = Some(pid);
                     s.started_at = Some(now());
                     s.reason = None;
-                    write_status(&spec.dir, &st);
-                }
+                });
                 let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
                 let (l1, l2, p1, p2) = (log_lock.clone(), log_lock.clone(), log.clone(), log.clone());
                 let t1 = std::thread::spawn(move || pump(o, p1, l1));
                 let t2 = std::thread::spawn(move || pump(e, p2, l2));
                 let code = exited.recv().ok();
+                // As a container's end ends its PID namespace: whatever it left in its group
+                // goes too (and lets go of its output).
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
                 let _ = t1.join();
                 let _ = t2.join();
-                children.lock().unwrap().remove(&c.name);
+                pod.children.lock().unwrap().remove(&c.name);
                 code
             }
             Err(e) => {
@@ -675,10 +1018,9 @@ fn supervise(
                 Some(127)
             }
         };
-        let restart = !stopping.load(Ordering::SeqCst) && should_restart(&spec.restart_policy, code);
-        {
-            let mut st = status.lock().unwrap();
-            let s = &mut st.containers[i];
+        last = code;
+        let restart = !pod.stopping.load(Ordering::SeqCst) && should_restart(policy, code);
+        pod.update_container(slot, |s| {
             s.running = false;
             s.pid = None;
             s.exit_code = code;
@@ -689,10 +1031,9 @@ fn supervise(
             } else {
                 s.done = true;
             }
-            write_status(&spec.dir, &st);
-        }
+        });
         if !restart {
-            return;
+            return last;
         }
         // Back-off as kubelet does (shorter: this is a lab), reset after a good run.
         if started.elapsed() > Duration::from_secs(10) {
@@ -700,8 +1041,8 @@ fn supervise(
         }
         let until = Instant::now() + backoff;
         while Instant::now() < until {
-            if stopping.load(Ordering::SeqCst) {
-                return;
+            if pod.stopping.load(Ordering::SeqCst) {
+                return last;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
