@@ -259,7 +259,11 @@ impl Kubelet {
                 if first {
                     for c in st.iter().flat_map(|s| s.init_containers.iter().chain(&s.containers)) {
                         if c.running {
-                            self.emit(pod, Some(&c.name), Note::normal("Killing", format!("Stopping container {}", c.name)));
+                            self.emit(
+                                pod,
+                                Some(&c.name),
+                                Note::normal("Killing", format!("Stopping container {}", c.name)),
+                            );
                         }
                     }
                 }
@@ -293,7 +297,9 @@ impl Kubelet {
                         self.delete_for_good(pod).await;
                         self.forget(&uid);
                     }
-                    other => tracing::warn!(pod = %sb.name, result = ?other.map(|r| r.map_err(|e| format!("{e:#}"))), "teardown"),
+                    other => {
+                        tracing::warn!(pod = %sb.name, result = ?other.map(|r| r.map_err(|e| format!("{e:#}"))), "teardown")
+                    }
                 }
                 return;
             }
@@ -378,14 +384,18 @@ impl Kubelet {
         let dir = pod_dir(&self.ctx.state_dir, &sb.uid);
         let st = shim::read_status(&dir).unwrap_or_default();
         let now = Instant::now();
-        for c in &spec.containers {
-            let cs = st.containers.iter().find(|x| x.name == c.name).cloned().unwrap_or_default();
+        // App containers and sidecars (init containers with restartPolicy Always) are probed.
+        let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+        for c in spec.containers.iter().chain(sidecars) {
+            let cs =
+                st.containers.iter().chain(&st.init_containers).find(|x| x.name == c.name).cloned().unwrap_or_default();
             let instance = lifecycle::instance_of(&cs);
             let mut started = c.startup_probe.is_none();
             for kind in ProbeKind::ALL {
                 let Some(probe) = kind.of(c).cloned() else { continue };
                 let key = (sb.uid.clone(), c.name.clone(), kind);
-                let entry = self.probes.entry(key).or_insert_with(|| ProbeState::new(kind, &probe, instance.clone(), now));
+                let entry =
+                    self.probes.entry(key).or_insert_with(|| ProbeState::new(kind, &probe, instance.clone(), now));
                 if entry.instance != instance {
                     // A new instance (a restart): a fresh worker; a probe of the old one is dropped.
                     *entry = ProbeState::new(kind, &probe, instance.clone(), now);
@@ -408,7 +418,9 @@ impl Kubelet {
                             ev.emit(pod, Some(pod_events::field_path(pod, &c.name)), note);
                         }
                         let (d, name, grace) = (dir.clone(), c.name.clone(), lifecycle::probe_kill_grace(pod, &probe));
-                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shim::stop(&d, Some(&name), grace)).await {
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || shim::stop(&d, Some(&name), grace)).await
+                        {
                             tracing::debug!(pod = %sb.name, container = %c.name, error = %format!("{e:#}"), "restart request");
                         }
                     }
@@ -420,7 +432,8 @@ impl Kubelet {
                     continue;
                 }
                 entry.next = now + ProbeState::period(&probe);
-                let (ip, node_ns, dir) = (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), dir.clone());
+                let (ip, node_ns, dir) =
+                    (sb.ips.first().cloned().unwrap_or_default(), self.node.netns_path(), dir.clone());
                 let (container, wake) = (c.clone(), self.wake.clone());
                 entry.running = Some(tokio::task::spawn_blocking(move || {
                     let r = probe_check(&probe, &container, &ip, &node_ns, &dir);
@@ -476,7 +489,8 @@ fn status_of(
     let spec = pod.spec.clone().unwrap_or_default();
     let containers = spec.containers.clone();
     let inits = spec.init_containers.clone().unwrap_or_default();
-    let state_of = |list: &[ContainerState], name: &str| list.iter().find(|x| x.name == name).cloned().unwrap_or_default();
+    let state_of =
+        |list: &[ContainerState], name: &str| list.iter().find(|x| x.name == name).cloned().unwrap_or_default();
     let started_of = |c: &Container, cs: &ContainerState| {
         cs.running && (c.startup_probe.is_none() || probe_ok(&c.name, ProbeKind::Startup))
     };
@@ -496,7 +510,8 @@ fn status_of(
             (cs.done && cs.exit_code == Some(0), cs.running)
         };
         init_failed |= cs.done && cs.exit_code.unwrap_or(0) != 0;
-        if !(cs.done && cs.exit_code == Some(0)) && !(sidecar && cs.running) {
+        let complete = (cs.done && cs.exit_code == Some(0)) || (sidecar && cs.running);
+        if !complete {
             incomplete.push(c.name.clone());
         }
         init_statuses.push(container_status(c, &cs, uid, ready, started, "PodInitializing"));

@@ -828,7 +828,12 @@ fn pre_stop_hooks_become_what_the_shim_runs() {
     );
     assert_eq!(
         hook(json!({"preStop": {"httpGet": {"port": 9000, "host": "10.0.0.3"}}})),
-        Some(Hook::Http { addr: "10.0.0.3:9000".parse().unwrap(), path: "/".into(), host: "10.0.0.3:9000".into(), headers: vec![] })
+        Some(Hook::Http {
+            addr: "10.0.0.3:9000".parse().unwrap(),
+            path: "/".into(),
+            host: "10.0.0.3:9000".into(),
+            headers: vec![]
+        })
     );
     assert_eq!(hook(json!({"preStop": {"sleep": {"seconds": 4}}})), Some(Hook::Sleep(4)));
     assert_eq!(hook(json!({"postStart": {"sleep": {"seconds": 4}}})), None);
@@ -930,7 +935,10 @@ fn probe_failures_say_why_in_the_kubelets_words() {
     let dir = tempfile::tempdir().unwrap();
     let ns = Path::new("/proc/self/ns/net");
     let check = |p: Value, ip: &str| probe_check(&probe(p), &c, ip, ns, dir.path());
-    assert_eq!(check(json!({"httpGet": {"port": "http"}}), "127.0.0.1"), Err("HTTP probe failed with statuscode: 503".into()));
+    assert_eq!(
+        check(json!({"httpGet": {"port": "http"}}), "127.0.0.1"),
+        Err("HTTP probe failed with statuscode: 503".into())
+    );
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let why = check(json!({"tcpSocket": {"port": closed.port()}}), "127.0.0.1").unwrap_err();
     assert!(why.starts_with(&format!("dial tcp {closed}: ")), "{why}");
@@ -957,7 +965,8 @@ fn init_status(pod: &Pod, inits: Vec<ContainerState>, initialized: bool, apps: V
 fn init_containers_run_in_order_before_the_app_and_the_status_says_which() {
     let p = with_inits();
     // The first runs, the second waits: Init:0/2 in kubectl's words.
-    let s = init_status(&p, vec![state("one", true, 0, None, false), state("two", false, 0, None, false)], false, vec![]);
+    let s =
+        init_status(&p, vec![state("one", true, 0, None, false), state("two", false, 0, None, false)], false, vec![]);
     assert_eq!(s["phase"], "Pending");
     let ics = &s["initContainerStatuses"];
     assert!(ics[0]["state"]["running"].is_object());
@@ -968,7 +977,12 @@ fn init_containers_run_in_order_before_the_app_and_the_status_says_which() {
     assert_eq!(init["reason"], "ContainersNotInitialized");
     assert_eq!(init["message"], "containers with incomplete status: [one two]");
     // The first done, the second failing and retried: CrashLoopBackOff, its exit kept.
-    let s = init_status(&p, vec![state("one", false, 0, Some(0), true), state("two", false, 2, Some(1), false)], false, vec![]);
+    let s = init_status(
+        &p,
+        vec![state("one", false, 0, Some(0), true), state("two", false, 2, Some(1), false)],
+        false,
+        vec![],
+    );
     let ics = &s["initContainerStatuses"];
     assert_eq!(ics[0]["state"]["terminated"]["reason"], "Completed");
     assert_eq!(ics[0]["ready"], true);
@@ -983,7 +997,10 @@ fn init_containers_run_in_order_before_the_app_and_the_status_says_which() {
         true,
         vec![state("app", true, 0, None, false)],
     );
-    assert_eq!((s["phase"].as_str(), condition(&s, "Initialized"), condition(&s, "Ready")), (Some("Running"), "True".into(), "True".into()));
+    assert_eq!(
+        (s["phase"].as_str(), condition(&s, "Initialized"), condition(&s, "Ready")),
+        (Some("Running"), "True".into(), "True".into())
+    );
     // A pod without init containers has no initContainerStatuses.
     assert!(status(&two(), vec![], true).get("initContainerStatuses").is_none());
 }
@@ -992,7 +1009,12 @@ fn init_containers_run_in_order_before_the_app_and_the_status_says_which() {
 fn an_init_container_that_fails_for_good_fails_the_pod() {
     let mut p = with_inits();
     p.spec.as_mut().unwrap().restart_policy = Some("Never".into());
-    let s = init_status(&p, vec![state("one", false, 0, Some(3), true), state("two", false, 0, None, false)], false, vec![]);
+    let s = init_status(
+        &p,
+        vec![state("one", false, 0, Some(3), true), state("two", false, 0, None, false)],
+        false,
+        vec![],
+    );
     assert_eq!(s["phase"], "Failed");
     assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Error");
     assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
@@ -1005,7 +1027,8 @@ fn a_sidecar_init_container_counts_once_running_and_for_readiness() {
     let s = init_status(&p, vec![state("proxy", true, 0, None, false)], true, vec![state("app", true, 0, None, false)]);
     assert_eq!((s["phase"].as_str(), condition(&s, "Ready")), (Some("Running"), "True".into()));
     assert_eq!(s["initContainerStatuses"][0]["started"], true);
-    let s = init_status(&p, vec![state("proxy", false, 1, Some(1), false)], true, vec![state("app", true, 0, None, false)]);
+    let s =
+        init_status(&p, vec![state("proxy", false, 1, Some(1), false)], true, vec![state("app", true, 0, None, false)]);
     assert_eq!(condition(&s, "Ready"), "False", "a sidecar down makes the pod unready");
 }
 
@@ -1028,12 +1051,18 @@ fn a_containers_changes_make_the_kubelets_events_once_each() {
     // It failed and waits to be restarted: BackOff, once per restart.
     cs = state("app", false, 1, Some(1), false);
     let notes = lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false);
-    assert_eq!(notes, [Note::warning("BackOff", "Back-off restarting failed container app in pod web-0_shop(uid)".into())]);
+    assert_eq!(
+        notes,
+        [Note::warning("BackOff", "Back-off restarting failed container app in pod web-0_shop(uid)".into())]
+    );
     assert!(lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false).is_empty());
     // The next instance starts: the three again.
     cs = state("app", true, 1, None, false);
     cs.started_at = Some("2025-01-01T00:01:00Z".into());
-    assert_eq!(reasons(&lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false)), ["Pulled", "Created", "Started"]);
+    assert_eq!(
+        reasons(&lifecycle::container_events(&mut seen, &cs, "busybox", pod_ref, false)),
+        ["Pulled", "Created", "Started"]
+    );
     // A failed preStop hook, once per stop, without the hook's output.
     cs.pre_stop_error = Some("command exited with 1".into());
     cs.stop_count = 1;
@@ -1052,6 +1081,9 @@ fn events_name_the_pod_and_the_container_as_the_kubelet_does() {
     assert_eq!(crate::pod_events::field_path(&p, "one"), "spec.initContainers{one}");
     assert_eq!(crate::pod_events::field_path(&p, "app"), "spec.containers{app}");
     let r = crate::pod_events::reference(&p, Some("spec.containers{app}".into()));
-    assert_eq!((r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()), (Some("Pod"), Some("web-0"), Some("shop")));
+    assert_eq!(
+        (r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()),
+        (Some("Pod"), Some("web-0"), Some("shop"))
+    );
     assert_eq!(r.uid.as_deref(), Some("0123456789abcdef-uid"));
 }

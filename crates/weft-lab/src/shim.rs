@@ -924,8 +924,7 @@ impl PodRun {
             Hook::Exec(argv) => {
                 let mut cmd = container_command(argv, c, &self.spec);
                 cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-                let (child, rx) =
-                    self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {:?}: {e}", argv[0]))?;
+                let (child, rx) = self.reaper.spawn(&mut cmd).map_err(|e| format!("starting {:?}: {e}", argv[0]))?;
                 loop {
                     match rx.recv_timeout(left().min(Duration::from_millis(50))) {
                         Ok(0) => return Ok(()),

@@ -119,7 +119,9 @@ spec:
     if events_served(&lab) {
         let ev = events_of(&lab, "hooked");
         eprintln!("events of hooked: {ev:?}");
-        for want in ["Created: Created container: main", "Started: Started container main", "Killing: Stopping container main"] {
+        for want in
+            ["Created: Created container: main", "Started: Started container main", "Killing: Stopping container main"]
+        {
             assert!(ev.iter().any(|e| e == want), "{want} not in {ev:?}");
         }
     } else {
@@ -219,11 +221,7 @@ fn a_terminating_pod_keeps_its_connections_while_new_ones_go_to_the_others() {
         let open: Vec<String> = serde_json::from_str(&read(&dir.path().join("open")))
             .unwrap_or_else(|e| panic!("{e}: the client did not open its connections"));
         // The pod that holds the most of them goes.
-        let victim = open
-            .iter()
-            .max_by_key(|p| open.iter().filter(|q| q == p).count())
-            .unwrap()
-            .clone();
+        let victim = open.iter().max_by_key(|p| open.iter().filter(|q| q == p).count()).unwrap().clone();
         let victim_ip = ip_of(&victim);
         let t_delete = Instant::now();
         lab.kubectl_ok(&["delete", "pod", &victim, "--grace-period=5", "--wait=false"]);
@@ -233,12 +231,17 @@ fn a_terminating_pod_keeps_its_connections_while_new_ones_go_to_the_others() {
         lab.wait_for("the victim's endpoint to be terminating and serving", 10, || {
             let out = lab.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o", "json"]);
             let v: Value = serde_json::from_str(&out).unwrap();
-            v["items"].as_array().into_iter().flatten().flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default()).any(|e| {
-                e["addresses"][0] == victim_ip.as_str()
-                    && e["conditions"]["terminating"] == true
-                    && e["conditions"]["serving"] == true
-                    && e["conditions"]["ready"] == false
-            })
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .any(|e| {
+                    e["addresses"][0] == victim_ip.as_str()
+                        && e["conditions"]["terminating"] == true
+                        && e["conditions"]["serving"] == true
+                        && e["conditions"]["ready"] == false
+                })
         });
         let t_terminating = t_delete.elapsed().as_secs_f64();
         let gone = wait_gone(&lab, &victim, 25);
@@ -263,7 +266,10 @@ fn a_terminating_pod_keeps_its_connections_while_new_ones_go_to_the_others() {
             r["t"].as_f64().unwrap() > t_terminating + 0.5
                 && old_to_victim.iter().all(|i| r["old"][*i] == victim.as_str())
         });
-        assert!(served_late, "the victim's connections were not served after it became terminating ({t_terminating:.1} s): {rounds:?}");
+        assert!(
+            served_late,
+            "the victim's connections were not served after it became terminating ({t_terminating:.1} s): {rounds:?}"
+        );
         // ... until it exited: then they closed.
         let last = rounds.last().unwrap();
         assert!(old_to_victim.iter().all(|i| last["old"][*i] == format!("!{victim}")), "{last}");
