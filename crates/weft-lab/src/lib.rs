@@ -17,14 +17,18 @@ pub mod shim;
 pub mod streams;
 pub mod topology;
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::topology::{NodeNet, Overlay};
@@ -147,25 +151,107 @@ async fn wait_pod_cidr(api: &Api<Node>, name: &str) -> Result<Ipv4Net> {
     anyhow::bail!("node {name} got no podCIDR: is the node IPAM controller running?")
 }
 
+/// How long stopping a lab's pods may take in all, whatever their grace periods: `weft down`
+/// of 100 pods is meant to take seconds, not minutes.
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+/// The grace period of a pod whose own is not known (Kubernetes' default).
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Namespaces removed at once.
+const PARALLEL_DELETES: usize = 8;
+
 /// Removes everything a lab made, also after a crash: pod processes, every `weft-<lab>-`
-/// namespace (and so every link and rule inside), the pods' state.
+/// namespace (and so every link and rule inside). Files are left to the caller, which removes
+/// them only after this returned: a `weft down` cut short finds the records it needs again.
 pub fn destroy(lab: &str, state_dir: &std::path::Path) -> Result<()> {
-    for sb in kubelet::all_sandboxes(state_dir) {
-        kubelet::kill_shim(&sb, Duration::from_secs(2));
-    }
-    for ns in netns::list(&format!("weft-{lab}-")) {
-        if is_lab_netns(lab, &ns) {
-            // Whatever still runs in it (a shim started but not yet recorded when its daemon
-            // was killed) would keep the namespace alive after its name is gone.
-            for pid in netns::pids(&ns) {
-                if pid != std::process::id() as i32 {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
+    destroy_with(lab, state_dir, &HashMap::new())
+}
+
+/// [`destroy`], with the pods' grace periods (by uid) as their API objects say.
+pub fn destroy_with(lab: &str, state_dir: &std::path::Path, graces: &HashMap<String, Duration>) -> Result<()> {
+    stop_shims(&kubelet::all_sandboxes(state_dir), graces, STOP_BOUND);
+    // Pods first, then the nodes, the external host and the underlay they hang on.
+    let mut names: Vec<String> =
+        netns::list(&format!("weft-{lab}-")).into_iter().filter(|ns| is_lab_netns(lab, ns)).collect();
+    names.sort_by_key(|n| (!n.starts_with(&format!("weft-{lab}-pod-")), n.clone()));
+    // Whatever still runs in them (a shim started but not yet recorded when its daemon was
+    // killed, a process that ignored its SIGTERM) would keep a namespace alive after its name
+    // is gone: killed first, found by the namespace it is in.
+    let by_ns = processes_by_netns();
+    for ns in &names {
+        let Ok(m) = std::fs::metadata(netns::path(ns)) else { continue };
+        for pid in by_ns.get(&(m.dev(), m.ino())).into_iter().flatten() {
+            if *pid != std::process::id() as i32 {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
-            netns::delete(&ns)?;
         }
     }
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let chunk = names.len().div_ceil(PARALLEL_DELETES).max(1);
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|ns| netns::delete(ns).err().map(|e| format!("{ns}: {e:#}")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    if !errors.is_empty() {
+        anyhow::bail!("removing the lab's namespaces: {} (run weft down again)", errors.join("; "));
+    }
     Ok(())
+}
+
+/// Stops the pods' shims all at once: SIGTERM to each, then a wait until each has ended or its
+/// grace period (bounded by `bound`) is over, then SIGKILL to the session of each one left.
+pub fn stop_shims(sandboxes: &[kubelet::Sandbox], graces: &HashMap<String, Duration>, bound: Duration) {
+    let start = Instant::now();
+    let mut live: Vec<(&kubelet::Sandbox, Instant)> = sandboxes
+        .iter()
+        .filter(|sb| kubelet::shim_alive(sb))
+        .map(|sb| (sb, start + graces.get(&sb.uid).copied().unwrap_or(DEFAULT_GRACE).min(bound)))
+        .collect();
+    for (sb, _) in &live {
+        let _ = kill(Pid::from_raw(sb.shim_pid as i32), Signal::SIGTERM);
+    }
+    // Bounded: every deadline is at most `bound` away, and a SIGKILL ends a process at once.
+    let until = start + bound + Duration::from_secs(2);
+    while !live.is_empty() && Instant::now() < until {
+        let now = Instant::now();
+        live.retain(|(sb, deadline)| {
+            if !kubelet::shim_alive(sb) {
+                reap(sb.shim_pid);
+                return false;
+            }
+            if now >= *deadline {
+                // The shim leads its session and process group: take the containers too.
+                let _ = nix::sys::signal::killpg(Pid::from_raw(sb.shim_pid as i32), Signal::SIGKILL);
+            }
+            true
+        });
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps a shim this process started (the daemon's own teardown); a no-op for others.
+fn reap(pid: u32) {
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}
+
+/// Every process by the network namespace it is in ((device, inode) of its `ns/net`): one pass
+/// over /proc for all of a lab's namespaces.
+fn processes_by_netns() -> HashMap<(u64, u64), Vec<i32>> {
+    let mut out: HashMap<(u64, u64), Vec<i32>> = HashMap::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for pid in rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+            out.entry((m.dev(), m.ino())).or_default().push(pid);
+        }
+    }
+    out
 }
 
 /// Is `ns` one of the namespaces lab `lab` makes (and not another lab's whose name shares a prefix)?

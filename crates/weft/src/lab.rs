@@ -255,6 +255,30 @@ pub fn spawn_daemon(lab: &Lab) -> Result<()> {
     bail!("the weft daemon for lab {:?} did not start: {}\n{}", lab.name, last.trim(), tail.join("\n"))
 }
 
+/// Removes a lab's state directory, its marker last: a removal cut short leaves a directory
+/// that the next `weft down` still recognises as weft's and finishes.
+pub fn remove_state_dir(dir: &Path) -> Result<()> {
+    let gone_ok = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for e in entries.flatten() {
+        if e.file_name() == MARKER {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        gone_ok(r).with_context(|| format!("removing {}", p.display()))?;
+    }
+    gone_ok(fs::remove_file(dir.join(MARKER))).with_context(|| format!("removing {}", dir.join(MARKER).display()))?;
+    gone_ok(fs::remove_dir(dir)).with_context(|| format!("removing {}", dir.display()))
+}
+
 /// Stops the daemon (SIGTERM, then SIGKILL after `grace`) and waits until its lock is free.
 pub fn stop_daemon(lab: &Lab, grace: Duration) -> Result<()> {
     if !lab.running() {

@@ -553,7 +553,8 @@ impl Api {
     async fn delete_namespace(&self, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
         let kind = kinds::by_path("", "v1", "namespaces").expect("namespaces are served");
         let key = store_key(kind, "", name);
-        let mut marked = false;
+        // The namespace as last seen marked (what the answer is if the sweep ends it).
+        let mut marked = None;
         for _ in 0..RETRIES {
             let current = self.store.get(&key).ok_or_else(|| ApiError::not_found(kind.plural, name))?;
             check_preconditions(kind, name, &current, opts)?;
@@ -561,7 +562,7 @@ impl Api {
                 if opts.dry_run {
                     return Ok(Deleted::Marked((*current).clone()));
                 }
-                marked = true;
+                marked = Some((*current).clone());
                 break;
             }
             let mut v = (*current).clone();
@@ -582,23 +583,22 @@ impl Api {
                 return Ok(Deleted::Marked(v));
             }
             match self.store.update(key.clone(), v, rv_of(&current)).await {
-                Ok(_) => {
-                    marked = true;
+                Ok(m) => {
+                    marked = Some((*m).clone());
                     break;
                 }
                 Err(e) if is_conflict(&e) && opts.rv.is_none() => continue,
                 Err(e) => return Err(ApiError::from_store(e, kind.plural, name)),
             }
         }
-        if !marked {
-            return Err(conflict(kind.plural, name));
-        }
+        let Some(marked) = marked else { return Err(conflict(kind.plural, name)) };
         self.sweep_namespace(name).await;
+        // The last object's removal may have ended the namespace already.
         match self.finish_namespace(name, true).await {
             Some(gone) => Ok(Deleted::Removed(gone)),
             None => match self.store.get(&key) {
                 Some(v) => Ok(Deleted::Marked((*v).clone())),
-                None => Err(ApiError::not_found(kind.plural, name)),
+                None => Ok(Deleted::Removed(marked)),
             },
         }
     }

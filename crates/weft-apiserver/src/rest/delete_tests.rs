@@ -334,6 +334,13 @@ async fn a_namespace_terminates_deletes_its_content_and_goes_when_empty() {
     let pre = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": p["metadata"]["uid"]}});
     t.delete("pods", Some("x"), "web", pre).await.unwrap();
     assert!(t.get("namespaces", None, "x").is_none(), "the empty namespace is gone");
+    // A namespace whose content goes at once goes with the DELETE.
+    t.namespace("quick").await;
+    t.create("configmaps", Some("quick"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}))
+        .await;
+    let d = t.delete("namespaces", None, "quick", json!({})).await.unwrap();
+    assert_eq!(d["metadata"]["name"], "quick");
+    assert!(t.get("namespaces", None, "quick").is_none());
     // Protected namespaces stay.
     assert_eq!(t.delete("namespaces", None, "kube-system", json!({})).await.unwrap_err().code, 403);
     t.api.store.close();
