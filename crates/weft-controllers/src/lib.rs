@@ -19,6 +19,7 @@ pub mod gc;
 pub mod history;
 pub mod job;
 pub mod lb;
+pub mod namespace;
 pub mod podgc;
 pub mod replicaset;
 pub mod statefulset;
@@ -229,6 +230,7 @@ pub async fn run(client: kube::Client, cfg: Config) {
     }));
     let c = ctx.clone();
     loops.spawn(controller("loadbalancer").run(async move || lb::reconcile(&c.client, &c.services.state()).await));
+    loops.spawn(namespace::run(ctx.client.clone()));
     let mut c = ctx;
     loops.spawn(controller("garbage-collector").run(async move || garbage_collect(&mut c).await));
     while loops.join_next().await.is_some() {}
