@@ -645,8 +645,7 @@ fn probe_check(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: 
         })
         .unwrap_or_else(|e| Err(format!("{e:#}"))),
         ProbeAction::Exec(argv) => match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!("command {argv:?} failed or timed out after {}s", timeout.as_secs())),
+            Ok(result) => result,
             Err(e) => {
                 tracing::debug!(container = %c.name, error = %format!("{e:#}"), "exec probe");
                 Err(format!("{e:#}"))

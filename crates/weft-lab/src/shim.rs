@@ -491,6 +491,9 @@ struct ExecReply {
     exit: Option<i32>,
     timed_out: bool,
     error: Option<String>,
+    /// What an exec probe wrote (stdout and stderr, cut at 10 KiB).
+    #[serde(default)]
+    output: String,
 }
 
 pub const EXEC_SOCKET: &str = "exec.sock";
@@ -503,9 +506,15 @@ fn connect_in(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
 }
 
 /// What the kubelet's exec probe gets from the pod whose shim keeps `dir`: did `argv` exit 0
-/// within `timeout`, run by the shim in the pod's namespaces as container `container`'s process?
-/// A probe still running at the timeout is killed (with its process group) and fails.
-pub fn exec_probe(dir: &Path, container: &str, argv: &[String], timeout: Duration) -> Result<bool> {
+/// within `timeout`, run by the shim in the pod's namespaces as container `container`'s process
+/// (else its output, or that it timed out)? A probe still running at the timeout is killed
+/// (with its process group) and fails. An outer error: the shim could not be asked.
+pub fn exec_probe(
+    dir: &Path,
+    container: &str,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<std::result::Result<(), String>> {
     let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
     s.set_read_timeout(Some(timeout + Duration::from_secs(3)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -524,7 +533,10 @@ pub fn exec_probe(dir: &Path, container: &str, argv: &[String], timeout: Duratio
     if let Some(e) = r.error {
         anyhow::bail!("{e}");
     }
-    Ok(r.exit == Some(0) && !r.timed_out)
+    if r.timed_out {
+        return Ok(Err(format!("command {:?} timed out", argv.join(" "))));
+    }
+    Ok(if r.exit == Some(0) { Ok(()) } else { Err(r.output) })
 }
 
 /// Asks the shim of the pod whose files are in `dir` to stop `container` (`None`: the whole pod,
@@ -580,20 +592,59 @@ fn run_exec(req: &ExecRequest, spec: &ShimSpec, reaper: &Reaper) -> ExecReply {
         return ExecReply { error: Some("an empty command".into()), ..Default::default() };
     }
     let mut cmd = container_command(&req.argv, c, spec);
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-    let (child, rx) = match reaper.spawn(&mut cmd) {
+    // Its output (both streams, as the kubelet reads a probe's), for the probe's failure message.
+    let output = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((r, w)) => {
+            let w2 = w.try_clone().ok();
+            cmd.stdout(Stdio::from(w));
+            cmd.stderr(w2.map(Stdio::from).unwrap_or_else(Stdio::null));
+            let (tx, rx) = channel();
+            std::thread::spawn(move || tx.send(read_bounded(File::from(r), PROBE_OUTPUT_LIMIT)));
+            Some(rx)
+        }
+        Err(_) => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            None
+        }
+    };
+    cmd.process_group(0);
+    let spawned = reaper.spawn(&mut cmd);
+    // The write ends go with the command: the reader sees the end once the probe's are closed.
+    drop(cmd);
+    let (child, rx) = match spawned {
         Ok(x) => x,
         // As a runtime reports a command it cannot start: a failed probe, not an error.
         Err(_) => return ExecReply { exit: Some(127), ..Default::default() },
     };
-    match rx.recv_timeout(Duration::from_millis(req.timeout_ms.max(1))) {
+    let group = Pid::from_raw(child.id() as i32);
+    let mut reply = match rx.recv_timeout(Duration::from_millis(req.timeout_ms.max(1))) {
         Ok(code) => ExecReply { exit: Some(code), ..Default::default() },
         Err(_) => {
-            let _ = nix::sys::signal::killpg(Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = rx.recv_timeout(Duration::from_secs(2));
             ExecReply { timed_out: true, ..Default::default() }
         }
+    };
+    // What the probe left running in its group would hold its output open.
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    // Bounded: a process that left the group could keep the pipe open.
+    reply.output = output.and_then(|o| o.recv_timeout(Duration::from_secs(1)).ok()).unwrap_or_default();
+    reply
+}
+
+/// A probe's output is cut here, as the kubelet cuts it (10 KiB).
+const PROBE_OUTPUT_LIMIT: usize = 10 << 10;
+
+/// Reads `from` to its end, keeping the first `limit` bytes.
+fn read_bounded(mut from: File, limit: usize) -> String {
+    let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => kept.extend_from_slice(&buf[..n.min(limit.saturating_sub(kept.len()))]),
+        }
     }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// The write end of the pipe the stop signals are reported on.
@@ -985,18 +1036,21 @@ fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option
         }
         let spawned = reaper.spawn(&mut cmd);
         if let Ok((child, _)) = &spawned {
-            children.insert(c.name.clone(), child.id());
+            let pid = child.id();
+            children.insert(c.name.clone(), pid);
+            // Reported running before a stop can look: a stopping pod never seems to have
+            // nothing left running while this starts.
+            pod.update_container(slot, |s| {
+                s.running = true;
+                s.pid = Some(pid);
+                s.started_at = Some(now());
+                s.reason = None;
+            });
         }
         drop(children);
         let code = match spawned {
             Ok((mut child, exited)) => {
                 let pid = child.id();
-                pod.update_container(slot, |s| {
-                    s.running = true;
-                    s.pid = Some(pid);
-                    s.started_at = Some(now());
-                    s.reason = None;
-                });
                 let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
                 let (l1, l2, p1, p2) = (log_lock.clone(), log_lock.clone(), log.clone(), log.clone());
                 let t1 = std::thread::spawn(move || pump(o, p1, l1));

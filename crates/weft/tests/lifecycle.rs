@@ -306,7 +306,7 @@ spec:
   - name: main
     image: busybox
     command: [sh, -c, 'rm -f {d}/sick; echo run >> {d}/lively; while true; do sleep 0.1; done']
-    livenessProbe: {{exec: {{command: [sh, -c, 'test ! -e {d}/sick']}}, periodSeconds: 1, failureThreshold: 2}}
+    livenessProbe: {{exec: {{command: [sh, -c, 'if [ -e {d}/sick ]; then echo feeling sick; exit 1; fi']}}, periodSeconds: 1, failureThreshold: 2}}
 ---
 apiVersion: v1
 kind: Pod
@@ -384,7 +384,8 @@ spec:
 
     if events_served(&lab) {
         let ev = events_of(&lab, "lively");
-        assert!(ev.iter().any(|e| e.starts_with("Unhealthy: Liveness probe failed")), "{ev:?}");
+        // The probe's output is the message, as the kubelet's.
+        assert!(ev.iter().any(|e| e.starts_with("Unhealthy: Liveness probe failed: feeling sick")), "{ev:?}");
         assert!(ev.iter().any(|e| e == "Killing: Container main failed liveness probe, will be restarted"), "{ev:?}");
     } else {
         eprintln!("note: the API does not serve events.k8s.io yet; the kubelet's events were not checked");
