@@ -184,7 +184,9 @@ fn spawn_exec(shim_pid: u32, c: &ContainerSpec, spec: &ShimSpec, opts: &StreamOp
     let mut cmd = pod_command(&ns, &opts.command, c, spec)?;
     let mut master = None;
     if opts.tty {
-        let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
+        let size =
+            opts.size.map(|(cols, rows)| nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 });
+        let pty = nix::pty::openpty(size.as_ref(), None).map_err(io::Error::from)?;
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));

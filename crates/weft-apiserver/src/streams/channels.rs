@@ -87,12 +87,21 @@ async fn pump(mut from: BoxRead, channel: u8, to: mpsc::Sender<Message>) {
 
 /// What the client sends, until it closes: stdin, resizes, v5's close of stdin.
 async fn input<S: AsyncRead + AsyncWrite + Unpin>(
+    early: Option<Message>,
     mut source: futures::stream::SplitStream<WebSocketStream<S>>,
     mut stdin: Option<BoxWrite>,
     resize: Option<Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>>,
     v5: bool,
 ) {
-    while let Some(Ok(msg)) = source.next().await {
+    let mut early = early;
+    loop {
+        let msg = match early.take() {
+            Some(m) => m,
+            None => match source.next().await {
+                Some(Ok(m)) => m,
+                _ => break,
+            },
+        };
         let data = match msg {
             Message::Binary(b) => b,
             Message::Close(_) => break,
@@ -144,6 +153,20 @@ where
         let _ = sink.send(normal_close()).await;
         let _ = sink.close().await;
     });
+    let (mut session, mut source) = (session, source);
+    // With a terminal, kubectl's first message is its size: take it before the process starts,
+    // so the process sees its size from the start (kube-rs may send none: wait only briefly).
+    let mut early = None;
+    if session.opts.tty {
+        match tokio::time::timeout(std::time::Duration::from_millis(500), source.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&RESIZE) => {
+                session.opts.size = parse_resize(&b[1..]);
+            }
+            Ok(Some(Ok(m))) => early = Some(m),
+            Ok(_) => return,
+            Err(_) => {}
+        }
+    }
     let started = match session.sub {
         Sub::Attach => streams.attach(session.pod(), &session.container, &session.opts).await,
         _ => streams.exec(session.pod(), &session.container, &session.opts).await,
@@ -183,7 +206,7 @@ where
     if let Some(e) = stderr {
         pumps.spawn(pump(e, STDERR, tx.clone()));
     }
-    let mut client = tokio::spawn(input(source, stdin, resize, v5));
+    let mut client = tokio::spawn(input(early, source, stdin, resize, v5));
     let code = tokio::select! {
         code = &mut exit => code,
         // The client went away: dropping `exit` stops the process.

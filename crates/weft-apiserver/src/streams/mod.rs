@@ -52,6 +52,9 @@ pub struct StreamOptions {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    /// The terminal's size (columns, rows) to start with: the client's first resize message,
+    /// so the process sees its size from the start.
+    pub size: Option<(u16, u16)>,
 }
 
 /// A process in a pod (an exec'd command, or an attached container), as the client sees it.
@@ -162,6 +165,7 @@ pub fn stream_options(sub: Sub, pairs: &[(String, String)]) -> Result<StreamOpti
         stdin: flag(pairs, "stdin")?,
         stdout: flag(pairs, "stdout")?,
         stderr: flag(pairs, "stderr")?,
+        size: None,
     };
     if sub == Sub::Exec && opts.command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command: add command=... to the query"));
