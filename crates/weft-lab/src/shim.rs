@@ -989,30 +989,37 @@ impl PodRun {
                     }
                 }
             }
-            Hook::Http { addr, path, host, headers } => {
-                // The kubelet does not look at the answer's status: a connection that answers is
-                // a hook that ran.
-                let timeout = left().max(Duration::from_millis(1));
-                let mut s = std::net::TcpStream::connect_timeout(addr, timeout)
-                    .map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
-                let _ = s.set_write_timeout(Some(timeout));
-                let _ = s.set_read_timeout(Some(timeout));
-                let mut req = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-lifecycle/1.33\r\nConnection: close\r\n"
-                );
-                for (k, v) in headers {
-                    req.push_str(&format!("{k}: {v}\r\n"));
-                }
-                req.push_str("\r\n");
-                s.write_all(req.as_bytes()).map_err(|e| format!("Get \"http://{addr}{path}\": {e}"))?;
-                let mut head = [0u8; 12];
-                match s.read(&mut head) {
-                    Ok(n) if n > 0 => Ok(()),
-                    Ok(_) => Err(format!("Get \"http://{addr}{path}\": EOF")),
-                    Err(e) => Err(format!("Get \"http://{addr}{path}\": {e}")),
-                }
-            }
+            Hook::Http { addr, path, host, headers } => http_hook(*addr, path, host, headers, left()),
         }
+    }
+}
+
+/// An httpGet hook: `GET path` from `addr` within `timeout`. The kubelet does not look at the
+/// answer's status: an answer is a hook that ran; no connection or no answer is a failure.
+fn http_hook(
+    addr: std::net::SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let get = |why: &dyn std::fmt::Display| format!("Get \"http://{addr}{path}\": {why}");
+    let timeout = timeout.max(Duration::from_millis(1));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| get(&e))?;
+    let _ = s.set_write_timeout(Some(timeout));
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut req =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-lifecycle/1.33\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| get(&e))?;
+    let mut head = [0u8; 12];
+    match s.read(&mut head) {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(get(&"EOF")),
+        Err(e) => Err(get(&e)),
     }
 }
 
@@ -1153,6 +1160,41 @@ mod tests {
         // An older spec without the field gets the default, not everything.
         let c: ContainerSpec = serde_json::from_value(json!({"name": "c", "argv": ["x"]})).unwrap();
         assert_eq!(c.security, Security::default());
+    }
+
+    /// A server on 127.0.0.1 that takes one request, hands it over and answers `reply`.
+    fn one_request(reply: &'static [u8]) -> (std::net::SocketAddr, Receiver<String>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+            let _ = s.write_all(reply);
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn an_http_pre_stop_hook_sends_its_request_and_takes_any_answer() {
+        let headers = vec![("X-Why".to_string(), "stop".to_string())];
+        let (addr, got) = one_request(b"HTTP/1.1 500 Oops\r\n\r\n");
+        assert_eq!(http_hook(addr, "/drain", "10.0.0.1:80", &headers, Duration::from_secs(2)), Ok(()));
+        let req = got.recv_timeout(Duration::from_secs(3)).unwrap();
+        assert!(req.starts_with("GET /drain HTTP/1.1\r\nHost: 10.0.0.1:80\r\n"), "{req}");
+        assert!(req.contains("\r\nX-Why: stop\r\n") && req.ends_with("\r\n\r\n"), "{req}");
+        // Nothing listening: a failure that says where.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let why = http_hook(closed, "/", "h", &[], Duration::from_secs(1)).unwrap_err();
+        assert!(why.starts_with(&format!("Get \"http://{closed}/\": ")), "{why}");
+        // A server that never answers: given up at the timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Instant::now();
+        assert!(http_hook(silent.local_addr().unwrap(), "/", "h", &[], Duration::from_millis(300)).is_err());
+        assert!(t.elapsed() < Duration::from_secs(2));
     }
 
     /// What a process confined by `confine` sees of itself (runs `cat`, as root in the tests).
