@@ -227,13 +227,23 @@ fn without_hash(t: &PodTemplateSpec) -> Value {
         l.remove(weft_k8s::labels::POD_TEMPLATE_HASH);
     }
     let mut v = serde_json::to_value(&t).unwrap_or_default();
-    // An empty label map and none are the same template.
-    if v.pointer("/metadata/labels").and_then(|l| l.as_object()).is_some_and(|l| l.is_empty())
-        && let Some(m) = v.pointer_mut("/metadata").and_then(|m| m.as_object_mut())
-    {
-        m.remove("labels");
-    }
+    prune_empty(&mut v);
     v
+}
+
+/// Drops empty objects: an absent struct and an empty one are the same template, as Go's
+/// semantic equality sees them (kubectl's `rollout undo` writes `resources: {}` back).
+fn prune_empty(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                prune_empty(x);
+            }
+            m.retain(|_, x| !x.as_object().is_some_and(|o| o.is_empty()));
+        }
+        Value::Array(a) => a.iter_mut().for_each(prune_empty),
+        _ => {}
+    }
 }
 
 /// The Deployment's status from its sets' statuses, with the conditions as kube's
@@ -665,6 +675,22 @@ mod tests {
             // Pods come up one pass after they are asked for.
             n.available = n.replicas;
         }
+    }
+
+    #[test]
+    fn templates_compare_without_hash_and_empty_structs() {
+        let a: PodTemplateSpec = serde_json::from_value(json!({"metadata": {"labels": {"app": "w"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}}))
+        .unwrap();
+        let b: PodTemplateSpec =
+            serde_json::from_value(json!({"metadata": {"labels": {"app": "w", "pod-template-hash": "h"}},
+            "spec": {"containers": [{"name": "c", "image": "x", "resources": {}}]}}))
+            .unwrap();
+        assert_eq!(without_hash(&a), without_hash(&b));
+        let c: PodTemplateSpec = serde_json::from_value(json!({"metadata": {"labels": {"app": "w"}},
+            "spec": {"containers": [{"name": "c", "image": "y"}]}}))
+        .unwrap();
+        assert_ne!(without_hash(&a), without_hash(&c));
     }
 
     #[test]

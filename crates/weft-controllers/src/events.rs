@@ -2,6 +2,10 @@
 //! and kube-scheduler record them. Publishing never holds up or fails a reconcile: each event is
 //! sent on a task of its own, at most [`IN_FLIGHT`] at a time (more are dropped), each bounded
 //! in time; a failure (an API server without the events API answers 404) is logged at debug.
+//! Each event is published through a recorder of its own: kube's `Recorder` folds events of the
+//! same object and reason into one series whatever their message, which would leave one
+//! "Scaled up replica set ..." for a whole rollout; kube-controller-manager's messages are
+//! events of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +18,15 @@ const IN_FLIGHT: usize = 64;
 
 #[derive(Clone)]
 pub struct Events {
-    recorder: Recorder,
+    client: kube::Client,
+    controller: String,
     slots: Arc<Semaphore>,
 }
 
 impl Events {
     /// A recorder reporting as `controller` (e.g. `deployment-controller`, `default-scheduler`).
     pub fn new(client: &kube::Client, controller: &str) -> Events {
-        let reporter = Reporter { controller: controller.into(), instance: None };
-        Events { recorder: Recorder::new(client.clone(), reporter), slots: Arc::new(Semaphore::new(IN_FLIGHT)) }
+        Events { client: client.clone(), controller: controller.into(), slots: Arc::new(Semaphore::new(IN_FLIGHT)) }
     }
 
     pub fn normal(&self, regarding: ObjectReference, reason: &str, action: &str, note: String) {
@@ -38,7 +42,8 @@ impl Events {
             tracing::debug!(reason, "event dropped: too many in flight");
             return;
         };
-        let recorder = self.recorder.clone();
+        let reporter = Reporter { controller: self.controller.clone(), instance: None };
+        let recorder = Recorder::new(self.client.clone(), reporter);
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         tokio::spawn(async move {
             let _slot = slot;
