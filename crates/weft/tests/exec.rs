@@ -74,7 +74,12 @@ struct PortForward(std::process::Child);
 
 impl PortForward {
     fn start(lab: &Lab, target: &str, local: u16, remote: u16) -> PortForward {
+        Self::start_with(lab, target, local, remote, &[])
+    }
+
+    fn start_with(lab: &Lab, target: &str, local: u16, remote: u16, env: &[(&str, &str)]) -> PortForward {
         let child = Command::new("kubectl")
+            .envs(env.iter().copied())
             .arg("--kubeconfig")
             .arg(lab.kubeconfig())
             .args(["port-forward", target, &format!("{local}:{remote}")])
@@ -176,6 +181,10 @@ fn kubectl_exec_cp_attach_and_port_forward_against_a_lab() {
     assert_eq!(&lines[..4], ["hello-from-env", "/usr", "busybox", "weft"], "{out}");
     assert!(lines[4].ends_with("00000000a80425fb"), "containerd's default capabilities: {out}");
 
+    // `weft exec` enters a running pod the same way (its PID namespace: the shim is pid 1).
+    assert_eq!(lab.exec_ok(&["busybox"], &["cat", "/proc/1/comm"]).trim(), "weft");
+    assert_eq!(lab.exec(&["busybox"], &["sh", "-c", "exit 6"]).status.code(), Some(6));
+
     // Exit codes as kubectl reports them.
     let o = kubectl(&lab, &["exec", "busybox", "--", "sh", "-c", "exit 3"], None);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -228,6 +237,20 @@ fn kubectl_exec_cp_attach_and_port_forward_against_a_lab() {
     let r = http_get(port, "/via-service");
     assert!(r.contains("\"pod\":\"web\"") && r.contains("/via-service"), "{r}");
     drop(pf);
+    // kubectl's older way (and its fallback): SPDY/3.1 over a plain HTTP upgrade.
+    let port = free_port();
+    let pf = PortForward::start_with(&lab, "pod/web", port, 80, &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")]);
+    let r = http_get(port, "/via-spdy");
+    assert!(r.contains("\"pod\":\"web\"") && r.contains("/via-spdy"), "{r}");
+    drop(pf);
+    // Exec over SPDY is not served: a 400 that says what is.
+    let mut c = Command::new("kubectl");
+    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(lab.kubeconfig())
+        .args(["exec", "busybox", "--", "true"]);
+    let o = output_bounded(c, LIMIT).unwrap();
+    assert!(!o.status.success() && text(&o).contains("served over WebSockets"), "{}", text(&o));
 
     // A port nothing listens on: an error naming the port, at once, not a hang.
     let port = free_port();

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{BoxRead, BoxWrite, PodStreams, Process, Session, Sub};
+use super::{BoxRead, BoxWrite, PodStreams, Process, Resize, Session, Sub};
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -90,7 +90,7 @@ async fn input<S: AsyncRead + AsyncWrite + Unpin>(
     early: Option<Message>,
     mut source: futures::stream::SplitStream<WebSocketStream<S>>,
     mut stdin: Option<BoxWrite>,
-    resize: Option<Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>>,
+    resize: Option<Resize>,
     v5: bool,
 ) {
     let mut early = early;

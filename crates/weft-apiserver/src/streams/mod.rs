@@ -39,6 +39,9 @@ pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 /// Input of a process: its stdin.
 pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// Sets a terminal's size: (columns, rows).
+pub type Resize = Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>;
+
 /// A byte stream both ways (a TCP connection into a pod).
 pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
@@ -65,7 +68,7 @@ pub struct Process {
     pub stdout: Option<BoxRead>,
     pub stderr: Option<BoxRead>,
     /// Sets the terminal's size (columns, rows); with a tty only.
-    pub resize: Option<Box<dyn Fn(u16, u16) -> io::Result<()> + Send + Sync>>,
+    pub resize: Option<Resize>,
     /// Resolves to the exit code once the process has ended (128+N for signal N). Dropped before
     /// that (the client went away), it stops the process.
     pub exit: BoxFuture<'static, io::Result<i32>>,

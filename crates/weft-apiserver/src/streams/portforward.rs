@@ -40,11 +40,7 @@ where
         let inbound = async move {
             while let Some(Ok(msg)) = source.next().await {
                 match msg {
-                    Message::Binary(b) => {
-                        if w.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
+                    Message::Binary(b) if w.write_all(&b).await.is_err() => break,
                     Message::Close(_) => break,
                     _ => {}
                 }

@@ -126,19 +126,23 @@ fn main() -> Result<()> {
     // Through kubectl port-forward (kubectl -> API server -> the pod's loopback).
     let local = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let s = sink(&target_ns, 5202)?;
+    let pf_log = lab.home.path().join("port-forward.log");
     let mut pf = kubectl()
         .args(["port-forward", "pod/target", &format!("{local}:5202")])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&pf_log)?)
         .spawn()?;
     // kubectl says "Forwarding from ..." once it listens (no probe connection: that would be
     // forwarded to the sink).
     let out = pf.stdout.take().context("kubectl's stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
         let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        let _ = std::io::BufRead::read_line(&mut out, &mut line);
         let _ = tx.send(line);
+        // Read on to kubectl's end: a closed pipe would kill it at its next line.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
     });
     let forwarded = match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(l) if l.contains("Forwarding from") => push(|| TcpStream::connect(("127.0.0.1", local)), s),
@@ -146,7 +150,9 @@ fn main() -> Result<()> {
     };
     let _ = pf.kill();
     let _ = pf.wait();
-    let forwarded = forwarded?;
+    let forwarded = forwarded.with_context(|| {
+        format!("kubectl port-forward said: {}", std::fs::read_to_string(&pf_log).unwrap_or_default())
+    })?;
     println!("64 MiB through kubectl port-forward: {forwarded:.0} MiB/s = {:.2}x direct", forwarded / direct);
     Ok(())
 }
