@@ -436,7 +436,7 @@ impl Reaper {
 }
 
 /// The container's environment, as its processes (and its exec probes) get it.
-fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)> {
+pub fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOSTNAME".to_string(), spec.hostname.clone()),
