@@ -290,6 +290,18 @@ impl PodStreams for LabPodStreams {
         container: &str,
         opts: &StreamOptions,
     ) -> BoxFuture<'static, io::Result<Process>> {
+        if opts.stdin {
+            // The shim starts containers with stdin from /dev/null: there is nothing to write to.
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "container {container} of pod {}/{} has no stdin in a lab (containers start with stdin \
+                     from /dev/null): attach without -i to follow its output, or use kubectl exec -i",
+                    pod.namespace, pod.name
+                ),
+            );
+            return Box::pin(async move { Err(e) });
+        }
         let found = running_sandbox(&self.state_dir, pod);
         let logs = crate::logs::LabPodLogs { state_dir: self.state_dir.clone() };
         // What the container writes from now on, as `kubectl logs -f` would show it.

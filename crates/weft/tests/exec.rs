@@ -282,6 +282,8 @@ spec:
     lab.wait_for("the ticker to run", 60, || {
         lab.pods("default").iter().any(|p| p["metadata"]["name"] == "ticker" && p["status"]["phase"] == "Running")
     });
+    let o = kubectl(&lab, &["attach", "-i", "ticker"], None);
+    assert!(!o.status.success() && text(&o).contains("no stdin in a lab"), "{}", text(&o));
     let o = kubectl(&lab, &["attach", "ticker"], None);
     let t = text(&o);
     assert!(t.contains("tick 20") && t.contains("tick 24"), "attach streams the output: {t}");
@@ -411,4 +413,36 @@ spec:
     // Still serving.
     let out = lab.kubectl_ok(&["exec", "box", "--", "echo", "alive"]);
     assert_eq!(out, "alive\n");
+
+    // A client that goes away mid-exec takes its process with it.
+    let mut gone = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(lab.kubeconfig())
+        .args(["exec", "box", "--", "sleep", "4242"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_pod = || lab.exec_ok(&["box"], &["ps", "-eo", "args"]);
+    lab.wait_for("the exec'd sleep to run", 20, || in_pod().contains("sleep 4242"));
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    lab.wait_for("the exec'd sleep to be stopped", 20, || !in_pod().contains("sleep 4242"));
+
+    // A pod no node took: kube-apiserver's 400.
+    lab.apply_str(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: nowhere}
+spec:
+  nodeSelector: {weft-test: no-such-node}
+  containers: [{name: c, image: busybox, command: [sleep, "100000"]}]
+"#,
+    );
+    let o = kubectl(&lab, &["exec", "nowhere", "--", "true"], None);
+    assert!(!o.status.success() && text(&o).contains("does not have a host assigned"), "{}", text(&o));
+    let o = kubectl(&lab, &["port-forward", "pod/nowhere", "1:80"], None);
+    assert!(!o.status.success(), "{}", text(&o));
 }
