@@ -888,6 +888,7 @@ fn container_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, c: &Container, ip: &s
         },
         pre_stop: pre_stop_hook(c, ip),
         restart_policy: c.restart_policy.clone(),
+        stdin: c.stdin.unwrap_or(false),
     }
 }
 

@@ -55,6 +55,10 @@ pub struct ContainerSpec {
     /// and kept running beside the app containers.
     #[serde(default)]
     pub restart_policy: Option<String>,
+    /// `stdin: true`: the container reads a fifo that `kubectl attach -i` writes to
+    /// ([`stdin_fifo`]); otherwise its stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// A lifecycle hook as the shim runs it (the kubelet resolves ports and the pod's address).
@@ -433,6 +437,24 @@ impl Reaper {
             }
         }
     }
+}
+
+/// Where a container with `stdin: true` reads its input from: a fifo in the pod's directory,
+/// which `kubectl attach -i` writes to (`weft_lab::streams`).
+pub fn stdin_path(dir: &Path, container: &str) -> PathBuf {
+    dir.join(format!("{container}.stdin"))
+}
+
+/// The container's stdin: the fifo, opened for reading and writing so that it never reads an
+/// end of file while no client is attached (a container's stdin stays open, as with
+/// `stdinOnce: false`). /dev/null if the fifo cannot be made.
+fn stdin_fifo(dir: &Path, container: &str) -> Stdio {
+    let path = stdin_path(dir, container);
+    let made = nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600));
+    if made.is_err() && made != Err(nix::errno::Errno::EEXIST) {
+        return Stdio::null();
+    }
+    fs::OpenOptions::new().read(true).write(true).open(&path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
 }
 
 /// The container's environment, as its processes (and its exec probes) get it.
@@ -1035,6 +1057,9 @@ fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option
         let mut cmd = container_command(&c.argv, &c, spec);
         // A process group per container, so its stop (and its end) takes all its processes.
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        if c.stdin {
+            cmd.stdin(stdin_fifo(&spec.dir, &c.name));
+        }
         let started = Instant::now();
         // Started with `children` held and the pod not stopping: a stop sees every container.
         let mut children = pod.children.lock().unwrap();

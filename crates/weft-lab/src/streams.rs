@@ -8,7 +8,8 @@
 //!   directory, capabilities and no_new_privs ([`shim::confine`]); with a tty, on a new pty that
 //!   is its controlling terminal, resized as the client asks.
 //! - attach follows the container's output from now on, through the lab's logs (a container's
-//!   stdout and stderr are its log), and ends with the container's instance.
+//!   stdout and stderr are its log), and ends with the container's instance; a container with
+//!   `stdin: true` reads a fifo its shim made, which attach writes the client's stdin to.
 //! - port-forward connects to 127.0.0.1:PORT from inside the pod's network namespace.
 
 use std::io;
@@ -61,7 +62,7 @@ pub fn running_sandbox(state_dir: &Path, pod: PodRef<'_>) -> io::Result<Sandbox>
 }
 
 /// The pod's shim spec and the spec of one of its containers, as the shim runs it.
-fn container(state_dir: &Path, pod: PodRef<'_>, name: &str) -> io::Result<(ShimSpec, ContainerSpec)> {
+fn container_spec(state_dir: &Path, pod: PodRef<'_>, name: &str) -> io::Result<(ShimSpec, ContainerSpec)> {
     let path = pod_dir(state_dir, pod.uid).join("shim.json");
     let spec: ShimSpec = serde_json::from_slice(&std::fs::read(&path)?)
         .map_err(|e| io::Error::other(format!("reading {}: {e}", path.display())))?;
@@ -276,7 +277,7 @@ fn spawn_exec(shim_pid: u32, c: &ContainerSpec, spec: &ShimSpec, opts: &StreamOp
 impl PodStreams for LabPodStreams {
     fn exec(&self, pod: PodRef<'_>, name: &str, opts: &StreamOptions) -> BoxFuture<'static, io::Result<Process>> {
         let found = running_sandbox(&self.state_dir, pod)
-            .and_then(|sb| container(&self.state_dir, pod, name).map(|(spec, c)| (sb, spec, c)));
+            .and_then(|sb| container_spec(&self.state_dir, pod, name).map(|(spec, c)| (sb, spec, c)));
         let opts = opts.clone();
         Box::pin(async move {
             let (sb, spec, c) = found?;
@@ -290,18 +291,23 @@ impl PodStreams for LabPodStreams {
         container: &str,
         opts: &StreamOptions,
     ) -> BoxFuture<'static, io::Result<Process>> {
-        if opts.stdin {
-            // The shim starts containers with stdin from /dev/null: there is nothing to write to.
-            let e = io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "container {container} of pod {}/{} has no stdin in a lab (containers start with stdin \
-                     from /dev/null): attach without -i to follow its output, or use kubectl exec -i",
-                    pod.namespace, pod.name
-                ),
-            );
-            return Box::pin(async move { Err(e) });
-        }
+        // The container's stdin, if it has one (`stdin: true`): the fifo its shim gave it.
+        let stdin = match opts.stdin {
+            false => Ok(None),
+            true => container_spec(&self.state_dir, pod, container).and_then(|(_, c)| {
+                if !c.stdin {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "container {container} of pod {}/{} was not started with stdin: set stdin: true in \
+                             its spec to attach to its input, or attach without -i to follow its output",
+                            pod.namespace, pod.name
+                        ),
+                    ));
+                }
+                Ok(Some(shim::stdin_path(&pod_dir(&self.state_dir, pod.uid), container)))
+            }),
+        };
         let found = running_sandbox(&self.state_dir, pod);
         let logs = crate::logs::LabPodLogs { state_dir: self.state_dir.clone() };
         // What the container writes from now on, as `kubectl logs -f` would show it.
@@ -310,6 +316,15 @@ impl PodStreams for LabPodStreams {
         let dir = pod_dir(&self.state_dir, pod.uid);
         let (container, want_output) = (container.to_string(), opts.stdout || opts.stderr);
         Box::pin(async move {
+            let stdin = match stdin? {
+                // The shim holds the fifo open for reading while the container runs.
+                Some(path) => Some(Box::pin(
+                    tokio::net::unix::pipe::OpenOptions::new()
+                        .open_sender(&path)
+                        .map_err(|e| io::Error::new(e.kind(), format!("opening the container's stdin: {e}")))?,
+                ) as weft_apiserver::streams::BoxWrite),
+                None => None,
+            };
             let mut stream = stream?;
             let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(8);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -341,7 +356,7 @@ impl PodStreams for LabPodStreams {
                 Ok(code)
             });
             let out: BoxRead = Box::pin(ChunkReader { rx, pending: vec![], at: 0 });
-            Ok(Process { stdin: None, stdout: want_output.then_some(out), stderr: None, resize: None, exit })
+            Ok(Process { stdin, stdout: want_output.then_some(out), stderr: None, resize: None, exit })
         })
     }
 

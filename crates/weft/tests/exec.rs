@@ -283,10 +283,31 @@ spec:
         lab.pods("default").iter().any(|p| p["metadata"]["name"] == "ticker" && p["status"]["phase"] == "Running")
     });
     let o = kubectl(&lab, &["attach", "-i", "ticker"], None);
-    assert!(!o.status.success() && text(&o).contains("no stdin in a lab"), "{}", text(&o));
+    assert!(!o.status.success() && text(&o).contains("was not started with stdin"), "{}", text(&o));
     let o = kubectl(&lab, &["attach", "ticker"], None);
     let t = text(&o);
     assert!(t.contains("tick 20") && t.contains("tick 24"), "attach streams the output: {t}");
+
+    // Attach -i to a container with stdin: what the client sends reaches it.
+    lab.apply_str(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: reader, image: busybox, stdin: true, command: [sh, -c, "read line; echo got-$line; read line; echo and-$line"]}
+"#,
+    );
+    lab.wait_for("the reader to run", 60, || {
+        lab.pods("default").iter().any(|p| p["metadata"]["name"] == "reader" && p["status"]["phase"] == "Running")
+    });
+    let lines = dir.path().join("lines");
+    std::fs::write(&lines, "first\nsecond\n").unwrap();
+    let o = kubectl(&lab, &["attach", "-i", "reader"], Some(&lines));
+    let t = text(&o);
+    assert!(t.contains("got-first") && t.contains("and-second"), "attach -i feeds the container's stdin: {t}");
 
     // The daemon took all of the above and still serves.
     lab.kubectl_ok(&["get", "pods"]);
