@@ -280,8 +280,15 @@ fn pod_status(v: &Value) -> (String, String, String) {
             reason = t.to_string();
         }
     }
+    // As kubectl prints it: a pod being deleted is Terminating until it has finished (then its
+    // phase says how), Unknown when its node was lost.
+    let phase = s(v, "/status/phase");
     if !s(v, "/metadata/deletionTimestamp").is_empty() {
-        reason = "Terminating".into();
+        if s(v, "/status/reason") == "NodeLost" {
+            reason = "Unknown".into();
+        } else if phase != "Succeeded" && phase != "Failed" {
+            reason = "Terminating".into();
+        }
     }
     if reason.is_empty() {
         reason = "Pending".into();
