@@ -407,3 +407,20 @@ async fn propagation_background_foreground_and_orphan() {
     assert!(left["metadata"].get("ownerReferences").is_none(), "{left}");
     t.api.store.close();
 }
+
+/// `kubectl get pods` shows a pod being deleted as Terminating until it has finished.
+#[test]
+fn the_pod_row_says_terminating_while_a_pod_is_being_deleted() {
+    let status = |v: &Value| {
+        let row = weft_api::table::row(kind("pods"), v, t0());
+        row[2].as_str().unwrap().to_string()
+    };
+    let mut p = pod(Some("node-1"));
+    assert_eq!(status(&p), "Running");
+    p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:30Z");
+    assert_eq!(status(&p), "Terminating");
+    p["status"]["phase"] = json!("Succeeded");
+    assert_eq!(status(&p), "Succeeded");
+    p["status"] = json!({"phase": "Running", "reason": "NodeLost"});
+    assert_eq!(status(&p), "Unknown");
+}

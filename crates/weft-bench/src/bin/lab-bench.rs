@@ -1,5 +1,6 @@
 //! lab-bench: how fast a lab comes up and runs pods, and what pod traffic costs.
-//! Prints: `weft up` to ready for 3 and 10 nodes; applying 100 pods to all Running with IPs;
+//! Prints: `weft up` to ready for 3 and 10 nodes; applying 100 pods to all Running with IPs,
+//! then `weft down` of that lab;
 //! TCP throughput pod to pod on one node, across nodes routed, across nodes over VXLAN, each as a
 //! ratio to a bare veth pair between two namespaces measured in the same run.
 //!
@@ -135,6 +136,13 @@ async fn main() -> Result<()> {
         }
         wait_pods(&client, 100, Duration::from_secs(300)).await.context("100 pods")?;
         println!("100 pods applied -> all Running with IPs: {:.2} s", start.elapsed().as_secs_f64());
+        // Every pod's shim, namespace and file goes (goal: under 5 s).
+        let start = Instant::now();
+        lab.down(Duration::from_secs(120)).context("weft down with 100 pods")?;
+        println!("weft down, 100 pods: {:.2} s", start.elapsed().as_secs_f64());
+        if !lab.netns_left().is_empty() {
+            bail!("weft down left namespaces: {:?}", lab.netns_left());
+        }
     }
     let veth = bare_veth()?;
     println!("TCP throughput, bare veth pair between two namespaces: {veth:.2} Gbit/s");
