@@ -836,8 +836,9 @@ fn run_pod(pod: &Arc<PodRun>) {
             let _ = t.join();
         }
     }
-    // Sidecars end with the pod's other containers, as the kubelet stops them.
-    if !sidecars.is_empty() {
+    // Sidecars end with the pod's other containers, as the kubelet stops them (unless the pod
+    // is being stopped: then they are on their way out with what is left of its grace period).
+    if !sidecars.is_empty() && !pod.stopping.load(Ordering::SeqCst) {
         pod.stop_all(Instant::now() + Duration::from_secs(2), false);
     }
     for t in sidecars {
@@ -950,6 +951,15 @@ impl PodRun {
             };
             let still = || pod.children.lock().unwrap().get(&name) == Some(&pid);
             let c = pod.spec.all_containers().find(|c| c.name == name).cloned();
+            // A sidecar stops once the app containers have, as the kubelet orders a pod's
+            // termination (within the grace period).
+            if own.is_none() && matches!(slot, Slot::Init(_)) {
+                let app_running =
+                    || pod.spec.containers.iter().any(|a| pod.children.lock().unwrap().contains_key(&a.name));
+                while app_running() && Instant::now() < deadline() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             pod.update_container(slot, |s| {
                 s.stop_count += 1;
                 s.pre_stop_error = None;

@@ -92,12 +92,26 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: sidecar}}
+spec:
+  initContainers:
+  - name: proxy
+    image: busybox
+    restartPolicy: Always
+    command: [sh, -c, 'trap "echo proxy-term >> {d}/sidecar; exit 0" TERM; while true; do sleep 0.1; done']
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, 'trap "sleep 1; echo app-term >> {d}/sidecar; exit 0" TERM; while true; do sleep 0.1; done']
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: forced}}
 spec:
   containers: [{{name: main, image: busybox, command: [sleep, "3600"]}}]
 "#
     ));
-    lab.wait_running("default", 4);
+    lab.wait_running("default", 5);
     lab.wait_for("the containers to start", 30, || read(&dir.path().join("order")) == "started\n");
 
     // preStop, then SIGTERM, in that order; the pod goes once its container has exited.
@@ -126,6 +140,14 @@ spec:
     lab.kubectl_ok(&["delete", "pod", "patient", "--grace-period=1", "--wait=false"]);
     wait_gone(&lab, "patient", 30);
     assert!(t.elapsed() < Duration::from_secs(1 + 2 + 10), "{:?}", t.elapsed());
+
+    // A sidecar (an init container that keeps running) stops after the app container.
+    let p = pod_json(&lab, "sidecar").unwrap();
+    let proxy = &p["status"]["initContainerStatuses"][0];
+    assert!(proxy["started"] == true && proxy["state"]["running"].is_object(), "{p}");
+    lab.kubectl_ok(&["delete", "pod", "sidecar", "--grace-period=10", "--wait=false"]);
+    wait_gone(&lab, "sidecar", 30);
+    assert_eq!(read(&dir.path().join("sidecar")), "app-term\nproxy-term\n");
 
     // Forced (the object goes at once): the kubelet kills and cleans up all the same.
     let sandbox = lab.sandbox("forced").unwrap();
