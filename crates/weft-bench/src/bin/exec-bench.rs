@@ -1,6 +1,6 @@
 //! exec-bench: what `kubectl exec` and `kubectl port-forward` cost against a lab.
 //! Prints: the round trip of `kubectl exec POD -- true` (p50, p90 over up to 30 runs, at most
-//! 60 s), and 64 MiB pushed to a TCP sink in a pod through `kubectl port-forward` against the
+//! 60 s) beside `kubectl get pod POD` (what kubectl costs by itself), and 64 MiB pushed to a TCP sink in a pod through `kubectl port-forward` against the
 //! same sink reached directly from another pod on the same node, as a ratio.
 //!
 //! Usage: exec-bench (needs root and kubectl; makes and removes its own lab)
@@ -104,6 +104,24 @@ fn main() -> Result<()> {
         "kubectl exec POD -- true, {n} runs: p50 {:.1} ms, p90 {:.1} ms",
         percentile_ms(&mut samples, 50.0),
         percentile_ms(&mut samples, 90.0)
+    );
+
+    // What kubectl costs by itself (start, config, one GET of the pod), same count and bound.
+    let mut base = vec![];
+    let started = Instant::now();
+    while base.len() < EXEC_RUNS && started.elapsed() < EXEC_LIMIT {
+        let t = Instant::now();
+        let st = kubectl().args(["get", "pod", "target", "-o", "name"]).stdout(Stdio::null()).status()?;
+        if !st.success() {
+            bail!("kubectl get pod target failed: {st}");
+        }
+        base.push(t.elapsed());
+    }
+    println!(
+        "  (kubectl get pod POD alone, {} runs: p50 {:.1} ms, p90 {:.1} ms)",
+        base.len(),
+        percentile_ms(&mut base, 50.0),
+        percentile_ms(&mut base, 90.0)
     );
 
     // Direct: from the client pod to the target pod's address.
