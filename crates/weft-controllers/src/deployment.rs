@@ -35,12 +35,16 @@ const NOT_COPIED: &[&str] = &[
 
 /// A ReplicaSet as the rollout sees it: its spec replicas, its available pods (never more than
 /// its spec: pods being deleted do not count), its age.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rs {
     pub name: String,
     pub replicas: i32,
     pub available: i32,
     pub created: i64,
+    /// Its `desired-replicas` and `max-replicas` annotations: the Deployment size it was last
+    /// scaled for (how a scaling event is recognised and shared out).
+    pub desired_annotation: Option<i32>,
+    pub max_annotation: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +121,7 @@ fn plan_rolling(desired: i32, surge: i32, unavailable: i32, new: Option<&Rs>, ol
         None => {
             let n = grown(0);
             step.create_new = Some(n);
-            Rs { name: String::new(), replicas: n, available: 0, created: i64::MAX }
+            Rs { name: String::new(), replicas: n, available: 0, created: i64::MAX, ..Rs::default() }
         }
         Some(n) if n.replicas > desired => {
             step.scale.push((n.name.clone(), desired));
@@ -183,22 +187,73 @@ fn plan_rolling(desired: i32, surge: i32, unavailable: i32, new: Option<&Rs>, ol
     step
 }
 
-/// A paused Deployment does not roll; it only follows `spec.replicas` when one set is active (or
-/// none is: then the new one, else the newest) — kube's `FindActiveOrLatest`.
-pub fn plan_paused(desired: i32, new: Option<&Rs>, old: &[Rs]) -> Step {
+/// Is this a scaling event (kube's `isScalingEvent`): an active set was last scaled for
+/// another Deployment size?
+pub fn is_scaling_event(desired: i32, new: Option<&Rs>, old: &[Rs]) -> bool {
+    new.into_iter().chain(old).filter(|r| r.replicas > 0).any(|r| r.desired_annotation.is_some_and(|a| a != desired))
+}
+
+/// A change of `spec.replicas` without a rollout, and all a paused Deployment does (kube's
+/// `scale`): one active set (or none: the new one, else the newest) takes the new size; a
+/// saturated new set leaves the old ones at zero; otherwise (RollingUpdate) the replicas to add
+/// or remove are shared out in proportion to the sets' sizes (`max-replicas`), the bigger sets
+/// first, the rounding leftover to the first. Every active set is in the step so that its
+/// annotations follow the new size. `status_replicas`: the Deployment's, for a set without the
+/// annotation.
+pub fn plan_scale(desired: i32, surge: i32, rolling: bool, new: Option<&Rs>, old: &[Rs], status_replicas: i32) -> Step {
+    let mut step = Step::default();
     let all: Vec<&Rs> = new.into_iter().chain(old.iter()).collect();
-    let active: Vec<&&Rs> = all.iter().filter(|r| r.replicas > 0).collect();
-    let target = match active.as_slice() {
-        [one] => Some(**one),
+    let active: Vec<&Rs> = all.iter().copied().filter(|r| r.replicas > 0).collect();
+    let single = match active.as_slice() {
+        [one] => Some(*one),
         [] => new.or_else(|| old.iter().max_by_key(|r| (r.created, r.name.clone()))),
         _ => None,
     };
-    let mut step = Step::default();
-    if let Some(t) = target
-        && t.replicas != desired
-    {
-        step.scale.push((t.name.clone(), desired));
+    if let Some(t) = single {
+        if t.replicas != desired || t.desired_annotation != Some(desired) {
+            step.scale.push((t.name.clone(), desired));
+        }
+        return step;
     }
+    let saturated =
+        new.is_some_and(|n| n.replicas == desired && n.desired_annotation == Some(desired) && n.available >= desired);
+    if saturated {
+        step.scale = old.iter().filter(|r| r.replicas > 0).map(|r| (r.name.clone(), 0)).collect();
+        return step;
+    }
+    if !rolling {
+        return step;
+    }
+    let mut sets: Vec<&Rs> = active;
+    let total: i32 = sets.iter().map(|r| r.replicas).sum();
+    let allowed = if desired > 0 { desired + surge } else { 0 };
+    let to_add = allowed - total;
+    // Bigger sets first; ties: newer first when growing, older first when shrinking.
+    sets.sort_by(|a, b| {
+        b.replicas.cmp(&a.replicas).then(if to_add > 0 { b.created.cmp(&a.created) } else { a.created.cmp(&b.created) })
+    });
+    let mut sizes: Vec<(String, i32)> = vec![];
+    let mut added = 0;
+    for r in &sets {
+        let mut proportion = 0;
+        if to_add != 0 && to_add != added && r.replicas > 0 {
+            let fraction = if desired == 0 {
+                -r.replicas
+            } else {
+                let annotated = r.max_annotation.unwrap_or(status_replicas).max(1);
+                let size = f64::from(r.replicas) * f64::from(desired + surge) / f64::from(annotated);
+                size.round() as i32 - r.replicas
+            };
+            let left = to_add - added;
+            proportion = if to_add > 0 { fraction.min(left) } else { fraction.max(left) };
+        }
+        added += proportion;
+        sizes.push((r.name.clone(), r.replicas + proportion));
+    }
+    if let Some(first) = sizes.first_mut() {
+        first.1 = (first.1 + to_add - added).max(0);
+    }
+    step.scale = sizes;
     step
 }
 
@@ -392,7 +447,10 @@ pub fn plan_status(
 
 fn rs_view(r: &ReplicaSet) -> Rs {
     let spec = r.spec.replicas.unwrap_or(0);
+    let ann = |k: &str| r.annotations().get(k).and_then(|v| v.parse().ok());
     Rs {
+        desired_annotation: ann(DESIRED_REPLICAS),
+        max_annotation: ann(MAX_REPLICAS),
         name: r.name_any(),
         replicas: spec,
         available: r.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0).min(spec),
@@ -450,8 +508,10 @@ async fn one(ctx: &Ctx, d: &Deployment, all_rss: &[Arc<ReplicaSet>], pods: &[Arc
     let olds: Vec<Rs> = old_rss.iter().map(|r| rs_view(r)).collect();
     let new_view = new_rs.as_ref().map(|r| rs_view(r));
     let paused = d.spec.paused == Some(true);
-    let step = if paused {
-        plan_paused(desired, new_view.as_ref(), &olds)
+    let rolling = matches!(strategy, Strategy::Rolling { .. });
+    let status_replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let step = if paused || is_scaling_event(desired, new_view.as_ref(), &olds) {
+        plan_scale(desired, surge, rolling, new_view.as_ref(), &olds, status_replicas)
     } else {
         let old_uids: Vec<&str> = old_rss.iter().filter_map(|r| r.metadata.uid.as_deref()).collect();
         let old_pods_running = pods.iter().any(|p| {
@@ -530,8 +590,8 @@ async fn one(ctx: &Ctx, d: &Deployment, all_rss: &[Arc<ReplicaSet>], pods: &[Arc
                 &Patch::Merge(json!({"metadata": {"annotations": want_ann}, "spec": spec})),
             )
             .await?;
-            if let Some(to) = to {
-                let from = rs.spec.replicas.unwrap_or(0);
+            let from = rs.spec.replicas.unwrap_or(0);
+            if let Some(to) = to.filter(|t| *t != from) {
                 events.normal(d.object_ref(&()), "ScalingReplicaSet", "Scale", scaling_note(&rs.name_any(), from, to));
             }
         }
@@ -548,7 +608,9 @@ async fn one(ctx: &Ctx, d: &Deployment, all_rss: &[Arc<ReplicaSet>], pods: &[Arc
             &Patch::Merge(json!({"metadata": {"annotations": ann}, "spec": {"replicas": to}})),
         )
         .await?;
-        events.normal(d.object_ref(&()), "ScalingReplicaSet", "Scale", scaling_note(rs_name, from, *to));
+        if from != *to {
+            events.normal(d.object_ref(&()), "ScalingReplicaSet", "Scale", scaling_note(rs_name, from, *to));
+        }
     }
     // The Deployment carries its new set's revision.
     if new_revision > 0 && d.annotations().get(REVISION) != Some(&new_revision.to_string()) {
@@ -609,7 +671,7 @@ mod tests {
     use super::*;
 
     fn rs(name: &str, replicas: i32, available: i32, created: i64) -> Rs {
-        Rs { name: name.into(), replicas, available, created }
+        Rs { name: name.into(), replicas, available, created, ..Rs::default() }
     }
 
     fn deployment(spec: Value) -> Deployment {
@@ -713,8 +775,28 @@ mod tests {
 
     #[test]
     fn paused_follows_scale_only_on_one_active_set() {
-        assert_eq!(plan_paused(5, None, &[rs("a", 3, 3, 1)]).scale, vec![("a".into(), 5)]);
-        assert_eq!(plan_paused(5, Some(&rs("n", 2, 2, 2)), &[rs("a", 3, 3, 1)]), Step::default());
+        assert_eq!(plan_scale(5, 2, true, None, &[rs("a", 3, 3, 1)], 3).scale, vec![("a".into(), 5)]);
+    }
+
+    #[test]
+    fn scaling_mid_rollout_is_shared_in_proportion() {
+        // 10 replicas (surge 3) mid-rollout: new 5, old 8, both scaled for 10 (max 13). Scaled
+        // to 20 (surge 5): 12 more to share, 8 * 25/13 = 15 old (+7), 5 * 25/13 = 10 new (+5).
+        let annotated = |mut r: Rs| {
+            r.desired_annotation = Some(10);
+            r.max_annotation = Some(13);
+            r
+        };
+        let new = annotated(rs("new", 5, 0, 2));
+        let old = [annotated(rs("old", 8, 8, 1))];
+        assert!(is_scaling_event(20, Some(&new), &old));
+        assert!(!is_scaling_event(10, Some(&new), &old));
+        let step = plan_scale(20, 5, true, Some(&new), &old, 13);
+        assert_eq!(step.scale, vec![("old".into(), 15), ("new".into(), 10)]);
+        // Down to 5 (surge 2): 13 -> 7, old first: 8 * 7/13 = 4 (-4), new 5 * 7/13 = 3 (-2).
+        let step = plan_scale(5, 2, true, Some(&new), &old, 13);
+        assert_eq!(step.scale.iter().map(|s| s.1).sum::<i32>(), 7);
+        assert_eq!(step.scale, vec![("old".into(), 4), ("new".into(), 3)]);
     }
 
     #[test]
