@@ -1,9 +1,15 @@
 //! A kubelet per lab node: for each Pod bound to the node it makes the pod's network namespace,
 //! runs CNI ADD exactly as a container runtime does (exec the plugin, environment + stdin), starts
-//! the pod's shim, runs readiness probes and reports the pod's status; for a deleted pod it stops
-//! the shim, runs CNI DEL and removes the namespace. Its state (one `sandbox.json` per pod) lives
-//! in the lab's state directory, so a restarted daemon adopts running pods instead of duplicating
-//! them. Like kubelet's PLEG it relists once a second besides reacting to watch events.
+//! the pod's shim, runs startup, liveness and readiness probes (a failed liveness or startup
+//! probe has the shim restart the container) and reports the pod's status, init containers
+//! included; it publishes the kubelet's Events (`pod_events`). A pod being deleted
+//! (`deletionTimestamp`) is stopped gracefully by its shim (preStop hooks, SIGTERM, SIGKILL at the
+//! end of the grace period; `lifecycle::Termination` decides the steps), then its sandbox goes
+//! (shim, CNI DEL, namespace) and the kubelet deletes the pod for good (grace 0, bound to its
+//! uid); a pod whose object is gone at once (a forced delete) is just killed and cleaned up. Its
+//! state (one `sandbox.json` per pod) lives in the lab's state directory, so a restarted daemon
+//! adopts running pods instead of duplicating them. Like kubelet's PLEG it relists once a second
+//! besides reacting to watch events.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -5,10 +5,14 @@
 //! private mount and UTS namespaces (the pod's resolv.conf over /etc/resolv.conf, a /proc of the
 //! pod's PID namespace with containerd's read-only and masked paths, a read-only /sys, the lab's
 //! state directory hidden, the pod's hostname), runs the containers' processes with their
-//! capabilities and no_new_privs ([`Security`]), restarts them per `restartPolicy` with back-off,
-//! keeps their output in bounded, rotated log files, reports their state in `status.json` for
-//! the kubelet, and runs the kubelet's exec probes in the pod (`exec.sock`, [`exec_probe`]) with
-//! their timeout.
+//! capabilities and no_new_privs ([`Security`]), init containers first, one after another
+//! (sidecars kept running), each container in a process group of its own; restarts them per
+//! `restartPolicy` with back-off, keeps their output in bounded, rotated log files, reports
+//! their state in `status.json` for the kubelet, and runs the kubelet's exec probes in the pod
+//! (`exec.sock`, [`exec_probe`]) with their timeout. On the same socket it takes the kubelet's
+//! stop requests ([`stop`]): one container (a failed liveness probe: it restarts) or the whole
+//! pod (its deletion: nothing restarts or starts any more): preStop hook, SIGTERM, SIGKILL to the
+//! container's group at the end of the grace period.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
