@@ -243,14 +243,31 @@ fn kubectl_exec_cp_attach_and_port_forward_against_a_lab() {
     let r = http_get(port, "/via-spdy");
     assert!(r.contains("\"pod\":\"web\"") && r.contains("/via-spdy"), "{r}");
     drop(pf);
-    // Exec over SPDY is not served: a 400 that says what is.
-    let mut c = Command::new("kubectl");
-    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-        .arg("--kubeconfig")
-        .arg(lab.kubeconfig())
-        .args(["exec", "busybox", "--", "true"]);
-    let o = output_bounded(c, LIMIT).unwrap();
-    assert!(!o.status.success() && text(&o).contains("served over WebSockets"), "{}", text(&o));
+    // Exec over SPDY (kubectl before 1.30, and kubectl's fallback): output, exit code, stdin,
+    // and a terminal with its size.
+    let spdy = |args: &[&str], stdin: Option<&Path>| {
+        let mut c = Command::new("sh");
+        c.args(["-c", "exec kubectl \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
+            .arg(lab.kubeconfig())
+            .args(args)
+            .env("STDIN_FILE", stdin.unwrap_or(Path::new("/dev/null")))
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+        output_bounded(c, LIMIT).unwrap()
+    };
+    let o = spdy(&["exec", "busybox", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert!(text(&o).contains("err\n") && text(&o).contains("command terminated with exit code 3"), "{}", text(&o));
+    let o = spdy(&["exec", "-i", "busybox", "--", "sha256sum"], Some(&big));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&sha256(&big)), "{}", text(&o));
+    let line = format!(
+        "stty cols 99 rows 33; KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl --kubeconfig {} exec -it busybox -- stty size",
+        lab.kubeconfig().display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]).stdin(Stdio::null());
+    let t = text(&output_bounded(c, LIMIT).unwrap());
+    assert!(t.contains("33 99"), "a SPDY terminal gets its size: {t}");
 
     // A port nothing listens on: an error naming the port, at once, not a hang.
     let port = free_port();

@@ -8,7 +8,8 @@
 //! `PodLogs`.
 //!
 //! Protocols: exec and attach over WebSocket with the channel protocols `v5.channel.k8s.io`
-//! (kubectl 1.30 and newer, kube-rs) and `v4.channel.k8s.io` ([`channels`]); port-forward over
+//! (kubectl 1.30 and newer, kube-rs) and `v4.channel.k8s.io` ([`channels`]), and over SPDY/3.1
+//! with `v4.channel.k8s.io` (older kubectl, and kubectl's fallback: `spdy_exec`); port-forward over
 //! WebSocket `v4.channel.k8s.io` (kube-rs's `Portforwarder`, kubelet's websocket port-forward)
 //! and over SPDY/3.1, which kubectl speaks for port-forward, either tunneled in a WebSocket
 //! (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31 and newer) or as a plain HTTP upgrade (older
@@ -17,6 +18,7 @@
 pub mod channels;
 pub mod portforward;
 pub mod spdy;
+mod spdy_exec;
 mod upgrade;
 
 use std::io;

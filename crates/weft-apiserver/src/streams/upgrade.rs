@@ -11,7 +11,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::{PodStreams, Session, Sub, channels, portforward};
+use super::{PodStreams, Session, Sub, channels, portforward, spdy_exec};
 use crate::status::ApiError;
 
 pub const V5: &str = "v5.channel.k8s.io";
@@ -106,13 +106,31 @@ pub(crate) fn upgrade(
             .body(crate::full(""))
             .unwrap();
     }
-    if upgrade_to.starts_with("spdy/3") {
-        if session.sub != Sub::PortForward {
+    if upgrade_to.starts_with("spdy/3") && session.sub != Sub::PortForward {
+        let offered: Vec<String> = values(h, "x-stream-protocol-version").collect();
+        if !offered.iter().any(|p| p == V4) {
             return error(ApiError::bad_request(format!(
-                "{what} is served over WebSockets ({V5}, {V4}), not SPDY: use kubectl 1.30 or newer \
-                 (and leave KUBECTL_REMOTE_COMMAND_WEBSOCKETS unset)"
+                "none of the stream protocols offered ({}) is served for {what} over SPDY: this server speaks {V4} \
+                 (and {V5} over WebSockets)",
+                offered.join(", ")
             )));
         }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(u) => spdy_exec::run(TokioIo::new(u), session, streams).await,
+                Err(e) => tracing::debug!(error = %e, "a SPDY upgrade did not complete"),
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", V4)
+            .body(crate::full(""))
+            .unwrap();
+    }
+    if upgrade_to.starts_with("spdy/3") {
         let offered: Vec<String> = values(h, "x-stream-protocol-version").collect();
         if !offered.is_empty() && !offered.iter().any(|p| p == PORT_FORWARD_PROTOCOL) {
             return error(ApiError::bad_request(format!(
