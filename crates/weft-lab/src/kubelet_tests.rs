@@ -1087,3 +1087,18 @@ fn events_name_the_pod_and_the_container_as_the_kubelet_does() {
     );
     assert_eq!(r.uid.as_deref(), Some("0123456789abcdef-uid"));
 }
+
+#[test]
+fn no_grace_left_still_tells_the_shim_which_then_gives_the_2_s_minimum() {
+    let t0 = Instant::now();
+    let mut t = Termination::new(Duration::ZERO, t0);
+    assert_eq!(t.step(Duration::ZERO, None, true, t0), TermStep::Stop(Duration::ZERO));
+    // The shim sends SIGTERM at once and SIGKILL 2 s later; the kubelet waits for that.
+    assert_eq!(kill_at(t.deadline, t0), t0 + MIN_KILL_WINDOW);
+    assert_eq!(t.step(Duration::ZERO, Some(&shim_report(true, &[true])), true, t0 + MIN_KILL_WINDOW), TermStep::Wait);
+    // A running init container (or sidecar) counts as running too.
+    let mut st = shim_report(true, &[false]);
+    st.init_containers = vec![state("proxy", true, 0, None, false)];
+    assert!(lifecycle::any_running(&st));
+    assert_eq!(t.step(Duration::ZERO, Some(&st), true, t0), TermStep::Wait);
+}
