@@ -552,7 +552,19 @@ fn status_of(
     } else {
         "Pending"
     };
-    let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }});
+    // A condition keeps the time it last changed (minReadySeconds counts from Ready's).
+    let cond = |t: &str, ok: bool| {
+        let status = if ok { "True" } else { "False" };
+        let since = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == t && c.status == status))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| json!(t))
+            .unwrap_or_else(|| json!(now));
+        json!({"type": t, "status": status, "lastTransitionTime": since})
+    };
     let mut init_cond = cond("Initialized", initialized);
     if !initialized {
         init_cond["reason"] = json!("ContainersNotInitialized");
