@@ -1,8 +1,78 @@
-//! Conversion between the served versions of a kind and its storage version. The only one today is
-//! the old `networking.k8s.io/v1beta1` Ingress (`serviceName`/`servicePort`, seed 000), which is
-//! stored as `networking.k8s.io/v1`. k8s-openapi has no v1beta1 types, so this works on JSON.
+//! Conversion between the served versions of a kind and its storage version, on JSON: the old
+//! `networking.k8s.io/v1beta1` Ingress (`serviceName`/`servicePort`, seed 000), stored as
+//! `networking.k8s.io/v1` (k8s-openapi has no v1beta1 types), and `events.k8s.io/v1` Event,
+//! stored as core/v1 Event as kube-apiserver stores both over one storage
+//! (`pkg/apis/events/v1/conversion.go`).
 
 use serde_json::{Map, Value, json};
+
+use crate::kinds::Kind;
+
+/// A stored object as the version `kind` (what the request addressed) shows it.
+pub fn to_served(kind: &Kind, v: Value) -> Value {
+    match (kind.group, kind.kind) {
+        ("networking.k8s.io", "Ingress") if kind.legacy => ingress_v1_to_v1beta1(v),
+        ("events.k8s.io", "Event") => event_core_to_events_v1(v),
+        _ => v,
+    }
+}
+
+/// An object sent in the version `kind` as it is stored.
+pub fn to_stored(kind: &Kind, v: Value) -> Value {
+    match (kind.group, kind.kind) {
+        ("networking.k8s.io", "Ingress") if kind.legacy => ingress_v1beta1_to_v1(v),
+        ("events.k8s.io", "Event") => event_events_v1_to_core(v),
+        _ => v,
+    }
+}
+
+/// The fields whose names differ between core/v1 Event and events.k8s.io/v1 Event, as
+/// (core, events.k8s.io). The rest (`eventTime`, `series`, `related`, `action`, `reason`,
+/// `type`, `reportingInstance`, metadata) have the same names and shapes in both.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+fn rename(v: &mut Value, from_to: impl Iterator<Item = (&'static str, &'static str)>) {
+    let Some(o) = v.as_object_mut() else { return };
+    // Both sides first, then the new names: a field may not overwrite another's new name.
+    let moved: Vec<(&str, Option<Value>)> = from_to.map(|(from, to)| (to, o.remove(from))).collect();
+    for (to, val) in moved {
+        if let Some(val) = val {
+            o.insert(to.into(), val);
+        }
+    }
+}
+
+/// An events.k8s.io/v1 Event as core/v1 stores it.
+pub fn event_events_v1_to_core(mut v: Value) -> Value {
+    if !v.is_object() {
+        return v;
+    }
+    rename(&mut v, EVENT_FIELDS.iter().map(|(core, ev)| (*ev, *core)));
+    v["apiVersion"] = json!("v1");
+    // core/v1 requires the reference (kube-apiserver's internal type always has one).
+    if v.get("involvedObject").is_none_or(|r| r.is_null()) {
+        v["involvedObject"] = json!({});
+    }
+    v
+}
+
+/// A stored (core/v1) Event as events.k8s.io/v1 shows it.
+pub fn event_core_to_events_v1(mut v: Value) -> Value {
+    if !v.is_object() {
+        return v;
+    }
+    rename(&mut v, EVENT_FIELDS.iter().copied());
+    v["apiVersion"] = json!("events.k8s.io/v1");
+    v
+}
 
 fn backend_to_v1(b: &mut Value) {
     let Some(o) = b.as_object_mut() else { return };
@@ -90,6 +160,49 @@ pub fn ingress_v1_to_v1beta1(mut v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_convert_both_ways_as_kube_apiserver_does() {
+        // As kube-rs's Recorder creates one, then merge-patches `series` on it.
+        let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "web.1a2b", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000001Z", "action": "Probe", "reason": "Unhealthy",
+            "note": "it hurts", "type": "Warning",
+            "regarding": {"kind": "Pod", "name": "web", "namespace": "default", "uid": "u1", "apiVersion": "v1"},
+            "related": {"kind": "Node", "name": "n1"},
+            "reportingController": "weft.dev/prober", "reportingInstance": "node-1",
+            "series": {"count": 3, "lastObservedTime": "2026-01-01T00:00:05.000001Z"}});
+        let core = event_events_v1_to_core(ev.clone());
+        assert_eq!(core["apiVersion"], "v1");
+        assert_eq!(core["involvedObject"]["name"], "web");
+        assert_eq!(core["message"], "it hurts");
+        assert_eq!(core["reportingComponent"], "weft.dev/prober");
+        assert_eq!(core["reportingInstance"], "node-1");
+        assert_eq!(core["series"]["count"], 3, "series stays series, as kube-apiserver converts it");
+        assert_eq!(core["eventTime"], ev["eventTime"]);
+        assert_eq!(core["related"]["kind"], "Node");
+        for gone in ["regarding", "note", "reportingController"] {
+            assert!(core.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(event_core_to_events_v1(core), ev);
+
+        // A core/v1 Event as kubectl and older components write it.
+        let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "x", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "web"}, "message": "m", "reason": "Started",
+            "source": {"component": "kubelet", "host": "node-1"}, "count": 4,
+            "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:01:00Z"});
+        let ev = event_core_to_events_v1(core.clone());
+        assert_eq!(ev["deprecatedSource"]["component"], "kubelet");
+        assert_eq!(ev["deprecatedCount"], 4);
+        assert_eq!(ev["deprecatedFirstTimestamp"], "2026-01-01T00:00:00Z");
+        assert_eq!(ev["deprecatedLastTimestamp"], "2026-01-01T00:01:00Z");
+        assert_eq!(ev["regarding"]["name"], "web");
+        assert_eq!(event_events_v1_to_core(ev), core);
+        // Not an object: left alone, for admission to refuse.
+        assert_eq!(event_events_v1_to_core(json!([1])), json!([1]));
+        // No reference: an empty one, as the internal type has.
+        assert_eq!(event_events_v1_to_core(json!({"metadata": {}}))["involvedObject"], json!({}));
+    }
 
     #[test]
     fn seed_000_ingress_converts_both_ways() {

@@ -23,12 +23,16 @@ impl Kind {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
     }
     /// The store's resource key: the plural, qualified with its group outside the core group.
-    /// All versions of a kind share it.
+    /// All versions of a kind share it, and so do the views of it in other groups ([`STORED_AS`]).
     pub fn resource_key(&self) -> String {
-        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+        let group = STORED_AS.iter().find(|s| s.0 == self.group && s.1 == self.kind).map_or(self.group, |s| s.2);
+        if group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, group) }
     }
     /// The version objects are stored in (and the one the CLI prefers).
     pub fn storage(&'static self) -> &'static Kind {
+        if let Some(&(_, kind, group, version)) = STORED_AS.iter().find(|s| s.0 == self.group && s.1 == self.kind) {
+            return ALL.iter().find(|k| k.group == group && k.version == version && k.kind == kind).unwrap_or(self);
+        }
         if !self.legacy {
             return self;
         }
@@ -38,6 +42,11 @@ impl Kind {
         self.subresources.contains(&s)
     }
 }
+
+/// Kinds served in one group that are views of a kind stored in another, as (group, kind,
+/// stored group, stored version): kube-apiserver keeps `events.k8s.io/v1` Event and core/v1
+/// Event in one storage (`weft_api::convert` converts between them).
+pub const STORED_AS: &[(&str, &str, &str, &str)] = &[("events.k8s.io", "Event", "", "v1")];
 
 macro_rules! kind {
     ($g:expr, $v:expr, $k:expr, $p:expr, $s:expr, $ns:expr, [$($sn:expr),*], [$($sub:expr),*]) => {
@@ -75,6 +84,7 @@ pub static ALL: &[Kind] = &[
     kind!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, [], []),
     kind!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, ["ing"], ["status"]),
     kind!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, [], []),
+    kind!("events.k8s.io", "v1", "Event", "events", "event", true, ["ev"], []),
     kind!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, ["netpol"], []),
     Kind {
         group: "networking.k8s.io",
@@ -155,6 +165,16 @@ mod tests {
             assert_eq!(by_cli_name(n).map(|k| k.plural), Some(plural), "{n}");
         }
         assert!(by_cli_name("nonsense").is_none());
+    }
+
+    #[test]
+    fn events_k8s_io_events_are_stored_as_core_events() {
+        let k = by_gvk("events.k8s.io/v1", "Event").unwrap();
+        assert_eq!(k.storage(), by_gvk("v1", "Event").unwrap());
+        assert_eq!(k.resource_key(), "events");
+        // The CLI's `events` and `ev` stay the core kind, as kubectl's group priority has it.
+        assert_eq!(by_cli_name("ev").unwrap().group, "");
+        assert_eq!(by_cli_name("events.events.k8s.io").unwrap().group, "events.k8s.io");
     }
 
     #[test]

@@ -110,7 +110,19 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
         "Secret" => vec![col("Name", 0), col("Type", 0), col("Data", 0), col("Age", 0)],
         "ConfigMap" => vec![col("Name", 0), col("Data", 0), col("Age", 0)],
         "ServiceAccount" => vec![col("Name", 0), col("Secrets", 0), col("Age", 0)],
-        "Event" => vec![col("Last Seen", 0), col("Type", 0), col("Reason", 0), col("Object", 0), col("Message", 0)],
+        // kube-apiserver's event columns (`printEvent`), whichever group's Event is listed.
+        "Event" => vec![
+            col("Last Seen", 0),
+            col("Type", 0),
+            col("Reason", 0),
+            col("Object", 0),
+            col("Subobject", 1),
+            col("Source", 1),
+            col("Message", 0),
+            col("First Seen", 1),
+            col("Count", 1),
+            col("Name", 1),
+        ],
         _ => vec![col("Name", 0), col("Age", 0)],
     }
 }
@@ -543,21 +555,47 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![name, json!(d), a]
         }
         "ServiceAccount" => vec![name, json!(arr(v, "/secrets").len()), a],
-        "Event" => {
-            let last = [s(v, "/lastTimestamp"), s(v, "/eventTime"), s(v, "/metadata/creationTimestamp")]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or("");
-            vec![
-                json!(age_of(last, now)),
-                json!(s(v, "/type")),
-                json!(s(v, "/reason")),
-                json!(format!("{}/{}", s(v, "/involvedObject/kind").to_lowercase(), s(v, "/involvedObject/name"))),
-                json!(s(v, "/message")),
-            ]
-        }
+        "Event" => event_row(v, now),
         _ => vec![name, a],
     }
+}
+
+/// An Event's cells as kube-apiserver's `printEvent` makes them from a stored (core/v1) Event:
+/// the first time is `firstTimestamp` or else `eventTime`; the last is `series.lastObservedTime`,
+/// `lastTimestamp` or else the first; the count is `series.count`, `count`, or 1 for a singleton
+/// of the new API.
+fn event_row(v: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    let first_ts = if s(v, "/firstTimestamp").is_empty() { s(v, "/eventTime") } else { s(v, "/firstTimestamp") };
+    let first = age_of(first_ts, now);
+    let mut last = if s(v, "/lastTimestamp").is_empty() { first.clone() } else { age_of(s(v, "/lastTimestamp"), now) };
+    let mut count = n(v, "/count");
+    if v.get("series").is_some_and(|x| x.is_object()) {
+        last = age_of(s(v, "/series/lastObservedTime"), now);
+        count = n(v, "/series/count");
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = s(v, "/involvedObject/kind").to_lowercase();
+    let target = match s(v, "/involvedObject/name") {
+        "" => kind,
+        name => format!("{kind}/{name}"),
+    };
+    let non_empty = |a: &'_ str, b: &'_ str| if a.is_empty() { b.to_string() } else { a.to_string() };
+    let component = non_empty(s(v, "/source/component"), s(v, "/reportingComponent"));
+    let instance = non_empty(s(v, "/source/host"), s(v, "/reportingInstance"));
+    let source = if instance.is_empty() { component } else { format!("{component}, {instance}") };
+    vec![
+        json!(last),
+        json!(s(v, "/type")),
+        json!(s(v, "/reason")),
+        json!(target),
+        json!(s(v, "/involvedObject/fieldPath")),
+        json!(source),
+        json!(s(v, "/message").trim()),
+        json!(first),
+        json!(count),
+        json!(s(v, "/metadata/name")),
+    ]
 }
 
 /// The whole Table for a list (or a single object), each row carrying its object as kubectl expects.
@@ -569,7 +607,11 @@ pub fn table(kind: &Kind, items: &[Arc<Value>], resource_version: u64, now: jiff
                    "description": "", "priority": c.priority})
         })
         .collect();
-    let rows: Vec<Value> = items.iter().map(|o| json!({"cells": row(kind, o, now), "object": &**o})).collect();
+    // Each row's object in the version asked for (a view such as events.k8s.io's, converted).
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| json!({"cells": row(kind, o, now), "object": crate::convert::to_served(kind, (**o).clone())}))
+        .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -591,6 +633,46 @@ mod tests {
         {
             assert_eq!(human_duration(secs), want);
         }
+    }
+
+    #[test]
+    fn event_rows_as_kube_apiserver_prints_them() {
+        let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let ev = by_cli_name("events").unwrap();
+        assert_eq!(columns(ev).len(), 10);
+        // Made by kube-rs's Recorder (events.k8s.io/v1, stored as core/v1), repeated twice.
+        let recorded = json!({"metadata": {"name": "web.17"}, "eventTime": "2026-01-01T00:00:00.123456Z",
+            "reason": "Pulled", "type": "Normal", "message": " done ", "reportingComponent": "weft.dev/test",
+            "reportingInstance": "i1", "involvedObject": {"kind": "Pod", "name": "web", "fieldPath": "spec.containers{c}"},
+            "series": {"count": 3, "lastObservedTime": "2026-01-01T00:09:30.5Z"}});
+        assert_eq!(
+            row(ev, &recorded, now),
+            vec![
+                json!("30s"),
+                json!("Normal"),
+                json!("Pulled"),
+                json!("pod/web"),
+                json!("spec.containers{c}"),
+                json!("weft.dev/test, i1"),
+                json!("done"),
+                json!("10m"),
+                json!(3),
+                json!("web.17")
+            ]
+        );
+        // A core/v1 Event as client-go's old recorder writes it.
+        let legacy = json!({"metadata": {"name": "x"}, "reason": "Started", "involvedObject": {"kind": "Node"},
+            "source": {"component": "kubelet"}, "count": 2,
+            "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:05:00Z"});
+        let r = row(ev, &legacy, now);
+        assert_eq!(
+            (&r[0], &r[3], &r[5], &r[7], &r[8]),
+            (&json!("5m"), &json!("node"), &json!("kubelet"), &json!("10m"), &json!(2))
+        );
+        // A singleton of the new API counts 1 and was last seen when first seen.
+        let single = json!({"metadata": {"name": "y"}, "eventTime": "2026-01-01T00:09:00Z", "involvedObject": {}});
+        let r = row(ev, &single, now);
+        assert_eq!((&r[0], &r[7], &r[8]), (&json!("60s"), &json!("60s"), &json!(1)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod discovery;
+pub mod events;
 pub mod patch;
 pub mod pod_logs;
 pub mod rest;
@@ -123,6 +124,8 @@ pub async fn start_with_pods(
     ));
     api.rebuild_allocations();
     bootstrap(&api, kubernetes_ip).await?;
+    // Events expire and stay bounded in number, as kube-apiserver keeps them (`events`).
+    tokio::spawn(api.clone().keep_events_bounded());
 
     let tls_cfg = tls::server_config(&creds)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
@@ -399,6 +402,38 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
     }
 }
 
+/// A container's log as a streamed `text/plain` body: read on a blocking thread (files, and a
+/// follow's waits), chunk by chunk, until the log ends or the client goes away.
+fn log_response(mut log: Box<dyn pod_logs::LogStream>) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    tokio::task::spawn_blocking(move || {
+        // A follow waits at most this long between checks that its client is still there.
+        while !tx.is_closed() {
+            match log.next_chunk(std::time::Duration::from_millis(500)) {
+                Ok(Some(c)) if c.is_empty() => continue,
+                Ok(Some(c)) => {
+                    if tx.blocking_send(Bytes::from(c)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a container log");
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap()
+}
+
 async fn resource(
     api: &Arc<Api>,
     t: Result<Target, ApiError>,
@@ -419,7 +454,7 @@ async fn resource(
         Err(e) => return error_response(&e),
     };
     let result = match (method.clone(), t.name.is_some()) {
-        (Method::GET, false) if watch => match api.watch(&t, q) {
+        (Method::GET, false) if watch => match api.watch(&t, q, accept) {
             Ok(rx) => {
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
@@ -440,11 +475,8 @@ async fn resource(
         },
         (Method::GET, false) => api.list(&t, accept, q).map(|v| (200, v)),
         (Method::GET, true) if t.sub.as_deref() == Some("log") => {
-            return match api.get(&t, accept, q) {
-                Ok(Value::String(text)) => {
-                    Response::builder().status(200).header(header::CONTENT_TYPE, "text/plain").body(full(text)).unwrap()
-                }
-                Ok(other) => json_response(200, &other),
+            return match api.pod_log(&t, q) {
+                Ok(log) => log_response(log),
                 Err(e) => error_response(&e),
             };
         }

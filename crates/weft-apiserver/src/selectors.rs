@@ -28,9 +28,49 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector: equality on dotted paths (`metadata.name=x,spec.nodeName!=n1`).
+/// A parsed field selector: equality on dotted paths (`metadata.name=x,spec.nodeName!=n1`). Each
+/// requirement reads the first non-empty of its paths in the stored object.
 #[derive(Debug, Clone, Default)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<(Vec<String>, bool, String)>);
+
+/// The field labels kube-apiserver selects core/v1 Events by (`ToSelectableFields`); each is the
+/// JSON path of the same name, but `source` (`source.component`, else `reportingComponent`).
+const CORE_EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+    "metadata.namespace",
+    "metadata.name",
+];
+
+/// events.k8s.io/v1's field labels and the core ones they select by (`AddFieldLabelConversionsForEvent`).
+const EVENTS_V1_FIELDS: &[(&str, &str)] = &[
+    ("reason", "reason"),
+    ("regarding.kind", "involvedObject.kind"),
+    ("regarding.namespace", "involvedObject.namespace"),
+    ("regarding.name", "involvedObject.name"),
+    ("regarding.uid", "involvedObject.uid"),
+    ("regarding.apiVersion", "involvedObject.apiVersion"),
+    ("regarding.resourceVersion", "involvedObject.resourceVersion"),
+    ("regarding.fieldPath", "involvedObject.fieldPath"),
+    ("reportingController", "reportingComponent"),
+    ("source", "source"),
+    ("type", "type"),
+    ("metadata.namespace", "metadata.namespace"),
+    ("metadata.name", "metadata.name"),
+];
+
+fn pointer(label: &str) -> String {
+    format!("/{}", label.replace('.', "/"))
+}
 
 impl FieldSelector {
     /// Selects everything.
@@ -50,18 +90,48 @@ impl FieldSelector {
             } else {
                 return Err(format!("invalid field selector {part:?}: use field=value or field!=value"));
             };
-            out.push((format!("/{}", k.trim().replace('.', "/")), eq, v.trim().to_string()));
+            out.push((vec![k.trim().to_string()], eq, v.trim().to_string()));
+        }
+        for req in &mut out {
+            req.0 = req.0.iter().map(|l| pointer(l)).collect();
         }
         Ok(FieldSelector(out))
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(ptr, eq, want)| {
-            let got = match obj.pointer(ptr) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(v) => v.to_string(),
+    /// [`FieldSelector::parse`] with the field labels of `kind` as kube-apiserver has them: for
+    /// Events only the labels it supports (others are its 400 "field label not supported"),
+    /// events.k8s.io's names mapped onto the stored core/v1 Event.
+    pub fn parse_for(kind: &weft_api::kinds::Kind, s: &str) -> Result<FieldSelector, String> {
+        let mut sel = FieldSelector::parse(s)?;
+        if kind.kind != "Event" {
+            return Ok(sel);
+        }
+        for req in &mut sel.0 {
+            let label = req.0[0].trim_start_matches('/').replace('/', ".");
+            let core = match kind.group {
+                "events.k8s.io" => EVENTS_V1_FIELDS.iter().find(|(l, _)| *l == label).map(|(_, c)| *c),
+                _ => CORE_EVENT_FIELDS.iter().find(|l| **l == label).copied(),
+            }
+            .ok_or_else(|| format!("field label not supported: {label}"))?;
+            req.0 = match core {
+                "source" => vec![pointer("source.component"), pointer("reportingComponent")],
+                c => vec![pointer(c)],
             };
+        }
+        Ok(sel)
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(ptrs, eq, want)| {
+            let got = ptrs
+                .iter()
+                .map(|ptr| match obj.pointer(ptr) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(v) => v.to_string(),
+                })
+                .find(|v| !v.is_empty())
+                .unwrap_or_default();
             (got == *want) == *eq
         })
     }
@@ -98,5 +168,37 @@ mod tests {
         assert!(!FieldSelector::parse("spec.nodeName!=n1").unwrap().matches(&o));
         assert!(FieldSelector::parse("status.phase=").unwrap().matches(&o));
         assert!(FieldSelector::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn event_field_selectors_as_kube_apiserver_has_them() {
+        use weft_api::kinds::by_gvk;
+        let (core, v1) = (by_gvk("v1", "Event").unwrap(), by_gvk("events.k8s.io/v1", "Event").unwrap());
+        // Stored as core/v1, as kube-rs's Recorder's events are.
+        let recorded = json!({"metadata": {"name": "e", "namespace": "default"}, "reason": "Started", "type": "Normal",
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default", "uid": "u1"},
+            "reportingComponent": "weft.dev/x"});
+        let legacy = json!({"metadata": {"name": "f"}, "source": {"component": "kubelet"}, "involvedObject": {}});
+        for (kind, sel, obj, want) in [
+            (core, "involvedObject.name=web,involvedObject.namespace=default,involvedObject.uid=u1", &recorded, true),
+            (core, "involvedObject.kind=Pod,reason=Started,type=Normal", &recorded, true),
+            (core, "involvedObject.name=other", &recorded, false),
+            (core, "source=weft.dev/x", &recorded, true),
+            (core, "source=kubelet", &legacy, true),
+            (core, "reportingComponent=weft.dev/x", &recorded, true),
+            (core, "metadata.name=e", &recorded, true),
+            (v1, "regarding.name=web,reportingController=weft.dev/x", &recorded, true),
+            (v1, "regarding.uid=u2", &recorded, false),
+            (v1, "type!=Warning", &recorded, true),
+        ] {
+            assert_eq!(FieldSelector::parse_for(kind, sel).unwrap().matches(obj), want, "{sel}");
+        }
+        for (kind, sel) in [(core, "message=x"), (core, "regarding.name=web"), (v1, "involvedObject.name=web")] {
+            let e = FieldSelector::parse_for(kind, sel).unwrap_err();
+            assert!(e.starts_with("field label not supported: "), "{e}");
+        }
+        // Other kinds keep selecting by any path.
+        let pods = by_gvk("v1", "Pod").unwrap();
+        assert!(FieldSelector::parse_for(pods, "spec.nodeName=n1").is_ok());
     }
 }

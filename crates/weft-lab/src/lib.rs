@@ -8,6 +8,7 @@
 
 pub mod announce;
 pub mod builtin;
+pub mod container_log;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod logs;

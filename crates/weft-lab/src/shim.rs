@@ -15,7 +15,7 @@
 //! container's group at the end of the grace period.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -34,12 +34,11 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::container_log::{self, Stream};
+
 /// The shim's handle on the host's network namespace, as a path its children can open (only
 /// for a pod that [`ShimSpec::host_netns`] says needs it: the lab's own DNS).
 static HOST_NETNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// A log file is rotated at this size; one old file is kept.
-pub const LOG_LIMIT: u64 = 10 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -312,8 +311,9 @@ impl ShimSpec {
     }
 }
 
-pub fn log_path(dir: &Path, container: &str) -> PathBuf {
-    dir.join(format!("{container}.log"))
+/// The log of one instance of a container (its restart count when it started).
+pub fn log_path(dir: &Path, container: &str, instance: u32) -> PathBuf {
+    container_log::instance_path(dir, container, instance)
 }
 
 pub fn now() -> String {
@@ -684,22 +684,10 @@ extern "C" fn on_stop(_: libc::c_int) {
     }
 }
 
-/// Appends a child's output to its log, rotating at [`LOG_LIMIT`].
-fn pump(mut from: impl Read, path: PathBuf, lock: Arc<Mutex<()>>) {
-    let mut buf = [0u8; 16 << 10];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let _g = lock.lock().unwrap();
-        if fs::metadata(&path).map(|m| m.len() > LOG_LIMIT).unwrap_or(false) {
-            let _ = fs::rename(&path, path.with_extension("log.1"));
-        }
-        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) {
-            let _ = f.write_all(&buf[..n]);
-        }
-    }
+/// Copies a child's output stream into its instance's log, line by line in the CRI format
+/// (`container_log`: timestamps, partial lines, rotation).
+fn pump(from: impl Read, stream: Stream, log: Arc<container_log::Writer>) {
+    log.pump(stream, from)
 }
 
 fn should_restart(policy: &str, code: Option<i32>) -> bool {
@@ -1063,8 +1051,6 @@ fn http_hook(
 /// pod stops; returns its last exit code.
 fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option<i32> {
     let (spec, reaper) = (&*pod.spec, &*pod.reaper);
-    let log = log_path(&spec.dir, &c.name);
-    let log_lock = Arc::new(Mutex::new(()));
     let mut backoff = Duration::from_secs(1);
     let mut last = None;
     loop {
@@ -1074,6 +1060,8 @@ fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option
         if c.stdin {
             cmd.stdin(stdin_fifo(&spec.dir, &c.name));
         }
+        // This instance's log, named by its restart count as the kubelet names its files.
+        let log = Arc::new(container_log::Writer::open(&spec.dir, &c.name, pod.state(slot).restart_count));
         let started = Instant::now();
         // Started with `children` held and the pod not stopping: a stop sees every container.
         let mut children = pod.children.lock().unwrap();
@@ -1098,9 +1086,9 @@ fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option
             Ok((mut child, exited)) => {
                 let pid = child.id();
                 let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-                let (l1, l2, p1, p2) = (log_lock.clone(), log_lock.clone(), log.clone(), log.clone());
-                let t1 = std::thread::spawn(move || pump(o, p1, l1));
-                let t2 = std::thread::spawn(move || pump(e, p2, l2));
+                let (l1, l2) = (log.clone(), log.clone());
+                let t1 = std::thread::spawn(move || pump(o, Stream::Stdout, l1));
+                let t2 = std::thread::spawn(move || pump(e, Stream::Stderr, l2));
                 let code = exited.recv().ok();
                 // As a container's end ends its PID namespace: whatever it left in its group
                 // goes too (and lets go of its output).
@@ -1111,9 +1099,7 @@ fn supervise(slot: Slot, c: ContainerSpec, policy: &str, pod: &PodRun) -> Option
                 code
             }
             Err(e) => {
-                if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&log) {
-                    let _ = writeln!(f, "weft: cannot start {:?}: {e}", c.argv[0]);
-                }
+                log.message(&format!("weft: cannot start {:?}: {e}", c.argv[0]));
                 Some(127)
             }
         };

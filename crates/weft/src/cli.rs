@@ -167,8 +167,24 @@ pub struct LogsArgs {
     pub namespace: Option<String>,
     #[arg(short = 'c', long)]
     pub container: Option<String>,
+    /// Only the last this many lines.
     #[arg(long)]
     pub tail: Option<usize>,
+    /// Go on printing what the container writes until it ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The log of the container's previous instance (before its last restart).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Each line prefixed with the time it was written.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Only lines newer than this (a duration such as 5s, 2m, 1h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// At most this many bytes.
+    #[arg(long)]
+    pub limit_bytes: Option<u64>,
 }
 
 #[derive(Args)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use weft_api::table;
 
-use super::{Api, Query, Target, outgoing, selectors, wants_table};
+use super::{Api, Query, Target, kind_selectors, outgoing, wants_table};
 use crate::status::ApiError;
 
 /// An object's (namespace, name): its place in list order.
@@ -29,7 +29,7 @@ fn decode_continue(token: &str) -> Option<((String, String), u64)> {
 
 impl Api {
     pub fn list(&self, t: &Target, accept: &str, q: &Query) -> Result<Value, ApiError> {
-        let (ls, fs) = selectors(q)?;
+        let (ls, fs) = kind_selectors(t.kind, q)?;
         let resource = t.kind.resource_key();
         let namespace = t.namespace.as_deref().filter(|_| t.kind.namespaced);
         // Pages (`limit` and `continue`), as kube-rs watchers and kubectl ask for them: a large

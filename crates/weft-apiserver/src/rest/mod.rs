@@ -66,11 +66,11 @@ fn store_key(kind: &Kind, ns: &str, name: &str) -> Key {
 
 /// Converts a stored object to the version the request addressed.
 fn outgoing(kind: &Kind, v: &Value) -> Value {
-    if kind.legacy && kind.kind == "Ingress" { convert::ingress_v1_to_v1beta1(v.clone()) } else { v.clone() }
+    convert::to_served(kind, v.clone())
 }
 
 fn incoming(kind: &Kind, v: Value) -> Value {
-    if kind.legacy && kind.kind == "Ingress" { convert::ingress_v1beta1_to_v1(v) } else { v }
+    convert::to_stored(kind, v)
 }
 
 fn wants_table(accept: &str) -> bool {
@@ -98,6 +98,15 @@ fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let ls = LabelSelector::parse(q.get("labelSelector").map(|s| s.as_str()).unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
     let fs = FieldSelector::parse(q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    Ok((ls, fs))
+}
+
+/// [`selectors`] with the field labels `kind` has in kube-apiserver (Events': only those it
+/// supports, events.k8s.io's mapped onto the stored core/v1 Event).
+fn kind_selectors(kind: &Kind, q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let (ls, _) = selectors(q)?;
+    let fs = FieldSelector::parse_for(kind, q.get("fieldSelector").map(|s| s.as_str()).unwrap_or(""))
         .map_err(ApiError::bad_request)?;
     Ok((ls, fs))
 }

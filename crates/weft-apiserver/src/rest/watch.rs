@@ -1,4 +1,7 @@
-//! Watches: initial events, resuming from a revision, bookmarks, 410 Gone, as JSON lines.
+//! Watches: initial events, resuming from a revision, bookmarks, 410 Gone, as JSON lines; with
+//! `Accept: ...;as=Table` (`kubectl get -w`), each event's object is a Table of one row, as
+//! kube-apiserver sends it: column definitions in the first event only, the row's object as
+//! `includeObject` asks (`Metadata` by default, `Object`, `None`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,15 +9,75 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use weft_api::kinds::Kind;
+use weft_api::table;
 use weft_store::StoreError;
 
-use super::{Api, Query, Target, outgoing, selectors};
+use super::{Api, Query, Target, kind_selectors, outgoing, rv_of, wants_table};
 use crate::status::ApiError;
 
+/// What a Table row carries of its object (`includeObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+/// How a watch's objects are sent: as stored (in the version asked for), or as Tables.
+struct Render {
+    kind: &'static Kind,
+    table: Option<IncludeObject>,
+    /// The first Table carried the column definitions; later ones leave them out.
+    headers_sent: bool,
+}
+
+impl Render {
+    fn new(kind: &'static Kind, accept: &str, q: &Query) -> Result<Render, ApiError> {
+        let table = match wants_table(accept) {
+            false => None,
+            true => Some(match q.get("includeObject").map(|s| s.as_str()) {
+                None | Some("") | Some("Metadata") => IncludeObject::Metadata,
+                Some("Object") => IncludeObject::Object,
+                Some("None") => IncludeObject::None,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!("unrecognized includeObject value: {other:?}")));
+                }
+            }),
+        };
+        Ok(Render { kind, table, headers_sent: false })
+    }
+
+    fn object(&mut self, o: &Value) -> Value {
+        let Some(include) = self.table else { return outgoing(self.kind, o) };
+        let mut t = table::table(
+            self.kind,
+            std::slice::from_ref(&Arc::new(o.clone())),
+            rv_of(o).unwrap_or(0),
+            jiff::Timestamp::now(),
+        );
+        for row in t["rows"].as_array_mut().into_iter().flatten() {
+            row["object"] = match include {
+                IncludeObject::Object => outgoing(self.kind, o),
+                IncludeObject::None => Value::Null,
+                IncludeObject::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                  "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
+            };
+        }
+        if self.headers_sent {
+            t["columnDefinitions"] = Value::Null;
+        }
+        self.headers_sent = true;
+        t
+    }
+}
+
 impl Api {
-    /// Starts a watch; the events arrive as JSON lines on the returned channel.
-    pub fn watch(self: &Arc<Self>, t: &Target, q: &Query) -> Result<mpsc::Receiver<Bytes>, ApiError> {
-        let (ls, fs) = selectors(q)?;
+    /// Starts a watch; the events arrive as JSON lines on the returned channel, their objects
+    /// as Tables when `accept` asks for them.
+    pub fn watch(self: &Arc<Self>, t: &Target, q: &Query, accept: &str) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+        let (ls, fs) = kind_selectors(t.kind, q)?;
+        let mut render = Render::new(t.kind, accept, q)?;
         let rv = q.get("resourceVersion").map(|s| s.as_str()).unwrap_or("");
         let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
         let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
@@ -33,7 +96,7 @@ impl Api {
         let from = if rv.is_empty() || rv == "0" || send_initial {
             let (items, rev) = self.store.list(&resource, ns.as_deref());
             for o in items.iter().filter(|o| ls.matches(o) && fs.matches(o)) {
-                initial.push(line("ADDED", &outgoing(kind, o)));
+                initial.push(line("ADDED", &render.object(o)));
             }
             if send_initial {
                 let bm = json!({"kind": kind.kind, "apiVersion": kind.api_version(),
@@ -69,7 +132,7 @@ impl Api {
             let mut last = from;
             for e in watch.backlog {
                 last = e.rev;
-                if matches(&e) && tx.send(line(e.kind.as_str(), &outgoing(kind, &e.object))).await.is_err() {
+                if matches(&e) && tx.send(line(e.kind.as_str(), &render.object(&e.object))).await.is_err() {
                     return;
                 }
             }
@@ -91,7 +154,7 @@ impl Api {
                         Ok(e) => {
                             if e.rev <= last { continue; }
                             last = e.rev;
-                            if matches(&e) && tx.send(line(e.kind.as_str(), &outgoing(kind, &e.object))).await.is_err() {
+                            if matches(&e) && tx.send(line(e.kind.as_str(), &render.object(&e.object))).await.is_err() {
                                 return;
                             }
                         }
