@@ -39,7 +39,7 @@ fn logs_until(lab: &Lab, args: &[&str], done: impl Fn(&str) -> bool) -> String {
 #[test]
 fn kubectl_logs_follows_and_reads_with_its_options() {
     let lab = Lab::up(&["--nodes", "1"]);
-    let script = "echo start; for i in 1 2 3 4 5; do sleep 0.6; echo line-$i; done; echo bye >&2";
+    let script = "echo start; for i in 1 2 3 4 5; do sleep 0.6; echo line-$i; done; sleep 0.3; echo bye >&2";
     lab.apply_str(&pod("counter", "Never", script));
     lab.apply_str(&pod("lines", "Never", "for i in $(seq 1 10); do echo l$i; done; sleep 2; echo late; sleep 600"));
     lab.apply_str(&pod("huge", "Never", "head -c 100000 /dev/zero | tr '\\0' x; echo; echo after; sleep 600"));
@@ -117,6 +117,31 @@ fn kubectl_logs_follows_and_reads_with_its_options() {
     assert!(previous.starts_with("run-") && previous.lines().count() == 1, "{previous}");
     assert!(current.starts_with("run-") && current.lines().count() == 1, "{current}");
     assert_ne!(previous, current, "a new instance, a new log");
+
+    // A follow of a container that would run for ever ends when its pod is deleted.
+    lab.apply_str(&pod("forever", "Always", "echo hi; sleep 600"));
+    logs_until(&lab, &["forever"], |l| l == "hi\n");
+    let mut follow = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(lab.kubeconfig())
+        .args(["logs", "-f", "forever"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl is installed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(follow.try_wait().unwrap().is_none(), "still following");
+    lab.kubectl_ok(&["delete", "pod", "forever", "--grace-period=1", "--wait=false"]);
+    let ended = weft_testkit::run::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        follow.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = follow.kill();
+    }
+    let out = follow.wait_with_output().unwrap();
+    assert!(ended, "kubectl logs -f went on after the pod was deleted");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
 
     // Hostile requests get kube-apiserver's answers.
     let o = lab.kubectl(&["logs", "lines", "-c", "nope"]);
