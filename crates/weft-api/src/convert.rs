@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::FieldError;
 use crate::kinds::Kind;
 
 /// A stored object as the version `kind` (what the request addressed) shows it.
@@ -62,6 +63,58 @@ pub fn event_events_v1_to_core(mut v: Value) -> Value {
         v["involvedObject"] = json!({});
     }
     v
+}
+
+/// What kube-apiserver requires of an Event created through events.k8s.io/v1
+/// (`ValidateEventCreate`: the new API's fields set, the deprecated ones unset), on the Event
+/// as sent. Checked before it is converted and admitted as a core/v1 Event.
+pub fn check_events_v1_create(v: &Value) -> Vec<FieldError> {
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null());
+    let mut errs = vec![];
+    if !set("eventTime") {
+        errs.push(FieldError::required("eventTime", "set it to when the event happened (RFC 3339, microseconds)"));
+    }
+    match s("type") {
+        "Normal" | "Warning" => {}
+        t => errs.push(FieldError::not_supported("type", t, &["Normal", "Warning"])),
+    }
+    for (field, limit) in [("reportingController", 0), ("reportingInstance", 128), ("action", 128), ("reason", 128)] {
+        let value = s(field);
+        if value.is_empty() {
+            errs.push(FieldError::required(field, "an Event of events.k8s.io/v1 names it"));
+        } else if limit > 0 && value.len() > limit {
+            errs.push(FieldError::invalid(field, "", format!("can have at most {limit} characters")));
+        }
+    }
+    if s("note").len() > 1024 {
+        errs.push(FieldError::invalid("note", "", "can have at most 1024 characters"));
+    }
+    let ns = v.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("");
+    let regarding_ns = v.pointer("/regarding/namespace").and_then(|n| n.as_str()).unwrap_or("");
+    if regarding_ns.is_empty() && !ns.is_empty() && ns != "default" && ns != "kube-system" {
+        errs.push(FieldError::invalid_str("involvedObject.namespace", regarding_ns, "does not match event.namespace"));
+    }
+    if let Some(series) = v.get("series").filter(|x| !x.is_null()) {
+        if series.get("count").and_then(|c| c.as_i64()).unwrap_or(0) < 2 {
+            errs.push(FieldError::invalid("series.count", "", "should be at least 2"));
+        }
+        if series.get("lastObservedTime").is_none_or(|t| t.is_null()) {
+            errs.push(FieldError::required("series.lastObservedTime", "the time of the latest repeat"));
+        }
+    }
+    for field in ["deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"] {
+        let unset = match v.get(field) {
+            None | Some(Value::Null) => true,
+            Some(Value::Number(n)) => n.as_i64() == Some(0),
+            Some(Value::Object(o)) => o.values().all(|x| x.as_str().is_none_or(str::is_empty)),
+            Some(_) => false,
+        };
+        if !unset {
+            errs.push(FieldError::invalid(field, "", "needs to be unset"));
+        }
+    }
+    errs
 }
 
 /// A stored (core/v1) Event as events.k8s.io/v1 shows it.
@@ -160,6 +213,27 @@ pub fn ingress_v1_to_v1beta1(mut v: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_v1_creates_are_checked_as_kube_apiserver_checks_them() {
+        let ok = json!({"metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-01-01T00:00:00.000001Z",
+            "type": "Normal", "reason": "Started", "action": "Start", "reportingController": "weft.dev/x",
+            "reportingInstance": "i", "regarding": {"kind": "Pod", "name": "p", "namespace": "default"}});
+        assert_eq!(check_events_v1_create(&ok), vec![]);
+        let fields = |v: &Value| check_events_v1_create(v).into_iter().map(|e| e.field).collect::<Vec<_>>();
+        assert_eq!(
+            fields(&json!({"metadata": {"name": "e", "namespace": "default"}})),
+            ["eventTime", "type", "reportingController", "reportingInstance", "action", "reason"]
+        );
+        let mut bad = ok.clone();
+        bad["deprecatedCount"] = json!(3);
+        bad["series"] = json!({"count": 1});
+        bad["reason"] = json!("x".repeat(129));
+        bad["note"] = json!("y".repeat(1025));
+        assert_eq!(fields(&bad), ["reason", "note", "series.count", "series.lastObservedTime", "deprecatedCount"]);
+        // Not an object at all: errors, no panic.
+        assert!(!check_events_v1_create(&json!("nonsense")).is_empty());
+    }
 
     #[test]
     fn events_convert_both_ways_as_kube_apiserver_does() {

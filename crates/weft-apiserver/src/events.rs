@@ -23,7 +23,8 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::TryRecvError;
 use weft_store::{EventType, Key};
 
-use crate::rest::Api;
+use crate::rest::{Api, Target, WriteOpts};
+use crate::status::ApiError;
 
 /// kube-apiserver's default `--event-ttl`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -154,6 +155,22 @@ impl Known {
 }
 
 impl Api {
+    /// A create through events.k8s.io/v1: the new API's fields checked as kube-apiserver's
+    /// `ValidateEventCreate` does, then the create every kind goes through.
+    pub async fn create_event_v1(&self, t: &Target, body: &[u8], o: WriteOpts) -> Result<Value, ApiError> {
+        // A body that is not JSON gets the create's own answer.
+        if let Ok(v) = serde_json::from_slice::<Value>(body)
+            && v.is_object()
+        {
+            let errs = weft_api::convert::check_events_v1_create(&v);
+            if !errs.is_empty() {
+                let name = v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
+                return Err(ApiError::invalid("Event", name, &errs));
+            }
+        }
+        self.create(t, body, o).await
+    }
+
     /// The Event TTL `kube-system/weft-config` sets now ([`DEFAULT_TTL`] when it sets none, or
     /// nothing valid).
     pub fn event_ttl(&self) -> Duration {

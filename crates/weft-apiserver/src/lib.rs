@@ -481,6 +481,10 @@ async fn resource(
             };
         }
         (Method::GET, true) => api.get(&t, accept, q).map(|v| (200, v)),
+        // events.k8s.io/v1 asks more of a new Event than core/v1 does (`events`).
+        (Method::POST, false) if t.kind.group == "events.k8s.io" => {
+            api.create_event_v1(&t, body, o).await.map(|v| (201, v))
+        }
         (Method::POST, false) => api.create(&t, body, o).await.map(|v| (201, v)),
         (Method::PUT, true) => api.update(&t, body, o).await.map(|v| (200, v)),
         (Method::PATCH, true) => api.patch(&t, ctype, body, o).await.map(|v| (200, v)),

@@ -331,3 +331,22 @@ async fn logs_stream_with_their_options_checked_as_kube_apiserver_does() {
     }
     assert_eq!(call(&s.client, "GET", &format!("{pods}/nope/log"), "", None).await.0, 404);
 }
+
+#[tokio::test]
+async fn an_events_v1_create_without_the_new_fields_is_invalid() {
+    let s = server().await;
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let bare = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "bare"},
+        "regarding": {"kind": "Pod", "name": "web", "namespace": "default"}, "note": "n", "type": "Normal"});
+    let (code, v) = call(&s.client, "POST", v1, "", Some(bare)).await;
+    assert_eq!(code, 422, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    for field in ["eventTime", "reportingController", "reportingInstance", "action", "reason"] {
+        assert!(msg.contains(&format!("{field}: Required value")), "{msg}");
+    }
+    assert!(msg.starts_with("Event \"bare\" is invalid"), "{msg}");
+    // core/v1 stays as lax as kube-apiserver keeps it for old clients.
+    let legacy = json!({"metadata": {"name": "old"}, "involvedObject": {"kind": "Pod", "name": "web"},
+        "reason": "Started", "message": "m"});
+    assert_eq!(call(&s.client, "POST", EVENTS, "", Some(legacy)).await.0, 200);
+}
