@@ -92,8 +92,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 r["version"] = json!("v1");
                 r["kind"] = json!("Scale");
             }
-            if *sub == "log" {
-                r["verbs"] = json!(["get"]);
+            match *sub {
+                "log" => r["verbs"] = json!(["get"]),
+                // Streams are opened with GET (WebSocket) or POST (SPDY), as kube-apiserver lists them.
+                "exec" | "attach" | "portforward" => r["verbs"] = json!(["create", "get"]),
+                _ => {}
             }
             resources.push(r);
         }
@@ -161,10 +164,16 @@ pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
         paths.insert(coll.clone(), json!({"parameters": coll_params, "get": op("list"), "post": op("post")}));
         paths.insert(format!("{coll}/{{name}}"), json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone(), "delete": op("delete")}));
         for sub in k.subresources {
-            paths.insert(
-                format!("{coll}/{{name}}/{sub}"),
-                json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone()}),
-            );
+            let ops = match *sub {
+                "log" => json!({"parameters": item_params.clone(), "get": op("get")}),
+                "exec" | "attach" | "portforward" => {
+                    json!({"parameters": item_params.clone(), "get": op("get"), "post": op("post")})
+                }
+                _ => {
+                    json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone()})
+                }
+            };
+            paths.insert(format!("{coll}/{{name}}/{sub}"), ops);
         }
     }
     Some(

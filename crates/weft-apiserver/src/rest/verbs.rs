@@ -53,7 +53,18 @@ fn has_status(kind: &Kind) -> bool {
 
 /// Kinds whose `metadata.generation` counts changes of their spec.
 fn v_has_spec_generation(kind: &Kind) -> bool {
-    matches!(kind.kind, "Deployment" | "ReplicaSet" | "ReplicationController" | "Service" | "Ingress" | "NetworkPolicy")
+    matches!(
+        kind.kind,
+        "Deployment"
+            | "ReplicaSet"
+            | "ReplicationController"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "Job"
+            | "Service"
+            | "Ingress"
+            | "NetworkPolicy"
+    )
 }
 
 impl Api {
