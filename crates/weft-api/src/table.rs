@@ -275,21 +275,74 @@ fn service_ports(v: &Value) -> String {
 }
 
 fn pod_status(v: &Value) -> (String, String, String) {
+    // kubectl's printPod: init containers first (the first unfinished one names the status),
+    // then the app containers, sidecars (restartable init containers) counted with them.
     let statuses = arr(v, "/status/containerStatuses");
-    let total = arr(v, "/spec/containers").len();
-    let ready = statuses.iter().filter(|c| c.get("ready").and_then(|r| r.as_bool()) == Some(true)).count();
-    let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
+    let inits = arr(v, "/spec/initContainers");
+    let is_sidecar = |name: &str| inits.iter().any(|c| s(c, "/name") == name && s(c, "/restartPolicy") == "Always");
+    let total = arr(v, "/spec/containers").len() + inits.iter().filter(|c| s(c, "/restartPolicy") == "Always").count();
+    let mut ready = 0usize;
+    let mut restarts: i64 = 0;
+    let mut sidecar_restarts: i64 = 0;
     let mut reason = s(v, "/status/reason").to_string();
     if reason.is_empty() {
         reason = s(v, "/status/phase").to_string();
     }
-    for c in statuses {
-        let w = s(c, "/state/waiting/reason");
-        let t = s(c, "/state/terminated/reason");
-        if !w.is_empty() {
-            reason = w.to_string();
-        } else if !t.is_empty() && reason != "Running" {
-            reason = t.to_string();
+    let exit_reason = |t: &Value| {
+        let r = s(t, "/reason");
+        if !r.is_empty() {
+            r.to_string()
+        } else if n(t, "/signal") != 0 {
+            format!("Signal:{}", n(t, "/signal"))
+        } else {
+            format!("ExitCode:{}", n(t, "/exitCode"))
+        }
+    };
+    let mut initializing = false;
+    let init_statuses = arr(v, "/status/initContainerStatuses");
+    for (i, c) in init_statuses.iter().enumerate() {
+        restarts += n(c, "/restartCount");
+        let terminated = c.pointer("/state/terminated");
+        let waiting = s(c, "/state/waiting/reason");
+        if is_sidecar(s(c, "/name")) {
+            sidecar_restarts += n(c, "/restartCount");
+            if c.get("started").and_then(|b| b.as_bool()) == Some(true) {
+                if c.get("ready").and_then(|b| b.as_bool()) == Some(true) {
+                    ready += 1;
+                }
+                continue;
+            }
+        }
+        match terminated {
+            Some(t) if n(t, "/exitCode") == 0 => continue,
+            Some(t) => reason = format!("Init:{}", exit_reason(t)),
+            None if !waiting.is_empty() && waiting != "PodInitializing" => reason = format!("Init:{waiting}"),
+            None => reason = format!("Init:{i}/{}", inits.len()),
+        }
+        initializing = true;
+        break;
+    }
+    let initialized =
+        arr(v, "/status/conditions").iter().any(|c| s(c, "/type") == "Initialized" && s(c, "/status") == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        let mut running = false;
+        for c in statuses.iter().rev() {
+            restarts += n(c, "/restartCount");
+            let w = s(c, "/state/waiting/reason");
+            if !w.is_empty() {
+                reason = w.to_string();
+            } else if let Some(t) = c.pointer("/state/terminated") {
+                reason = exit_reason(t);
+            } else if c.get("ready").and_then(|r| r.as_bool()) == Some(true) && c.pointer("/state/running").is_some() {
+                running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && running {
+            let pod_ready =
+                arr(v, "/status/conditions").iter().any(|c| s(c, "/type") == "Ready" && s(c, "/status") == "True");
+            reason = if pod_ready { "Running" } else { "NotReady" }.into();
         }
     }
     // As kubectl prints it: a pod being deleted is Terminating until it has finished (then its
@@ -673,6 +726,43 @@ mod tests {
         let single = json!({"metadata": {"name": "y"}, "eventTime": "2026-01-01T00:09:00Z", "involvedObject": {}});
         let r = row(ev, &single, now);
         assert_eq!((&r[0], &r[7], &r[8]), (&json!("60s"), &json!("60s"), &json!(1)));
+    }
+
+    #[test]
+    fn pod_status_column_as_kubectl_prints_init_containers() {
+        let pod = |inits: Value, init_statuses: Value, statuses: Value, initialized: bool| {
+            json!({"metadata": {"name": "p"},
+                   "spec": {"initContainers": inits, "containers": [{"name": "app"}]},
+                   "status": {"phase": "Pending", "initContainerStatuses": init_statuses,
+                              "containerStatuses": statuses,
+                              "conditions": [{"type": "Initialized", "status": if initialized { "True" } else { "False" }}]}})
+        };
+        let two = json!([{"name": "a"}, {"name": "b"}]);
+        let waiting_app = json!([{"name": "app", "ready": false, "restartCount": 0,
+                                  "state": {"waiting": {"reason": "PodInitializing"}}}]);
+        let done =
+            json!({"name": "a", "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+        // The second of two init containers runs: Init:1/2.
+        let running = json!({"name": "b", "restartCount": 0, "state": {"running": {}}});
+        let (_, st, _) = pod_status(&pod(two.clone(), json!([done, running]), waiting_app.clone(), false));
+        assert_eq!(st, "Init:1/2");
+        // It failed and waits to restart: Init:CrashLoopBackOff, its restarts counted.
+        let crashing = json!({"name": "b", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}});
+        let (_, st, restarts) = pod_status(&pod(two.clone(), json!([done, crashing]), waiting_app.clone(), false));
+        assert_eq!((st.as_str(), restarts.as_str()), ("Init:CrashLoopBackOff", "3"));
+        // It ended with an error: Init:Error; without a reason, the exit code.
+        let failed =
+            json!({"name": "b", "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}});
+        assert_eq!(pod_status(&pod(two.clone(), json!([done, failed]), waiting_app.clone(), false)).1, "Init:Error");
+        let bare = json!({"name": "b", "restartCount": 0, "state": {"terminated": {"exitCode": 2}}});
+        assert_eq!(pod_status(&pod(two, json!([done, bare]), waiting_app, false)).1, "Init:ExitCode:2");
+        // A started sidecar counts as a container of the pod; the app is then Running.
+        let sidecar = json!([{"name": "s", "restartPolicy": "Always"}]);
+        let side = json!([{"name": "s", "restartCount": 1, "started": true, "ready": true, "state": {"running": {}}}]);
+        let app = json!([{"name": "app", "ready": true, "restartCount": 0, "state": {"running": {}}}]);
+        let mut p = pod(sidecar, side, app, true);
+        p["status"]["phase"] = json!("Running");
+        assert_eq!(pod_status(&p), ("2/2".to_string(), "Running".to_string(), "1".to_string()));
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! and kube-scheduler record them. Publishing never holds up or fails a reconcile: each event is
 //! sent on a task of its own, at most [`IN_FLIGHT`] at a time (more are dropped), each bounded
 //! in time; a failure (an API server without the events API answers 404) is logged at debug.
-//! Each event is published through a recorder of its own: kube's `Recorder` folds events of the
-//! same object and reason into one series whatever their message, which would leave one
-//! "Scaled up replica set ..." for a whole rollout; kube-controller-manager's messages are
-//! events of their own.
+//! kube's `Recorder` folds events of the same object and reason into one series whatever their
+//! message, which would leave one "Scaled up replica set ..." for a whole rollout. So each
+//! (object, type, reason, message) gets a recorder of its own, kept for a while: the same event
+//! again becomes a count on one Event (client-go's correlator aggregates exact repeats the same
+//! way), a different message an Event of its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -15,18 +17,27 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Semaphore;
 
 const IN_FLIGHT: usize = 64;
+/// Recorders kept for repeats; beyond this many distinct events they are all dropped and start
+/// afresh (a repeat then makes a new Event instead of counting on the old one).
+const KEPT: usize = 4096;
 
 #[derive(Clone)]
 pub struct Events {
     client: kube::Client,
     controller: String,
     slots: Arc<Semaphore>,
+    recorders: Arc<Mutex<HashMap<String, Recorder>>>,
 }
 
 impl Events {
     /// A recorder reporting as `controller` (e.g. `deployment-controller`, `default-scheduler`).
     pub fn new(client: &kube::Client, controller: &str) -> Events {
-        Events { client: client.clone(), controller: controller.into(), slots: Arc::new(Semaphore::new(IN_FLIGHT)) }
+        Events {
+            client: client.clone(),
+            controller: controller.into(),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            recorders: Arc::default(),
+        }
     }
 
     pub fn normal(&self, regarding: ObjectReference, reason: &str, action: &str, note: String) {
@@ -42,8 +53,25 @@ impl Events {
             tracing::debug!(reason, "event dropped: too many in flight");
             return;
         };
-        let reporter = Reporter { controller: self.controller.clone(), instance: None };
-        let recorder = Recorder::new(self.client.clone(), reporter);
+        let key = format!(
+            "{}/{}/{}/{}/{type_:?}/{reason}/{note}",
+            regarding.kind.as_deref().unwrap_or(""),
+            regarding.namespace.as_deref().unwrap_or(""),
+            regarding.name.as_deref().unwrap_or(""),
+            regarding.uid.as_deref().unwrap_or(""),
+        );
+        let recorder = {
+            let mut kept = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() >= KEPT && !kept.contains_key(&key) {
+                kept.clear();
+            }
+            kept.entry(key)
+                .or_insert_with(|| {
+                    let reporter = Reporter { controller: self.controller.clone(), instance: None };
+                    Recorder::new(self.client.clone(), reporter)
+                })
+                .clone()
+        };
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         tokio::spawn(async move {
             let _slot = slot;
@@ -66,6 +94,7 @@ pub struct Recorders {
     pub statefulset: Events,
     pub job: Events,
     pub scheduler: Events,
+    pub loadbalancer: Events,
 }
 
 impl Recorders {
@@ -77,6 +106,7 @@ impl Recorders {
             statefulset: Events::new(client, "statefulset-controller"),
             job: Events::new(client, "job-controller"),
             scheduler: Events::new(client, "default-scheduler"),
+            loadbalancer: Events::new(client, "weft-lb-allocator"),
         }
     }
 }

@@ -8,10 +8,12 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+
+use crate::events::Events;
 
 pub const CLASS: &str = "weft.dev/lb";
 pub use weft_k8s::config::{LOAD_BALANCER_POOLS as POOLS_KEY, NAME as CONFIG};
@@ -58,22 +60,23 @@ fn held(s: &Service) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Which address each Service without one gets (pure): (namespace, name, ip).
-pub fn plan(services: &[Arc<Service>], pool: &[Ipv4Addr]) -> Vec<(String, String, Option<Ipv4Addr>)> {
+/// Which address each Service without one gets (pure): (namespace, name, the address or why
+/// there is none, in MetalLB's words).
+pub fn plan(services: &[Arc<Service>], pool: &[Ipv4Addr]) -> Vec<(String, String, Result<Ipv4Addr, String>)> {
     let mut used: BTreeSet<Ipv4Addr> = services.iter().filter(|s| wants_ip(s)).flat_map(|s| held(s)).collect();
     let mut out = vec![];
     let mut pending: Vec<&Arc<Service>> = services.iter().filter(|s| wants_ip(s) && held(s).is_empty()).collect();
     pending
         .sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0), s.name_any()));
     for s in pending {
-        let asked: Option<Ipv4Addr> =
-            s.spec.as_ref().and_then(|sp| sp.load_balancer_ip.as_deref()).and_then(|i| i.parse().ok());
-        let ip = match asked {
-            Some(ip) if pool.contains(&ip) && !used.contains(&ip) => Some(ip),
-            Some(_) => None,
-            None => pool.iter().find(|ip| !used.contains(ip)).copied(),
+        let asked = s.spec.as_ref().and_then(|sp| sp.load_balancer_ip.as_deref()).filter(|i| !i.is_empty());
+        let ip = match asked.map(|a| (a, a.parse::<Ipv4Addr>())) {
+            Some((_, Ok(ip))) if pool.contains(&ip) && !used.contains(&ip) => Ok(ip),
+            Some((a, Ok(ip))) if pool.contains(&ip) => Err(format!("{a:?} is already in use")),
+            Some((a, _)) => Err(format!("{a:?} is not allowed in config")),
+            None => pool.iter().find(|ip| !used.contains(ip)).copied().ok_or_else(|| "no available IPs".to_string()),
         };
-        if let Some(ip) = ip {
+        if let Ok(ip) = ip {
             used.insert(ip);
         }
         out.push((s.namespace().unwrap_or_default(), s.name_any(), ip));
@@ -81,7 +84,19 @@ pub fn plan(services: &[Arc<Service>], pool: &[Ipv4Addr]) -> Vec<(String, String
     out
 }
 
-pub async fn reconcile(client: &kube::Client, services: &[Arc<Service>]) -> anyhow::Result<()> {
+fn reference(s: &Service) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: s.namespace(),
+        name: Some(s.name_any()),
+        uid: s.metadata.uid.clone(),
+        resource_version: s.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
+pub async fn reconcile(client: &kube::Client, services: &[Arc<Service>], events: &Events) -> anyhow::Result<()> {
     if !services.iter().any(|s| wants_ip(s) && held(s).is_empty()) {
         return Ok(());
     }
@@ -96,14 +111,23 @@ pub async fn reconcile(client: &kube::Client, services: &[Arc<Service>]) -> anyh
         }
     };
     for (ns, name, ip) in plan(services, &pool) {
+        let svc = services.iter().find(|s| s.namespace().as_deref() == Some(&ns) && s.name_any() == name);
         match ip {
-            Some(ip) => {
+            Ok(ip) => {
                 let api: Api<Service> = Api::namespaced(client.clone(), &ns);
                 let st = json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}});
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st)).await?;
+                if let Some(s) = svc {
+                    events.normal(reference(s), "IPAllocated", "Allocate", format!("Assigned IP [\"{ip}\"]"));
+                }
             }
-            None => {
-                tracing::warn!(service = %format!("{ns}/{name}"), "no LoadBalancer address free (or spec.loadBalancerIP is outside the pools or taken): add addresses to kube-system/weft-config loadBalancerPools")
+            Err(why) => {
+                tracing::warn!(service = %format!("{ns}/{name}"), "no LoadBalancer address: {why} (add addresses to kube-system/weft-config loadBalancerPools)");
+                // Repeats of the same failure count on one Event.
+                if let Some(s) = svc {
+                    let note = format!("Failed to allocate IP for \"{ns}/{name}\": {why}");
+                    events.warning(reference(s), "AllocationFailed", "Allocate", note);
+                }
             }
         }
     }
@@ -134,11 +158,24 @@ mod tests {
             svc("other-class", json!({"type": "LoadBalancer", "loadBalancerClass": "example.com/lb"}), None),
             svc("cluster", json!({"type": "ClusterIP"}), None),
         ];
-        let plan = plan(&svcs, &pool);
+        let planned = plan(&svcs, &pool);
         let got: Vec<(String, Option<String>)> =
-            plan.iter().map(|(_, n, ip)| (n.clone(), ip.map(|i| i.to_string()))).collect();
+            planned.iter().map(|(_, n, ip)| (n.clone(), ip.as_ref().ok().map(|i| i.to_string()))).collect();
         assert!(got.contains(&("a".into(), Some("172.18.255.2".into()))));
         assert!(got.contains(&("asks".into(), Some("10.0.0.6".into()))));
         assert_eq!(got.len(), 2, "other classes and other types are not ours: {got:?}");
+        // Why a Service gets nothing, in MetalLB's words.
+        let svcs = vec![
+            svc("held", json!({"type": "LoadBalancer"}), Some("10.0.0.5")),
+            svc("taken", json!({"type": "LoadBalancer", "loadBalancerIP": "10.0.0.5"}), None),
+            svc("outside", json!({"type": "LoadBalancer", "loadBalancerIP": "192.0.2.1"}), None),
+            svc("full", json!({"type": "LoadBalancer"}), None),
+        ];
+        let why: Vec<String> = plan(&svcs, &pool[2..3]).into_iter().filter_map(|(_, _, r)| r.err()).collect();
+        // (In name order: all were made at the same time.)
+        assert_eq!(
+            why,
+            ["no available IPs", "\"192.0.2.1\" is not allowed in config", "\"10.0.0.5\" is already in use"]
+        );
     }
 }

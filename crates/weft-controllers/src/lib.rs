@@ -229,7 +229,10 @@ pub async fn run(client: kube::Client, cfg: Config) {
             .await
     }));
     let c = ctx.clone();
-    loops.spawn(controller("loadbalancer").run(async move || lb::reconcile(&c.client, &c.services.state()).await));
+    loops.spawn(
+        controller("loadbalancer")
+            .run(async move || lb::reconcile(&c.client, &c.services.state(), &c.events.loadbalancer).await),
+    );
     loops.spawn(namespace::run(ctx.client.clone()));
     let mut c = ctx;
     loops.spawn(controller("garbage-collector").run(async move || garbage_collect(&mut c).await));
