@@ -255,6 +255,17 @@ spec:
     });
     let shown = lab.kubectl_ok(&["get", "svc", "nginx-loadbalancer"]);
     assert!(shown.contains(&lb_ip), "{shown}");
+    // The allocator says so, as MetalLB's controller does.
+    let want = format!("Assigned IP [\"{lb_ip}\"]");
+    lab.wait_for("the IPAllocated event", 20, || {
+        lab.kubectl_ok(&["describe", "svc", "nginx-loadbalancer"]).contains(&want)
+    });
+    // An address outside the pools is refused in words, on the Service.
+    lab.apply_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: outside}\nspec: {type: LoadBalancer, loadBalancerIP: 192.0.2.1, ports: [{port: 80}]}\n",
+    );
+    let want = "Failed to allocate IP for \"default/outside\": \"192.0.2.1\" is not allowed in config";
+    lab.wait_for("the AllocationFailed event", 20, || lab.kubectl_ok(&["describe", "svc", "outside"]).contains(want));
 
     // externalTrafficPolicy: Local keeps the client's address and never leaves the node.
     lab.wait_for("the Local node port", 20, || {
