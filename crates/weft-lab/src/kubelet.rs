@@ -32,7 +32,7 @@ use crate::lifecycle::{self, Note, ProbeKind, ProbeState, Seen, TermStep, Termin
 use crate::pod_events::{self, PodEvents};
 use crate::shim::{self, ContainerSpec, ContainerState, Hook, Security, ShimSpec};
 use crate::topology::NodeNet;
-use crate::{LabCtx, netns};
+use crate::{LabCtx, grpc_probe, netns};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sandbox {
@@ -608,9 +608,11 @@ enum ProbeAction {
     Tcp(SocketAddr),
     /// Run `argv` in the container; exit code 0 passes.
     Exec(Vec<String>),
+    /// Call grpc.health.v1.Health/Check for `service` at `addr`; SERVING passes.
+    Grpc { addr: SocketAddr, service: String },
     /// The spec cannot be probed (no such port, no address, no command): a failure.
     Fail(&'static str),
-    /// No handler weft runs (none, or gRPC): a success, as before.
+    /// No handler at all: a success, as before.
     Pass,
 }
 
@@ -635,6 +637,13 @@ fn probe_action(p: &Probe, c: &Container, pod_ip: &str) -> ProbeAction {
         }
         return ProbeAction::Exec(argv);
     }
+    if let Some(g) = &p.grpc {
+        let Some(port) = u16::try_from(g.port).ok().filter(|&p| p != 0) else {
+            return ProbeAction::Fail("no such port");
+        };
+        let Ok(ip) = pod_ip.parse::<std::net::IpAddr>() else { return ProbeAction::Fail("no address") };
+        return ProbeAction::Grpc { addr: SocketAddr::new(ip, port), service: g.service.clone().unwrap_or_default() };
+    }
     ProbeAction::Pass
 }
 
@@ -644,8 +653,8 @@ fn http_status_ok(head: &[u8]) -> bool {
     (200..400).contains(&code)
 }
 
-/// One probe, bounded by its `timeoutSeconds` (default 1 s, as kubelet): httpGet and tcpSocket
-/// connect to the pod IP from the node (as kubelet does); exec runs the command in the pod, by its
+/// One probe, bounded by its `timeoutSeconds` (default 1 s, as kubelet): httpGet, tcpSocket and
+/// grpc connect to the pod IP from the node (as kubelet does); exec runs the command in the pod, by its
 /// shim (the pod's namespaces, the container's environment and capabilities), killed at the
 /// timeout.
 #[cfg(test)]
@@ -662,6 +671,7 @@ fn probe_check(p: &Probe, c: &Container, pod_ip: &str, node_ns: &Path, pod_dir: 
             TcpStream::connect_timeout(&addr, timeout).map(|_| ()).map_err(|e| format!("dial tcp {addr}: {e}"))
         })
         .unwrap_or_else(|e| Err(format!("{e:#}"))),
+        ProbeAction::Grpc { addr, service } => grpc_probe::probe(addr, service, timeout, node_ns),
         ProbeAction::Exec(argv) => match shim::exec_probe(pod_dir, &c.name, &argv, timeout) {
             Ok(result) => result,
             Err(e) => {

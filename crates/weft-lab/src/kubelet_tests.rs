@@ -403,8 +403,15 @@ fn what_each_probe_runs() {
         probe_action(&probe(json!({"exec": {"command": ["cat", "/tmp/ok"]}})), &c, "10.244.1.7"),
         ProbeAction::Exec(vec!["cat".into(), "/tmp/ok".into()])
     );
-    // gRPC is not run, and no handler at all passes.
-    assert_eq!(probe_action(&probe(json!({"grpc": {"port": 9}})), &c, "10.244.1.7"), ProbeAction::Pass);
+    assert_eq!(
+        probe_action(&probe(json!({"grpc": {"port": 9}})), &c, "10.244.1.7"),
+        ProbeAction::Grpc { addr: at("10.244.1.7:9"), service: String::new() }
+    );
+    assert_eq!(
+        probe_action(&probe(json!({"grpc": {"port": 9000, "service": "db"}})), &c, "10.244.1.7"),
+        ProbeAction::Grpc { addr: at("10.244.1.7:9000"), service: "db".into() }
+    );
+    // No handler at all passes.
     assert_eq!(probe_action(&probe(json!({})), &c, "10.244.1.7"), ProbeAction::Pass);
 }
 
@@ -421,6 +428,9 @@ fn a_probe_that_cannot_be_run_counts_as_failed() {
     assert!(fails(json!({"tcpSocket": {"port": 80}}), "garbage"));
     assert!(fails(json!({"exec": {"command": []}}), "10.244.1.7"));
     assert!(fails(json!({"exec": {}}), "10.244.1.7"));
+    assert!(fails(json!({"grpc": {"port": 0}}), "10.244.1.7"));
+    assert!(fails(json!({"grpc": {"port": 70000}}), "10.244.1.7"));
+    assert!(fails(json!({"grpc": {"port": 9000}}), ""), "a pod without an IP");
     // A named port that names a port beyond u16 is no port.
     let odd = container(json!({"name": "o", "ports": [{"name": "big", "containerPort": 65536}]}));
     assert!(matches!(
@@ -944,6 +954,209 @@ fn probe_failures_say_why_in_the_kubelets_words() {
     assert!(why.starts_with(&format!("dial tcp {closed}: ")), "{why}");
     let why = check(json!({"httpGet": {"port": closed.port(), "path": "/healthz"}}), "127.0.0.1").unwrap_err();
     assert!(why.starts_with(&format!("Get \"http://{closed}/healthz\": dial tcp")), "{why}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC probes
+
+/// How the test's gRPC server answers Health/Check.
+#[derive(Clone, Copy, PartialEq)]
+enum Health {
+    /// A message with this `status`, then grpc-status 0 in the trailers.
+    Status(u8),
+    /// Trailers-only: grpc-status 12 (the health service is not there).
+    Unimplemented,
+    /// Takes the call and never answers.
+    Silent,
+    /// A message whose length prefix says 64 MiB, then endless data.
+    Huge,
+}
+
+/// An HTTP/2 gRPC server on 127.0.0.1 (hyper's), answering Health/Check as `health` for at most
+/// `n` connections; it records the services asked for.
+fn grpc_server(health: Health, n: usize) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    l.set_nonblocking(true).unwrap();
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            let mut served = Vec::new();
+            for _ in 0..n {
+                let Ok(Ok((s, _))) = tokio::time::timeout(Duration::from_secs(10), l.accept()).await else { break };
+                let seen = seen.clone();
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        assert_eq!(req.headers()["content-type"], "application/grpc");
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                        seen.lock().unwrap().push(body);
+                        type Frames = Vec<Result<Frame<Bytes>, std::convert::Infallible>>;
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let resp = hyper::Response::builder().header("content-type", "application/grpc");
+                        let frames: Frames = match health {
+                            Health::Status(s) => vec![
+                                Ok(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, s]))),
+                                Ok(Frame::trailers(trailers)),
+                            ],
+                            Health::Unimplemented => {
+                                let body = StreamBody::new(futures::stream::iter(Frames::new())).boxed();
+                                return Ok::<_, std::convert::Infallible>(
+                                    resp.header("grpc-status", "12")
+                                        .header("grpc-message", "unknown service grpc.health.v1.Health")
+                                        .body(body)
+                                        .unwrap(),
+                                );
+                            }
+                            Health::Silent => {
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                                vec![]
+                            }
+                            Health::Huge => {
+                                let mut first = vec![0, 4, 0, 0, 0];
+                                first.extend_from_slice(&[0x55; 16 << 10]);
+                                let rest = (0..1000).map(|_| Ok(Frame::data(Bytes::from(vec![0x55; 16 << 10]))));
+                                std::iter::once(Ok(Frame::data(Bytes::from(first)))).chain(rest).collect()
+                            }
+                        };
+                        Ok(resp.body(StreamBody::new(futures::stream::iter(frames)).boxed()).unwrap())
+                    }
+                });
+                served.push(tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                }));
+            }
+            // The connections are served to their end (the runtime's end would cut them).
+            for h in served {
+                let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+            }
+        });
+    });
+    (addr, asked)
+}
+
+/// A gRPC probe of `addr` as the kubelet runs it (this namespace as the node's), and how long it took.
+fn grpc_check(addr: SocketAddr, service: Option<&str>) -> (Result<(), String>, Duration) {
+    let c = container(json!({"name": "web"}));
+    let dir = tempfile::tempdir().unwrap();
+    let p = probe(json!({"grpc": {"port": addr.port(), "service": service}, "timeoutSeconds": 1}));
+    let t = Instant::now();
+    let r = probe_check(&p, &c, &addr.ip().to_string(), Path::new("/proc/self/ns/net"), dir.path());
+    (r, t.elapsed())
+}
+
+#[test]
+fn a_grpc_probe_passes_only_for_serving() {
+    let (serving, asked) = grpc_server(Health::Status(1), 2);
+    assert_eq!(grpc_check(serving, None).0, Ok(()));
+    assert_eq!(grpc_check(serving, Some("db")).0, Ok(()));
+    // HealthCheckRequest{service}: nothing for "", field 1 for "db", each length-prefixed.
+    assert_eq!(*asked.lock().unwrap(), vec![vec![0, 0, 0, 0, 0], vec![0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']]);
+
+    let (not_serving, _) = grpc_server(Health::Status(2), 1);
+    assert_eq!(grpc_check(not_serving, None).0, Err("service unhealthy (responded with \"NOT_SERVING\")".into()));
+    let (unknown, _) = grpc_server(Health::Status(3), 1);
+    assert_eq!(
+        grpc_check(unknown, Some("nosuch")).0,
+        Err("service unhealthy (responded with \"SERVICE_UNKNOWN\")".into())
+    );
+    let (unimplemented, _) = grpc_server(Health::Unimplemented, 1);
+    assert_eq!(
+        grpc_check(unimplemented, None).0,
+        Err("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): \
+             unknown service grpc.health.v1.Health"
+            .into())
+    );
+}
+
+#[test]
+fn a_grpc_probe_fails_at_its_timeout_as_the_kubelet_says() {
+    let near = |d: Duration| d >= Duration::from_millis(900) && d < Duration::from_millis(2500);
+    // A server that takes the call and never answers.
+    let (silent, _) = grpc_server(Health::Silent, 1);
+    let (r, took) = grpc_check(silent, None);
+    assert_eq!(r, Err("timeout: health rpc did not complete within 1s".into()));
+    assert!(near(took), "{took:?}");
+    // A closed port: grpc-go's dial keeps trying until the timeout.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (r, took) = grpc_check(closed, None);
+    assert_eq!(r, Err(format!("timeout: failed to connect service \"{closed}\" within 1s: context deadline exceeded")));
+    assert!(near(took), "{took:?}");
+    // A listener that accepts and never speaks HTTP/2 is not connected either.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let (r, took) = grpc_check(addr, None);
+    assert_eq!(r, Err(format!("timeout: failed to connect service \"{addr}\" within 1s: context deadline exceeded")));
+    assert!(near(took), "{took:?}");
+    drop(mute);
+}
+
+#[test]
+fn a_grpc_probe_of_a_hostile_server_fails_in_time_and_bounded() {
+    // Garbage instead of HTTP/2 (a frame header claiming 16 MiB, then more): never connected.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        l.set_nonblocking(false).unwrap();
+        for _ in 0..20 {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+            std::thread::spawn(move || {
+                for _ in 0..64 {
+                    if s.write_all(&[0xff; 64 << 10]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (r, took) = grpc_check(addr, None);
+    assert_eq!(r, Err(format!("timeout: failed to connect service \"{addr}\" within 1s: context deadline exceeded")));
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // A message far over the limit: refused at its length prefix.
+    let (huge, _) = grpc_server(Health::Huge, 1);
+    let (r, took) = grpc_check(huge, None);
+    assert_eq!(
+        r,
+        Err("error: health rpc probe failed: rpc error: code = ResourceExhausted desc = \
+             grpc: received message larger than max (67108864 vs. 4194304)"
+            .into())
+    );
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // HTTP/2's preface (an empty SETTINGS frame), then the connection closes under the call.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        // All the client sends (its preface, the call) is read first, so the close is a FIN.
+        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+        for _ in 0..100 {
+            if matches!(s.read(&mut [0u8; 4096]), Ok(0) | Err(_)) {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
+    let (r, took) = grpc_check(addr, None);
+    let why = r.unwrap_err();
+    assert!(why.starts_with("error: health rpc probe failed: rpc error: code = Unavailable desc = "), "{why}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // An HTTP/1 server answering anything: not HTTP/2, so never connected.
+    let h1 = server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Duration::ZERO, 20);
+    let (r, _) = grpc_check(h1, None);
+    assert!(r.unwrap_err().starts_with("timeout: failed to connect service"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 pub mod announce;
 pub mod builtin;
 pub mod container_log;
+mod grpc_probe;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod logs;
