@@ -203,6 +203,12 @@ fn rfc3339(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+/// `now` plus `secs` seconds, or the last representable time: a grace period comes from the
+/// client (gracePeriodSeconds, terminationGracePeriodSeconds) and may be any i64.
+fn after(now: jiff::Timestamp, secs: i64) -> jiff::Timestamp {
+    now.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(jiff::Timestamp::MAX)
+}
+
 fn bump_generation(v: &mut Value) {
     if let Some(g) = v.pointer("/metadata/generation").and_then(|g| g.as_i64()).filter(|g| *g > 0) {
         v["metadata"]["generation"] = json!(g + 1);
@@ -247,7 +253,11 @@ pub(super) fn plan_delete(
             None | Some(0) => {}
             Some(had) => match asked {
                 Some(p) if p < had => {
-                    let at = ts - jiff::SignedDuration::from_secs(had) + jiff::SignedDuration::from_secs(p);
+                    // `had` may be past the last representable time (then `ts` saturated).
+                    let at = ts
+                        .checked_sub(jiff::SignedDuration::from_secs(had))
+                        .and_then(|t| t.checked_add(jiff::SignedDuration::from_secs(p)))
+                        .unwrap_or_else(|_| after(now, p).min(ts));
                     v["metadata"]["deletionTimestamp"] = json!(rfc3339(at));
                     v["metadata"]["deletionGracePeriodSeconds"] = json!(p);
                     graceful = Some(p);
@@ -258,7 +268,7 @@ pub(super) fn plan_delete(
         }
     } else if kind.kind == "Pod" && !being_deleted(current) {
         let p = pod_grace(current, asked);
-        v["metadata"]["deletionTimestamp"] = json!(rfc3339(now + jiff::SignedDuration::from_secs(p)));
+        v["metadata"]["deletionTimestamp"] = json!(rfc3339(after(now, p)));
         v["metadata"]["deletionGracePeriodSeconds"] = json!(p);
         bump_generation(&mut v);
         graceful = Some(p);

@@ -424,3 +424,22 @@ fn the_pod_row_says_terminating_while_a_pod_is_being_deleted() {
     p["status"] = json!({"phase": "Running", "reason": "NodeLost"});
     assert_eq!(status(&p), "Unknown");
 }
+
+#[test]
+fn a_huge_grace_period_does_not_panic() {
+    // A client's gracePeriodSeconds (or a pod's terminationGracePeriodSeconds) past the last
+    // representable time: the deletion time saturates instead of panicking the handler.
+    for g in [i64::MAX, 1 << 40] {
+        let p = plan_delete(kind("pods"), &pod(Some("node-1")), &grace(g), false, t0());
+        let v = marked(&p);
+        assert_eq!(v["metadata"]["deletionGracePeriodSeconds"], g);
+        assert!(v["metadata"]["deletionTimestamp"].as_str().unwrap().starts_with("9999-"));
+        // Then a shorter one, still huge.
+        let again = plan_delete(kind("pods"), v, &grace(g - 1), false, t0());
+        assert!(marked(&again)["metadata"]["deletionTimestamp"].as_str().is_some());
+    }
+    let mut huge = pod(Some("node-1"));
+    huge["spec"]["terminationGracePeriodSeconds"] = json!(i64::MAX);
+    let p = plan_delete(kind("pods"), &huge, &DeleteOpts::default(), false, t0());
+    assert_eq!(marked(&p)["metadata"]["deletionGracePeriodSeconds"], i64::MAX);
+}
