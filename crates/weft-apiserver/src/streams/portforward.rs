@@ -23,6 +23,15 @@ use super::{PodStreams, Session};
 const MAX_STREAMS: usize = 2048;
 /// What one read from a pod's socket sends at most.
 const CHUNK: usize = 32 << 10;
+/// The client's data one SPDY connection holds at most before it is written into the pod (over
+/// every stream: a frame is up to 1 MiB, and a stream whose pod does not read, or whose pair
+/// never completes, would otherwise hold 16 of them, times [`MAX_STREAMS`]).
+const MAX_BUFFERED: usize = 8 << 20;
+
+const _: () = assert!(spdy::MAX_DATA <= MAX_BUFFERED);
+
+/// A piece of the client's data, with its share of the connection's buffer.
+type Piece = (Bytes, tokio::sync::OwnedSemaphorePermit);
 
 fn forward_error(s: &Session, port: u16, e: &std::io::Error) -> String {
     format!("error forwarding port {port} to pod {}/{}, uid {}: {e}", s.ns, s.name, s.uid)
@@ -71,7 +80,7 @@ where
 #[derive(Default)]
 struct Pair {
     error: Option<u32>,
-    data: Option<(u32, mpsc::Receiver<Bytes>)>,
+    data: Option<(u32, mpsc::Receiver<Piece>)>,
     port: Option<u16>,
 }
 
@@ -98,7 +107,8 @@ where
     let mut reader = spdy::Reader::new(BufReader::with_capacity(64 << 10, r));
     let mut first_reply = true;
     let mut pairs: HashMap<String, Pair> = HashMap::new();
-    let mut to_pod: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut to_pod: HashMap<u32, mpsc::Sender<Piece>> = HashMap::new();
+    let budget = Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED));
     let mut forwards = tokio::task::JoinSet::new();
     loop {
         let f = match reader.next().await {
@@ -147,9 +157,12 @@ where
             Frame::Data { id, fin, data } => {
                 if !data.is_empty()
                     && let Some(s) = to_pod.get(&id)
-                    && s.send(data).await.is_err()
                 {
-                    to_pod.remove(&id);
+                    // A frame is at most 1 MiB (spdy::MAX_DATA), less than the whole budget.
+                    let Ok(permit) = budget.clone().acquire_many_owned(data.len() as u32).await else { break };
+                    if s.send((data, permit)).await.is_err() {
+                        to_pod.remove(&id);
+                    }
                 }
                 if fin {
                     to_pod.remove(&id);
@@ -180,7 +193,7 @@ async fn forward(
     data: u32,
     error: u32,
     port: Option<u16>,
-    mut from_client: mpsc::Receiver<Bytes>,
+    mut from_client: mpsc::Receiver<Piece>,
     session: Arc<Session>,
     streams: Arc<dyn PodStreams>,
 ) {
@@ -202,7 +215,7 @@ async fn forward(
     };
     let (mut pr, mut pw) = tokio::io::split(sock);
     let up = async move {
-        while let Some(b) = from_client.recv().await {
+        while let Some((b, _held)) = from_client.recv().await {
             if pw.write_all(&b).await.is_err() {
                 return;
             }
@@ -314,4 +327,83 @@ where
     pumps.abort_all();
     drop(tx);
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flate2::{Compress, Compression, FlushCompress};
+
+    use super::*;
+    use crate::streams::{NoPodStreams, StreamOptions, Sub};
+
+    fn syn_stream(c: &mut Compress, id: u32, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
+        for (k, v) in headers {
+            for s in [k, v] {
+                raw.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                raw.extend_from_slice(s.as_bytes());
+            }
+        }
+        let mut block = Vec::with_capacity(raw.len() + 64);
+        c.compress_vec(&raw, &mut block, FlushCompress::Sync).unwrap();
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        body.extend_from_slice(&block);
+        let mut f = vec![0x80, 0x03, 0, spdy::SYN_STREAM as u8, 0];
+        f.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_make_a_connection_buffer_more_than_its_budget() {
+        let (ours, mut theirs) = tokio::io::duplex(64 << 10);
+        let session = Arc::new(Session {
+            ns: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            sub: Sub::PortForward,
+            container: String::new(),
+            opts: StreamOptions::default(),
+            ports: vec![],
+        });
+        let server = tokio::spawn(spdy(ours, session, Arc::new(NoPodStreams)));
+        // Drain what the server writes (SYN_REPLYs), so it never waits on us.
+        let (mut r, mut w) = tokio::io::split(&mut theirs);
+        let drain = async {
+            let mut buf = vec![0u8; 4096];
+            while r.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        };
+        let send = async {
+            let mut c = Compress::new(Compression::fast(), true);
+            // Data streams whose pairs never complete: nothing ever reads what they are sent.
+            let ids = [1u32, 3, 5, 7];
+            for id in ids {
+                let req = id.to_string();
+                w.write_all(&syn_stream(&mut c, id, &[("streamtype", "data"), ("port", "80"), ("requestid", &req)]))
+                    .await
+                    .unwrap();
+            }
+            let payload = vec![7u8; spdy::MAX_DATA];
+            let mut accepted = 0usize;
+            'all: for _ in 0..16 {
+                for id in ids {
+                    let frame = spdy::data(id, false, &payload);
+                    match tokio::time::timeout(Duration::from_millis(300), w.write_all(&frame)).await {
+                        Ok(Ok(())) => accepted += payload.len(),
+                        _ => break 'all,
+                    }
+                }
+            }
+            accepted
+        };
+        let accepted = tokio::select! {
+            a = send => a,
+            _ = drain => unreachable!("the server ended the connection"),
+        };
+        assert!(accepted <= MAX_BUFFERED + (2 << 20), "the server took {accepted} bytes it cannot write anywhere");
+        server.abort();
+    }
 }

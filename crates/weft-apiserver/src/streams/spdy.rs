@@ -23,7 +23,7 @@ pub const FLAG_FIN: u8 = 1;
 
 /// Control frames (headers) are small; data frames are what a client sends at once.
 const MAX_CONTROL: usize = 64 << 10;
-const MAX_DATA: usize = 1 << 20;
+pub(crate) const MAX_DATA: usize = 1 << 20;
 /// A header block inflates to at most this much.
 const MAX_HEADERS: usize = 64 << 10;
 
