@@ -712,6 +712,14 @@ fn the_grace_period_comes_from_the_deletion_then_the_spec_then_30_s() {
     let pr = probe(json!({"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": 3}));
     assert_eq!(lifecycle::probe_kill_grace(&p, &pr), Duration::from_secs(3));
     assert_eq!(lifecycle::probe_kill_grace(&p, &probe(json!({}))), Duration::from_secs(12));
+    // Any i64 from the API: a termination's deadline arithmetic must not overflow.
+    p.metadata.deletion_grace_period_seconds = Some(i64::MAX);
+    let grace = lifecycle::grace_period(&p);
+    let now = Instant::now();
+    let mut t = Termination::new(grace, now);
+    assert!(matches!(t.step(grace, None, true, now), TermStep::Stop(_)));
+    let huge = probe(json!({"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": i64::MAX}));
+    let _ = now + lifecycle::probe_kill_grace(&p, &huge);
 }
 
 #[test]

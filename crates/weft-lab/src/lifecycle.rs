@@ -27,8 +27,12 @@ pub fn kill_at(deadline: Instant, sigterm_at: Instant) -> Instant {
     deadline.max(sigterm_at + MIN_KILL_WINDOW)
 }
 
+/// The longest grace period worked to: a pod's may be any i64, and an `Instant` a century on is
+/// as good as never (a longer one overflows `Instant` arithmetic, which panics).
+const MAX_GRACE_SECS: i64 = 100 * 365 * 24 * 3600;
+
 fn secs(s: Option<i64>) -> Option<Duration> {
-    s.map(|s| Duration::from_secs(s.max(0) as u64))
+    s.map(|s| Duration::from_secs(s.clamp(0, MAX_GRACE_SECS) as u64))
 }
 
 /// The grace period of a pod being deleted: `metadata.deletionGracePeriodSeconds` (the API

@@ -989,8 +989,9 @@ impl PodRun {
         match hook {
             Hook::Invalid(why) => Err(why.clone()),
             Hook::Sleep(secs) => {
-                let until = Instant::now() + Duration::from_secs(*secs);
-                while Instant::now() < until && !left().is_zero() {
+                // Seconds from the pod's spec: any number (None: past what an Instant holds).
+                let until = Instant::now().checked_add(Duration::from_secs(*secs));
+                while until.is_none_or(|u| Instant::now() < u) && !left().is_zero() {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(())
