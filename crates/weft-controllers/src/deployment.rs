@@ -112,10 +112,13 @@ fn plan_rolling(desired: i32, surge: i32, unavailable: i32, new: Option<&Rs>, ol
     let mut step = Step::default();
     let old_spec: i32 = old.iter().map(|r| r.replicas).sum();
     // kube's NewRSNewReplicas: grow the new set while all sets together stay within surge.
+    // In i64: maxSurge may be any non-negative i32 (2147483647 for "no limit").
     let grown = |current_new: i32| {
-        let all = old_spec + current_new;
-        let max_total = desired + surge;
-        if all >= max_total { current_new } else { current_new + (max_total - all).min(desired - current_new).max(0) }
+        let (cur, desired) = (i64::from(current_new), i64::from(desired));
+        let all = i64::from(old_spec) + cur;
+        let max_total = desired + i64::from(surge);
+        let to = if all >= max_total { cur } else { cur + (max_total - all).min(desired - cur).max(0) };
+        i32::try_from(to).unwrap_or(i32::MAX)
     };
     let new = match new {
         None => {
@@ -737,6 +740,14 @@ mod tests {
             // Pods come up one pass after they are asked for.
             n.available = n.replicas;
         }
+    }
+
+    #[test]
+    fn an_unbounded_max_surge_does_not_overflow() {
+        let strategy = Strategy::Rolling { max_surge: i32::MAX, max_unavailable: 0 };
+        let old = rs("old", 10, 10, 1);
+        let step = plan_rollout(10, &strategy, None, std::slice::from_ref(&old), false);
+        assert_eq!(step.create_new, Some(10));
     }
 
     #[test]

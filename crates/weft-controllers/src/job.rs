@@ -108,7 +108,7 @@ pub fn plan(j: &JobView, pods: &[JobPod], now: i64) -> JobPlan {
             out.failure = Some(("BackoffLimitExceeded".into(), "Job has reached the specified backoff limit".into()));
         } else if let (Some(ads), Some(start)) = (j.active_deadline_seconds, j.start_time)
             && !j.suspended
-            && start + ads <= now
+            && start.saturating_add(ads) <= now
         {
             out.failure = Some(("DeadlineExceeded".into(), "Job was active longer than specified deadline".into()));
         }
@@ -365,6 +365,10 @@ mod tests {
         v.active_deadline_seconds = Some(30);
         let p = plan(&v, &[jp("a", Phase::Active, None)], 31);
         assert_eq!(p.failure.as_ref().map(|f| f.0.as_str()), Some("DeadlineExceeded"));
+        // Any i64 from the spec: a deadline past the end of time never comes (and never overflows).
+        v.active_deadline_seconds = Some(i64::MAX);
+        v.start_time = Some(1_800_000_000);
+        assert_eq!(plan(&v, &[jp("a", Phase::Active, None)], 1_800_000_031).failure, None);
     }
 
     #[test]
