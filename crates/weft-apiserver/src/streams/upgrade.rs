@@ -23,6 +23,12 @@ pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// The largest WebSocket message taken: kubectl sends stdin in 32 KiB pieces.
 const MAX_MESSAGE: usize = 4 << 20;
 
+/// Sessions (exec, attach, port-forward) at once. An upgraded connection leaves hyper, and with
+/// it the server's connection slot; an attach holds a thread of tokio's blocking pool, which the
+/// kubelets' sandboxes and probes share in a lab's daemon.
+const MAX_SESSIONS: usize = 256;
+static SESSIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_SESSIONS);
+
 fn values<'a>(h: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = String> + 'a {
     h.get_all(name)
         .iter()
@@ -53,8 +59,15 @@ pub(crate) fn upgrade(
     streams: Arc<dyn PodStreams>,
     mut req: Request<Incoming>,
 ) -> Response<crate::Body> {
-    let h = req.headers();
     let what = format!("pods/{}", session.sub.name());
+    let Ok(permit) = SESSIONS.try_acquire() else {
+        return error(ApiError::new(
+            429,
+            "TooManyRequests",
+            format!("{MAX_SESSIONS} exec, attach and port-forward sessions are open already: end some and try again"),
+        ));
+    };
+    let h = req.headers();
     if req.version() != Version::HTTP_11 {
         return error(ApiError::bad_request(format!(
             "{what} upgrades the connection: send it over HTTP/1.1 (this request came over {:?})",
@@ -80,6 +93,7 @@ pub(crate) fn upgrade(
         let on_upgrade = hyper::upgrade::on(&mut req);
         let proto = protocol.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
@@ -117,6 +131,7 @@ pub(crate) fn upgrade(
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
+            let _permit = permit;
             match on_upgrade.await {
                 Ok(u) => spdy_exec::run(TokioIo::new(u), session, streams).await,
                 Err(e) => tracing::debug!(error = %e, "a SPDY upgrade did not complete"),
@@ -140,6 +155,7 @@ pub(crate) fn upgrade(
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
+            let _permit = permit;
             match on_upgrade.await {
                 Ok(u) => portforward::spdy(TokioIo::new(u), Arc::new(session), streams).await,
                 Err(e) => tracing::debug!(error = %e, "a SPDY upgrade did not complete"),
