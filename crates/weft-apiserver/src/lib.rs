@@ -356,12 +356,20 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
             return error_response(&ApiError::bad_request(format!("reading the request body: {e}")));
         }
     };
-    if ctype.starts_with("application/vnd.kubernetes.protobuf") {
-        // client-go retries with JSON when a protobuf body gets 415.
+    // Kubernetes protobuf bodies (kubectl's typed clients send them) become, here and only here,
+    // the JSON the JSON path reads: every write then goes through the same admission.
+    let (ctype, body) = match protobuf_body(&method, &ctype, body) {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    if (path == "/api" || path.starts_with("/api/") || path.starts_with("/apis")) && only_protobuf(&accept) {
         return error_response(&ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json, application/yaml (this server answers JSON, not {})",
+                weft_protobuf::MEDIA_TYPE
+            ),
         ));
     }
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
@@ -400,6 +408,43 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
         ["apis", g, v, rest @ ..] => resource(&api, target(g, v, rest), &method, &query, &accept, &ctype, &body).await,
         _ => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     }
+}
+
+/// A protobuf body (`k8s\0` + `runtime.Unknown`, see `weft_protobuf`) as the JSON body it
+/// stands for; any other body as it came. Patches have no protobuf form: 415, as kube-apiserver.
+fn protobuf_body(method: &Method, ctype: &str, body: Bytes) -> Result<(String, Bytes), ApiError> {
+    if !weft_protobuf::is_protobuf(ctype) {
+        return Ok((ctype.to_string(), body));
+    }
+    if method == Method::PATCH {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (not {})",
+                weft_protobuf::MEDIA_TYPE
+            ),
+        ));
+    }
+    if body.is_empty() {
+        return Ok(("application/json".to_string(), body));
+    }
+    let v = weft_protobuf::decode(&body)
+        .map_err(|e| ApiError::bad_request(format!("the protobuf request body cannot be read: {e}")))?;
+    let json = serde_json::to_vec(&v).map_err(|e| ApiError::bad_request(format!("the protobuf request body: {e}")))?;
+    Ok(("application/json".to_string(), Bytes::from(json)))
+}
+
+/// Whether an `Accept` header lists Kubernetes protobuf and nothing else (this server answers
+/// JSON; client-go's typed clients list JSON after protobuf).
+fn only_protobuf(accept: &str) -> bool {
+    let mut types = accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).filter(|t| !t.is_empty());
+    let mut any = false;
+    let all = types.all(|t| {
+        any = true;
+        t.eq_ignore_ascii_case(weft_protobuf::MEDIA_TYPE)
+    });
+    any && all
 }
 
 /// Container logs read at once. Each holds a thread of tokio's blocking pool (512 threads, which
