@@ -39,6 +39,18 @@ fn kubectl_generators_send_protobuf_and_are_admitted() {
     let pw = lab.kubectl_ok(&["get", "secret", "s", "-n", "pb", "-o", "jsonpath={.data.password}"]);
     assert_eq!(pw, "czNjcj10", "base64 of s3cr=t");
 
+    // secret tls, with the lab's own serving certificate and key.
+    let dir = lab.state_dir();
+    let pem = |name: &str| {
+        let found = [dir.join(name), dir.join("api").join(name)].into_iter().find(|p| p.exists());
+        found.unwrap_or_else(|| panic!("{name} under {}", dir.display())).to_string_lossy().to_string()
+    };
+    let (crt, key) = (pem("apiserver.crt"), pem("apiserver.key"));
+    lab.kubectl_ok(&["create", "secret", "tls", "tls", "-n", "pb", "--cert", &crt, "--key", &key]);
+    let s = get_json(&lab, &["secret", "tls", "-n", "pb"]);
+    assert_eq!(s["type"], "kubernetes.io/tls", "{s}");
+    assert!(s["data"]["tls.crt"].as_str().is_some_and(|c| c.len() > 100), "{s}");
+
     // deployment
     lab.kubectl_ok(&["create", "deployment", "web", "-n", "pb", "--image=nginx:1.27", "--replicas=2", "--port=80"]);
     let d = get_json(&lab, &["deploy", "web", "-n", "pb"]);
