@@ -104,6 +104,21 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
             validate::stateful_set(&o, &mut errs);
             finish(kind, &o, &o.metadata, errs)
         }
+        "Secret" => {
+            // kube-apiserver's default; `kubectl create secret generic` leaves it to the server.
+            let mut o: k8s_openapi::api::core::v1::Secret = decode(kind, v)?;
+            validate::check_meta(&o.metadata, NameRule::Dns1123Subdomain, kind.namespaced, &mut errs);
+            o.type_.get_or_insert_with(|| "Opaque".into());
+            // As kube-apiserver stores it: `stringData` is written into `data` (winning over a
+            // key of the same name) and not kept.
+            if let Some(strings) = o.string_data.take() {
+                let data = o.data.get_or_insert_with(Default::default);
+                for (k, val) in strings {
+                    data.insert(k, k8s_openapi::ByteString(val.into_bytes()));
+                }
+            }
+            finish(kind, &o, &o.metadata, errs)
+        }
         "ControllerRevision" => {
             let o: ControllerRevision = decode(kind, v)?;
             validate::controller_revision(&o, &mut errs);
@@ -243,7 +258,6 @@ fn generic(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
     }
     // Still decode the body so malformed fields are refused, but keep what was sent.
     match kind.kind {
-        "Secret" => decode::<k8s_openapi::api::core::v1::Secret>(kind, v).map(|_| ())?,
         "ConfigMap" => decode::<k8s_openapi::api::core::v1::ConfigMap>(kind, v).map(|_| ())?,
         "Node" => decode::<k8s_openapi::api::core::v1::Node>(kind, v).map(|_| ())?,
         "Event" => decode::<k8s_openapi::api::core::v1::Event>(kind, v).map(|_| ())?,
@@ -396,6 +410,27 @@ mod tests {
             Err(ObjectError::Invalid { causes, .. }) => causes.iter().map(|c| c.field.clone()).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_secret_is_stored_as_kube_apiserver_stores_it() {
+        let k = by_gvk("v1", "Secret").unwrap();
+        let v = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "default"},
+            "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "two"}});
+        let got = admit(k, &v).unwrap();
+        assert_eq!(got["type"], "Opaque");
+        assert_eq!(
+            got["data"],
+            json!({"a": "bmV3", "b": "dHdv", "keep": "eA=="}),
+            "stringData wins and is written into data"
+        );
+        assert!(got.get("stringData").is_none());
+        let bad =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "Not_A_Name", "namespace": "default"}});
+        assert_eq!(causes(admit(k, &bad)), ["metadata.name"]);
+        let tls = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t", "namespace": "default"},
+            "type": "kubernetes.io/tls"});
+        assert_eq!(admit(k, &tls).unwrap()["type"], "kubernetes.io/tls");
     }
 
     #[test]

@@ -62,7 +62,6 @@ fn finalizers_namespaces_dry_runs_and_deletecollection_with_kubectl() {
     assert!(gone(&lab.kubectl(&["get", "configmap", "held"])), "the ConfigMap went with its last finalizer");
 
     // A dry-run delete changes nothing.
-    // (`kubectl create configmap` sends protobuf, which this server does not read: YAML instead.)
     lab.apply_str(&cm_yaml("plain", "default", "other"));
     let before = json(&lab, &["get", "configmap", "plain"]);
     assert!(lab.kubectl_ok(&["delete", "configmap", "plain", "--dry-run=server"]).contains("deleted (server dry run)"));
