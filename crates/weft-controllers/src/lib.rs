@@ -339,10 +339,10 @@ async fn schedule(ctx: &mut Ctx) -> anyhow::Result<()> {
                 continue;
             }
         };
-        match api
-            .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": node}})))
-            .await
-        {
+        // Bound to the version the decision was made on: a pod this (possibly stale) cache
+        // shows unscheduled but that was bound meanwhile gets a conflict, not a second node.
+        let bind = json!({"metadata": {"resourceVersion": p.resource_version()}, "spec": {"nodeName": node}});
+        match api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(bind)).await {
             Ok(bound) => {
                 let who = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
                 ctx.events.scheduler.normal(

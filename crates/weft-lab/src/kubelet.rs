@@ -210,6 +210,17 @@ impl Kubelet {
                     {
                         continue;
                     }
+                    // Worth a line: a pod this kubelet ran has lost its shim or its network.
+                    if let Some(o) = &other {
+                        tracing::warn!(
+                            pod = %o.name,
+                            netns = netns::path(&o.netns).exists(),
+                            shim_alive = shim_alive(o),
+                            "the pod's sandbox lost its shim or its network: starting it again"
+                        );
+                    } else if netns::path(&netns_name(&self.ctx.name, uid)).exists() {
+                        tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "a namespace but no sandbox record: a start cut short; starting again");
+                    }
                     let (ctx, node, pod2, old) = (self.ctx.clone(), self.node.clone(), pod.clone(), other);
                     match tokio::task::spawn_blocking(move || start_sandbox(&ctx, &node, &pod2, old)).await? {
                         Ok(sb) => {

@@ -443,3 +443,35 @@ fn a_huge_grace_period_does_not_panic() {
     let p = plan_delete(kind("pods"), &huge, &DeleteOpts::default(), false, t0());
     assert_eq!(marked(&p)["metadata"]["deletionGracePeriodSeconds"], i64::MAX);
 }
+
+#[tokio::test]
+async fn a_bound_pod_keeps_its_node_and_a_stale_binding_conflicts() {
+    let t = api_with_default().await;
+    let p = t
+        .create(
+            "pods",
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                   "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+        )
+        .await;
+    let rv = p["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let target = at("pods", Some("default"), Some("p"));
+    let merge = "application/merge-patch+json";
+    let bind = |node: &str| body(json!({"metadata": {"resourceVersion": rv}, "spec": {"nodeName": node}}));
+    // The scheduler's binding, made on the version it saw.
+    let bound = t.api.patch(&target, merge, &bind("node-1"), O).await.unwrap();
+    assert_eq!(bound["spec"]["nodeName"], "node-1");
+    // The same decision again from a stale cache is a conflict, not a second node...
+    assert_eq!(t.api.patch(&target, merge, &bind("node-2"), O).await.unwrap_err().code, 409);
+    // ...and a change of node without a resourceVersion is refused, naming the field.
+    let e = t.api.patch(&target, merge, &body(json!({"spec": {"nodeName": "node-2"}})), O).await.unwrap_err();
+    assert_eq!(e.code, 422);
+    assert!(e.to_status().to_string().contains("spec.nodeName"), "{e:?}");
+    // Other changes to a bound pod still go through.
+    let labelled = t.api.patch(&target, merge, &body(json!({"metadata": {"labels": {"a": "b"}}})), O).await.unwrap();
+    assert_eq!(
+        (labelled["spec"]["nodeName"].as_str(), labelled["metadata"]["labels"]["a"].as_str()),
+        (Some("node-1"), Some("b"))
+    );
+}

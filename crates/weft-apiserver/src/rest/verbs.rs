@@ -52,6 +52,25 @@ fn has_status(kind: &Kind) -> bool {
 }
 
 /// Kinds whose `metadata.generation` counts changes of their spec.
+/// A pod's node, once set, is kept: a second binding (a scheduler working from a stale cache)
+/// would have two kubelets run the pod. kube-apiserver refuses it the same way (pod updates may
+/// not change `spec.nodeName`; binding an assigned pod is a conflict).
+fn check_pod_binding(kind: &Kind, name: &str, current: &Value, v: &Value) -> Result<(), ApiError> {
+    let node =
+        |o: &Value| o.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).map(String::from);
+    match (node(current), node(v)) {
+        (Some(was), now) if now.as_deref() != Some(was.as_str()) => Err(ApiError::invalid(
+            kind.kind,
+            name,
+            &[weft_api::errors::FieldError::forbidden(
+                "spec.nodeName",
+                format!("pod updates may not change spec.nodeName: the pod is already assigned to node {was:?}"),
+            )],
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn v_has_spec_generation(kind: &Kind) -> bool {
     matches!(
         kind.kind,
@@ -281,6 +300,7 @@ impl Api {
         // The deletion fields (deletionTimestamp kept, no new finalizers while deleting).
         if sub != Some("status") {
             check_deletion_fields(kind, name, current, &mut v)?;
+            check_pod_binding(kind, name, current, &v)?;
         }
         // Server-owned metadata comes from the stored object.
         {
