@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -90,20 +90,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 << 10, w);
-        while let Some(f) = rx.recv().await {
-            if w.write_all(&f).await.is_err() {
-                return;
-            }
-            // Flush once the queue is empty: frames that came together leave together.
-            if rx.is_empty() && w.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    });
+    let (tx, writer) = spdy::frame_writer(w);
     let mut reader = spdy::Reader::new(BufReader::with_capacity(64 << 10, r));
     let mut first_reply = true;
     let mut pairs: HashMap<String, Pair> = HashMap::new();

@@ -12,7 +12,31 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use flate2::{Decompress, FlushDecompress};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+
+/// The write half of a SPDY connection: frames queued on the sender are written in order and
+/// flushed once the queue is empty (frames that came together leave together); when every
+/// sender is gone the connection is shut down. A write error ends the task.
+pub(crate) fn frame_writer<W>(w: W) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(64 << 10, w);
+        while let Some(f) = rx.recv().await {
+            if w.write_all(&f).await.is_err() {
+                return;
+            }
+            if rx.is_empty() && w.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    (tx, writer)
+}
 
 pub const SYN_STREAM: u16 = 1;
 pub const SYN_REPLY: u16 = 2;

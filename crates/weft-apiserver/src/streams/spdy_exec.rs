@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::channels::{exit_status, failure_status, parse_resize};
@@ -42,19 +42,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (r, w) = tokio::io::split(io);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 << 10, w);
-        while let Some(f) = rx.recv().await {
-            if w.write_all(&f).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && w.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    });
+    let (tx, writer) = spdy::frame_writer(w);
     let mut reader = spdy::Reader::new(BufReader::with_capacity(64 << 10, r));
     let o = &session.opts;
     let wanted: Vec<&str> = [
