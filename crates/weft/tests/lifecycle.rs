@@ -28,13 +28,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Whether the lab's API serves events.k8s.io (another part of the work adds it): the kubelet's
-/// events are checked only then.
-fn events_served(lab: &Lab) -> bool {
-    let out = lab.kubectl(&["api-resources", "--api-group=events.k8s.io", "-o", "name"]);
-    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("events")
-}
-
 /// The kubelet's events about pod `name`, as "REASON: NOTE" lines.
 fn events_of(lab: &Lab, name: &str) -> Vec<String> {
     let out = lab.kubectl_ok(&["get", "events.v1.events.k8s.io", "-o", "json"]);
@@ -156,17 +149,13 @@ spec:
     assert!(pod_json(&lab, "forced").is_none());
     lab.wait_for("the forced pod's sandbox to go", 20, || !lab.netns_left().contains(&netns));
 
-    if events_served(&lab) {
+    // The kubelet's events, as Kubernetes words them (published on a task of their own: waited for).
+    let wants =
+        ["Created: Created container: main", "Started: Started container main", "Killing: Stopping container main"];
+    lab.wait_for("the kubelet's events of hooked", 20, || {
         let ev = events_of(&lab, "hooked");
-        eprintln!("events of hooked: {ev:?}");
-        for want in
-            ["Created: Created container: main", "Started: Started container main", "Killing: Stopping container main"]
-        {
-            assert!(ev.iter().any(|e| e == want), "{want} not in {ev:?}");
-        }
-    } else {
-        eprintln!("note: the API does not serve events.k8s.io yet; the kubelet's events were not checked");
-    }
+        wants.iter().all(|w| ev.iter().any(|e| e == w))
+    });
 }
 
 const WEB: &str = r#"
@@ -434,12 +423,10 @@ spec:
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(pod_json(&lab, "lively").unwrap()["status"]["containerStatuses"][0]["restartCount"], 1);
 
-    if events_served(&lab) {
+    // The probe's output is the message, as the kubelet's.
+    lab.wait_for("the kubelet's liveness events of lively", 20, || {
         let ev = events_of(&lab, "lively");
-        // The probe's output is the message, as the kubelet's.
-        assert!(ev.iter().any(|e| e.starts_with("Unhealthy: Liveness probe failed: feeling sick")), "{ev:?}");
-        assert!(ev.iter().any(|e| e == "Killing: Container main failed liveness probe, will be restarted"), "{ev:?}");
-    } else {
-        eprintln!("note: the API does not serve events.k8s.io yet; the kubelet's events were not checked");
-    }
+        ev.iter().any(|e| e.starts_with("Unhealthy: Liveness probe failed: feeling sick"))
+            && ev.iter().any(|e| e == "Killing: Container main failed liveness probe, will be restarted")
+    });
 }
