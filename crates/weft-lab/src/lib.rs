@@ -187,6 +187,12 @@ pub fn destroy_with(lab: &str, state_dir: &std::path::Path, graces: &HashMap<Str
             }
         }
     }
+    // And a shim whose namespace went before it (a record overwritten, a namespace deleted
+    // under it): found by the spec path on its command line, in this lab's state directory.
+    for pid in shims_of(state_dir) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
     let errors: Vec<String> = std::thread::scope(|s| {
         let chunk = names.len().div_ceil(PARALLEL_DELETES).max(1);
         let workers: Vec<_> = names
@@ -256,6 +262,33 @@ fn processes_by_netns() -> HashMap<(u64, u64), Vec<i32>> {
     out
 }
 
+/// The running `weft shim` processes of the lab whose state directory this is.
+fn shims_of(state_dir: &std::path::Path) -> Vec<i32> {
+    let pods = state_dir.join("pods");
+    let canonical = std::fs::canonicalize(&pods).unwrap_or_else(|_| pods.clone());
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            is_shim_of(&argv, &pods) || is_shim_of(&argv, &canonical)
+        })
+        .collect()
+}
+
+/// Is this command line (`weft shim <pods dir>/<uid>/shim.json`) a shim of a pod under `pods`?
+fn is_shim_of(argv: &[&[u8]], pods: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    match argv {
+        [_, shim, spec, ..] if *shim == b"shim" => {
+            std::path::Path::new(std::ffi::OsStr::from_bytes(spec)).starts_with(pods)
+        }
+        _ => false,
+    }
+}
+
 /// Is `ns` one of the namespaces lab `lab` makes (and not another lab's whose name shares a prefix)?
 pub fn is_lab_netns(lab: &str, ns: &str) -> bool {
     let Some(rest) = ns.strip_prefix(&format!("weft-{lab}-")) else { return false };
@@ -280,6 +313,21 @@ pub fn nodes(state_dir: &std::path::Path) -> Vec<NodeNet> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shim_is_known_by_its_spec_path_in_the_labs_state_directory() {
+        let pods = std::path::Path::new("/var/lib/weft/state/a/pods");
+        let argv = |v: &[&'static str]| v.iter().map(|a| a.as_bytes()).collect::<Vec<&[u8]>>();
+        assert!(super::is_shim_of(&argv(&["/usr/bin/weft", "shim", "/var/lib/weft/state/a/pods/u1/shim.json"]), pods));
+        // Another lab whose name shares a prefix, another command, too few arguments: not ours.
+        assert!(!super::is_shim_of(
+            &argv(&["/usr/bin/weft", "shim", "/var/lib/weft/state/ab/pods/u1/shim.json"]),
+            pods
+        ));
+        assert!(!super::is_shim_of(&argv(&["/usr/bin/weft", "daemon", "/var/lib/weft/state/a/pods/u1"]), pods));
+        assert!(!super::is_shim_of(&argv(&["/usr/bin/weft", "shim"]), pods));
+        assert!(!super::is_shim_of(&argv(&[]), pods));
+    }
+
     #[test]
     fn lab_namespaces_are_told_apart() {
         assert!(super::is_lab_netns("a", "weft-a-node-1"));
