@@ -541,7 +541,7 @@ pub fn exec_probe(
     argv: &[String],
     timeout: Duration,
 ) -> Result<std::result::Result<(), String>> {
-    let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
+    let s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
     s.set_read_timeout(Some(timeout + Duration::from_secs(3)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let req = ExecRequest {
@@ -550,12 +550,7 @@ pub fn exec_probe(
         timeout_ms: timeout.as_millis() as u64,
         stop: None,
     };
-    let mut line = serde_json::to_vec(&req)?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply).context("the shim's answer")?;
-    let r: ExecReply = serde_json::from_str(&reply).context("the shim's answer")?;
+    let r = ask(s, &req)?;
     if let Some(e) = r.error {
         anyhow::bail!("{e}");
     }
@@ -565,11 +560,21 @@ pub fn exec_probe(
     Ok(if r.exit == Some(0) { Ok(()) } else { Err(r.output) })
 }
 
+/// One request on the shim's control socket and its one-line answer.
+fn ask(mut s: UnixStream, req: &ExecRequest) -> Result<ExecReply> {
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).context("the shim's answer")?;
+    serde_json::from_str(&reply).context("the shim's answer")
+}
+
 /// Asks the shim of the pod whose files are in `dir` to stop `container` (`None`: the whole pod,
 /// for its deletion) within `grace`; see [`StopRequest`]. Returns once the shim has taken the
 /// request; the stop goes on in the shim.
 pub fn stop(dir: &Path, container: Option<&str>, grace: Duration) -> Result<()> {
-    let mut s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
+    let s = connect_in(dir, EXEC_SOCKET).context("connecting to the pod's shim")?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
     let req = ExecRequest {
@@ -577,13 +582,7 @@ pub fn stop(dir: &Path, container: Option<&str>, grace: Duration) -> Result<()> 
         stop: Some(StopRequest { grace_ms: grace.as_millis() as u64, pod: container.is_none() }),
         ..Default::default()
     };
-    let mut line = serde_json::to_vec(&req)?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply).context("the shim's answer")?;
-    let r: ExecReply = serde_json::from_str(&reply).context("the shim's answer")?;
-    match r.error {
+    match ask(s, &req)?.error {
         Some(e) => anyhow::bail!("{e}"),
         None => Ok(()),
     }
