@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{BoxRead, BoxWrite, PodStreams, Process, Resize, Session, Sub, exit_after_output};
+use super::{BoxRead, BoxWrite, PodStreams, Process, Resize, Session, Sub};
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -24,25 +24,6 @@ pub const ERROR: u8 = 3;
 pub const RESIZE: u8 = 4;
 /// v5: `[255, channel]` closes that channel.
 pub const CLOSE: u8 = 255;
-
-/// The write half of a WebSocket: messages queued on the sender (at most `queue` waiting) are
-/// sent in order; when every sender is gone the socket is closed with a normal close.
-pub(crate) fn message_writer<K>(mut sink: K, queue: usize) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>)
-where
-    K: futures::Sink<Message> + Unpin + Send + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<Message>(queue);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(normal_close()).await;
-        let _ = sink.close().await;
-    });
-    (tx, writer)
-}
 
 /// A normal closure (1000): gorilla's clients (kubectl) take a close without a code as an error.
 pub fn normal_close() -> Message {
@@ -161,8 +142,17 @@ pub(crate) async fn run<S>(ws: WebSocketStream<S>, v5: bool, session: Session, s
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, source) = ws.split();
-    let (tx, writer) = message_writer(sink, 32);
+    let (mut sink, source) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(32);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(normal_close()).await;
+        let _ = sink.close().await;
+    });
     let (mut session, mut source) = (session, source);
     // With a terminal, kubectl's first message is its size: take it before the process starts,
     // so the process sees its size from the start (kube-rs may send none: wait only briefly).
@@ -184,7 +174,16 @@ where
     let Process { stdin, stdout, stderr, resize, mut exit } = match started {
         Ok(p) => p,
         Err(e) => {
-            let status = failure_status(&session.start_failed(e));
+            let status = failure_status(&io::Error::new(
+                e.kind(),
+                format!(
+                    "{} in container {} of pod {}/{}: {e}",
+                    session.sub.name(),
+                    session.container,
+                    session.ns,
+                    session.name
+                ),
+            ));
             let _ = tx.send(frame(ERROR, status.to_string().as_bytes())).await;
             drop(tx);
             let _ = writer.await;
@@ -208,7 +207,16 @@ where
         pumps.spawn(pump(e, STDERR, tx.clone()));
     }
     let mut client = tokio::spawn(input(early, source, stdin, resize, v5));
-    let Some(code) = exit_after_output(&mut exit, &mut client, &mut pumps).await else { return };
+    let code = tokio::select! {
+        code = &mut exit => code,
+        // The client went away: dropping `exit` stops the process.
+        _ = &mut client => { pumps.abort_all(); return; }
+    };
+    // Everything the process wrote reaches the client before its status.
+    tokio::select! {
+        _ = async { while pumps.join_next().await.is_some() {} } => {}
+        _ = &mut client => { pumps.abort_all(); return; }
+    }
     let status = match code {
         Ok(c) => exit_status(&session.opts.command, c),
         Err(e) => failure_status(&e),

@@ -308,12 +308,6 @@ impl Session {
     pub fn pod(&self) -> PodRef<'_> {
         PodRef { namespace: &self.ns, name: &self.name, uid: &self.uid }
     }
-
-    /// A process that could not be started, said with the session it was for.
-    pub(crate) fn start_failed(&self, e: io::Error) -> io::Error {
-        let what = format!("{} in container {} of pod {}/{}: {e}", self.sub.name(), self.container, self.ns, self.name);
-        io::Error::new(e.kind(), what)
-    }
 }
 
 fn prepare(api: &Api, ns: &str, name: &str, sub: Sub, req: &Request<Incoming>) -> Result<Session, ApiError> {
@@ -342,24 +336,6 @@ fn prepare(api: &Api, ns: &str, name: &str, sub: Sub, req: &Request<Incoming>) -
         }
     };
     Ok(Session { ns: ns.into(), name: name.into(), uid, sub, container, opts, ports })
-}
-
-/// Waits for a process to end and then for its output pumps to deliver everything it wrote, so
-/// its status comes last; `None` when the client went away first (the pumps are stopped then,
-/// and dropping `exit` stops the process).
-pub(crate) async fn exit_after_output<T: 'static, C: std::future::Future + Unpin>(
-    exit: &mut BoxFuture<'static, io::Result<i32>>,
-    client: &mut C,
-    pumps: &mut tokio::task::JoinSet<T>,
-) -> Option<io::Result<i32>> {
-    let code = tokio::select! {
-        code = exit => code,
-        _ = &mut *client => { pumps.abort_all(); return None; }
-    };
-    tokio::select! {
-        _ = async { while pumps.join_next().await.is_some() {} } => Some(code),
-        _ = client => { pumps.abort_all(); None }
-    }
 }
 
 #[cfg(test)]

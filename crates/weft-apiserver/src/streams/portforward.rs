@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::channels::{frame, message_writer, normal_close};
+use super::channels::{frame, normal_close};
 use super::spdy::{self, Frame};
 use super::{PodStreams, Session};
 
@@ -233,8 +233,17 @@ pub(crate) async fn websocket<S>(ws: WebSocketStream<S>, session: Arc<Session>, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, mut source) = ws.split();
-    let (tx, writer) = message_writer(sink, 64);
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(normal_close()).await;
+        let _ = sink.close().await;
+    });
     if session.ports.is_empty() {
         let msg = format!("pod {}/{}: name the ports to forward (ports=8080,9090)", session.ns, session.name);
         let _ = tx.send(frame(1, msg.as_bytes())).await;

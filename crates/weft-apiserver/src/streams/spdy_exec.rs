@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::channels::{exit_status, failure_status, parse_resize};
 use super::spdy::{self, Frame};
-use super::{BoxRead, PodStreams, Process, Session, Sub, exit_after_output};
+use super::{BoxRead, PodStreams, Process, Session, Sub};
 
 /// How long a client has to open its streams (kubelet's streamCreationTimeout).
 const STREAMS_WITHIN: Duration = Duration::from_secs(30);
@@ -119,7 +119,16 @@ where
     let Process { stdin, stdout, stderr, resize, mut exit } = match started {
         Ok(p) => p,
         Err(e) => {
-            let e = session.start_failed(e);
+            let e = io::Error::new(
+                e.kind(),
+                format!(
+                    "{} in container {} of pod {}/{}: {e}",
+                    session.sub.name(),
+                    session.container,
+                    session.ns,
+                    session.name
+                ),
+            );
             let _ = tx.send(spdy::data(error_id, false, failure_status(&e).to_string().as_bytes())).await;
             let _ = tx.send(spdy::data(error_id, true, b"")).await;
             drop(tx);
@@ -170,7 +179,14 @@ where
             }
         }
     });
-    let Some(code) = exit_after_output(&mut exit, &mut client, &mut pumps).await else { return };
+    let code = tokio::select! {
+        code = &mut exit => code,
+        _ = &mut client => { pumps.abort_all(); return; }
+    };
+    tokio::select! {
+        _ = async { while pumps.join_next().await.is_some() {} } => {}
+        _ = &mut client => { pumps.abort_all(); return; }
+    }
     for id in [out_id, err_id].into_iter().flatten() {
         let _ = tx.send(spdy::data(id, true, b"")).await;
     }
