@@ -1,0 +1,20 @@
+//! The lab tests: each module drives whole labs (`weft up`) with the real kubectl, kube-rs and
+//! real packets. They are one test binary, not one per file, because every test binary links
+//! the whole of weft: sixteen of them filled a CI machine's disk. `netpol.rs` stays its own
+//! binary so its serialised probe matrices do not share the machine with other labs.
+
+mod api;
+mod cli;
+mod deletion;
+mod dns;
+mod end_to_end;
+mod exec;
+mod isolation;
+mod kubectl;
+mod lifecycle;
+mod logs_events;
+mod netpol_denials;
+mod protobuf;
+mod robustness;
+mod services;
+mod workloads;
