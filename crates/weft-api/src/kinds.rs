@@ -15,6 +15,9 @@ pub struct Kind {
     pub subresources: &'static [&'static str],
     /// Served only for compatibility: stored and answered in the preferred version.
     pub legacy: bool,
+    /// A review (TokenReview, SubjectAccessReview, ...): only created, answered at once and
+    /// never stored (`weft_apiserver::reviews`).
+    pub create_only: bool,
 }
 
 impl Kind {
@@ -51,7 +54,26 @@ pub const STORED_AS: &[(&str, &str, &str, &str)] = &[("events.k8s.io", "Event", 
 macro_rules! kind {
     ($g:expr, $v:expr, $k:expr, $p:expr, $s:expr, $ns:expr, [$($sn:expr),*], [$($sub:expr),*]) => {
         Kind { group: $g, version: $v, kind: $k, plural: $p, singular: $s, namespaced: $ns,
-               short_names: &[$($sn),*], subresources: &[$($sub),*], legacy: false }
+               short_names: &[$($sn),*], subresources: &[$($sub),*], legacy: false, create_only: false }
+    };
+}
+
+/// A create-only kind ([`Kind::create_only`]).
+#[allow(unused_macros)]
+macro_rules! review {
+    ($g:expr, $v:expr, $k:expr, $p:expr, $s:expr, $ns:expr) => {
+        Kind {
+            group: $g,
+            version: $v,
+            kind: $k,
+            plural: $p,
+            singular: $s,
+            namespaced: $ns,
+            short_names: &[],
+            subresources: &[],
+            legacy: false,
+            create_only: true,
+        }
     };
 }
 
@@ -96,6 +118,7 @@ pub static ALL: &[Kind] = &[
         short_names: &["ing"],
         subresources: &["status"],
         legacy: true,
+        create_only: false,
     },
 ];
 

@@ -63,7 +63,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = vec![];
     for k in kinds_in(group, version) {
         let mut verbs = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
-        if k.kind != "Namespace" {
+        if k.create_only {
+            verbs = vec!["create"];
+        } else if k.kind != "Namespace" {
             verbs.insert(1, "deletecollection");
         }
         let mut r = json!({"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,

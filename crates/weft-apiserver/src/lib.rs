@@ -6,11 +6,14 @@
 //! nothing else writes to the store.
 
 pub mod alloc;
+pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod events;
 pub mod patch;
 pub mod pod_logs;
 pub mod rest;
+pub mod reviews;
 pub mod selectors;
 pub mod status;
 pub mod streams;
@@ -129,7 +132,7 @@ pub async fn start_with_pods(
 
     let tls_cfg = tls::server_config(&creds)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
-    let token = Arc::new(creds.token.clone());
+    let authn = Arc::new(auth::Authenticator::new(creds.token.clone()));
     let a2 = api.clone();
     let server_addr = addr.to_string();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -149,7 +152,7 @@ pub async fn start_with_pods(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let api = a2.clone();
-            let token = token.clone();
+            let authn = authn.clone();
             let server_addr = server_addr.clone();
             let pod_streams = pod_streams.clone();
             tokio::spawn(async move {
@@ -169,17 +172,21 @@ pub async fn start_with_pods(
                 let tls = Prefixed { first: Some(first[0]), inner: tls };
                 let svc = hyper::service::service_fn(move |req| {
                     let api = api.clone();
-                    let token = token.clone();
+                    let authn = authn.clone();
                     let server_addr = server_addr.clone();
                     let pod_streams = pod_streams.clone();
                     async move {
                         // exec, attach and port-forward take the connection over (an upgrade).
                         if let Some((ns, name, sub)) = streams::stream_target(req.uri().path())
-                            && authorized(&req, &token)
+                            && let Some(user) = authn.authenticate(req.headers())
                         {
+                            let attrs = authz::Attributes::of_request(req.method(), req.uri().path(), &query_of(&req));
+                            if let Err(e) = authz::authorize(&api, &user, &attrs) {
+                                return Ok(error_response(&e));
+                            }
                             return Ok(streams::serve(&api, pod_streams, ns, name, sub, req).await);
                         }
-                        Ok::<_, Infallible>(handle(api, &token, &server_addr, req).await)
+                        Ok::<_, Infallible>(handle(api, &authn, &server_addr, req).await)
                     }
                 });
                 let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -279,15 +286,11 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
     Ok(())
 }
 
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(h) = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let Some(given) = h.strip_prefix("Bearer ") else {
-        return false;
-    };
-    // Constant-time comparison.
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+fn query_of<B>(req: &Request<B>) -> Query {
+    req.uri()
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect::<HashMap<_, _>>())
+        .unwrap_or_default()
 }
 
 /// Parses a resource path below `/api/v1` or `/apis/{group}/{version}`.
@@ -324,18 +327,28 @@ fn target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError>
     }
 }
 
-async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    api: Arc<Api>,
+    authn: &auth::Authenticator,
+    server_addr: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let open = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz" | "/version");
-    if !open && !authorized(&req, token) {
-        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
-    }
-    let query: Query = req
-        .uri()
-        .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect::<HashMap<_, _>>())
-        .unwrap_or_default();
+    let query = query_of(&req);
     let method = req.method().clone();
+    let user = if open {
+        None
+    } else {
+        let Some(user) = authn.authenticate(req.headers()) else {
+            return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+        };
+        if let Err(e) = authz::authorize(&api, &user, &authz::Attributes::of_request(&method, &path, &query)) {
+            return error_response(&e);
+        }
+        Some(user)
+    };
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let too_large = || {
@@ -404,8 +417,12 @@ async fn handle(api: Arc<Api>, token: &str, server_addr: &str, req: Request<Inco
         ["openapi", "v2"] => json_response(200, &discovery::openapi_v2()),
         ["openapi", "v3"] => json_response(200, &discovery::openapi_v3_root()),
         ["openapi", "v3", rest @ ..] => simple(discovery::openapi_v3_group_version(&rest.join("/"))),
-        ["api", v, rest @ ..] => resource(&api, target("", v, rest), &method, &query, &accept, &ctype, &body).await,
-        ["apis", g, v, rest @ ..] => resource(&api, target(g, v, rest), &method, &query, &accept, &ctype, &body).await,
+        ["api", v, rest @ ..] | ["apis", _, v, rest @ ..] => {
+            let group = if segs[0] == "api" { "" } else { segs[1] };
+            // Every request past here is authenticated (only the open paths above are not).
+            let request = auth::Request { user: user.unwrap_or_else(auth::User::anonymous), user_agent };
+            request.scope(resource(&api, target(group, v, rest), &method, &query, &accept, &ctype, &body)).await
+        }
         _ => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     }
 }
@@ -508,6 +525,20 @@ async fn resource(
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
+    // Reviews are answered, not stored: POST to the collection is all they take.
+    if t.kind.create_only {
+        let result = match (method.clone(), t.name.is_some()) {
+            (Method::POST, false) => match rest::WriteOpts::from_query(q) {
+                Ok(o) => reviews::create(api, &t, body, o).await,
+                Err(e) => Err(e),
+            },
+            (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow {m} on {}", t.kind.plural))),
+        };
+        return match result {
+            Ok(v) => json_response(201, &v),
+            Err(e) => error_response(&e),
+        };
+    }
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     let writes = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let o = match writes.then(|| rest::WriteOpts::from_query(q)).transpose() {
