@@ -21,6 +21,8 @@ fn main() {
     let set = protox::Compiler::new(["proto"])
         .and_then(|mut c| {
             c.include_imports(true);
+            // Comments too: `markers` reads the code-generator markers (`+listType=map`) from them.
+            c.include_source_info(true);
             c.open_files(FILES)?;
             Ok(c.encode_file_descriptor_set())
         })

@@ -23,6 +23,7 @@ use base64::Engine;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value as PValue};
 use serde_json::{Map, Number, Value};
 
+pub mod markers;
 mod pointers;
 
 /// The media type of Kubernetes protobuf bodies.
