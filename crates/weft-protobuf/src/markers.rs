@@ -6,6 +6,9 @@
 //! schemas; k8s-openapi's schemas lack them, so `weft-openapi` reads them from here. The comments
 //! come from the descriptor set's source info (`build.rs` compiles it in).
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use prost_reflect::{FieldDescriptor, FileDescriptor, MessageDescriptor};
 
 use super::{INLINE, pool};
@@ -55,17 +58,34 @@ impl Markers {
     }
 }
 
-/// The leading comment of the declaration at `path` in `file`.
-fn comment(file: &FileDescriptor, path: &[i32]) -> Option<String> {
-    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
-    info.location.iter().find(|l| l.path == path).and_then(|l| l.leading_comments.clone())
+/// The markers of every declaration that has any, by (file, source path): read once, so that
+/// a lookup does not scan the files' tens of thousands of source locations.
+fn index() -> &'static HashMap<(String, Vec<i32>), Markers> {
+    static INDEX: OnceLock<HashMap<(String, Vec<i32>), Markers>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut out = HashMap::new();
+        for file in pool().files() {
+            let Some(info) = file.file_descriptor_proto().source_code_info.as_ref() else { continue };
+            for l in &info.location {
+                let m = l.leading_comments.as_deref().map(Markers::parse).unwrap_or_default();
+                if !m.is_empty() {
+                    out.insert((file.name().to_string(), l.path.clone()), m);
+                }
+            }
+        }
+        out
+    })
+}
+
+fn at(file: &FileDescriptor, path: &[i32]) -> Markers {
+    index().get(&(file.name().to_string(), path.to_vec())).cloned().unwrap_or_default()
 }
 
 /// The markers on a message (`+structType`), by its full protobuf name
 /// (`k8s.io.api.core.v1.LocalObjectReference`); `None` for an unknown message.
 pub fn of_message(message: &str) -> Option<Markers> {
     let m = pool().get_message_by_name(message)?;
-    Some(comment(&m.parent_file(), m.path()).map(|c| Markers::parse(&c)).unwrap_or_default())
+    Some(at(&m.parent_file(), m.path()))
 }
 
 /// The markers on field `field` (its JSON name, which is its `.proto` name) of message `message`
@@ -73,7 +93,7 @@ pub fn of_message(message: &str) -> Option<Markers> {
 /// the parent's, as they do in JSON. `None` when the message or the field is unknown.
 pub fn of_field(message: &str, field: &str) -> Option<Markers> {
     let f = find_field(&pool().get_message_by_name(message)?, field, 0)?;
-    Some(comment(&f.parent_file(), f.path()).map(|c| Markers::parse(&c)).unwrap_or_default())
+    Some(at(&f.parent_file(), f.path()))
 }
 
 fn find_field(m: &MessageDescriptor, field: &str, depth: usize) -> Option<FieldDescriptor> {
