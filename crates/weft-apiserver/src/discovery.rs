@@ -1,5 +1,5 @@
-//! Discovery documents (/api, /apis, per group-version resource lists) and the OpenAPI v3
-//! documents kubectl reads to learn that the server validates fields itself (`fieldValidation`).
+//! Discovery documents (/api, /apis, per group-version resource lists). The OpenAPI documents
+//! are `weft_openapi`'s, served by `openapi`.
 
 use serde_json::{Value, json};
 use weft_api::kinds::{self, Kind};
@@ -108,78 +108,4 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
-}
-
-/// The (empty) OpenAPI v2 document in JSON.
-pub fn openapi_v2() -> Value {
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": format!("v{VERSION_MAJOR}.{VERSION_MINOR}.0")},
-           "paths": {}, "definitions": {}})
-}
-
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
-}
-
-pub fn openapi_v3_root() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v, _) in kinds::group_versions() {
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=weft-{}", env!("CARGO_PKG_VERSION"))}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-/// A group-version's OpenAPI v3 document: paths with the operations, their GVK extension and the
-/// `fieldValidation` parameter, which tells kubectl to leave field validation to this server.
-pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
-    let (g, v) = kinds::group_versions().into_iter().map(|(g, v, _)| (g, v)).find(|(g, v)| gv_path(g, v) == path)?;
-    let mut paths = serde_json::Map::new();
-    let param = |name: &str, place: &str| json!({"name": name, "in": place, "required": place == "path", "schema": {"type": "string"}});
-    for k in kinds_in(g, v) {
-        let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
-        let base = if g.is_empty() { format!("/api/{v}") } else { format!("/apis/{g}/{v}") };
-        let coll = if k.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}", k.plural)
-        } else {
-            format!("{base}/{}", k.plural)
-        };
-        let op = |action: &str| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk, "responses": {"200": {"description": "OK"}}});
-        let mut item_params = vec![
-            param("name", "path"),
-            param("fieldValidation", "query"),
-            param("dryRun", "query"),
-            param("fieldManager", "query"),
-        ];
-        let mut coll_params = vec![param("fieldValidation", "query"), param("dryRun", "query")];
-        if k.namespaced {
-            item_params.push(param("namespace", "path"));
-            coll_params.push(param("namespace", "path"));
-        }
-        let mut patch = op("patch");
-        // kubectl looks for `fieldValidation` among the PATCH operation's own parameters.
-        patch["parameters"] = json!([param("fieldValidation", "query")]);
-        patch["requestBody"] =
-            json!({"content": {"application/json-patch+json": {}, "application/merge-patch+json": {}}});
-        paths.insert(coll.clone(), json!({"parameters": coll_params, "get": op("list"), "post": op("post")}));
-        paths.insert(format!("{coll}/{{name}}"), json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone(), "delete": op("delete")}));
-        for sub in k.subresources {
-            let ops = match *sub {
-                "log" => json!({"parameters": item_params.clone(), "get": op("get")}),
-                "exec" | "attach" | "portforward" => {
-                    json!({"parameters": item_params.clone(), "get": op("get"), "post": op("post")})
-                }
-                _ => {
-                    json!({"parameters": item_params.clone(), "get": op("get"), "put": op("put"), "patch": patch.clone()})
-                }
-            };
-            paths.insert(format!("{coll}/{{name}}/{sub}"), ops);
-        }
-    }
-    Some(
-        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": format!("v{VERSION_MAJOR}.{VERSION_MINOR}.0")},
-                "paths": paths, "components": {"schemas": {}}}),
-    )
 }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authz;
 pub mod discovery;
 pub mod events;
+pub mod openapi;
 pub mod patch;
 pub mod pod_logs;
 pub mod rest;
@@ -351,6 +352,8 @@ async fn handle(
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+    let header_str = |name| req.headers().get(name).and_then(|h: &http::HeaderValue| h.to_str().ok()).unwrap_or("").to_string();
+    let (accept_encoding, if_none_match) = (header_str(header::ACCEPT_ENCODING), header_str(header::IF_NONE_MATCH));
     let too_large = || {
         error_response(&ApiError::new(
             413,
@@ -407,16 +410,15 @@ async fn handle(
         ["api", v] if get => simple(discovery::resource_list("", v)),
         ["apis", g] if get => simple(discovery::api_group(g)),
         ["apis", g, v] if get => simple(discovery::resource_list(g, v)),
-        // An OpenAPI v2 document without definitions: kubectl before 1.27 insists on fetching one,
-        // and with no schema for a kind it leaves validation to this server (which does it).
-        ["openapi", "v2"] if accept.contains("protobuf") => Response::builder()
-            .status(200)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(full(Bytes::new()))
-            .unwrap(),
-        ["openapi", "v2"] => json_response(200, &discovery::openapi_v2()),
-        ["openapi", "v3"] => json_response(200, &discovery::openapi_v3_root()),
-        ["openapi", "v3", rest @ ..] => simple(discovery::openapi_v3_group_version(&rest.join("/"))),
+        ["openapi", rest @ ..] => openapi::serve(
+            rest,
+            &openapi::Ask {
+                accept: &accept,
+                accept_encoding: &accept_encoding,
+                if_none_match: &if_none_match,
+                hash: query.get("hash").map(String::as_str),
+            },
+        ),
         ["api", v, rest @ ..] | ["apis", _, v, rest @ ..] => {
             let group = if segs[0] == "api" { "" } else { segs[1] };
             // Every request past here is authenticated (only the open paths above are not).

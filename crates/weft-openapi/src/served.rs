@@ -16,7 +16,10 @@ pub struct Served {
 impl Served {
     pub fn of(v: &Value) -> Served {
         // Serializing a `Value` cannot fail (its keys are strings).
-        let bytes = serde_json::to_vec(v).unwrap_or_default();
+        Served::of_bytes(serde_json::to_vec(v).unwrap_or_default())
+    }
+
+    pub fn of_bytes(bytes: Vec<u8>) -> Served {
         let hash = Sha512::digest(&bytes).iter().map(|b| format!("{b:02X}")).collect();
         Served { bytes, hash }
     }
