@@ -96,7 +96,7 @@ pub static ALL: &[Kind] = &[
         ["status", "scale"]
     ),
     kind!("", "v1", "Event", "events", "event", true, ["ev"], []),
-    kind!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], []),
+    kind!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, ["sa"], ["token"]),
     kind!("apps", "v1", "Deployment", "deployments", "deployment", true, ["deploy"], ["status", "scale"]),
     kind!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, ["rs"], ["status", "scale"]),
     kind!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, ["ds"], ["status"]),
@@ -108,6 +108,8 @@ pub static ALL: &[Kind] = &[
     kind!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, [], []),
     kind!("events.k8s.io", "v1", "Event", "events", "event", true, ["ev"], []),
     kind!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, ["netpol"], []),
+    review!("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", "tokenreview", false),
+    review!("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview", false),
     Kind {
         group: "networking.k8s.io",
         version: "v1beta1",

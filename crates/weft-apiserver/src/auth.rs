@@ -1,10 +1,16 @@
 //! Who a request comes from (authentication): the bearer token it carries, as kube-apiserver's
 //! token authenticators read it. The admin token (the lab's kubeconfig) is `kubernetes-admin`
-//! in `system:masters`; every other token is refused with 401.
+//! in `system:masters`; a service-account token is its ServiceAccount
+//! (`system:serviceaccount:<ns>:<name>`); every other token is refused with 401.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, header};
+
+use crate::rest::Api;
+use crate::status::ApiError;
+use crate::tokens::{self, TokenError};
 
 /// An authenticated user, as `authentication.k8s.io/v1` `UserInfo` describes one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,21 +46,48 @@ impl User {
     }
 }
 
-/// Reads who a request is from its `Authorization` header.
+/// Reads who a request is from its `Authorization` header: the admin token, or a
+/// service-account token this server signed ([`crate::tokens`]) whose ServiceAccount (and bound
+/// object) still exist; then applies the `Impersonate-*` headers ([`crate::impersonation`]).
 pub struct Authenticator {
     admin_token: String,
+    api: Arc<Api>,
 }
 
 impl Authenticator {
-    pub fn new(admin_token: String) -> Authenticator {
-        Authenticator { admin_token }
+    pub fn new(admin_token: String, api: Arc<Api>) -> Authenticator {
+        Authenticator { admin_token, api }
     }
 
     /// The user whose bearer token `headers` carry; `None` (401) for a missing or unknown token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<User> {
         let given = bearer(headers)?;
-        constant_time_eq(given, &self.admin_token).then(User::admin)
+        authenticate_token(&self.api, &self.admin_token, given, &[tokens::ISSUER.to_string()]).ok()
     }
+
+    /// The user a request acts as: its token's (401 without a valid one), or the one it
+    /// impersonates if that user may (403 if not, 400 for malformed headers).
+    pub fn authenticate_request(&self, headers: &HeaderMap) -> Result<User, ApiError> {
+        let user = self.authenticate(headers).ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
+        crate::impersonation::apply(&self.api, user, headers)
+    }
+
+    /// The admin token (TokenReview answers for it too).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+}
+
+/// The user `token` stands for, for one of `audiences`; why not, in upstream's words (a
+/// TokenReview's `status.error`).
+pub fn authenticate_token(api: &Api, admin_token: &str, token: &str, audiences: &[String]) -> Result<User, TokenError> {
+    if !admin_token.is_empty() && constant_time_eq(token, admin_token) {
+        return Ok(User::admin());
+    }
+    let accounts = api.accounts.get().ok_or(TokenError::NotOurs)?;
+    let now = jiff::Timestamp::now().as_second();
+    let claims = accounts.keys.verify(token, audiences, now)?;
+    crate::service_accounts::user_of(api, &claims, now)
 }
 
 /// The token of an `Authorization: Bearer ...` header.

@@ -98,6 +98,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "log" => r["verbs"] = json!(["get"]),
                 // Streams are opened with GET (WebSocket) or POST (SPDY), as kube-apiserver lists them.
                 "exec" | "attach" | "portforward" => r["verbs"] = json!(["create", "get"]),
+                "token" => {
+                    r["group"] = json!("authentication.k8s.io");
+                    r["version"] = json!("v1");
+                    r["kind"] = json!("TokenRequest");
+                    r["verbs"] = json!(["create"]);
+                }
                 _ => {}
             }
             resources.push(r);

@@ -7,18 +7,24 @@
 
 pub mod alloc;
 pub mod auth;
+pub mod authn_reviews;
 pub mod authz;
 pub mod discovery;
 pub mod events;
+pub mod impersonation;
+pub mod kubernetes_service;
 pub mod openapi;
 pub mod patch;
 pub mod pod_logs;
 pub mod rest;
 pub mod reviews;
+pub mod sa_admission;
 pub mod selectors;
+pub mod service_accounts;
 pub mod status;
 pub mod streams;
 pub mod tls;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -50,6 +56,10 @@ pub struct Config {
     pub node_port_range: RangeInclusive<i32>,
     /// Port on 127.0.0.1; 0 picks a free one the first time and keeps it.
     pub port: u16,
+    /// Where pods reach this server (kube-apiserver's `--advertise-address`; in a lab the first
+    /// node's address, served by [`kubernetes_service::forward`]): the `kubernetes` Service's
+    /// endpoint and a name of the serving certificate. None: no endpoint.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 pub struct Running {
@@ -104,7 +114,10 @@ pub async fn start_with_pods(
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let store = Store::open(&cfg.state_dir.join("store.redb"), weft_store::DEFAULT_HISTORY)
         .with_context(|| format!("opening the store in {}", cfg.state_dir.display()))?;
-    let creds = tls::load_or_create(&cfg.state_dir)?;
+    let ips = alloc::IpAllocator::new(cfg.service_cidr);
+    let kubernetes_ip = ips.nth(1).context("the service CIDR has no room for the kubernetes Service")?;
+    let creds = tls::load_or_create(&cfg.state_dir, &tls::serving_names(kubernetes_ip, cfg.advertise_address))?;
+    let sa_keys = tokens::Keys::load_or_create(&cfg.state_dir)?;
     let port_file = cfg.state_dir.join("api.port");
     let port = match (cfg.port, std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok())) {
         (0, Some(p)) => p,
@@ -119,21 +132,26 @@ pub async fn start_with_pods(
     let kubeconfig = cfg.state_dir.join("kubeconfig");
     tls::write_private(&kubeconfig, tls::kubeconfig(&cfg.name, &server_url, &creds).as_bytes())?;
 
-    let ips = alloc::IpAllocator::new(cfg.service_cidr);
-    let kubernetes_ip = ips.nth(1).context("the service CIDR has no room for the kubernetes Service")?;
     let api = Arc::new(Api::new(
         store,
         Allocators { ips, ports: alloc::PortAllocator::new(cfg.node_port_range.clone()) },
         pod_logs,
     ));
     api.rebuild_allocations();
+    let _ = api.accounts.set(service_accounts::Accounts {
+        keys: sa_keys,
+        ca_pem: creds.ca_pem.clone(),
+        admin_token: creds.token.clone(),
+    });
     bootstrap(&api, kubernetes_ip).await?;
+    // The `kubernetes` Service's endpoints name where pods reach this server.
+    tokio::spawn(kubernetes_service::reconcile(api.clone(), cfg.advertise_address));
     // Events expire and stay bounded in number, as kube-apiserver keeps them (`events`).
     tokio::spawn(api.clone().keep_events_bounded());
 
     let tls_cfg = tls::server_config(&creds)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
-    let authn = Arc::new(auth::Authenticator::new(creds.token.clone()));
+    let authn = Arc::new(auth::Authenticator::new(creds.token.clone(), api.clone()));
     let a2 = api.clone();
     let server_addr = addr.to_string();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -181,6 +199,10 @@ pub async fn start_with_pods(
                         if let Some((ns, name, sub)) = streams::stream_target(req.uri().path())
                             && let Some(user) = authn.authenticate(req.headers())
                         {
+                            let user = match impersonation::apply(&api, user, req.headers()) {
+                                Ok(u) => u,
+                                Err(e) => return Ok(error_response(&e)),
+                            };
                             let attrs = authz::Attributes::of_request(req.method(), req.uri().path(), &query_of(&req));
                             if let Err(e) = authz::authorize(&api, &user, &attrs) {
                                 return Ok(error_response(&e));
@@ -284,6 +306,13 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
+    // Namespaces made before ServiceAccounts were served get theirs now.
+    for ns in api.store.list("namespaces", None).0 {
+        let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        if !name.is_empty() && ns.pointer("/metadata/deletionTimestamp").is_none() {
+            service_accounts::namespace_defaults(api, &name).await;
+        }
+    }
     Ok(())
 }
 
@@ -341,8 +370,9 @@ async fn handle(
     let user = if open {
         None
     } else {
-        let Some(user) = authn.authenticate(req.headers()) else {
-            return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+        let user = match authn.authenticate_request(req.headers()) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
         };
         if let Err(e) = authz::authorize(&api, &user, &authz::Attributes::of_request(&method, &path, &query)) {
             return error_response(&e);
@@ -580,6 +610,9 @@ async fn resource(
             api.create_event_v1(&t, body, o).await.map(|v| (201, v))
         }
         (Method::POST, false) => api.create(&t, body, o).await.map(|v| (201, v)),
+        (Method::POST, true) if t.sub.as_deref() == Some("token") => {
+            service_accounts::create_token(api, &t, body, o).await.map(|v| (201, v))
+        }
         (Method::PUT, true) => api.update(&t, body, o).await.map(|v| (200, v)),
         (Method::PATCH, true) => api.patch(&t, ctype, body, o).await.map(|v| (200, v)),
         (Method::DELETE, true) => api.delete(&t, body, o).await.map(|v| (200, v)),

@@ -8,7 +8,12 @@ use crate::rest::{Api, Target, WriteOpts};
 use crate::status::ApiError;
 
 /// Answers a posted review of kind `t.kind`: the object with its `status` filled in.
-pub async fn create(_api: &Api, t: &Target, _body: &[u8], _o: WriteOpts) -> Result<Value, ApiError> {
+pub async fn create(api: &Api, t: &Target, body: &[u8], _o: WriteOpts) -> Result<Value, ApiError> {
+    match (t.kind.group, t.kind.kind) {
+        ("authentication.k8s.io", "TokenReview") => return crate::authn_reviews::token_review(api, body),
+        ("authentication.k8s.io", "SelfSubjectReview") => return crate::authn_reviews::self_subject_review(body),
+        _ => {}
+    }
     Err(ApiError::new(
         404,
         "NotFound",

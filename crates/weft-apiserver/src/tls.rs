@@ -1,8 +1,12 @@
-//! The API server's credentials: a CA, a serving certificate for loopback signed by it, and a
-//! bearer token. Made on first start and kept (mode 0600) in the state directory.
+//! The API server's credentials: a CA, a serving certificate signed by it, and a bearer token.
+//! Made on first start and kept (mode 0600) in the state directory. The serving certificate
+//! names loopback and every name pods use for the API (the `kubernetes` Service's address and
+//! DNS names, the advertise address: [`serving_names`]); one that lacks a name is made again
+//! with the same CA, so kubeconfigs and pods' `ca.crt` stay valid.
 
 use std::fs;
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -33,41 +37,92 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Loads the credentials from `dir`, making them first if they are not there.
-pub fn load_or_create(dir: &Path) -> Result<Credentials> {
+/// The names the serving certificate carries, as kube-apiserver's: loopback, the `kubernetes`
+/// Service's address and DNS names, and the address pods reach the server at.
+pub fn serving_names(service_ip: IpAddr, advertise: Option<IpAddr>) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "127.0.0.1",
+        "localhost",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.push(service_ip.to_string());
+    names.extend(advertise.map(|a| a.to_string()));
+    names
+}
+
+/// Loads the credentials from `dir`, making them first if they are not there, and the serving
+/// certificate again if it was made for other `names`.
+pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Credentials> {
     let (ca, crt, keyf, tok) =
         (dir.join("ca.crt"), dir.join("apiserver.crt"), dir.join("apiserver.key"), dir.join("token"));
+    let names_file = dir.join("apiserver.names");
     if ca.exists() && crt.exists() && keyf.exists() && tok.exists() {
-        return Ok(Credentials {
+        let mut creds = Credentials {
             ca_pem: fs::read_to_string(&ca)?,
             cert_pem: fs::read_to_string(&crt)?,
             key_pem: fs::read_to_string(&keyf)?,
             token: fs::read_to_string(&tok)?.trim().to_string(),
-        });
+        };
+        let had = fs::read_to_string(&names_file).unwrap_or_default();
+        if had != names.join("\n") {
+            // Signed again by the same CA: what trusts the CA trusts the new certificate.
+            let ca_key_pem =
+                fs::read_to_string(dir.join("ca.key")).context("reading ca.key to renew the serving certificate")?;
+            let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+            let issuer = Issuer::new(ca_params()?, &ca_key);
+            let (cert_pem, key_pem) = serving_cert(names, &issuer)?;
+            write_private(&crt, cert_pem.as_bytes())?;
+            write_private(&keyf, key_pem.as_bytes())?;
+            write_private(&names_file, names.join("\n").as_bytes())?;
+            creds.cert_pem = cert_pem;
+            creds.key_pem = key_pem;
+        }
+        return Ok(creds);
     }
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "weft-ca");
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_params = ca_params()?;
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, &ca_key);
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string(), "::1".to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, "weft-apiserver");
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let (cert_pem, key_pem) = serving_cert(names, &issuer)?;
     let token = {
         let bytes: [u8; 32] = rand::random();
         hex::encode(bytes)
     };
-    let creds = Credentials { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem(), token };
+    let creds = Credentials { ca_pem: ca_cert.pem(), cert_pem, key_pem, token };
     write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     write_private(&ca, creds.ca_pem.as_bytes())?;
     write_private(&crt, creds.cert_pem.as_bytes())?;
     write_private(&keyf, creds.key_pem.as_bytes())?;
     write_private(&tok, creds.token.as_bytes())?;
+    write_private(&names_file, names.join("\n").as_bytes())?;
     Ok(creds)
+}
+
+/// The CA's parameters: the same each time, so an issuer made again from them and the CA's key
+/// signs as the CA did (same issuer name, same authority key identifier).
+fn ca_params() -> Result<CertificateParams> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "weft-ca");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(ca_params)
+}
+
+/// A serving certificate for `names` (PEM) and its key.
+fn serving_cert<S: rcgen::SigningKey>(names: &[String], issuer: &Issuer<'_, S>) -> Result<(String, String)> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "weft-apiserver");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// A rustls server config offering HTTP/2 and HTTP/1.1.

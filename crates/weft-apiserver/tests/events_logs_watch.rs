@@ -29,6 +29,7 @@ async fn server_with(logs: Arc<dyn PodLogs>) -> Server {
             service_cidr: "10.96.0.0/16".parse().unwrap(),
             node_port_range: 30000..=32767,
             port: 0,
+            advertise_address: None,
         },
         logs,
     )

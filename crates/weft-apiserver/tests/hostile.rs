@@ -22,6 +22,7 @@ async fn server() -> Server {
         service_cidr: "10.96.0.0/16".parse().unwrap(),
         node_port_range: 30000..=32767,
         port: 0,
+        advertise_address: None,
     })
     .await
     .unwrap();

@@ -132,6 +132,13 @@ pub fn plan(svc: &Service, pods: &[Arc<Pod>]) -> (Vec<Value>, Value) {
 
 /// A slice mirroring the Endpoints a user wrote for a Service without a selector.
 pub fn plan_mirror(svc: &Service, ep: &Endpoints) -> Vec<Value> {
+    // Endpoints that keep their own slice (the API server's `default/kubernetes`) say so, as
+    // upstream's mirroring controller reads it.
+    if ep.metadata.labels.as_ref().and_then(|l| l.get("endpointslice.kubernetes.io/skip-mirror")).map(String::as_str)
+        == Some("true")
+    {
+        return vec![];
+    }
     let name = svc.name_any();
     let ns = svc.namespace().unwrap_or_default();
     let mut out = vec![];

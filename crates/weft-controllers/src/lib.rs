@@ -22,6 +22,7 @@ pub mod lb;
 pub mod namespace;
 pub mod podgc;
 pub mod replicaset;
+pub mod serviceaccounts;
 pub mod statefulset;
 pub mod workload;
 

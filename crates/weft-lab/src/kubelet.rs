@@ -222,7 +222,13 @@ impl Kubelet {
                         tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), "a namespace but no sandbox record: a start cut short; starting again");
                     }
                     let (ctx, node, pod2, old) = (self.ctx.clone(), self.node.clone(), pod.clone(), other);
-                    match tokio::task::spawn_blocking(move || start_sandbox(&ctx, &node, &pod2, old)).await? {
+                    // Projected volumes (the ServiceAccount token) are written before the shim mounts them.
+                    let volumes = crate::volumes::sync(&self.client, &pod_dir(&state, uid), pod).await;
+                    let started = match volumes {
+                        Ok(()) => tokio::task::spawn_blocking(move || start_sandbox(&ctx, &node, &pod2, old)).await?,
+                        Err(e) => Err(e),
+                    };
+                    match started {
                         Ok(sb) => {
                             self.failures.remove(uid);
                             sb
@@ -249,6 +255,10 @@ impl Kubelet {
                 }
             };
             self.observe(pod, &sb, false);
+            // Tokens are written again before they expire.
+            if let Err(e) = crate::volumes::sync(&self.client, &pod_dir(&state, uid), pod).await {
+                tracing::warn!(pod = %pod.metadata.name.clone().unwrap_or_default(), error = %format!("{e:#}"), "refreshing projected volumes");
+            }
             self.run_probes(pod, &sb, false).await;
             let status = self.pod_status(pod, &sb);
             self.push_status(pod, status).await;
@@ -744,10 +754,21 @@ pub fn netns_name(lab: &str, uid: &str) -> String {
 }
 
 fn env_for(pod: &Pod, c: &Container, ip: &str, node: &NodeNet) -> Vec<(String, String)> {
-    let mut out = vec![
-        ("KUBERNETES_SERVICE_HOST".to_string(), "10.96.0.1".to_string()),
-        ("KUBERNETES_SERVICE_PORT".to_string(), "443".to_string()),
-    ];
+    // The `kubernetes` Service's variables, which the kubelet sets in every namespace (in-cluster
+    // clients read the first two), docker-link style ones included.
+    let mut out: Vec<(String, String)> = [
+        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+        ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+        ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
+        ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+        ("KUBERNETES_PORT_443_TCP_PORT", "443"),
+        ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     for e in c.env.iter().flatten() {
         let v = if let Some(v) = &e.value {
             v.clone()
@@ -910,6 +931,7 @@ fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, 
         host_netns: lab_dns,
         // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
         hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
+        mounts: crate::volumes::mounts(&pod_dir(&ctx.state_dir, uid), pod),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod pod_events;
 pub mod shim;
 pub mod streams;
 pub mod topology;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

@@ -265,6 +265,9 @@ pub struct ShimSpec {
     /// directory, with the API's credentials and the other pods' files.
     #[serde(default)]
     pub hide: Vec<PathBuf>,
+    /// Volumes bind-mounted into the pod (projected ones: `crate::volumes`).
+    #[serde(default)]
+    pub mounts: Vec<crate::volumes::Mount>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -722,6 +725,7 @@ pub fn run(spec_path: &Path) -> Result<()> {
         std::mem::forget(host_netns);
     }
     enter(&spec)?;
+    crate::volumes::mount_in_pod(&spec.mounts, &spec.dir.join("shadow")).context("mounting the pod's volumes")?;
     // The pod's own files through a descriptor: the state directory is hidden next.
     let dir = File::open(&spec.dir).with_context(|| format!("opening {}", spec.dir.display()))?;
     spec.dir = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));

@@ -31,8 +31,10 @@ pub enum Cmd {
     /// NetworkPolicy: `weft policy denials` lists the connections policies denied.
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Print the lab's kubeconfig (for kubectl: `weft kubeconfig > k; kubectl --kubeconfig k ...`).
-    Kubeconfig,
+    /// Print the lab's kubeconfig (for kubectl: `weft kubeconfig > k; kubectl --kubeconfig k ...`);
+    /// with `--as NAMESPACE/SERVICEACCOUNT`, one whose user is a fresh token of that
+    /// ServiceAccount (a limited user: it may do what RBAC grants the ServiceAccount).
+    Kubeconfig(KubeconfigArgs),
     /// Show the lab and the health of its components.
     Status,
     /// Run a command in a pod's network namespace (with the pod's resolv.conf), on a node, or on
@@ -158,6 +160,18 @@ pub struct ExecArgs {
     pub external: bool,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct KubeconfigArgs {
+    /// A ServiceAccount (`NAMESPACE/NAME`) whose token the kubeconfig carries instead of the
+    /// admin's: `weft kubeconfig --as default/robot > robot.kubeconfig`.
+    #[arg(long = "as", value_name = "NAMESPACE/SERVICEACCOUNT")]
+    pub as_account: Option<String>,
+    /// How long that token is valid, in seconds (as `kubectl create token --duration`; at least
+    /// 600).
+    #[arg(long, default_value_t = 3600, requires = "as_account")]
+    pub duration: i64,
 }
 
 #[derive(Args)]

@@ -50,6 +50,9 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
             service_cidr: cfg.service_cidr.parse()?,
             node_port_range: lab::parse_port_range(&cfg.node_port_range)?,
             port: cfg.api_port,
+            // Pods reach the API at the first node's address (kubeadm's advertise address).
+            advertise_address: (cfg.nodes > 0)
+                .then(|| weft_lab::topology::node_ip(UNDERLAY.parse().unwrap(), 0).into()),
         };
         // `kubectl logs` reads what the lab's pod shims wrote.
         let pod_logs = Arc::new(weft_lab::logs::LabPodLogs { state_dir: state_dir.clone() });
@@ -59,6 +62,10 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
         tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
         let client = client::connect(&lab).await?;
         let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
+        // Every namespace's default ServiceAccount and kube-root-ca.crt, put back if deleted.
+        if let Some(a) = running.api.accounts.get() {
+            tokio::spawn(weft_controllers::serviceaccounts::run(client.clone(), a.ca_pem.clone()));
+        }
         tokio::spawn(weft_controllers::run(
             client.clone(),
             weft_controllers::Config { pod_cidr, node_cidr_size: 24.max(pod_cidr.prefix_len()) },
@@ -78,11 +85,12 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                 nodes: cfg.nodes,
                 pod_cidr,
                 service_cidr: cfg.service_cidr.parse().context("the lab's service CIDR must be IPv4")?,
-                underlay: "172.18.0.0/16".parse()?,
+                underlay: UNDERLAY.parse()?,
                 overlay: ctx.overlay,
             };
             let nodes =
                 weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
+            serve_api_to_pods(&nodes, running.addr)?;
             say("progress: starting the service proxy on every node");
             let proxied = nodes
                 .iter()
@@ -142,6 +150,21 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
     tracing::info!("stopping");
     running.api.store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lab's underlay network (node addresses from .10 up).
+const UNDERLAY: &str = "172.18.0.0/16";
+
+/// Serves the API where pods reach it (the `kubernetes` Service's endpoint): a listener on the
+/// first node's address, made inside that node's namespace, passing connections to the API.
+fn serve_api_to_pods(nodes: &[weft_lab::topology::NodeNet], api: std::net::SocketAddr) -> Result<()> {
+    let Some(node) = nodes.first() else { return Ok(()) };
+    let addr = std::net::SocketAddr::from((node.ip, weft_apiserver::kubernetes_service::PORT));
+    let listener = weft_netlink::ns::run_in(Some(&node.netns_path()), move || std::net::TcpListener::bind(addr))?
+        .with_context(|| format!("listening on {addr} in {} for pods' API connections", node.netns))?;
+    listener.set_nonblocking(true)?;
+    tokio::spawn(weft_apiserver::kubernetes_service::forward(tokio::net::TcpListener::from_std(listener)?, api));
+    Ok(())
 }
 
 /// The kube-dns Service and its Deployment, made once (a user's changes to them are kept).

@@ -41,7 +41,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Up(a) => commands::up::run(name, a).await,
         Cmd::Down => commands::down::run(name).await,
         Cmd::Daemon(a) => daemon::run(name, a).await,
-        Cmd::Kubeconfig => commands::kubeconfig::run(name),
+        Cmd::Kubeconfig(a) => commands::kubeconfig::run(name, a).await,
         Cmd::Status => commands::status::run(name).await,
         Cmd::Exec(a) => commands::exec::run(name, a),
         Cmd::Logs(a) => commands::logs::run(name, a).await,

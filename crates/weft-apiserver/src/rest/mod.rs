@@ -38,6 +38,9 @@ pub struct Api {
     pub alloc: Mutex<Allocators>,
     /// Where pods' container logs come from (the lab's kubelets, in a lab).
     pod_logs: Arc<dyn PodLogs>,
+    /// The service-account signing key and the cluster CA, set once at start
+    /// (`crate::service_accounts`).
+    pub accounts: std::sync::OnceLock<crate::service_accounts::Accounts>,
 }
 
 /// What a request addresses.
@@ -52,7 +55,7 @@ pub type Query = HashMap<String, String>;
 
 impl Api {
     pub fn new(store: Store, alloc: Allocators, pod_logs: Arc<dyn PodLogs>) -> Api {
-        Api { store, alloc: Mutex::new(alloc), pod_logs }
+        Api { store, alloc: Mutex::new(alloc), pod_logs, accounts: Default::default() }
     }
 }
 

@@ -160,6 +160,9 @@ impl Api {
         let sent = v;
         let mut v = objects::admit(kind, &sent)?;
         check_strict(o, kind, &sent, &v)?;
+        if kind.kind == "Pod" {
+            crate::sa_admission::admit(self, &mut v)?;
+        }
         let name = obj_name(&v);
         if kind.kind == "Service" {
             self.check_external_ips(&v, None)?;
@@ -185,6 +188,9 @@ impl Api {
             .await
             .map_err(|e| ApiError::from_store(e, kind.plural, &name))?;
         reservation.commit();
+        if kind.kind == "Namespace" {
+            crate::service_accounts::namespace_defaults(self, &name).await;
+        }
         Ok(outgoing(t.kind, &created))
     }
 

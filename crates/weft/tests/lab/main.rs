@@ -17,4 +17,5 @@ mod netpol_denials;
 mod protobuf;
 mod robustness;
 mod services;
+mod serviceaccounts;
 mod workloads;
