@@ -13,6 +13,8 @@ const FILES: &[&str] = &[
     "k8s.io/api/networking/v1beta1/generated.proto",
     "k8s.io/api/events/v1/generated.proto",
     "k8s.io/api/autoscaling/v1/generated.proto",
+    "k8s.io/api/rbac/v1/generated.proto",
+    "k8s.io/api/authorization/v1/generated.proto",
     "k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto",
 ];
 

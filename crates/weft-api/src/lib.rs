@@ -9,6 +9,7 @@ pub mod convert;
 pub mod errors;
 pub mod kinds;
 pub mod objects;
+pub mod rbac;
 pub mod table;
 pub mod validate;
 pub mod yaml;

@@ -208,6 +208,7 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
             validate::network_policy(&o, &mut errs);
             finish(kind, &o, &o.metadata, errs)
         }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => crate::rbac::admit(kind, v),
         _ => generic(kind, v),
     }
 }
@@ -240,6 +241,7 @@ pub fn known_fields(kind: &Kind, v: &Value) -> Option<Value> {
         "Ingress" => rt::<Ingress>(v),
         "IngressClass" => rt::<k8s_openapi::api::networking::v1::IngressClass>(v),
         "NetworkPolicy" => rt::<NetworkPolicy>(v),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => crate::rbac::known_fields(kind, v),
         _ => None,
     }
 }

@@ -110,6 +110,15 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
         "Secret" => vec![col("Name", 0), col("Type", 0), col("Data", 0), col("Age", 0)],
         "ConfigMap" => vec![col("Name", 0), col("Data", 0), col("Age", 0)],
         "ServiceAccount" => vec![col("Name", 0), col("Secrets", 0), col("Age", 0)],
+        "Role" | "ClusterRole" => vec![col("Name", 0), col("Created At", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            col("Name", 0),
+            col("Role", 0),
+            col("Age", 0),
+            col("Users", 1),
+            col("Groups", 1),
+            col("ServiceAccounts", 1),
+        ],
         // kube-apiserver's event columns (`printEvent`), whichever group's Event is listed.
         "Event" => vec![
             col("Last Seen", 0),
@@ -609,6 +618,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
         }
         "ServiceAccount" => vec![name, json!(arr(v, "/secrets").len()), a],
         "Event" => event_row(v, now),
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => crate::rbac::row(kind, v, name, a),
         _ => vec![name, a],
     }
 }

@@ -195,7 +195,7 @@ fn check_non_special_ip(field: String, ip: &str, errs: &mut Errors) {
     }
 }
 
-fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
+pub(crate) fn check_selector(field: &str, sel: &LabelSelector, errs: &mut Errors) {
     check_labels(&format!("{field}.matchLabels"), sel.match_labels.as_ref(), errs);
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");

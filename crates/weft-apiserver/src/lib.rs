@@ -5,6 +5,7 @@
 //! (`weft-api`), allocates Service IPs and ports, and writes it to the store in one durable step;
 //! nothing else writes to the store.
 
+pub mod access_reviews;
 pub mod alloc;
 pub mod auth;
 pub mod authn_reviews;
@@ -15,6 +16,8 @@ pub mod impersonation;
 pub mod kubernetes_service;
 pub mod openapi;
 pub mod patch;
+pub mod rbac_bootstrap;
+pub mod rbac_writes;
 pub mod pod_logs;
 pub mod rest;
 pub mod reviews;
@@ -306,6 +309,7 @@ async fn bootstrap(api: &Api, kubernetes_ip: std::net::IpAddr) -> Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
+    rbac_bootstrap::ensure(api).await?;
     // Namespaces made before ServiceAccounts were served get theirs now.
     for ns in api.store.list("namespaces", None).0 {
         let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();

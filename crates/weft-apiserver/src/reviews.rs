@@ -12,6 +12,7 @@ pub async fn create(api: &Api, t: &Target, body: &[u8], _o: WriteOpts) -> Result
     match (t.kind.group, t.kind.kind) {
         ("authentication.k8s.io", "TokenReview") => return crate::authn_reviews::token_review(api, body),
         ("authentication.k8s.io", "SelfSubjectReview") => return crate::authn_reviews::self_subject_review(body),
+        ("authorization.k8s.io", _) => return crate::access_reviews::create(api, t, body),
         _ => {}
     }
     Err(ApiError::new(

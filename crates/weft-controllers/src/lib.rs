@@ -11,6 +11,7 @@
 //! the others. The decisions are pure functions (`plan_*`, `plan`), tested without a server.
 
 pub mod affinity;
+pub mod clusterrole_aggregation;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -235,6 +236,7 @@ pub async fn run(client: kube::Client, cfg: Config) {
             .run(async move || lb::reconcile(&c.client, &c.services.state(), &c.events.loadbalancer).await),
     );
     loops.spawn(namespace::run(ctx.client.clone()));
+    loops.spawn(clusterrole_aggregation::run(ctx.client.clone()));
     let mut c = ctx;
     loops.spawn(controller("garbage-collector").run(async move || garbage_collect(&mut c).await));
     while loops.join_next().await.is_some() {}

@@ -92,6 +92,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
         "" => Some("core"),
         "apps" | "batch" | "autoscaling" => Some(group),
         "discovery.k8s.io" | "networking.k8s.io" | "events.k8s.io" => group.split('.').next(),
+        "rbac.authorization.k8s.io" | "authorization.k8s.io" => group.split('.').next(),
         _ => None,
     };
     package

@@ -41,6 +41,8 @@ pub struct Api {
     /// The service-account signing key and the cluster CA, set once at start
     /// (`crate::service_accounts`).
     pub accounts: std::sync::OnceLock<crate::service_accounts::Accounts>,
+    /// The RBAC objects indexed for authorization, rebuilt when they change (`crate::authz`).
+    pub rbac: crate::authz::Rbac,
 }
 
 /// What a request addresses.
@@ -55,7 +57,7 @@ pub type Query = HashMap<String, String>;
 
 impl Api {
     pub fn new(store: Store, alloc: Allocators, pod_logs: Arc<dyn PodLogs>) -> Api {
-        Api { store, alloc: Mutex::new(alloc), pod_logs, accounts: Default::default() }
+        Api { store, alloc: Mutex::new(alloc), pod_logs, accounts: Default::default(), rbac: Default::default() }
     }
 }
 

@@ -160,6 +160,7 @@ impl Api {
         let sent = v;
         let mut v = objects::admit(kind, &sent)?;
         check_strict(o, kind, &sent, &v)?;
+        crate::rbac_writes::check(self, kind, &ns, &v, None)?;
         if kind.kind == "Pod" {
             crate::sa_admission::admit(self, &mut v)?;
         }
@@ -334,6 +335,7 @@ impl Api {
         let sent = v;
         let mut v = objects::admit(kind, &sent)?;
         check_strict(o, kind, &sent, &v)?;
+        crate::rbac_writes::check(self, kind, ns, &v, Some(current))?;
         if kind.kind == "Service" {
             self.check_external_ips(&v, Some(current))?;
         }
