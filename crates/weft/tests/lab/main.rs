@@ -14,6 +14,7 @@ mod kubectl;
 mod lifecycle;
 mod logs_events;
 mod netpol_denials;
+mod openapi;
 mod protobuf;
 mod robustness;
 mod services;
