@@ -16,6 +16,7 @@ mod logs_events;
 mod netpol_denials;
 mod openapi;
 mod protobuf;
+mod rbac;
 mod robustness;
 mod services;
 mod serviceaccounts;
