@@ -457,7 +457,8 @@ async fn handle(
             let group = if segs[0] == "api" { "" } else { segs[1] };
             // Every request past here is authenticated (only the open paths above are not).
             let request = auth::Request { user: user.unwrap_or_else(auth::User::anonymous), user_agent };
-            request.scope(resource(&api, target(group, v, rest), &method, &query, &accept, &ctype, &body)).await
+            let served = resource(&api, target(group, v, rest), &method, &query, &accept, &ctype, &body);
+            request.scope(rest::with_manager_opts(&query, served)).await
         }
         _ => error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource")),
     }
@@ -474,7 +475,7 @@ fn protobuf_body(method: &Method, ctype: &str, body: Bytes) -> Result<(String, B
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (not {})",
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (not {})",
                 weft_protobuf::MEDIA_TYPE
             ),
         ));
@@ -618,6 +619,7 @@ async fn resource(
             service_accounts::create_token(api, &t, body, o).await.map(|v| (201, v))
         }
         (Method::PUT, true) => api.update(&t, body, o).await.map(|v| (200, v)),
+        (Method::PATCH, true) if rest::is_apply(ctype) => api.apply(&t, body, o).await,
         (Method::PATCH, true) => api.patch(&t, ctype, body, o).await.map(|v| (200, v)),
         (Method::DELETE, true) => api.delete(&t, body, o).await.map(|v| (200, v)),
         (Method::DELETE, false) => api.delete_collection(&t, q, body, o).await.map(|v| (200, v)),

@@ -37,7 +37,12 @@ pub struct Id {
 
 impl Id {
     pub fn apply(manager: &str, subresource: &str) -> Id {
-        Id { manager: manager.into(), operation: Operation::Apply, api_version: String::new(), subresource: subresource.into() }
+        Id {
+            manager: manager.into(),
+            operation: Operation::Apply,
+            api_version: String::new(),
+            subresource: subresource.into(),
+        }
     }
 
     pub fn update(manager: &str, api_version: &str, subresource: &str) -> Id {
@@ -129,7 +134,8 @@ impl Managed {
             }
             let set = match e.get("fieldsV1") {
                 None | Some(Value::Null) => Set::new(),
-                Some(f) => Set::from_fields_v1(f).map_err(|err| format!("error decoding set of managed fields entry {i}: {err}"))?,
+                Some(f) => Set::from_fields_v1(f)
+                    .map_err(|err| format!("error decoding set of managed fields entry {i}: {err}"))?,
             };
             let time = Some(s("time")?).filter(|t| !t.is_empty()).map(String::from);
             let id = Id {
@@ -183,7 +189,9 @@ impl Managed {
 /// Whether a client asks for managedFields to be reset: an empty list, or one empty entry.
 pub fn is_reset(v: Option<&Value>) -> bool {
     match v {
-        Some(Value::Array(a)) => a.is_empty() || (a.len() == 1 && a[0].as_object().is_some_and(|e| e.values().all(is_zero))),
+        Some(Value::Array(a)) => {
+            a.is_empty() || (a.len() == 1 && a[0].as_object().is_some_and(|e| e.values().all(is_zero)))
+        }
         _ => false,
     }
 }
@@ -229,10 +237,19 @@ mod tests {
     #[test]
     fn bad_entries_are_named() {
         let bad = |e: Value| Managed::decode(Some(&json!([e]))).unwrap_err();
-        assert_eq!(bad(json!({"operation": "Patch", "apiVersion": "v1", "fieldsType": "FieldsV1"})), "operation must be `Apply` or `Update`");
+        assert_eq!(
+            bad(json!({"operation": "Patch", "apiVersion": "v1", "fieldsType": "FieldsV1"})),
+            "operation must be `Apply` or `Update`"
+        );
         assert_eq!(bad(json!({"operation": "Apply", "fieldsType": "FieldsV1"})), "apiVersion must not be empty");
-        assert_eq!(bad(json!({"operation": "Apply", "apiVersion": "v1"})), "missing fieldsType in managed fields entry 0");
-        assert!(bad(json!({"operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:a": 3}})).contains("entry 0"));
+        assert_eq!(
+            bad(json!({"operation": "Apply", "apiVersion": "v1"})),
+            "missing fieldsType in managed fields entry 0"
+        );
+        assert!(
+            bad(json!({"operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:a": 3}}))
+                .contains("entry 0")
+        );
         assert!(bad(json!({"operation": 3})).contains("must be a string"));
         assert!(Managed::decode(Some(&json!("x"))).is_err());
         assert!(is_reset(Some(&json!([]))));

@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn order_puts_fields_first() {
-        let mut v = vec![
+        let mut v = [
             PathElement::Index(0),
             PathElement::Value(json!("a")),
             PathElement::Key(vec![("name".into(), json!("a"))]),

@@ -262,7 +262,9 @@ fn ref_name(s: &Value) -> Option<&str> {
 
 fn list_kind(s: &Value) -> ListKind {
     let strs = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect()).unwrap_or_default()
+        v.and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+            .unwrap_or_default()
     };
     match s.get("x-kubernetes-list-type").and_then(|t| t.as_str()) {
         Some("set") => return ListKind::Set,

@@ -31,8 +31,12 @@ fn shape<'a>(a: &'a Atom, v: Option<&Value>) -> Shape<'a> {
         Some(Value::Number(_) | Value::String(_) | Value::Bool(_)) if a.scalar.is_some() => {
             Shape::Scalar(a.scalar.unwrap_or(Scalar::Untyped))
         }
-        Some(Value::Array(_)) if a.list.is_some() => a.list.as_ref().map(Shape::List).unwrap_or(Shape::Scalar(Scalar::Untyped)),
-        Some(Value::Object(_)) if a.map.is_some() => a.map.as_ref().map(Shape::Map).unwrap_or(Shape::Scalar(Scalar::Untyped)),
+        Some(Value::Array(_)) if a.list.is_some() => {
+            a.list.as_ref().map(Shape::List).unwrap_or(Shape::Scalar(Scalar::Untyped))
+        }
+        Some(Value::Object(_)) if a.map.is_some() => {
+            a.map.as_ref().map(Shape::Map).unwrap_or(Shape::Scalar(Scalar::Untyped))
+        }
         _ => match (&a.map, a.scalar, &a.list) {
             (Some(m), _, _) => Shape::Map(m),
             (None, Some(s), _) => Shape::Scalar(s),
@@ -43,7 +47,10 @@ fn shape<'a>(a: &'a Atom, v: Option<&Value>) -> Shape<'a> {
 }
 
 fn same_shape(a: &Shape, b: &Shape) -> bool {
-    matches!((a, b), (Shape::Scalar(_), Shape::Scalar(_)) | (Shape::List(_), Shape::List(_)) | (Shape::Map(_), Shape::Map(_)))
+    matches!(
+        (a, b),
+        (Shape::Scalar(_), Shape::Scalar(_)) | (Shape::List(_), Shape::List(_)) | (Shape::Map(_), Shape::Map(_))
+    )
 }
 
 /// The type of a map's field `k`: declared, else the map's element type, else deduced.
@@ -78,9 +85,7 @@ pub fn item_element(s: &Schema, l: &ListType, item: &Value) -> Result<PathElemen
             let defaults = s.atom(l.elem).map.as_ref().map(|m| &m.defaults);
             let mut fields: Vec<(String, Value)> = keys
                 .iter()
-                .filter_map(|k| {
-                    m.get(k).or_else(|| defaults.and_then(|d| d.get(k))).map(|v| (k.clone(), v.clone()))
-                })
+                .filter_map(|k| m.get(k).or_else(|| defaults.and_then(|d| d.get(k))).map(|v| (k.clone(), v.clone())))
                 .collect();
             if fields.is_empty() {
                 return Err(format!(
@@ -366,7 +371,14 @@ fn compare_shape(
             if l.kind == ListKind::Atomic || empty {
                 return compare_leaf(lhs, rhs, p, c, in_leaf);
             }
-            compare_list_items(s, l, ll.map(|v| v.as_slice()).unwrap_or(&[]), rl.map(|v| v.as_slice()).unwrap_or(&[]), p, c);
+            compare_list_items(
+                s,
+                l,
+                ll.map(|v| v.as_slice()).unwrap_or(&[]),
+                rl.map(|v| v.as_slice()).unwrap_or(&[]),
+                p,
+                c,
+            );
         }
         Shape::Map(m) => {
             let (lm, rm) = (as_map(lhs), as_map(rhs));
@@ -394,7 +406,11 @@ fn compare_shape(
 }
 
 /// Items of an associative list grouped by their element, in first-seen order.
-fn group_items<'v>(s: &Schema, l: &ListType, items: &'v [Value]) -> (Vec<PathElement>, HashMap<String, Vec<&'v Value>>) {
+fn group_items<'v>(
+    s: &Schema,
+    l: &ListType,
+    items: &'v [Value],
+) -> (Vec<PathElement>, HashMap<String, Vec<&'v Value>>) {
     let mut order = vec![];
     let mut by: HashMap<String, Vec<&Value>> = HashMap::new();
     for item in items {
@@ -455,7 +471,13 @@ pub fn merge(s: &Schema, t: TypeRef, lhs: &Value, rhs: &Value) -> Result<Value, 
     Ok(merge_at(s, t, Some(lhs), Some(rhs), &mut p)?.unwrap_or(Value::Object(Map::new())))
 }
 
-fn merge_at(s: &Schema, t: TypeRef, lhs: Option<&Value>, rhs: Option<&Value>, p: &mut Path) -> Result<Option<Value>, String> {
+fn merge_at(
+    s: &Schema,
+    t: TypeRef,
+    lhs: Option<&Value>,
+    rhs: Option<&Value>,
+    p: &mut Path,
+) -> Result<Option<Value>, String> {
     let a = s.atom(t);
     let (sl, sr) = (shape(a, lhs), shape(a, rhs));
     let sh = if rhs.is_none() { sl } else { sr };
@@ -471,7 +493,8 @@ fn merge_at(s: &Schema, t: TypeRef, lhs: Option<&Value>, rhs: Option<&Value>, p:
             if l.kind == ListKind::Atomic || empty {
                 return leaf();
             }
-            let out = merge_list(s, l, ll.map(|v| v.as_slice()).unwrap_or(&[]), rl.map(|v| v.as_slice()).unwrap_or(&[]), p)?;
+            let out =
+                merge_list(s, l, ll.map(|v| v.as_slice()).unwrap_or(&[]), rl.map(|v| v.as_slice()).unwrap_or(&[]), p)?;
             Ok((!out.is_empty()).then_some(Value::Array(out)))
         }
         Shape::Map(m) => {
@@ -505,10 +528,13 @@ fn merge_at(s: &Schema, t: TypeRef, lhs: Option<&Value>, rhs: Option<&Value>, p:
     }
 }
 
+/// Items by element: the index of the one item with it, `None` for a duplicated element.
+type Observed = BTreeMap<PathElement, Option<usize>>;
+
 /// Upstream's `visitListItems` for merging: live items keep their order, applied items that are
 /// new come where the configuration puts them relative to the items both share.
 fn merge_list(s: &Schema, l: &ListType, lhs: &[Value], rhs: &[Value], p: &mut Path) -> Result<Vec<Value>, String> {
-    let index = |items: &[Value], dups_ok: bool| -> Result<(Vec<PathElement>, BTreeMap<PathElement, Option<usize>>), String> {
+    let index = |items: &[Value], dups_ok: bool| -> Result<(Vec<PathElement>, Observed), String> {
         let mut pes = vec![];
         let mut seen: BTreeMap<PathElement, Option<usize>> = BTreeMap::new();
         for (i, item) in items.iter().enumerate() {
@@ -538,7 +564,12 @@ fn merge_list(s: &Schema, l: &ListType, lhs: &[Value], rhs: &[Value], p: &mut Pa
             None => None,
         }
     };
-    let mut item = |pe: &PathElement, lc: Option<Value>, rc: Option<Value>, out: &mut Vec<Value>, p: &mut Path| -> Result<(), String> {
+    let item = |pe: &PathElement,
+                lc: Option<Value>,
+                rc: Option<Value>,
+                out: &mut Vec<Value>,
+                p: &mut Path|
+     -> Result<(), String> {
         p.push(pe.clone());
         let m = merge_at(s, l.elem, lc.as_ref(), rc.as_ref(), p)?;
         p.pop();
@@ -729,8 +760,12 @@ mod tests {
             "nodeSelector": {"k": "w"}}}}});
         let m = merge(&s, deployment(&s), &live, &cfg).unwrap();
         assert_eq!(m["spec"]["replicas"], 1);
-        let names: Vec<&str> =
-            m["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = m["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["c", "a", "b"]);
         assert_eq!(m["spec"]["template"]["spec"]["containers"][1], json!({"name": "a", "image": "9", "args": ["y"]}));
         // An atomic map is replaced whole.
@@ -751,15 +786,30 @@ mod tests {
         assert!(validate(&s, d, &dup, true).is_empty());
         assert!(merge(&s, d, &json!({}), &dup).is_err());
         // A duplicated live item is merged as one (upstream keeps the applied one).
-        assert!(merge(&s, d, &dup, &json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "i"}]}}}})).is_ok());
+        assert!(
+            merge(&s, d, &dup, &json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "i"}]}}}}))
+                .is_ok()
+        );
         let wrong = json!({"spec": {"replicas": "3", "template": {"spec": {"containers": [{"name": "c", "env": [{"value": "v"}]}, 7, {"name": 5}]}}},
             "metadata": {"labels": [1]}, "bogus": 1});
         let inv = validate(&s, d, &wrong, false);
         assert_eq!(inv.unknown, vec!["bogus"]);
-        assert!(inv.errors.contains(&r#".spec.replicas: expected numeric (int or float), got string "3""#.to_string()), "{:?}", inv.errors);
+        assert!(
+            inv.errors.contains(&r#".spec.replicas: expected numeric (int or float), got string "3""#.to_string()),
+            "{:?}",
+            inv.errors
+        );
         assert!(inv.errors.iter().any(|e| e.contains("omits all key fields")));
-        assert!(inv.errors.iter().any(|e| e.contains("element 1: associative list with keys may not have non-map elements")));
-        assert!(inv.errors.iter().any(|e| e == ".spec.template.spec.containers[name=5].name: expected string, got number 5"));
+        assert!(
+            inv.errors
+                .iter()
+                .any(|e| e.contains("element 1: associative list with keys may not have non-map elements"))
+        );
+        assert!(
+            inv.errors
+                .iter()
+                .any(|e| e == ".spec.template.spec.containers[name=5].name: expected string, got number 5")
+        );
         assert!(inv.errors.iter().any(|e| e == ".metadata.labels: expected map, got list"));
         // The walks never panic on it either.
         let _ = to_field_set(&s, d, &wrong);
@@ -784,8 +834,16 @@ mod tests {
         let d = deployment(&s);
         let v = json!({"spec": {"replicas": 1, "strategy": {"type": "Recreate"}}, "metadata": {"labels": {"a": "1"}}});
         let set = Set::from_paths([
-            &[PathElement::Field("spec".into()), PathElement::Field("strategy".into()), PathElement::Field("type".into())][..],
-            &[PathElement::Field("metadata".into()), PathElement::Field("labels".into()), PathElement::Field("a".into())][..],
+            &[
+                PathElement::Field("spec".into()),
+                PathElement::Field("strategy".into()),
+                PathElement::Field("type".into()),
+            ][..],
+            &[
+                PathElement::Field("metadata".into()),
+                PathElement::Field("labels".into()),
+                PathElement::Field("a".into()),
+            ][..],
         ]);
         let out = remove_items(&s, d, &v, &set);
         assert_eq!(out, json!({"spec": {"replicas": 1, "strategy": null}, "metadata": {"labels": null}}));

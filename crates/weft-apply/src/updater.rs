@@ -292,8 +292,7 @@ impl Updater<'_> {
             owned.union_in(&e.set);
         }
         let merged_set = fields(merged);
-        let pruned =
-            typed::remove_items(s, t, merged, &merged_set.difference(&fields(&pruned).union(&ensure(&owned))));
+        let pruned = typed::remove_items(s, t, merged, &merged_set.difference(&fields(&pruned).union(&ensure(&owned))));
         let dangling = merged_set.difference(&fields(&pruned)).intersection(&ensure(last));
         typed::remove_items(s, t, merged, &dangling)
     }
@@ -315,7 +314,10 @@ impl Updater<'_> {
 }
 
 fn has_last_applied(v: &Value) -> bool {
-    v.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(|l| l.as_str()).is_some_and(|l| !l.is_empty())
+    v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(|l| l.as_str())
+        .is_some_and(|l| !l.is_empty())
 }
 
 /// The last-applied annotation for `config`, as upstream encodes it (sorted keys, Go's escaping,
@@ -331,7 +333,8 @@ pub fn last_applied_of(config: &Value) -> String {
 /// Keeps at most [`MAX_UPDATE_MANAGERS`] Update entries: the oldest are merged, per version,
 /// into an `ancient-changes` entry (upstream's cap-managers manager).
 fn cap_update_managers(managed: &mut Managed) {
-    let mut updaters: Vec<Id> = managed.entries.keys().filter(|id| id.operation == Operation::Update).cloned().collect();
+    let mut updaters: Vec<Id> =
+        managed.entries.keys().filter(|id| id.operation == Operation::Update).cloned().collect();
     if updaters.len() <= MAX_UPDATE_MANAGERS {
         return;
     }

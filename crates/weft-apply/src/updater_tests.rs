@@ -120,7 +120,8 @@ fn conflicts_name_the_manager_and_field_and_force_takes_them() {
     // An Update owner is named with its version.
     let m3 = u.update(&out.object, &deployment(7, "a"), &m, "kubectl-client-side-apply");
     let mut m4 = m3.clone();
-    let ApplyError::Conflicts(cs) = u.apply(&deployment(7, "a"), &deployment(2, "a"), &mut m4, "kubectl", false).unwrap_err()
+    let ApplyError::Conflicts(cs) =
+        u.apply(&deployment(7, "a"), &deployment(2, "a"), &mut m4, "kubectl", false).unwrap_err()
     else {
         panic!()
     };
@@ -170,7 +171,10 @@ fn bad_configurations_are_refused() {
     let mut cfg = deployment(1, "a");
     cfg["apiVersion"] = json!("apps/v1beta1");
     let ApplyError::BadRequest(msg) = u.apply(&u.zero(), &cfg, &mut m, "k", false).unwrap_err() else { panic!() };
-    assert_eq!(msg, "Incorrect version specified in apply patch. Specified patch version: apps/v1beta1, expected: apps/v1");
+    assert_eq!(
+        msg,
+        "Incorrect version specified in apply patch. Specified patch version: apps/v1beta1, expected: apps/v1"
+    );
     let mut cfg = deployment(1, "a");
     cfg["metadata"]["managedFields"] = json!([]);
     assert!(matches!(u.apply(&u.zero(), &cfg, &mut m, "k", false), Err(ApplyError::BadRequest(_))));
@@ -232,4 +236,63 @@ fn map_list_items_and_set_items_are_owned_one_by_one() {
     let live = u.apply(&live, &b, &mut m, "b", false).unwrap().object;
     assert_eq!(live["metadata"]["finalizers"], json!(["f1"]));
     assert_eq!(live["spec"]["template"]["spec"]["containers"], json!([{"name": "c", "image": "x"}]));
+}
+
+mod hostile {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Any JSON: scalars, lists and maps with field names the schema knows and does not.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            let key = prop_oneof![
+                Just("name".to_string()),
+                Just("containers".to_string()),
+                Just("replicas".to_string()),
+                Just("labels".to_string()),
+                Just("finalizers".to_string()),
+                Just("ports".to_string()),
+                Just("containerPort".to_string()),
+                "[a-c]{1,2}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn wrap(v: Value) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": v.clone()},
+            "spec": {"replicas": v.clone(), "template": {"spec": {"containers": v.clone()}}, "strategy": v}})
+    }
+
+    proptest! {
+        /// No object makes the walks panic; an update and an apply either succeed or say why;
+        /// every field set written comes back the same from its FieldsV1 form.
+        #[test]
+        fn hostile_objects_never_panic(a in any_json(), b in any_json()) {
+            let s = schema();
+            let none = Set::new();
+            let u = updater(&s, &none);
+            let (a, b) = (wrap(a), wrap(b));
+            let m = u.update(&a, &b, &Managed::default(), "m");
+            let enc = m.encode();
+            prop_assert_eq!(Managed::decode(enc.as_ref()).unwrap(), m.clone());
+            let mut m2 = m.clone();
+            let _ = u.apply(&a, &b, &mut m2, "kubectl", false);
+            let mut m3 = m;
+            let _ = u.apply(&b, &a, &mut m3, "x", true);
+            let set = typed::to_field_set(&s, u.root, &b);
+            prop_assert_eq!(Set::from_fields_v1(&set.to_fields_v1()).unwrap(), set);
+        }
+    }
 }

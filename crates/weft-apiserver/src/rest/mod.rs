@@ -9,6 +9,7 @@
 //! commits), `external_ips` (the externalIPs policy), `subresources` (scale and log) and
 //! `write_opts` (dryRun, fieldValidation, depth).
 
+mod apply;
 mod delete;
 mod external_ips;
 mod gc;
@@ -31,6 +32,7 @@ pub use crate::alloc::Allocators;
 use crate::pod_logs::PodLogs;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+pub use apply::{is_apply, with_manager_opts};
 pub use write_opts::{MAX_DEPTH, WriteOpts};
 
 pub struct Api {

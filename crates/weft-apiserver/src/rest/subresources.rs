@@ -100,6 +100,7 @@ impl Api {
         let mut next = (*current).clone();
         next["spec"]["replicas"] = json!(replicas);
         let mut next = objects::admit(kind.storage(), &next)?;
+        self.track_update(kind.storage(), Some(&*current), None, &mut next, Some("scale"))?;
         if current.get("spec") != next.get("spec") {
             let g = current.pointer("/metadata/generation").and_then(|g| g.as_i64()).unwrap_or(1);
             next["metadata"]["generation"] = json!(g + 1);

@@ -117,6 +117,7 @@ impl Api {
         let mut v = incoming(t.kind, v);
         let kind = t.kind.storage();
         let ns = t.namespace.clone().unwrap_or_default();
+        let sent_managed = super::apply::sent_managed_fields(&v);
         // Server-owned metadata.
         {
             let md = v.as_object_mut().unwrap().entry("metadata").or_insert_with(|| json!({}));
@@ -164,6 +165,7 @@ impl Api {
         if kind.kind == "Pod" {
             crate::sa_admission::admit(self, &mut v)?;
         }
+        self.track_update(kind, None, sent_managed, &mut v, None)?;
         let name = obj_name(&v);
         if kind.kind == "Service" {
             self.check_external_ips(&v, None)?;
@@ -239,7 +241,7 @@ impl Api {
                 415,
                 "UnsupportedMediaType",
                 format!(
-                    "the body of the request was in an unsupported patch format {content_type:?}: use a JSON merge patch, a JSON patch or a strategic merge patch (server-side apply is not supported: use client-side `kubectl apply`)"
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (not {content_type:?})"
                 ),
             )
         })?;
@@ -277,7 +279,7 @@ impl Api {
 
     /// Shared tail of update and patch: keep server-owned fields, admit, allocate, write.
     #[allow(clippy::too_many_arguments)]
-    async fn finish_update(
+    pub(super) async fn finish_update(
         &self,
         kind: &'static Kind,
         ns: &str,
@@ -310,6 +312,7 @@ impl Api {
             check_pod_binding(kind, name, current, &v)?;
         }
         // Server-owned metadata comes from the stored object.
+        let sent_managed;
         {
             let cur_md = current.get("metadata").cloned().unwrap_or(json!({}));
             let md = v.as_object_mut().unwrap().entry("metadata").or_insert_with(|| json!({}));
@@ -326,7 +329,7 @@ impl Api {
                     }
                 }
             }
-            md.as_object_mut().unwrap().remove("managedFields");
+            sent_managed = md.as_object_mut().unwrap().remove("managedFields");
         }
         if kind.kind == "Service" {
             drop_type_dependent_fields(current, &mut v);
@@ -336,6 +339,7 @@ impl Api {
         let mut v = objects::admit(kind, &sent)?;
         check_strict(o, kind, &sent, &v)?;
         crate::rbac_writes::check(self, kind, ns, &v, Some(current))?;
+        self.track_update(kind, Some(current), sent_managed, &mut v, sub)?;
         if kind.kind == "Service" {
             self.check_external_ips(&v, Some(current))?;
         }

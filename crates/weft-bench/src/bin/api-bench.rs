@@ -1,5 +1,7 @@
-//! api-bench: the embedded API under load. Prints the time to create 10 000 Services, list
-//! latency, watch event latency (write acknowledged -> event received) and resident memory.
+//! api-bench: the embedded API under load. Prints the time to create 10 000 Services (JSON
+//! bodies, then protobuf bodies as kubectl's typed clients send them), list latency, watch event
+//! latency (write acknowledged -> event received), server-side apply latency (a first apply that
+//! creates, and applies to an existing Deployment) and resident memory.
 //!
 //! Usage: api-bench [SERVICES] (default 10000). Runs against a throwaway lab of its own.
 
@@ -7,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use weft_bench::{Lab, LabOptions, percentile_ms, rss_mib};
 
@@ -115,7 +118,112 @@ async fn main() -> Result<()> {
         percentile_ms(&mut wl, 99.0)
     );
     println!("rss at {} objects, after the lists and watches above: {:.1} MiB", n + 1000 + 6, rss_mib(pid)?);
+
+    // 4. Protobuf creates: the same Services as in 1, as `k8s\0` protobuf bodies (what kubectl's
+    // typed clients send), 64 in flight; at most 2000 of them.
+    let pn = n.min(2000);
+    let t0 = Instant::now();
+    let mut plat = vec![];
+    let results: Vec<Result<Duration>> = futures::stream::iter(0..pn)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let body = protobuf_service(&format!("pb-svc-{i}"), &format!("app-{i}"));
+                let req = http::Request::post("/api/v1/namespaces/default/services")
+                    .header("Content-Type", "application/vnd.kubernetes.protobuf")
+                    .header("Accept", "application/json")
+                    .body(body)?;
+                let t = Instant::now();
+                client.request::<serde_json::Value>(req).await?;
+                Ok(t.elapsed())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let elapsed = t0.elapsed();
+    let perrors = results.iter().filter(|r| r.is_err()).count();
+    plat.extend(results.into_iter().flatten());
+    println!(
+        "create {pn} Services (protobuf bodies): {:.2} s ({:.0}/s), per-request p50 {:.2} ms p99 {:.2} ms, errors {perrors}",
+        elapsed.as_secs_f64(),
+        pn as f64 / elapsed.as_secs_f64(),
+        percentile_ms(&mut plat, 50.0),
+        percentile_ms(&mut plat, 99.0)
+    );
+
+    // 5. Server-side apply (PATCH application/apply-patch+yaml), one request at a time: 200
+    // first applies that create a Deployment, then 500 applies that change an existing one.
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pp = PatchParams::apply("api-bench").force();
+    let mut created = vec![];
+    for i in 0..200 {
+        let d = bench_deployment(&format!("ssa-{i}"), 0);
+        let t = Instant::now();
+        deps.patch(&format!("ssa-{i}"), &pp, &Patch::Apply(&d)).await?;
+        created.push(t.elapsed());
+    }
+    let mut applied = vec![];
+    for i in 0..500 {
+        let d = bench_deployment("ssa-0", i + 1);
+        let t = Instant::now();
+        deps.patch("ssa-0", &pp, &Patch::Apply(&d)).await?;
+        applied.push(t.elapsed());
+    }
+    println!(
+        "server-side apply: first apply (creates) p50 {:.2} ms p99 {:.2} ms; to an existing Deployment p50 {:.2} ms p99 {:.2} ms",
+        percentile_ms(&mut created, 50.0),
+        percentile_ms(&mut created, 99.0),
+        percentile_ms(&mut applied, 50.0),
+        percentile_ms(&mut applied, 99.0)
+    );
     let disk = std::fs::metadata(lab.state_dir().join("store.redb"))?.len() as f64 / 1048576.0;
     println!("store file: {disk:.1} MiB");
     Ok(())
+}
+
+/// A Deployment with no replicas (no pods to run); `round` changes an annotation each apply.
+fn bench_deployment(name: &str, round: usize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": {"round": round.to_string()}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "registry.invalid/c:1", "ports": [{"containerPort": 80}]}]}}}
+    })
+}
+
+/// A Service as client-go's protobuf marshaller writes it: the `k8s\0` magic and a
+/// `runtime.Unknown` envelope around `v1.Service` (field numbers from k8s.io/api's generated.proto).
+fn protobuf_service(name: &str, app: &str) -> Vec<u8> {
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn ld(n: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![];
+        varint(n << 3 | 2, &mut out);
+        varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+    fn vi(n: u64, v: u64) -> Vec<u8> {
+        let mut out = vec![];
+        varint(n << 3, &mut out);
+        varint(v, &mut out);
+        out
+    }
+    let entry = |k: &str, v: &str| [ld(1, k.as_bytes()), ld(2, v.as_bytes())].concat();
+    let meta = [ld(1, name.as_bytes()), ld(11, &entry("app", app))].concat();
+    // ServicePort{name "http", protocol TCP, port 80, targetPort 8080}
+    let port = [ld(1, b"http"), ld(2, b"TCP"), vi(3, 80), ld(4, &[vi(1, 0), vi(2, 8080)].concat())].concat();
+    let spec = [ld(1, &port), ld(2, &entry("app", app)), ld(4, b"ClusterIP")].concat();
+    let service = [ld(1, &meta), ld(2, &spec)].concat();
+    let type_meta = [ld(1, b"v1"), ld(2, b"Service")].concat();
+    let mut out = b"k8s\0".to_vec();
+    out.extend([ld(1, &type_meta), ld(2, &service), ld(3, b""), ld(4, b"")].concat());
+    out
 }

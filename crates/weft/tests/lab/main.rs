@@ -4,6 +4,7 @@
 //! binary so its serialised probe matrices do not share the machine with other labs.
 
 mod api;
+mod apply;
 mod cli;
 mod deletion;
 mod dns;
