@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "k8s.io/api/autoscaling/v1/generated.proto",
     "k8s.io/api/rbac/v1/generated.proto",
     "k8s.io/api/authorization/v1/generated.proto",
+    "k8s.io/api/authentication/v1/generated.proto",
     "k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto",
 ];
 

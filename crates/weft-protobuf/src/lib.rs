@@ -93,6 +93,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
         "apps" | "batch" | "autoscaling" => Some(group),
         "discovery.k8s.io" | "networking.k8s.io" | "events.k8s.io" => group.split('.').next(),
         "rbac.authorization.k8s.io" | "authorization.k8s.io" => group.split('.').next(),
+        "authentication.k8s.io" => Some("authentication"),
         _ => None,
     };
     package
