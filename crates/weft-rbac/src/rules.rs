@@ -384,7 +384,7 @@ mod tests {
         let many: Vec<String> = (0..2000).map(|i| format!("r{i}")).collect();
         let many: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
         let huge = rule(&many, &many, &many, &[]);
-        let (ok, missing) = covers(&[rule(&["get"], &[""], &["pods"], &[])], &[huge.clone()]);
+        let (ok, missing) = covers(&[rule(&["get"], &[""], &["pods"], &[])], std::slice::from_ref(&huge));
         assert!(!ok);
         assert_eq!(missing, vec![huge.clone()]);
         // And held at once by a wider rule.
