@@ -154,6 +154,12 @@ fn environment_has_the_api_address_values_and_field_references_in_order() {
         [
             "KUBERNETES_SERVICE_HOST",
             "KUBERNETES_SERVICE_PORT",
+            "KUBERNETES_SERVICE_PORT_HTTPS",
+            "KUBERNETES_PORT",
+            "KUBERNETES_PORT_443_TCP",
+            "KUBERNETES_PORT_443_TCP_PROTO",
+            "KUBERNETES_PORT_443_TCP_PORT",
+            "KUBERNETES_PORT_443_TCP_ADDR",
             "PLAIN",
             "EMPTY",
             "POD",
@@ -168,6 +174,7 @@ fn environment_has_the_api_address_values_and_field_references_in_order() {
     );
     let m = env_map(env);
     assert_eq!((m["KUBERNETES_SERVICE_HOST"], m["KUBERNETES_SERVICE_PORT"]), ("10.96.0.1", "443"));
+    assert_eq!((m["KUBERNETES_PORT"], m["KUBERNETES_PORT_443_TCP_ADDR"]), ("tcp://10.96.0.1:443", "10.96.0.1"));
     assert_eq!(m["PLAIN"], "x=y $(PLAIN)");
     assert_eq!(m["EMPTY"], "");
     assert_eq!((m["POD"], m["NS"], m["UID"]), ("web-0", "shop", "0123456789abcdef-uid"));
@@ -636,7 +643,7 @@ fn huge_specs_translate_without_panicking() {
     let p = pod(json!({"hostname": "h".repeat(10_000), "containers": containers}));
     let s = spec_of(&p);
     assert_eq!(s.containers.len(), 500);
-    assert_eq!(s.containers[499].env.len(), 202);
+    assert_eq!(s.containers[499].env.len(), 208);
     assert_eq!(s.hostname.len(), 63);
     assert_eq!(port_mappings(&p)["portMappings"].as_array().unwrap().len(), 500);
     let st: Vec<ContainerState> = (0..500).map(|i| state(&format!("c{i}"), true, 0, None, false)).collect();
