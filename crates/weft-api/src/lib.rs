@@ -6,6 +6,7 @@
 //! reads (callers pass `now`).
 
 pub mod convert;
+mod env;
 pub mod errors;
 pub mod kinds;
 pub mod objects;

@@ -385,6 +385,7 @@ fn container(c: &Container, f: &str, errs: &mut Errors, port_names: &mut HashSet
     if c.image.as_deref().unwrap_or("").is_empty() {
         errs.push(FieldError::required(format!("{f}.image"), "name the container image, e.g. 'nginx'"));
     }
+    crate::env::container_env(c.env.as_deref().unwrap_or_default(), f, errs);
     for (j, p) in c.ports.iter().flatten().enumerate() {
         let pf = format!("{f}.ports[{j}]");
         check_port_number(format!("{pf}.containerPort"), p.container_port, errs);
