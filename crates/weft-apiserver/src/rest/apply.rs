@@ -81,7 +81,19 @@ fn update_manager(options_kind: &str) -> Result<String, ApiError> {
 
 fn schema() -> &'static Schema {
     static S: OnceLock<Schema> = OnceLock::new();
-    S.get_or_init(|| Schema::new(weft_openapi::v3_schemas()))
+    S.get_or_init(|| {
+        let mut defs = weft_openapi::v3_schemas().clone();
+        // Keys of map-lists that kube-apiserver's schemas default: an item that leaves one out
+        // is keyed by the default (`k:{"containerPort":80,"protocol":"TCP"}`), as upstream.
+        for def in ["io.k8s.api.core.v1.ContainerPort", "io.k8s.api.core.v1.ServicePort"] {
+            if let Some(p) =
+                defs.get_mut(def).and_then(|d| d.pointer_mut("/properties/protocol")).and_then(|p| p.as_object_mut())
+            {
+                p.entry("default").or_insert_with(|| json!("TCP"));
+            }
+        }
+        Schema::new(&defs)
+    })
 }
 
 /// The type of a kind (deduced, as for an unknown custom resource, if it has no schema).
