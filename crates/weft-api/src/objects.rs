@@ -16,10 +16,20 @@ use crate::errors::ObjectError;
 use crate::kinds::Kind;
 use crate::validate::{self, Errors, NameRule};
 
-fn decode<T: DeserializeOwned>(kind: &Kind, v: &Value) -> Result<T, ObjectError> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        let name = v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-        ObjectError::BadRequest(format!("{} {name:?}: the body is not a valid {}: {e}", kind.kind, kind.kind))
+/// The object as its typed struct; a body that does not fit gets kube-apiserver's 400, naming
+/// the field that did not (`Deployment in version "v1" cannot be handled as a Deployment:
+/// spec.replicas: invalid type: string "two", expected i32`).
+pub(crate) fn decode<T: DeserializeOwned>(kind: &Kind, v: &Value) -> Result<T, ObjectError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path.is_empty() || path == "." { String::new() } else { format!("{path}: ") };
+        ObjectError::BadRequest(format!(
+            "{} in version {:?} cannot be handled as a {}: {at}{}",
+            kind.kind,
+            kind.version,
+            kind.kind,
+            e.inner()
+        ))
     })
 }
 
@@ -411,6 +421,20 @@ mod tests {
         match r {
             Err(ObjectError::Invalid { causes, .. }) => causes.iter().map(|c| c.field.clone()).collect(),
             other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_mistyped_field_is_named_in_the_400() {
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": "two", "selector": {}, "template": {}}});
+        let k = crate::kinds::by_path("apps", "v1", "deployments").unwrap();
+        match admit(k, &d) {
+            Err(ObjectError::BadRequest(m)) => assert_eq!(
+                m,
+                "Deployment in version \"v1\" cannot be handled as a Deployment: spec.replicas: invalid type: string \"two\", expected i32"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 

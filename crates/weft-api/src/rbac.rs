@@ -14,12 +14,7 @@ use crate::validate::{self, Errors, NameRule};
 
 pub const GROUP: &str = "rbac.authorization.k8s.io";
 
-fn decode<T: DeserializeOwned>(kind: &Kind, v: &Value) -> Result<T, ObjectError> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        let name = v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-        ObjectError::BadRequest(format!("{} {name:?}: the body is not a valid {}: {e}", kind.kind, kind.kind))
-    })
-}
+use crate::objects::decode;
 
 fn encode<T: Serialize>(t: &T) -> Value {
     serde_json::to_value(t).unwrap_or(Value::Null)
