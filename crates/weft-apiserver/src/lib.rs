@@ -19,6 +19,7 @@ pub mod patch;
 pub mod rbac_bootstrap;
 pub mod rbac_writes;
 pub mod pod_logs;
+pub mod priority_admission;
 pub mod rest;
 pub mod reviews;
 pub mod sa_admission;

@@ -164,6 +164,7 @@ impl Api {
         crate::rbac_writes::check(self, kind, &ns, &v, None)?;
         if kind.kind == "Pod" {
             crate::sa_admission::admit(self, &mut v)?;
+            crate::priority_admission::admit_pod(&mut v)?;
         }
         self.track_update(kind, None, sent_managed, &mut v, None)?;
         let name = obj_name(&v);
