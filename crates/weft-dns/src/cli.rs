@@ -4,9 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-
-use anyhow::Context;
 
 use crate::{Options, PodMode, ZoneConfig};
 
@@ -53,10 +50,6 @@ pub struct Args {
     /// Forwarded queries waiting on upstreams at once; more are REFUSED (0: no limit).
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: usize,
-    /// A network namespace (a path) from which the API server is reached, when it is not this
-    /// process's own (the lab's DNS pod reaches the lab's API in the host's namespace).
-    #[arg(long, env = "WEFT_HOST_NETNS")]
-    pub api_netns: Option<PathBuf>,
 }
 
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
@@ -64,34 +57,12 @@ fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     v.into_iter().next().ok_or_else(|| "an empty upstream".to_string())
 }
 
-/// Serves DNS as `a` says (logging already set up). With --api-netns the watches run on a
-/// runtime of their own whose threads sit in that namespace (a socket belongs to the namespace
-/// of the thread that made it); the listeners and the forwarder stay in this process's
-/// namespace. Returns only on an error.
+/// Serves DNS as `a` says (logging already set up). Returns only on an error.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if crate::zone::wire_name(&a.cluster_domain).is_none_or(|w| w.len() < 2) {
         anyhow::bail!("--cluster-domain {:?} is not a domain name: use one such as cluster.local", a.cluster_domain);
     }
-    let api = match &a.api_netns {
-        Some(path) => {
-            let ns = std::fs::File::open(path).with_context(|| format!("opening --api-netns {}", path.display()))?;
-            let ns = Arc::new(ns);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .on_thread_start(move || {
-                    if let Err(e) = weft_netlink::ns::enter(&ns) {
-                        eprintln!("weft dns: cannot enter the API's network namespace: {e}");
-                        std::process::exit(1);
-                    }
-                })
-                .build()?;
-            // Lives as long as the process.
-            Box::leak(Box::new(rt)).handle().clone()
-        }
-        None => tokio::runtime::Handle::current(),
-    };
-    let client = api.spawn(weft_watch::client(a.kubeconfig.clone())).await??;
+    let client = weft_watch::client(a.kubeconfig.clone()).await?;
     let opts = Options {
         zone: ZoneConfig { domain: a.cluster_domain, ttl: a.ttl, pods: a.pods },
         listen: a.listen,
@@ -109,5 +80,5 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    crate::run(client, opts, api).await
+    crate::run(client, opts, tokio::runtime::Handle::current()).await
 }

@@ -139,37 +139,37 @@ pub async fn run(b: Builtin) -> Result<()> {
     Ok(())
 }
 
-/// CoreDNS's image (any registry, any tag): in the lab's own DNS pod ([`is_lab_dns_pod`]) the lab
-/// runs weft's cluster DNS for it.
-pub fn is_cluster_dns(image: &str) -> bool {
+/// The repository part of an image reference, without registry, tag or digest
+/// (`registry.k8s.io/coredns/coredns:v1.11.3` is `coredns`).
+fn image_name(image: &str) -> &str {
     let path = image.split('@').next().unwrap_or("");
     // A tag follows the last ':' after the last '/' (a ':' before it is a registry's port).
     let path = match path.rfind(':') {
         Some(i) if i > path.rfind('/').unwrap_or(0) => &path[..i],
         _ => path,
     };
-    path.rsplit('/').next() == Some("coredns")
+    path.rsplit('/').next().unwrap_or("")
 }
 
-/// Is this the pod of the cluster DNS that `weft up` makes (`crates/weft/src/cluster-dns.yaml`):
-/// in `kube-system`, labelled `k8s-app: kube-dns`, controlled by a ReplicaSet of the `coredns`
-/// Deployment (`coredns-<hash>`), running CoreDNS's image? Only that pod gets the lab's kubeconfig
-/// and the host's network namespace. (Who may create pods in kube-system is cluster-admin
-/// already.)
-pub fn is_lab_dns_pod(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
-    let m = &pod.metadata;
-    m.namespace.as_deref() == Some("kube-system")
-        && m.labels.as_ref().and_then(|l| l.get("k8s-app")).map(String::as_str) == Some("kube-dns")
-        && m.owner_references.iter().flatten().any(|o| {
-            o.controller == Some(true)
-                && o.kind == "ReplicaSet"
-                && o.api_version == "apps/v1"
-                && o.name.strip_prefix("coredns-").is_some_and(|h| !h.is_empty() && !h.contains('-'))
-        })
-        && pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.iter().any(|c| is_cluster_dns(c.image.as_deref().unwrap_or(""))))
+/// A command of weft's own image (`weft`, any registry and tag: what `deploy/` runs) as the
+/// lab runs it from the host's build: `weft ...` is this `weft` executable, `weft-dns ...` the
+/// `weft-dns` binary next to it if there is one (the cluster DNS alone, smaller in memory),
+/// else `weft dns ...`. Any other command or image: None (it runs as written).
+pub fn weft_image_command(image: &str, argv: &[String], weft_exe: &std::path::Path) -> Option<Vec<String>> {
+    if image_name(image) != "weft" {
+        return None;
+    }
+    let (first, rest) = argv.split_first()?;
+    let mut out = match first.as_str() {
+        "weft" => vec![weft_exe.display().to_string()],
+        "weft-dns" => match weft_exe.with_file_name("weft-dns") {
+            alone if alone.is_file() => vec![alone.display().to_string()],
+            _ => vec![weft_exe.display().to_string(), "dns".into()],
+        },
+        _ => return None,
+    };
+    out.extend(rest.iter().cloned());
+    Some(out)
 }
 
 /// What a container without a command of its own runs, from its image and ports: the `agnhost`
@@ -224,33 +224,30 @@ mod tests {
         let s: Vec<String> = vec!["serve-hostname".into()];
         assert_eq!(plan("agnhost", &s, &[], &[]), (Mode::ServeHostname, vec![9376], vec![]));
         assert_eq!(plan("busybox", &[], &[], &[]).1, Vec::<u16>::new());
-        assert!(is_cluster_dns("registry.k8s.io/coredns/coredns:v1.11.3"));
-        assert!(is_cluster_dns("coredns/coredns"));
-        assert!(is_cluster_dns("localhost:5000/coredns:1.0"));
-        assert!(!is_cluster_dns("nginx") && !is_cluster_dns("coredns-helper:1"));
     }
 
     #[test]
-    fn only_the_labs_own_coredns_pod_is_the_cluster_dns() {
-        let pod = |ns: &str, label: &str, owner: &str, image: &str| -> k8s_openapi::api::core::v1::Pod {
-            serde_json::from_value(json!({
-                "metadata": {"name": "coredns-abc-x", "namespace": ns, "labels": {"k8s-app": label},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": owner,
-                                         "uid": "u", "controller": true}]},
-                "spec": {"containers": [{"name": "coredns", "image": image}]},
-            }))
-            .unwrap()
-        };
-        let img = "registry.k8s.io/coredns/coredns:v1.11.3";
-        assert!(is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-5d78c9869d", img)));
-        // A user's pod with CoreDNS's image (and the labels copied) is not.
-        assert!(!is_lab_dns_pod(&pod("default", "kube-dns", "coredns-5d78c9869d", img)));
-        assert!(!is_lab_dns_pod(&pod("kube-system", "my-dns", "coredns-5d78c9869d", img)));
-        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "my-coredns-5d78c9869d", img)));
-        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-extra-5d78c9869d", img)));
-        assert!(!is_lab_dns_pod(&pod("kube-system", "kube-dns", "coredns-5d78c9869d", "nginx")));
-        let mut bare = pod("kube-system", "kube-dns", "coredns-5d78c9869d", img);
-        bare.metadata.owner_references = None;
-        assert!(!is_lab_dns_pod(&bare));
+    fn weft_image_commands_run_the_hosts_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("weft");
+        let exe_s = exe.display().to_string();
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let dns = v(&["weft-dns", "--cluster-domain=cluster.local"]);
+        // Without a weft-dns binary beside weft: `weft dns`, the arguments kept.
+        assert_eq!(
+            weft_image_command("weft:latest", &dns, &exe),
+            Some(v(&[&exe_s, "dns", "--cluster-domain=cluster.local"]))
+        );
+        assert_eq!(weft_image_command("ghcr.io/x/weft", &v(&["weft", "agent"]), &exe), Some(v(&[&exe_s, "agent"])));
+        assert_eq!(weft_image_command("localhost:5000/weft@sha256:ab", &v(&["weft"]), &exe), Some(v(&[&exe_s])));
+        // With one: that binary.
+        std::fs::write(dir.path().join("weft-dns"), "").unwrap();
+        let alone = dir.path().join("weft-dns").display().to_string();
+        assert_eq!(weft_image_command("weft", &dns, &exe), Some(v(&[&alone, "--cluster-domain=cluster.local"])));
+        // Other commands, other images (CoreDNS's too) and no command run as written.
+        assert_eq!(weft_image_command("weft:latest", &v(&["sh", "-c", "true"]), &exe), None);
+        assert_eq!(weft_image_command("weft-helper:1", &dns, &exe), None);
+        assert_eq!(weft_image_command("registry.k8s.io/coredns/coredns:v1.11.3", &dns, &exe), None);
+        assert_eq!(weft_image_command("weft", &[], &exe), None);
     }
 }

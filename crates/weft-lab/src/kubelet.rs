@@ -793,19 +793,15 @@ fn env_for(pod: &Pod, c: &Container, ip: &str, node: &NodeNet) -> Vec<(String, S
     out
 }
 
-/// Is `c` the lab's own cluster DNS (CoreDNS's image in the pod of the lab's `kube-system/coredns`
-/// Deployment)? Only that one gets the lab's kubeconfig, the host's network namespace and every
-/// capability (it enters that namespace): a user's pod with CoreDNS's image is just a pod.
-fn is_lab_dns(pod: &Pod, c: &Container) -> bool {
-    crate::builtin::is_lab_dns_pod(pod) && crate::builtin::is_cluster_dns(c.image.as_deref().unwrap_or(""))
-}
-
 /// What a container runs: its command, or the built-in server for its image.
 fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
     let cmd: Vec<String> = c.command.clone().unwrap_or_default();
     let args: Vec<String> = c.args.clone().unwrap_or_default();
     if !cmd.is_empty() {
-        return cmd.into_iter().chain(args).collect();
+        let argv: Vec<String> = cmd.into_iter().chain(args).collect();
+        // weft's own image (the cluster DNS of deploy/dns.yaml): the host's build of it.
+        let image = c.image.as_deref().unwrap_or("");
+        return crate::builtin::weft_image_command(image, &argv, &ctx.weft_exe).unwrap_or(argv);
     }
     let ports = |proto: &str| -> Vec<u16> {
         c.ports
@@ -815,23 +811,6 @@ fn argv_for(ctx: &LabCtx, pod: &Pod, c: &Container) -> Vec<String> {
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect()
     };
-    if is_lab_dns(pod, c) {
-        // The lab's own CoreDNS runs weft's DNS, watching the lab's API from the host's network
-        // namespace (the shim passes it as WEFT_HOST_NETNS): the `weft-dns` binary built next
-        // to `weft` (smaller in memory), else `weft dns`.
-        let alone = ctx.weft_exe.with_file_name("weft-dns");
-        let mut argv = match alone.is_file() {
-            true => vec![alone.display().to_string()],
-            false => vec![ctx.weft_exe.display().to_string(), "dns".into()],
-        };
-        argv.extend([
-            "--kubeconfig".into(),
-            ctx.state_dir.join("kubeconfig").display().to_string(),
-            "--cluster-domain".into(),
-            ctx.cluster_domain.clone(),
-        ]);
-        return argv;
-    }
     let (mode, tcp, udp) = crate::builtin::plan(c.image.as_deref().unwrap_or(""), &args, &ports("TCP"), &ports("UDP"));
     let join = |v: &[u16]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
     vec![
@@ -916,7 +895,6 @@ fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, 
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dir = pod_dir(&ctx.state_dir, uid);
     let spec = pod.spec.clone().unwrap_or_default();
-    let lab_dns = crate::builtin::is_lab_dns_pod(pod);
     ShimSpec {
         pod: name.clone(),
         namespace: pod.metadata.namespace.clone().unwrap_or("default".into()),
@@ -928,9 +906,8 @@ fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, 
         restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
         containers: spec.containers.iter().map(|c| container_spec(ctx, node, pod, c, ip)).collect(),
         init_containers: spec.init_containers.iter().flatten().map(|c| container_spec(ctx, node, pod, c, ip)).collect(),
-        host_netns: lab_dns,
-        // The lab's DNS reads the kubeconfig there; no other pod sees the lab's files.
-        hide: if lab_dns { vec![] } else { vec![ctx.state_dir.clone()] },
+        // No pod sees the lab's files (the API's credentials, other pods' files).
+        hide: vec![ctx.state_dir.clone()],
         mounts: crate::volumes::mounts(&pod_dir(&ctx.state_dir, uid), pod),
     }
 }
@@ -942,11 +919,7 @@ fn container_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, c: &Container, ip: &s
         argv: argv_for(ctx, pod, c),
         env: env_for(pod, c, ip, node),
         workdir: c.working_dir.clone(),
-        security: if is_lab_dns(pod, c) {
-            Security { caps: None, no_new_privs: false }
-        } else {
-            Security::of(c.security_context.as_ref())
-        },
+        security: Security::of(c.security_context.as_ref()),
         pre_stop: pre_stop_hook(c, ip),
         restart_policy: c.restart_policy.clone(),
         stdin: c.stdin.unwrap_or(false),

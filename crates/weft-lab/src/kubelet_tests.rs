@@ -99,36 +99,43 @@ fn an_image_without_a_command_runs_the_built_in_server_on_its_ports() {
     );
 }
 
-fn lab_dns_pod() -> Pod {
+/// The DNS pod of deploy/dns.yaml, as its ReplicaSet makes it.
+fn dns_pod() -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"name": "coredns-abc-x", "namespace": "kube-system", "uid": "u-dns", "labels": {"k8s-app": "kube-dns"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "coredns-abc", "uid": "r", "controller": true}]},
-        "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.11.3"}]},
+        "metadata": {"name": "weft-dns-abc-x", "namespace": "kube-system", "uid": "u-dns", "labels": {"k8s-app": "kube-dns"}},
+        "spec": {"serviceAccountName": "weft-dns", "containers": [{"name": "dns", "image": "weft:latest",
+            "command": ["weft-dns", "--cluster-domain=cluster.local"],
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}}}]},
     }))
     .unwrap()
 }
 
 #[test]
-fn the_labs_dns_pod_runs_weft_dns_with_the_labs_kubeconfig_and_host_namespace() {
+fn the_dns_pod_runs_the_hosts_weft_dns_as_an_ordinary_pod() {
     let dir = tempfile::tempdir().unwrap();
     let c = ctx(dir.path());
-    let p = lab_dns_pod();
+    let p = dns_pod();
     let cont = &p.spec.as_ref().unwrap().containers[0];
-    let kubeconfig = dir.path().join("kubeconfig").display().to_string();
-    let tail = ["--kubeconfig", kubeconfig.as_str(), "--cluster-domain", "cluster.local"];
-    // Without a `weft-dns` next to `weft`: `weft dns`.
+    // Without a `weft-dns` next to `weft`: `weft dns`, with the manifest's arguments only (no
+    // kubeconfig: it is an in-cluster client with its ServiceAccount's token).
     let argv = argv_for(&c, &p, cont);
-    assert_eq!(argv[..2], [c.weft_exe.display().to_string(), "dns".to_string()]);
-    assert_eq!(argv[2..], tail);
+    assert_eq!(argv, [c.weft_exe.display().to_string(), "dns".into(), "--cluster-domain=cluster.local".into()]);
     // With one: that binary.
     std::fs::create_dir_all(c.weft_exe.parent().unwrap()).unwrap();
     std::fs::write(c.weft_exe.with_file_name("weft-dns"), "").unwrap();
     let argv = argv_for(&c, &p, cont);
-    assert_eq!(argv[0], c.weft_exe.with_file_name("weft-dns").display().to_string());
-    assert_eq!(argv[1..], tail);
+    assert_eq!(
+        argv,
+        [c.weft_exe.with_file_name("weft-dns").display().to_string(), "--cluster-domain=cluster.local".into()]
+    );
+    // The lab's files hidden, and only the capability the manifest adds (port 53), as any pod.
     let s = shim_spec(&c, &node(), &p, "u-dns", "weft-t-pod-u-dns", "10.244.1.2");
-    assert!(s.host_netns && s.hide.is_empty());
-    assert_eq!(s.containers[0].security, Security { caps: None, no_new_privs: false });
+    assert_eq!(s.hide, [dir.path().to_path_buf()]);
+    assert_eq!(s.containers[0].security, Security { caps: Some(1 << 10), no_new_privs: true });
+    let env = &s.containers[0].env;
+    assert!(env.iter().any(|(k, v)| k == "KUBERNETES_SERVICE_HOST" && v == "10.96.0.1"), "{env:?}");
+    assert!(!env.iter().any(|(k, _)| k.starts_with("WEFT_")), "{env:?}");
 }
 
 #[test]
@@ -209,7 +216,6 @@ fn working_dir_hostname_security_and_hidden_state_are_carried_over() {
         Security::of(p.spec.as_ref().unwrap().containers[1].security_context.as_ref())
     );
     assert!(!s.containers[1].security.no_new_privs);
-    assert!(!s.host_netns, "only the lab's DNS pod keeps the host's namespace");
     assert_eq!(s.hide, [dir.path().to_path_buf()], "the lab's state is hidden from a user's pod");
     // Without spec.hostname: the pod's name, cut to a hostname's 63 characters.
     let long = "x".repeat(100);

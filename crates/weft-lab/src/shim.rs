@@ -36,10 +36,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::container_log::{self, Stream};
 
-/// The shim's handle on the host's network namespace, as a path its children can open (only
-/// for a pod that [`ShimSpec::host_netns`] says needs it: the lab's own DNS).
-static HOST_NETNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerSpec {
     pub name: String,
@@ -257,10 +253,6 @@ pub struct ShimSpec {
     /// sidecar) before `containers` start.
     #[serde(default)]
     pub init_containers: Vec<ContainerSpec>,
-    /// Keep a handle on the host's network namespace for the containers (`WEFT_HOST_NETNS`):
-    /// only the lab's own DNS pod, which watches the lab's API on the host's loopback.
-    #[serde(default)]
-    pub host_netns: bool,
     /// Directories hidden from the pod (an empty read-only tmpfs over each): the lab's state
     /// directory, with the API's credentials and the other pods' files.
     #[serde(default)]
@@ -470,9 +462,6 @@ pub fn container_env(c: &ContainerSpec, spec: &ShimSpec) -> Vec<(String, String)
         ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
         ("HOSTNAME".to_string(), spec.hostname.clone()),
     ];
-    if let Some(h) = HOST_NETNS.get() {
-        env.push(("WEFT_HOST_NETNS".to_string(), h.clone()));
-    }
     env.extend(c.env.iter().cloned());
     env
 }
@@ -716,13 +705,6 @@ pub fn run(spec_path: &Path) -> Result<()> {
             sigaction(Signal::SIGTERM, &act)?;
             sigaction(Signal::SIGINT, &act)?;
         }
-    }
-    // Only the lab's own DNS keeps a handle on the host's network namespace, to watch the lab's
-    // API on 127.0.0.1: WEFT_HOST_NETNS names it.
-    if spec.host_netns {
-        let host_netns = File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
-        let _ = HOST_NETNS.set(format!("/proc/{}/fd/{}", std::process::id(), host_netns.as_raw_fd()));
-        std::mem::forget(host_netns);
     }
     enter(&spec)?;
     crate::volumes::mount_in_pod(&spec.mounts, &spec.dir.join("shadow")).context("mounting the pod's volumes")?;

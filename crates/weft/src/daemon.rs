@@ -167,26 +167,34 @@ fn serve_api_to_pods(nodes: &[weft_lab::topology::NodeNet], api: std::net::Socke
     Ok(())
 }
 
-/// The kube-dns Service and its Deployment, made once (a user's changes to them are kept).
+/// The cluster DNS: the kube-dns Service and `deploy/dns.yaml` (the weft-dns ServiceAccount,
+/// ClusterRole and binding, and the Deployment, which cluster mode applies as it is), each made
+/// once (a user's changes to them are kept).
 async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
-    let text = include_str!("cluster-dns.yaml").replace("CLUSTER_DNS_IP", ip);
+    let service = include_str!("cluster-dns.yaml").replace("CLUSTER_DNS_IP", ip);
+    let text = format!("{service}\n---\n{}", include_str!("../../../deploy/dns.yaml"));
     for doc in weft_api::yaml::parse_manifests(&text).map_err(anyhow::Error::msg)? {
-        if doc["kind"] == "Service" {
-            let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(doc)?;
-            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
-                kube::Api::namespaced(client.clone(), "kube-system");
-            if api.get_opt("kube-dns").await?.is_none() {
-                api.create(&Default::default(), &svc).await?;
-            }
-        } else {
-            let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(doc)?;
-            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-                kube::Api::namespaced(client.clone(), "kube-system");
-            if api.get_opt("coredns").await?.is_none() {
-                api.create(&Default::default(), &d).await?;
-            }
-        }
+        create_once(client, &doc).await?;
     }
+    Ok(())
+}
+
+/// Creates `doc` unless an object of its kind and name is there.
+async fn create_once(client: &kube::Client, doc: &serde_json::Value) -> Result<()> {
+    let (api_version, kind) = (doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or(""));
+    let k =
+        weft_api::kinds::by_gvk(api_version, kind).with_context(|| format!("{api_version} {kind} is not served"))?;
+    let ns = doc["metadata"]["namespace"].as_str();
+    let name = doc["metadata"]["name"].as_str().unwrap_or("");
+    match client::get(client, &client::path(k, ns, Some(name))).await {
+        Ok(_) => return Ok(()),
+        Err(e) if client::is_not_found(&e) => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {} {name}", k.plural)),
+    }
+    let post = http::Method::POST;
+    client::call(client, post, &client::path(k, ns, None), Some(doc), "application/json", "application/json")
+        .await
+        .with_context(|| format!("creating {} {name}", k.plural))?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod in_cluster;
 mod lab;
 mod output;
 

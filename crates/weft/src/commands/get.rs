@@ -13,12 +13,15 @@ use crate::{client, lab, output};
 
 pub async fn run(name: Option<String>, a: GetArgs) -> Result<ExitCode> {
     let GetArgs { kind, object: obj, namespace: ns, all_namespaces: all, output, selector, no_headers } = a;
-    let lab = lab::select(name.as_deref())?;
-    let c = client::connect(&lab).await?;
+    // Inside a pod: as its ServiceAccount, in its namespace by default (as kubectl there).
+    let (c, default_ns) = match crate::in_cluster::client(name.as_deref()) {
+        Some(c) => c?,
+        None => (client::connect(&lab::select(name.as_deref())?).await?, "default".to_string()),
+    };
     let k = kinds::by_cli_name(&kind).with_context(|| {
         format!("the server doesn't have a resource type {kind:?}: try one of svc, ep, endpointslices, po, ns, no, deploy, rs, rc, ing, ingressclass, netpol, cm, secret")
     })?;
-    let ns = ns.unwrap_or("default".into());
+    let ns = ns.unwrap_or(default_ns);
     let ns_opt = if all && obj.is_none() { None } else { Some(ns.as_str()) };
     let mut path = client::path(k, ns_opt, obj.as_deref());
     if let Some(sel) = &selector {

@@ -1,5 +1,5 @@
-//! Cluster DNS end to end: the lab's kube-dns (weft's DNS in the coredns pod, behind the
-//! 10.96.0.10 Service) asked from pods by real resolvers: glibc (`getent hosts`, with the pod's
+//! Cluster DNS end to end: the lab's kube-dns (weft's DNS in the two pods of deploy/dns.yaml,
+//! behind the 10.96.0.10 Service) asked from pods by real resolvers: glibc (`getent hosts`, with the pod's
 //! search list and ndots:5), `dig` and `nslookup` from Debian's dnsutils.
 
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ fn status(lab: &Lab, args: &[&str]) -> String {
 }
 
 fn wait_dns_ready(lab: &Lab) {
-    lab.wait_running("kube-system", 1);
+    lab.wait_running("kube-system", 2);
     lab.wait_for("kube-dns endpoints", 30, || {
         let out = lab.weft_ok(&["get", "endpoints", "kube-dns", "-n", "kube-system", "-o", "json"]);
         out.contains("\"addresses\"")

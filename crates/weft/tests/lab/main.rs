@@ -10,6 +10,7 @@ mod deletion;
 mod dns;
 mod end_to_end;
 mod exec;
+mod in_cluster;
 mod ingress_seed;
 mod isolation;
 mod kubectl;
