@@ -31,15 +31,15 @@ pub fn admit_pod(pod: &mut Value) -> Result<(), ApiError> {
             None => return Err(forbidden(&name, format!("no PriorityClass with name {class} was found"))),
         }
     };
-    if let Some(stated) = spec.get("priority").filter(|v| !v.is_null()) {
-        if stated.as_i64() != Some(priority) {
-            return Err(forbidden(
-                &name,
-                format!(
-                    "the integer value of priority ({stated}) must not be provided in pod spec; priority admission controller computed {priority} from the given PriorityClass name"
-                ),
-            ));
-        }
+    if let Some(stated) = spec.get("priority").filter(|v| !v.is_null())
+        && stated.as_i64() != Some(priority)
+    {
+        return Err(forbidden(
+            &name,
+            format!(
+                "the integer value of priority ({stated}) must not be provided in pod spec; priority admission controller computed {priority} from the given PriorityClass name"
+            ),
+        ));
     }
     if let Some(stated) = spec.get("preemptionPolicy").and_then(Value::as_str).filter(|p| *p != PREEMPTION_POLICY) {
         return Err(forbidden(
