@@ -113,7 +113,7 @@ impl Attributes {
         }
         // A get without a name is a list or a watch (`watch` is true unless "0" or "false").
         if a.name.is_empty() && verb == "get" {
-            let watch = q.get("watch").is_some_and(|w| w != "0" && !w.eq_ignore_ascii_case("false"));
+            let watch = is_watch(q);
             verb = if watch { "watch" } else { "list" }.to_string();
             if let Some(n) = selected_name(q) {
                 a.name = n;
@@ -263,6 +263,12 @@ pub fn forbidden_status(group: &str, resource: &str, name: &str, err: String) ->
     let mut e = ApiError::new(403, "Forbidden", message);
     e.details = Some(serde_json::Value::Object(details));
     e
+}
+
+/// Whether a list is a watch: kube-apiserver reads the `watch` parameter as Go's conversion
+/// does, anything but `0` or `false` (any case) is true.
+pub fn is_watch(q: &Query) -> bool {
+    q.get("watch").is_some_and(|w| w != "0" && !w.eq_ignore_ascii_case("false"))
 }
 
 #[cfg(test)]

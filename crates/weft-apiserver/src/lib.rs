@@ -16,10 +16,10 @@ pub mod impersonation;
 pub mod kubernetes_service;
 pub mod openapi;
 pub mod patch;
-pub mod rbac_bootstrap;
-pub mod rbac_writes;
 pub mod pod_logs;
 pub mod priority_admission;
+pub mod rbac_bootstrap;
+pub mod rbac_writes;
 pub mod rest;
 pub mod reviews;
 pub mod sa_admission;
@@ -387,7 +387,8 @@ async fn handle(
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let accept = req.headers().get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
     let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let header_str = |name| req.headers().get(name).and_then(|h: &http::HeaderValue| h.to_str().ok()).unwrap_or("").to_string();
+    let header_str =
+        |name| req.headers().get(name).and_then(|h: &http::HeaderValue| h.to_str().ok()).unwrap_or("").to_string();
     let (accept_encoding, if_none_match) = (header_str(header::ACCEPT_ENCODING), header_str(header::IF_NONE_MATCH));
     let too_large = || {
         error_response(&ApiError::new(
@@ -577,7 +578,8 @@ async fn resource(
             Err(e) => error_response(&e),
         };
     }
-    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    // The same reading as authorization's: a request authorized as a watch is served as one.
+    let watch = authz::is_watch(q);
     let writes = matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let o = match writes.then(|| rest::WriteOpts::from_query(q)).transpose() {
         Ok(o) => o.unwrap_or_default(),
