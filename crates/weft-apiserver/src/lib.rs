@@ -211,6 +211,16 @@ pub async fn start_with_pods(
                             if let Err(e) = authz::authorize(&api, &user, &attrs) {
                                 return Ok(error_response(&e));
                             }
+                            // A WebSocket opens a stream with GET, but it runs a process or opens
+                            // a port as a POST does: it needs `create` too, as kube-apiserver
+                            // asks since 1.31 (AuthorizePodWebsocketUpgradeCreatePermission), so
+                            // a role that may only read pods' subresources cannot exec.
+                            if attrs.verb == "get" {
+                                let create = authz::Attributes { verb: "create".into(), ..attrs };
+                                if let Err(e) = authz::authorize(&api, &user, &create) {
+                                    return Ok(error_response(&e));
+                                }
+                            }
                             return Ok(streams::serve(&api, pod_streams, ns, name, sub, req).await);
                         }
                         Ok::<_, Infallible>(handle(api, &authn, &server_addr, req).await)

@@ -181,3 +181,38 @@ fn rbac_with_kubectl() {
         agg["rules"].as_array().is_some_and(|r| r.iter().any(|x| x["resources"] == serde_json::json!(["secrets"])))
     });
 }
+
+/// kubectl opens an exec with a WebSocket GET; like kube-apiserver since 1.31, the server asks
+/// for `create` on `pods/exec` as well, so a role that only reads pods' subresources cannot run
+/// commands in them.
+#[test]
+fn exec_needs_create_on_pods_exec() {
+    let lab = Lab::up(&["--nodes", "1"]);
+    lab.kubectl_ok(&["create", "namespace", "ex"]);
+    lab.kubectl_ok(&["create", "serviceaccount", "reader", "-n", "ex"]);
+    lab.kubectl_ok(&["create", "role", "read-exec", "-n", "ex", "--verb=get", "--resource=pods,pods/exec"]);
+    lab.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "read-exec",
+        "-n",
+        "ex",
+        "--role=read-exec",
+        "--serviceaccount=ex:reader",
+    ]);
+    lab.kubectl_ok(&["run", "sleeper", "-n", "ex", "--image=busybox", "--", "sleep", "3600"]);
+    lab.wait_running("ex", 1);
+    let token = lab.kubectl_ok(&["create", "token", "reader", "-n", "ex"]).trim().to_string();
+    let exec = || lab.kubectl(&["--token", &token, "exec", "-n", "ex", "sleeper", "--", "true"]);
+    let out = exec();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "get alone must not exec");
+    assert!(
+        err.contains("User \"system:serviceaccount:ex:reader\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"ex\""),
+        "{err}"
+    );
+    lab.kubectl_ok(&["create", "role", "exec", "-n", "ex", "--verb=create", "--resource=pods/exec"]);
+    lab.kubectl_ok(&["create", "rolebinding", "exec", "-n", "ex", "--role=exec", "--serviceaccount=ex:reader"]);
+    let out = exec();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
