@@ -47,8 +47,12 @@ fn fill_zero_values(v: &Value) -> Value {
 /// Defaults and validates a Role, ClusterRole, RoleBinding or ClusterRoleBinding.
 pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
     let mut v = fill_zero_values(v);
-    if kind.kind.ends_with("Binding") && !v.get("roleRef").is_some_and(Value::is_object) {
-        v["roleRef"] = json!({"kind": "", "name": ""});
+    // A body that is not an object is left for `decode` to refuse (indexing it would panic).
+    if kind.kind.ends_with("Binding")
+        && let Some(o) = v.as_object_mut()
+        && !o.get("roleRef").is_some_and(Value::is_object)
+    {
+        o.insert("roleRef".into(), json!({"kind": "", "name": ""}));
     }
     let mut errs = Errors::new();
     let (out, meta) = match kind.kind {
@@ -291,6 +295,16 @@ mod tests {
 
     fn admit_json(kind: &str, v: Value) -> Result<Value, String> {
         admit(by_gvk("rbac.authorization.k8s.io/v1", kind).unwrap(), &v).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_binding_body_that_is_not_an_object_is_refused_not_a_panic() {
+        for kind in ["RoleBinding", "ClusterRoleBinding"] {
+            let k = crate::kinds::ALL.iter().find(|k| k.kind == kind).unwrap();
+            for body in [json!([1]), json!("x"), json!(3), json!(null)] {
+                assert!(admit(k, &body).is_err(), "{kind} {body}");
+            }
+        }
     }
 
     #[test]

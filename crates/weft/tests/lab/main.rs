@@ -21,6 +21,6 @@ mod openapi;
 mod protobuf;
 mod rbac;
 mod robustness;
-mod services;
 mod serviceaccounts;
+mod services;
 mod workloads;
