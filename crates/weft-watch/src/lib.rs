@@ -20,7 +20,8 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-/// A client from a kubeconfig, else the in-cluster service account (or $KUBECONFIG).
+/// A client from a kubeconfig; else, in a pod, its service account; else kube's defaults
+/// ($KUBECONFIG, `~/.kube/config`, in-cluster).
 pub async fn client(kubeconfig: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
     use anyhow::Context;
     Ok(match kubeconfig {
@@ -28,8 +29,22 @@ pub async fn client(kubeconfig: Option<std::path::PathBuf>) -> anyhow::Result<ku
             let kc = kube::config::Kubeconfig::read_from(&p).with_context(|| format!("reading {}", p.display()))?;
             kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
         }
+        // In a pod, its own ServiceAccount first: kube's default order reads `~/.kube/config`
+        // before the in-cluster configuration, and a lab's pods share the host's files, where
+        // that may be some other cluster's admin credentials.
+        None if in_a_pod() => kube::Client::try_from(
+            kube::Config::incluster().context("reading the in-cluster service account of this pod")?,
+        )?,
         None => kube::Client::try_default().await.context("no kubeconfig and no in-cluster service account")?,
     })
+}
+
+/// Whether this process runs in a pod with a ServiceAccount token mounted (what client-go's
+/// `InClusterConfig` looks for).
+pub fn in_a_pod() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        && std::env::var_os("KUBERNETES_SERVICE_PORT").is_some()
+        && std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists()
 }
 
 /// Starts watching every object of `K` (all namespaces) into a cache; `wake` fires on changes.

@@ -3,8 +3,6 @@
 //! `KUBERNETES_SERVICE_HOST`), as kubectl uses it there, so what the pod may do is what its
 //! ServiceAccount's RBAC grants. Only `weft get` uses it so far.
 
-use std::path::Path;
-
 use anyhow::Context;
 
 /// In a pod (the API's address in the environment and a mounted token) with no lab named
@@ -12,9 +10,7 @@ use anyhow::Context;
 /// None elsewhere. A pod sees the host's files, other labs' among them: it never picks a lab.
 pub fn client(lab_name: Option<&str>) -> Option<anyhow::Result<(kube::Client, String)>> {
     let named = lab_name.is_some() || std::env::var_os("WEFT_CLUSTER").is_some_and(|s| !s.is_empty());
-    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-        && Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").is_file();
-    if named || !in_pod {
+    if named || !weft_watch::in_a_pod() {
         return None;
     }
     Some((|| {
