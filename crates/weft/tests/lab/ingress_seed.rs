@@ -1,8 +1,8 @@
-//! Seed 000's ingress controller manifests (examples/seeds/ingress-controller.yaml: Deployment,
-//! ConfigMap, NodePort Service, ServiceAccount, ClusterRole, Role and their bindings) applied
-//! with the real kubectl, unchanged: everything is taken but the Deployment, which kube-apiserver
-//! refuses for the seed's own typo (`metadata.namespaces`) with the same words; fixed, it runs,
-//! and the ServiceAccount may do what its roles grant and nothing else.
+//! Seed 000's ingress controller manifests (examples/seeds/as-written/ingress-controller.yaml:
+//! Deployment, ConfigMap, NodePort Service, ServiceAccount, ClusterRole, Role and their bindings)
+//! applied with the real kubectl, unchanged: everything is taken but the Deployment, which
+//! kube-apiserver refuses for the seed's own typo (`metadata.namespaces`) with the same words;
+//! fixed, it runs, and the ServiceAccount may do what its roles grant and nothing else.
 
 use weft_testkit::{Lab, seed};
 
@@ -11,7 +11,7 @@ const SA: &str = "--as=system:serviceaccount:default:nginx-ingress-serviceaccoun
 #[test]
 fn the_seeds_ingress_controller_manifests_apply() {
     let lab = Lab::up(&[]);
-    let file = seed("ingress-controller.yaml");
+    let file = seed("as-written/ingress-controller.yaml");
     let out = lab.kubectl(&["apply", "-f", &file]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "the seed's typo is refused: {stdout}");
