@@ -158,7 +158,7 @@ where
     // so the process sees its size from the start (kube-rs may send none: wait only briefly).
     let mut early = None;
     if session.opts.tty {
-        match tokio::time::timeout(std::time::Duration::from_millis(500), source.next()).await {
+        match tokio::time::timeout(super::FIRST_RESIZE_WAIT, source.next()).await {
             Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&RESIZE) => {
                 session.opts.size = parse_resize(&b[1..]);
             }

@@ -36,6 +36,12 @@ use crate::pod_logs::PodRef;
 use crate::rest::Api;
 use crate::status::ApiError;
 
+/// How long a session with a terminal waits for the client's first resize before its process
+/// starts. kubectl sends it at once, so the wait ends at once; it is long because on a loaded
+/// machine 500 ms was seen to pass first, and the process then started at 0x0. Only a client
+/// that sends no size (kube-rs may not) waits it out.
+pub const FIRST_RESIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Output of a process: its stdout, stderr or a pty's master.
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 /// Input of a process: its stdin.

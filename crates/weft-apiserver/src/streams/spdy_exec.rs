@@ -95,7 +95,7 @@ where
     let mut session = session;
     let mut early = vec![];
     if let Some(&rid) = ids.get("resize") {
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let _ = tokio::time::timeout(super::FIRST_RESIZE_WAIT, async {
             while early.len() < 16 {
                 match reader.next().await {
                     Ok(Some(Frame::Data { id, data, .. })) if id == rid => {

@@ -169,8 +169,36 @@ fn pods_terminate_gracefully_or_at_once_when_forced() {
     lab.apply_str(&ns_yaml("z"));
     lab.kubectl_ok(&["run", "s", "-n", "z", "--image=busybox", "--", "sleep", "600"]);
     lab.wait_running("z", 1);
+    // An object with a finalizer holds the namespace in Terminating until it is let go (the pod
+    // alone can be stopped and removed before the next kubectl runs).
+    lab.kubectl_ok(&["create", "configmap", "hold", "-n", "z"]);
+    lab.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "hold",
+        "-n",
+        "z",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["weft.test/hold"]}}"#,
+    ]);
     lab.kubectl_ok(&["delete", "namespace", "z", "--wait=false"]);
     assert!(lab.kubectl_ok(&["get", "namespace", "z", "--no-headers"]).contains("Terminating"));
+    lab.wait_for("the pod in z to go", 30, || lab.pods("z").is_empty());
+    assert!(
+        lab.kubectl_ok(&["get", "namespace", "z", "--no-headers"]).contains("Terminating"),
+        "held by the finalizer"
+    );
+    lab.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "hold",
+        "-n",
+        "z",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
     lab.wait_for("namespace z to go", 30, || gone(&lab.kubectl(&["get", "namespace", "z"])));
 }
 
