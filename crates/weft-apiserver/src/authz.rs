@@ -172,11 +172,9 @@ impl Rbac {
         match c.as_ref() {
             Some((rev, ix)) if *rev == now => return ix.clone(),
             Some((rev, ix)) => {
-                if let Ok(w) = store.watch(*rev)
-                    && !w.backlog.iter().any(|e| RBAC_RESOURCES.contains(&e.key.resource.as_str()))
-                {
+                if let Some((false, now)) = store.wrote_since(*rev, |r| RBAC_RESOURCES.contains(&r)) {
                     let ix = ix.clone();
-                    *c = Some((w.rev, ix.clone()));
+                    *c = Some((now, ix.clone()));
                     return ix;
                 }
                 // A write to an RBAC object, or the history is gone: rebuilt below.

@@ -25,6 +25,7 @@ use serde_json::{Map, Number, Value};
 
 pub mod markers;
 mod pointers;
+pub mod wire;
 
 /// The media type of Kubernetes protobuf bodies.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

@@ -5,38 +5,10 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A length-delimited field (string, bytes, message, map entry).
-fn ld(n: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![];
-    varint(n << 3 | 2, &mut out);
-    varint(bytes.len() as u64, &mut out);
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// A varint field (ints, bools).
-fn vi(n: u64, v: u64) -> Vec<u8> {
-    let mut out = vec![];
-    varint(n << 3, &mut out);
-    varint(v, &mut out);
-    out
-}
+use crate::wire::{entry, envelope, ld, vi};
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
-}
-
-fn entry(k: &str, v: &[u8]) -> Vec<u8> {
-    cat(&[ld(1, k.as_bytes()), ld(2, v)])
 }
 
 /// `ObjectMeta` as Go writes it for a new object: every string, `generation` and the zero
@@ -56,13 +28,6 @@ fn meta(name: &str, labels: &[(&str, &str)]) -> Vec<u8> {
         m.extend(ld(11, &entry(k, v.as_bytes())));
     }
     m
-}
-
-fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
-    let type_meta = cat(&[ld(1, api_version.as_bytes()), ld(2, kind.as_bytes())]);
-    let mut out = MAGIC.to_vec();
-    out.extend(cat(&[ld(1, &type_meta), ld(2, raw), ld(3, b""), ld(4, b"")]));
-    out
 }
 
 #[test]

@@ -382,6 +382,18 @@ impl Store {
         Ok(Watch { backlog, live: self.shared.events.subscribe(), rev: st.rev })
     }
 
+    /// Whether a write after revision `from` touched a resource `of` accepts, with the revision
+    /// that answer is current at; None when the history no longer reaches back to `from`. A
+    /// look through the history, without the copies and the subscription of a [`Store::watch`].
+    pub fn wrote_since(&self, from: u64, of: impl Fn(&str) -> bool) -> Option<(bool, u64)> {
+        let st = self.shared.state.read().unwrap();
+        if from < st.history_floor || from > st.rev {
+            return None;
+        }
+        let start = st.history.partition_point(|e| e.rev <= from);
+        Some((st.history.iter().skip(start).any(|e| of(&e.key.resource)), st.rev))
+    }
+
     /// Applies one write durably; returns the stored object (for deletes, the object as deleted).
     pub async fn write(&self, op: Op) -> Result<Arc<Value>, StoreError> {
         let (reply, rx) = oneshot::channel();

@@ -196,34 +196,12 @@ fn bench_deployment(name: &str, round: usize) -> serde_json::Value {
 /// A Service as client-go's protobuf marshaller writes it: the `k8s\0` magic and a
 /// `runtime.Unknown` envelope around `v1.Service` (field numbers from k8s.io/api's generated.proto).
 fn protobuf_service(name: &str, app: &str) -> Vec<u8> {
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    fn ld(n: u64, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![];
-        varint(n << 3 | 2, &mut out);
-        varint(bytes.len() as u64, &mut out);
-        out.extend_from_slice(bytes);
-        out
-    }
-    fn vi(n: u64, v: u64) -> Vec<u8> {
-        let mut out = vec![];
-        varint(n << 3, &mut out);
-        varint(v, &mut out);
-        out
-    }
-    let entry = |k: &str, v: &str| [ld(1, k.as_bytes()), ld(2, v.as_bytes())].concat();
+    use weft_protobuf::wire::{envelope, ld, vi};
+    let entry = |k: &str, v: &str| weft_protobuf::wire::entry(k, v.as_bytes());
     let meta = [ld(1, name.as_bytes()), ld(11, &entry("app", app))].concat();
     // ServicePort{name "http", protocol TCP, port 80, targetPort 8080}
     let port = [ld(1, b"http"), ld(2, b"TCP"), vi(3, 80), ld(4, &[vi(1, 0), vi(2, 8080)].concat())].concat();
     let spec = [ld(1, &port), ld(2, &entry("app", app)), ld(4, b"ClusterIP")].concat();
     let service = [ld(1, &meta), ld(2, &spec)].concat();
-    let type_meta = [ld(1, b"v1"), ld(2, b"Service")].concat();
-    let mut out = b"k8s\0".to_vec();
-    out.extend([ld(1, &type_meta), ld(2, &service), ld(3, b""), ld(4, b"")].concat());
-    out
+    envelope("v1", "Service", &service)
 }
