@@ -1,0 +1,1 @@
+//! The command line of the ingress controller, shared by `weft ingress` and `weft-ingress`.
