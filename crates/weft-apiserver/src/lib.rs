@@ -13,6 +13,7 @@ pub mod authz;
 pub mod discovery;
 pub mod events;
 pub mod impersonation;
+pub mod ingress_class_admission;
 pub mod kubernetes_service;
 pub mod openapi;
 pub mod patch;

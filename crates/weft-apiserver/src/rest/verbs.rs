@@ -166,6 +166,9 @@ impl Api {
             crate::sa_admission::admit(self, &mut v)?;
             crate::priority_admission::admit_pod(&mut v)?;
         }
+        if kind.kind == "Ingress" {
+            crate::ingress_class_admission::admit(self, &mut v);
+        }
         self.track_update(kind, None, sent_managed, &mut v, None)?;
         let name = obj_name(&v);
         if kind.kind == "Service" {
