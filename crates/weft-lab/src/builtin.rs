@@ -1,10 +1,10 @@
 //! The built-in servers that stand in for container images (images cannot be pulled here):
-//! an HTTP echo on every TCP port that tells who answered and who asked (pod, pod IP, client
-//! address, host, path, headers), a UDP echo on UDP ports, and the `agnhost` verbs `netexec`
-//! (/hostname, /clientip, /echo?msg=) and `serve-hostname`. On the same TCP ports, as agnhost's
-//! images offer: a WebSocket echo (an HTTP/1.1 upgrade to `websocket` on any path answers 101 and
-//! sends every text or binary message back) and the gRPC health service
-//! (`grpc.health.v1.Health/Check` answers SERVING for any service name) over h2c.
+//! an HTTP echo on every TCP port that tells who answered and who asked (pod, pod IP, port,
+//! client address, host, method, path, protocol version, headers), a UDP echo on UDP ports, and
+//! the `agnhost` verbs `netexec` (/hostname, /clientip, /echo?msg=) and `serve-hostname`. On the
+//! same TCP ports, as agnhost's images offer: a WebSocket echo (an HTTP/1.1 upgrade to
+//! `websocket` on any path answers 101 and sends every text or binary message back) and the gRPC
+//! health service (`grpc.health.v1.Health/Check` answers SERVING for any service name) over h2c.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +65,7 @@ fn answer(b: &Builtin, req: &Request<Incoming>, local: SocketAddr, peer: SocketA
                 "client": peer.to_string(), "clientIP": peer.ip().to_string(),
                 "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
                 "method": req.method().as_str(), "path": path, "query": query, "headers": headers,
+                "proto": format!("{:?}", req.version()),
             });
             (200, format!("{body}\n"), "application/json")
         }
@@ -400,6 +401,7 @@ mod tests {
         let out = rt.block_on(get_json(addr, "/x")).unwrap();
         assert_eq!(out["pod"], "echo-pod");
         assert_eq!(out["path"], "/x");
+        assert_eq!(out["proto"], "HTTP/1.1");
     }
 
     async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
