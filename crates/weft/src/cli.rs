@@ -46,6 +46,9 @@ pub enum Cmd {
     Agent(AgentArgs),
     /// Cluster DNS (a CoreDNS replacement) for the API server the kubeconfig names.
     Dns(weft_dns::cli::Args),
+    /// The Ingress controller (Ingress v1 and the ingress-nginx annotations, served by a
+    /// reverse proxy) for the API server the kubeconfig names, or for a file (`--from-file`).
+    Ingress(weft_ingress::cli::Args),
     /// A pod's shim (started by the lab's kubelet).
     #[command(hide = true)]
     Shim(ShimArgs),

@@ -48,6 +48,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Logs(a) => commands::logs::run(name, a).await,
         Cmd::Agent(a) => commands::cluster::agent(a).await,
         Cmd::Dns(a) => commands::cluster::dns(a).await,
+        Cmd::Ingress(a) => commands::cluster::ingress(a).await,
         Cmd::Shim(a) => commands::internal::shim(a),
         Cmd::Builtin(a) => commands::internal::builtin(a).await,
         Cmd::Apply(a) => commands::apply::run(name, a).await,

@@ -1,6 +1,6 @@
 //! The processes of cluster mode, against a real API server: `weft agent` (the node's service
-//! proxy and NetworkPolicy enforcement) and `weft dns` (the cluster DNS, the same server as the
-//! `weft-dns` binary).
+//! proxy and NetworkPolicy enforcement), `weft dns` (the cluster DNS, the same server as the
+//! `weft-dns` binary) and `weft ingress` (the Ingress controller, as the `weft-ingress` binary).
 
 use std::process::ExitCode;
 
@@ -19,6 +19,13 @@ fn init_logging() {
 pub async fn dns(a: weft_dns::cli::Args) -> Result<ExitCode> {
     init_logging();
     weft_dns::cli::run(a).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weft ingress`: the Ingress controller.
+pub async fn ingress(a: weft_ingress::cli::Args) -> Result<ExitCode> {
+    init_logging();
+    weft_ingress::cli::run(a).await?;
     Ok(ExitCode::SUCCESS)
 }
 
