@@ -462,9 +462,10 @@ metadata:
         assert_eq!(seen.lock().unwrap().len(), 2);
 
         // Rewritten in place twice at once, the same size (the same times, likely): the last wins.
-        std::fs::write(&path, service("x")).unwrap();
-        std::fs::write(&path, service("y")).unwrap();
-        assert_eq!(until(&seen, last_is("y")).await.last().unwrap(), &["y"]);
+        // (Not `y`: YAML reads a bare y as true.)
+        std::fs::write(&path, service("x1")).unwrap();
+        std::fs::write(&path, service("y1")).unwrap();
+        assert_eq!(until(&seen, last_is("y1")).await.last().unwrap(), &["y1"]);
 
         // Gone for a while, then back: no call while it is missing.
         tokio::time::sleep(POLL * 2).await;
@@ -472,8 +473,8 @@ metadata:
         std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(POLL * 4).await;
         assert_eq!(seen.lock().unwrap().len(), n);
-        std::fs::write(&path, service("z")).unwrap();
-        assert_eq!(until(&seen, last_is("z")).await.len(), n + 1);
+        std::fs::write(&path, service("z1")).unwrap();
+        assert_eq!(until(&seen, last_is("z1")).await.len(), n + 1);
         assert!(!task.is_finished());
         task.abort();
     }
