@@ -11,6 +11,7 @@ mod dns;
 mod end_to_end;
 mod exec;
 mod in_cluster;
+mod ingress;
 mod ingress_seed;
 mod isolation;
 mod kubectl;
