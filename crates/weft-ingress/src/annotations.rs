@@ -274,7 +274,8 @@ pub fn parse(
     let redirect = p.redirect();
     let canary = if p.boolean("canary", false) { Some(p.canary()) } else { None };
     if deny.is_none()
-        && let Some(k) = FAIL_CLOSED.iter().find(|k| p.get(k).is_some())
+        // `auth-tls-verify-client: off` asks for nothing.
+        && let Some(k) = FAIL_CLOSED.iter().find(|k| p.get(k).is_some_and(|v| !(**k == "auth-tls-verify-client" && v == "off")))
     {
         deny = Some(format!("{PREFIX}{k} is not implemented"));
     }
@@ -456,7 +457,6 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 fn parse_u64(v: &str) -> Option<u64> {
-    let v = v.trim();
     if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -469,7 +469,6 @@ fn parse_secs(v: &str) -> Option<Duration> {
 
 /// nginx's size syntax: bytes, or a number with k, m or g (powers of 1024).
 fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
     let (num, mult) = match v.as_bytes().last()? {
         b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
         b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
@@ -851,6 +850,7 @@ mod tests {
             assert!(a.deny.is_some(), "{k}");
         }
         assert!(run(&[("auth-realm", "x")]).0.deny.is_none());
+        assert!(run(&[("auth-tls-verify-client", "off")]).0.deny.is_none());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 pub fn compile(inputs: &Inputs, cfg: &ClassConfig, generation: u64) -> Compiled {
     let mut ours = served(inputs, cfg);
     // Oldest first: the order every "first wins" below relies on.
-    ours.sort_by(|a, b| age(a).cmp(&age(b)));
+    ours.sort_by_cached_key(|i| age(i));
     let mut seen = HashSet::new();
     ours.retain(|i| seen.insert(object_ref(i)));
 
@@ -159,8 +159,12 @@ struct Builder<'a> {
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     secrets: HashMap<(&'a str, &'a str), &'a Secret>,
     entries: Vec<Entry>,
-    /// (host, kind, key) → the Ingress whose route it is (the oldest).
-    claimed: HashMap<(HostKey, Kind, String), ObjectRef>,
+    /// (host, exact, path; non-exact ones without the trailing `/`) → the Ingress whose route
+    /// it is (the oldest). A regex and a prefix of the same path are one location in
+    /// ingress-nginx, so they conflict too.
+    claimed: HashMap<(HostKey, bool, String), ObjectRef>,
+    /// The same keys → the main route's entry, for canaries.
+    mains: HashMap<(HostKey, bool, String), usize>,
     /// Hosts that have rules (an entry even without paths: such a host does not fall back to
     /// the rules without a host).
     hosts: HashSet<HostKey>,
@@ -203,6 +207,7 @@ impl<'a> Builder<'a> {
             secrets,
             entries: Vec::new(),
             claimed: HashMap::new(),
+            mains: HashMap::new(),
             hosts: HashSet::new(),
             default_backend: None,
             default_from: None,
@@ -280,7 +285,9 @@ impl<'a> Builder<'a> {
             for (pi, p) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let field = format!("spec.rules[{ri}].http.paths[{pi}]");
                 let Some((kind, key, regex)) = self.path(oref, &field, p, ann.use_regex) else { continue };
-                let claim = (host_key.clone(), kind, key.clone());
+                // Non-exact paths are compared without their trailing `/`, regex or not.
+                let same = if kind == Kind::Exact { key.clone() } else { PathPrefix::new(&key).0 };
+                let claim = (host_key.clone(), kind == Kind::Exact, same);
                 if let Some(winner) = self.claimed.get(&claim) {
                     let message = format!(
                         "{field}: host {} path {} ({}) is already routed by Ingress {winner}, which is older and \
@@ -292,6 +299,7 @@ impl<'a> Builder<'a> {
                     self.problem(oref, "PathConflict", message);
                     continue;
                 }
+                self.mains.insert(claim.clone(), self.entries.len());
                 self.claimed.insert(claim, oref.clone());
                 let target = self.target(oref, ann, &p.backend, &format!("{field}.backend"));
                 let route = Route {
@@ -435,7 +443,7 @@ impl<'a> Builder<'a> {
                  backend; use a Service with a selector or EndpointSlices (requests to this path get 503)",
                 svc.name
             );
-            self.problem(oref, "ServiceNotFound", message);
+            self.problem(oref, "ExternalNameService", message);
             return None;
         }
         let ports: &[ServicePort] = spec.and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
@@ -558,14 +566,7 @@ impl<'a> Builder<'a> {
                 let field = format!("spec.rules[{ri}].http.paths[{pi}]");
                 let Some((kind, key, _)) = self.path(oref, &field, p, false) else { continue };
                 // The main route may be a regex or a prefix: both are Prefix/ImplementationSpecific.
-                let main = self.entries.iter().position(|e| {
-                    e.host == host_key
-                        && match kind {
-                            Kind::Exact => e.kind == Kind::Exact && e.key == key,
-                            _ => e.kind != Kind::Exact && PathPrefix::new(&e.key).0 == key,
-                        }
-                });
-                let Some(main) = main else {
+                let Some(&main) = self.mains.get(&(host_key.clone(), kind == Kind::Exact, key)) else {
                     let message = format!(
                         "{field}: canary for host {} path {} has no main route: no non-canary Ingress of this class \
                          routes that host and path; create it or remove canary: \"true\"",
@@ -1149,7 +1150,7 @@ mod tests {
                 "ServiceNotFound",
                 "PortNotFound",
                 "PortNotFound",
-                "ServiceNotFound",
+                "ExternalNameService",
                 "ResourceBackend",
                 "PortNotFound"
             ]
@@ -1252,6 +1253,35 @@ mod tests {
         let again = run(&i);
         assert_eq!(again.problems, c.problems);
         assert_eq!(again.served, c.served);
+    }
+
+    #[test]
+    fn regex_and_prefix_of_one_path_conflict_and_take_canaries() {
+        let mut i = inputs();
+        echo("re", &mut i);
+        echo("pre", &mut i);
+        echo("can", &mut i);
+        let rule = |p: Value| json!({"rules": [{"host": "h.example", "http": {"paths": [p]}}]});
+        i.ingresses.push(ing(
+            "a",
+            1,
+            json!({"nginx.ingress.kubernetes.io/use-regex": "true"}),
+            rule(path("/api/", "Prefix", "re")),
+        ));
+        i.ingresses.push(ing("b", 2, json!({}), rule(path("/api/", "Prefix", "pre"))));
+        i.ingresses.push(ing(
+            "c",
+            3,
+            json!({"nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-by-cookie": "beta"}),
+            rule(path("/api", "ImplementationSpecific", "can")),
+        ));
+        let c = run(&i);
+        assert_eq!(reasons(&c), vec!["PathConflict"]);
+        assert_eq!(c.problems[0].ingress.name, "b");
+        let r = c.table.route("h.example", "/api/x").unwrap().route;
+        assert_eq!((describe(&r.target).as_str(), r.canaries.len()), ("re", 1));
+        assert_eq!(r.canaries[0].cookie.as_deref(), Some("beta"));
     }
 
     #[test]
@@ -1630,7 +1660,9 @@ mod tests {
         assert_eq!(get(&c, "many.example", "/p9998/x"), "s");
         assert_eq!(get(&c, "many.example", "/p9999"), "s");
         assert_eq!(c.table.hosts["re.example"].regexes.len(), 300);
-        assert_eq!(get(&c, "re.example", &format!("/r5/{}z", "x".repeat(100_000))), "404");
+        // No match (in linear time): the default backend, the garbage Ingress's port -1, 503.
+        assert_eq!(get(&c, "re.example", &format!("/r5/{}z", "x".repeat(100_000))), "503");
+        assert_eq!(get(&c, "re.example", "/r5/xxy"), "s");
         assert!(c.problems.iter().all(|p| p.message.len() < 2000), "a message echoes a huge value");
         assert!(c.problems.iter().any(|p| p.reason == "InvalidHost"));
         assert!(c.problems.iter().any(|p| p.ingress.name == "huge-re" && p.reason == "InvalidPath"));

@@ -69,7 +69,9 @@ pub struct Compiled {
 pub struct Problem {
     pub ingress: ObjectRef,
     /// The Event's reason, CamelCase: `UnsupportedAnnotation`, `InvalidAnnotation`,
-    /// `ResourceBackend`, `ServiceNotFound`, `PortNotFound`, `TLSSecret`, `InvalidPath`.
+    /// `ResourceBackend`, `ServiceNotFound`, `PortNotFound`, `TLSSecret`, `InvalidPath`,
+    /// `InvalidHost`, `PathConflict`, `ExternalNameService`, `CanaryWithoutMain`,
+    /// `DefaultBackendConflict`.
     pub reason: &'static str,
     /// The Event's message: names the field or annotation and the fix.
     pub message: String,
@@ -156,7 +158,10 @@ pub struct Route {
 pub enum Target {
     Service(Backend),
     /// A `permanent-redirect` (or `app-root` for `/`): answered by the proxy itself.
-    Redirect { location: String, code: u16 },
+    Redirect {
+        location: String,
+        code: u16,
+    },
     /// Nothing to send to (a resource backend, a missing Service or port): 503 as
     /// ingress-nginx answers for a backend without endpoints. The problem is in `problems`.
     Unavailable,
@@ -208,7 +213,10 @@ pub struct Canary {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// `rewrite-target`: the request path (not the query) is replaced by this, with `$1`..`$9`
-    /// taken from the route's regex captures (`use-regex`); the query is kept.
+    /// taken from the route's regex captures (`use-regex`; a capture that did not take part is
+    /// empty); the query is kept. `/` on `/watch` sends `/watch/x?a=1` as `/?a=1`;
+    /// `/$2` on `/something(/|$)(.*)` sends `/something/new` as `/new`. ingress-nginx also
+    /// accepts a target without the leading `/` (`$1`): a result not starting with `/` gets one.
     pub rewrite_target: Option<String>,
     /// `ssl-redirect` (default true): redirect HTTP to HTTPS when the host has TLS.
     pub ssl_redirect: bool,
@@ -232,7 +240,8 @@ pub struct Settings {
     /// `load-balance`: round_robin (default) or ewma.
     pub balance: Balance,
     /// `proxy-next-upstream-tries` (default 3): attempts in all for an idempotent request
-    /// whose connection to an endpoint failed.
+    /// whose connection to an endpoint failed. The annotation's `0` (nginx: no limit) is
+    /// `u32::MAX`: bound it by the endpoints, each tried at most once, as nginx does.
     pub tries: u32,
 }
 
