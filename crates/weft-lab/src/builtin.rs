@@ -262,7 +262,8 @@ fn image_name(image: &str) -> &str {
 /// A command of weft's own image (`weft`, any registry and tag: what `deploy/` runs) as the
 /// lab runs it from the host's build: `weft ...` is this `weft` executable, `weft-dns ...` the
 /// `weft-dns` binary next to it if there is one (the cluster DNS alone, smaller in memory),
-/// else `weft dns ...`. Any other command or image: None (it runs as written).
+/// else `weft dns ...`; `weft-ingress ...` likewise the `weft-ingress` binary, else
+/// `weft ingress ...`. Any other command or image: None (it runs as written).
 pub fn weft_image_command(image: &str, argv: &[String], weft_exe: &std::path::Path) -> Option<Vec<String>> {
     if image_name(image) != "weft" {
         return None;
@@ -270,9 +271,10 @@ pub fn weft_image_command(image: &str, argv: &[String], weft_exe: &std::path::Pa
     let (first, rest) = argv.split_first()?;
     let mut out = match first.as_str() {
         "weft" => vec![weft_exe.display().to_string()],
-        "weft-dns" => match weft_exe.with_file_name("weft-dns") {
-            alone if alone.is_file() => vec![alone.display().to_string()],
-            _ => vec![weft_exe.display().to_string(), "dns".into()],
+        // A server of its own: its binary beside weft, else weft's subcommand of that name.
+        alone @ ("weft-dns" | "weft-ingress") => match weft_exe.with_file_name(alone) {
+            bin if bin.is_file() => vec![bin.display().to_string()],
+            _ => vec![weft_exe.display().to_string(), alone.trim_start_matches("weft-").into()],
         },
         _ => return None,
     };
@@ -352,6 +354,18 @@ mod tests {
         std::fs::write(dir.path().join("weft-dns"), "").unwrap();
         let alone = dir.path().join("weft-dns").display().to_string();
         assert_eq!(weft_image_command("weft", &dns, &exe), Some(v(&[&alone, "--cluster-domain=cluster.local"])));
+        // The ingress controller likewise.
+        let ingress = v(&["weft-ingress", "--publish-service=kube-system/weft-ingress"]);
+        assert_eq!(
+            weft_image_command("weft:latest", &ingress, &exe),
+            Some(v(&[&exe_s, "ingress", "--publish-service=kube-system/weft-ingress"]))
+        );
+        std::fs::write(dir.path().join("weft-ingress"), "").unwrap();
+        let alone = dir.path().join("weft-ingress").display().to_string();
+        assert_eq!(
+            weft_image_command("weft", &ingress, &exe),
+            Some(v(&[&alone, "--publish-service=kube-system/weft-ingress"]))
+        );
         // Other commands, other images (CoreDNS's too) and no command run as written.
         assert_eq!(weft_image_command("weft:latest", &v(&["sh", "-c", "true"]), &exe), None);
         assert_eq!(weft_image_command("weft-helper:1", &dns, &exe), None);

@@ -253,9 +253,20 @@ impl Lab {
 
     /// Waits until `n` pods in `ns` run with an IP and are Ready.
     pub fn wait_running(&self, ns: &str, n: usize) -> Vec<Value> {
+        self.wait_running_where(ns, n, |_| true)
+    }
+
+    /// As [`Lab::wait_running`], counting only the pods labelled `key=value` (kube-system also
+    /// holds the ingress controller beside the DNS pods).
+    pub fn wait_running_labeled(&self, ns: &str, (key, value): (&str, &str), n: usize) -> Vec<Value> {
+        self.wait_running_where(ns, n, |p| p["metadata"]["labels"][key] == value)
+    }
+
+    fn wait_running_where(&self, ns: &str, n: usize, mut select: impl FnMut(&Value) -> bool) -> Vec<Value> {
         let mut last = vec![];
         self.wait_for(&format!("{n} running pods"), 60, || {
             last = self.pods(ns);
+            last.retain(&mut select);
             last.len() == n
                 && last.iter().all(|p| {
                     p["status"]["phase"] == "Running"

@@ -125,6 +125,10 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
             tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
             say("progress: starting the cluster DNS");
             cluster_dns(&client, &ctx.dns_ip).await?;
+            // Made before the DNS wait so the controller starts meanwhile; `weft up` does not
+            // wait for it (nothing of the lab needs it).
+            say("progress: starting the ingress controller");
+            cluster_ingress(&client).await?;
             // Pods made right after `weft up` resolve names (seed 000's `nslookup kubernetes`).
             if !dns_ready(&client, Duration::from_secs(30)).await {
                 say("progress: the cluster DNS is not ready yet; see kubectl -n kube-system get pods");
@@ -174,6 +178,18 @@ async fn cluster_dns(client: &kube::Client, ip: &str) -> Result<()> {
     let service = include_str!("cluster-dns.yaml").replace("CLUSTER_DNS_IP", ip);
     let text = format!("{service}\n---\n{}", include_str!("../../../deploy/dns.yaml"));
     for doc in weft_api::yaml::parse_manifests(&text).map_err(anyhow::Error::msg)? {
+        create_once(client, &doc).await?;
+    }
+    Ok(())
+}
+
+/// The Ingress controller: `deploy/ingress.yaml` as cluster mode applies it (ServiceAccount,
+/// ClusterRole and binding, the default IngressClass `weft`, the Deployment and its
+/// LoadBalancer Service), each made once (a user's changes to them are kept).
+async fn cluster_ingress(client: &kube::Client) -> Result<()> {
+    for doc in
+        weft_api::yaml::parse_manifests(include_str!("../../../deploy/ingress.yaml")).map_err(anyhow::Error::msg)?
+    {
         create_once(client, &doc).await?;
     }
     Ok(())

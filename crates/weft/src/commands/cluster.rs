@@ -24,7 +24,12 @@ pub async fn dns(a: weft_dns::cli::Args) -> Result<ExitCode> {
 
 /// `weft ingress`: the Ingress controller.
 pub async fn ingress(a: weft_ingress::cli::Args) -> Result<ExitCode> {
-    init_logging();
+    // Its log on stderr: stdout is the proxy's access log (JSON lines).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
     weft_ingress::cli::run(a).await?;
     Ok(ExitCode::SUCCESS)
 }

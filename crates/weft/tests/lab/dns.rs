@@ -101,7 +101,7 @@ fn status(lab: &Lab, args: &[&str]) -> String {
 }
 
 fn wait_dns_ready(lab: &Lab) {
-    lab.wait_running("kube-system", 2);
+    lab.wait_running_labeled("kube-system", ("k8s-app", "kube-dns"), 2);
     lab.wait_for("kube-dns endpoints", 30, || {
         let out = lab.weft_ok(&["get", "endpoints", "kube-dns", "-n", "kube-system", "-o", "json"]);
         out.contains("\"addresses\"")

@@ -49,7 +49,7 @@ fn nul_separated(path: &str) -> Vec<String> {
 #[test]
 fn the_dns_runs_as_its_service_account_with_nothing_of_the_hosts() {
     let lab = Lab::up(&["--nodes", "2"]);
-    lab.wait_running("kube-system", 2);
+    lab.wait_running_labeled("kube-system", ("k8s-app", "kube-dns"), 2);
     let deploy =
         lab.kubectl_ok(&["-n", "kube-system", "get", "deployment", "weft-dns", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(deploy, "2");
@@ -107,7 +107,7 @@ const ENDPOINTSLICES_RULE: &str =
 #[test]
 fn rbac_decides_what_the_dns_may_watch() {
     let lab = Lab::up(&["--nodes", "1"]);
-    lab.wait_running("kube-system", 2);
+    lab.wait_running_labeled("kube-system", ("k8s-app", "kube-dns"), 2);
     let can_i = || {
         let as_dns = "system:serviceaccount:kube-system:weft-dns";
         let o = lab.kubectl(&["auth", "can-i", "watch", "endpointslices.discovery.k8s.io", "--as", as_dns]);

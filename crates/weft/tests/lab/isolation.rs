@@ -233,8 +233,8 @@ spec:
     assert!(most >= 1, "the exec probe does not run in the pod (under its shim {shim})");
 }
 
-/// A node holds its `allocatable.pods` (110, the lab's two DNS pods among them): the rest stay
-/// Pending, Unschedulable, in kube-scheduler's words.
+/// A node holds its `allocatable.pods` (110, the lab's two DNS pods and its ingress controller
+/// among them): the rest stay Pending, Unschedulable, in kube-scheduler's words.
 #[test]
 fn a_full_node_leaves_the_rest_pending_unschedulable() {
     let lab = Lab::up(&["--nodes", "1"]);
@@ -252,7 +252,7 @@ spec:
 "#,
     );
     let mut last = vec![];
-    lab.wait_for("110 pods bound (108 and the DNS's 2) and 4 unschedulable", 120, || {
+    lab.wait_for("110 pods bound (107, the DNS's 2, the ingress controller) and 5 unschedulable", 120, || {
         last = lab.pods("default");
         last.extend(lab.pods("kube-system"));
         let bound = last.iter().filter(|p| p["spec"]["nodeName"].is_string()).count();
@@ -270,6 +270,6 @@ spec:
                     })
             })
             .count();
-        last.len() == 114 && bound == 110 && unschedulable == 4
+        last.len() == 115 && bound == 110 && unschedulable == 5
     });
 }

@@ -12,6 +12,7 @@ mod end_to_end;
 mod exec;
 mod in_cluster;
 mod ingress;
+mod ingress_controller;
 mod ingress_seed;
 mod isolation;
 mod kubectl;
