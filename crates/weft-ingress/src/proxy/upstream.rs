@@ -203,7 +203,7 @@ impl Worker {
         if n == 1 && tried.is_empty() {
             return Some(eps[0]);
         }
-        let fresh = |lb: &Lb, a: &SocketAddr| !tried.contains(a) && !lb.ejected.get(a).is_some_and(|t| *t > now);
+        let fresh = |lb: &Lb, a: &SocketAddr| !tried.contains(a) && lb.ejected.get(a).is_none_or(|t| *t <= now);
         match balance {
             Balance::RoundRobin => {
                 if lb.table != table {
@@ -242,7 +242,7 @@ impl Worker {
         let a = eps.iter().copied().find(|a| affinity_value(a) == value)?;
         let now = Instant::now();
         let lb = lock(&self.lb);
-        (!tried.contains(&a) && !lb.ejected.get(&a).is_some_and(|t| *t > now)).then_some(a)
+        (!tried.contains(&a) && lb.ejected.get(&a).is_none_or(|t| *t <= now)).then_some(a)
     }
 
     pub(crate) fn eject(&self, addr: SocketAddr) {
