@@ -38,7 +38,8 @@ pub(crate) async fn handle(req: Request<Incoming>, ci: Arc<ConnInfo>, w: Arc<Wor
     let log = w.log.is_some().then(|| LogIn::of(&req));
     let mut ctx =
         Ctx { route: None, canary: MAIN, upstream: None, upstream_status: 0, upstream_time: None, request_id: None };
-    let resp = serve(req, &ci, &w, &table, &mut ctx).await;
+    // Boxed: the request's state is large, and hyper moves the future it is given.
+    let resp = Box::pin(serve(req, &ci, &w, &table, &mut ctx)).await;
     let took = start.elapsed();
     w.stats.record(ctx.route.as_ref(), ctx.canary, method, resp.status().as_u16(), took, ctx.upstream_time);
     if let (Some(tx), Some(l)) = (&w.log, log) {
@@ -72,6 +73,25 @@ const TIMEOUT: &str = "<html>\r\n<head><title>504 Gateway Time-out</title></head
 const FORBIDDEN: &str = "<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n</body>\r\n</html>\r\n";
 const TOO_LARGE: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n</body>\r\n</html>\r\n";
 const BAD_REQUEST: &str = "<html>\r\n<head><title>400 Bad Request</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n</body>\r\n</html>\r\n";
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_SCHEME: HeaderName = HeaderName::from_static("x-forwarded-scheme");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// 32 random hex digits, as nginx's `$request_id`.
+fn new_request_id() -> HeaderValue {
+    let mut n = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
+}
 
 /// The headers of one connection only (RFC 9110 7.6.1), never passed on; `te` and `upgrade`
 /// are dealt with on their own.
@@ -343,11 +363,9 @@ async fn serve(
     let Ok(uri) = uri else { return simple(StatusCode::BAD_REQUEST, BAD_REQUEST) };
     let affinity_cookie = st.affinity.as_ref().and_then(|a| cookie(&parts.headers, &a.name).map(str::to_string));
 
-    let request_id = match parts.headers.get("x-request-id") {
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(v) => v.clone(),
-        None => {
-            HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())).unwrap_or(HeaderValue::from_static("0"))
-        }
+        None => new_request_id(),
     };
     ctx.request_id = Some(request_id.clone());
     {
@@ -371,16 +389,16 @@ async fn serve(
         let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
         // The client's address replaces whatever it claimed (ingress-nginx's default, with
         // use-forwarded-headers off: nothing in front of it is trusted).
-        h.insert("x-forwarded-for", ci.remote_ip.clone());
-        h.insert("x-real-ip", ci.remote_ip.clone());
-        h.insert("x-forwarded-proto", proto.clone());
-        h.insert("x-forwarded-scheme", proto);
+        h.insert(X_FORWARDED_FOR, ci.remote_ip.clone());
+        h.insert(X_REAL_IP, ci.remote_ip.clone());
+        h.insert(X_FORWARDED_PROTO, proto.clone());
+        h.insert(X_FORWARDED_SCHEME, proto);
         if !host_raw.is_empty() {
-            h.insert("x-forwarded-host", host_hv.clone());
+            h.insert(X_FORWARDED_HOST, host_hv.clone());
         }
-        h.insert("x-forwarded-port", ci.local_port.clone());
-        h.insert("x-request-id", request_id);
-        if let Ok(v) = HeaderValue::from_str(&forwarded(ci.remote, host_raw, tls)) {
+        h.insert(X_FORWARDED_PORT, ci.local_port.clone());
+        h.insert(X_REQUEST_ID, request_id);
+        if let Some(v) = ci.forwarded(&host_hv, || forwarded(ci.remote, host_raw, tls)) {
             h.insert(header::FORWARDED, v);
         }
     }

@@ -309,6 +309,27 @@ pub(crate) struct ConnInfo {
     /// The client's address and the local port, as header values (made once per connection).
     pub(crate) remote_ip: http::HeaderValue,
     pub(crate) local_port: http::HeaderValue,
+    /// The last `Forwarded` value made and the Host it was made for: a connection's
+    /// requests nearly always name one host.
+    pub(crate) last_forwarded: std::sync::Mutex<Option<(http::HeaderValue, http::HeaderValue)>>,
+}
+
+impl ConnInfo {
+    pub(crate) fn forwarded(
+        &self,
+        host: &http::HeaderValue,
+        make: impl FnOnce() -> String,
+    ) -> Option<http::HeaderValue> {
+        let mut last = self.last_forwarded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((h, v)) = &*last
+            && h == host
+        {
+            return Some(v.clone());
+        }
+        let v = http::HeaderValue::from_str(&make()).ok()?;
+        *last = Some((host.clone(), v.clone()));
+        Some(v)
+    }
 }
 
 async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: Arc<Builders>) {
@@ -336,6 +357,7 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
             remote_ip: http::HeaderValue::from_str(&remote.ip().to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             local_port: http::HeaderValue::from(local.port()),
+            last_forwarded: std::sync::Mutex::new(None),
         });
         let (worker, builders) = (worker.clone(), builders.clone());
         tokio::spawn(async move {
@@ -354,7 +376,12 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
                 // hyper's header timeout starts: a client that sends nothing is timed here.
                 let mut one = [0u8; 1];
                 match tokio::time::timeout(limits.header_read_timeout, s.peek(&mut one)).await {
-                    Ok(Ok(n)) if n > 0 => serve(s, ci, worker, &builders.auto).await,
+                    // Only an h2c preface starts with `P` (as do POST, PUT, PATCH): anything
+                    // else is HTTP/1 for sure, served without the sniffing layer.
+                    Ok(Ok(n)) if n > 0 => {
+                        let b = if one[0] == b'P' { &builders.auto } else { &builders.h1 };
+                        serve(s, ci, worker, b).await
+                    }
                     _ => {}
                 }
             }
