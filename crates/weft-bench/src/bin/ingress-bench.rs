@@ -24,7 +24,7 @@
 //! Needs nginx, haproxy, wrk, curl and openssl (Debian packages of those names; this program
 //! installs nothing), `weft-ingress` (`cargo build --release -p weft-ingress`) and, for Traefik,
 //! `scripts/peers traefik` (skipped with a note when not built). Loopback only (ports
-//! 18080-18196, refused when busy); every process it starts is stopped by its pid (its process
+//! 28080-28196, refused when busy); every process it starts is stopped by its pid (its process
 //! group) on every way out, Ctrl-C included.
 //!
 //! Usage: ingress-bench [--duration S] [--rounds N] [--only weft,nginx,haproxy,traefik]
@@ -48,10 +48,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const LO: &str = "127.0.0.1";
 /// The upstream's ports, one per route: a-api, a-web, b-api, b-web.
-const UPSTREAM: [u16; 4] = [18101, 18102, 18103, 18104];
+const UPSTREAM: [u16; 4] = [28101, 28102, 28103, 28104];
 const ROUTES: [&str; 4] = ["a-api", "a-web", "b-api", "b-web"];
 /// The WebSocket echo server.
-const WS_PORT: u16 = 18105;
+const WS_PORT: u16 = 28105;
 const WRK_CONNS: u32 = 50;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,10 +76,10 @@ impl Kind {
     /// Plain, TLS, metrics/admin.
     fn ports(self) -> (u16, u16, u16) {
         match self {
-            Kind::Nginx => (18080, 18180, 18190),
-            Kind::Haproxy => (18082, 18182, 18192),
-            Kind::Traefik => (18084, 18184, 18194),
-            Kind::Weft => (18086, 18186, 18196),
+            Kind::Nginx => (28080, 28180, 28190),
+            Kind::Haproxy => (28082, 28182, 28192),
+            Kind::Traefik => (28084, 28184, 28194),
+            Kind::Weft => (28086, 28186, 28196),
         }
     }
     fn url(self, tls: bool) -> String {
@@ -542,7 +542,8 @@ async fn start(kind: Kind, args: &Args, work: &Path) -> Result<Running> {
     Ok(Running { kind, proc })
 }
 
-/// One request with curl (SNI and Host set to `host`): status, `X-Route`, body.
+/// One request with curl (SNI and Host set to `host`, the Host without a port, as wrk sends
+/// it): status, `X-Route`, body.
 async fn probe(kind: Kind, tls: bool, host: &str, path: &str) -> Option<(String, String, String)> {
     let (h, s, _) = kind.ports();
     let (scheme, port) = if tls { ("https", s) } else { ("http", h) };
@@ -550,7 +551,7 @@ async fn probe(kind: Kind, tls: bool, host: &str, path: &str) -> Option<(String,
     let url = format!("{scheme}://{host}:{port}{path}");
     let out = run_tool(
         "curl",
-        &["-sk", "--http1.1", "--max-time", "3", "-i", "--resolve", &resolve, &url],
+        &["-sk", "--http1.1", "--max-time", "3", "-i", "--resolve", &resolve, "-H", &format!("Host: {host}"), &url],
         Duration::from_secs(5),
     )
     .await
@@ -1097,7 +1098,7 @@ mod tests {
 
     #[test]
     fn wrk_output() {
-        let out = "Running 10s test @ http://127.0.0.1:18080/\n  1 threads and 50 connections\n  Latency Distribution\n     50%  790.00us\n     75%    1.00ms\n     90%    1.20ms\n     99%    1.70ms\n  550000 requests in 10.00s, 120.00MB read\n  Socket errors: connect 0, read 3, write 1, timeout 0\n  Non-2xx or 3xx responses: 7\nRequests/sec:  55000.12\nTransfer/sec:     12.00MB\n";
+        let out = "Running 10s test @ http://127.0.0.1:28080/\n  1 threads and 50 connections\n  Latency Distribution\n     50%  790.00us\n     75%    1.00ms\n     90%    1.20ms\n     99%    1.70ms\n  550000 requests in 10.00s, 120.00MB read\n  Socket errors: connect 0, read 3, write 1, timeout 0\n  Non-2xx or 3xx responses: 7\nRequests/sec:  55000.12\nTransfer/sec:     12.00MB\n";
         let w = parse_wrk(out);
         assert_eq!((w.requests, w.non2xx, w.socket_errors), (550000, 7, 4));
         assert!((w.rps - 55000.12).abs() < 1e-6 && (w.p50_ms - 0.79).abs() < 1e-9 && (w.p99_ms - 1.7).abs() < 1e-9);
