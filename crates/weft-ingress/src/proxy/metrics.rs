@@ -124,7 +124,11 @@ pub(crate) const MAIN: u8 = u8::MAX;
 const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "OTHER"];
 
 pub(crate) fn method_index(m: &http::Method) -> u8 {
-    METHODS.iter().position(|n| *n == m.as_str()).unwrap_or(METHODS.len() - 1) as u8
+    method_index_str(m.as_str())
+}
+
+pub(crate) fn method_index_str(m: &str) -> u8 {
+    METHODS.iter().position(|n| *n == m).unwrap_or(METHODS.len() - 1) as u8
 }
 
 impl WorkerStats {

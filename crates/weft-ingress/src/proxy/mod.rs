@@ -7,6 +7,8 @@
 //! never waits on another thread; the table is read once per request through an `ArcSwap`.
 
 mod body;
+mod decide;
+mod h1;
 mod handler;
 mod metrics;
 mod path;
@@ -263,7 +265,7 @@ fn worker_main(
     rt.block_on(async move {
         let worker = Arc::new(Worker::new(shared.clone(), log));
         let b = server_builder(&shared.limits);
-        let builders = Arc::new(Builders { h1: b.clone().http1_only(), h2: b.clone().http2_only(), auto: b });
+        let builders = Arc::new(Builders { h2: b.clone().http2_only(), auto: b });
         for (l, tls) in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => {
@@ -311,15 +313,11 @@ pub(crate) struct ConnInfo {
     pub(crate) local_port: http::HeaderValue,
     /// The last `Forwarded` value made and the Host it was made for: a connection's
     /// requests nearly always name one host.
-    pub(crate) last_forwarded: std::sync::Mutex<Option<(http::HeaderValue, http::HeaderValue)>>,
+    pub(crate) last_forwarded: std::sync::Mutex<Option<(String, http::HeaderValue)>>,
 }
 
 impl ConnInfo {
-    pub(crate) fn forwarded(
-        &self,
-        host: &http::HeaderValue,
-        make: impl FnOnce() -> String,
-    ) -> Option<http::HeaderValue> {
+    pub(crate) fn forwarded(&self, host: &str, make: impl FnOnce() -> String) -> Option<http::HeaderValue> {
         let mut last = self.last_forwarded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((h, v)) = &*last
             && h == host
@@ -327,7 +325,7 @@ impl ConnInfo {
             return Some(v.clone());
         }
         let v = http::HeaderValue::from_str(&make()).ok()?;
-        *last = Some((host.clone(), v.clone()));
+        *last = Some((host.to_string(), v.clone()));
         Some(v)
     }
 }
@@ -369,18 +367,24 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
                 let Ok(Ok(s)) = hs else { return };
                 worker.shared.metrics.handshakes.inc();
                 // ALPN decides: no sniffing of the first bytes (which no timeout would cover).
-                let b = if s.get_ref().1.alpn_protocol() == Some(b"h2") { &builders.h2 } else { &builders.h1 };
-                serve(s, ci, worker, b).await
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    serve(s, ci, worker, &builders.h2).await
+                } else {
+                    h1::serve(s, ci, worker).await
+                }
             } else {
                 // The automatic builder reads the first bytes (h2c preface or not) before
                 // hyper's header timeout starts: a client that sends nothing is timed here.
-                let mut one = [0u8; 1];
-                match tokio::time::timeout(limits.header_read_timeout, s.peek(&mut one)).await {
-                    // Only an h2c preface starts with `P` (as do POST, PUT, PATCH): anything
-                    // else is HTTP/1 for sure, served without the sniffing layer.
+                let mut first = [0u8; 3];
+                match tokio::time::timeout(limits.header_read_timeout, s.peek(&mut first)).await {
+                    // Only an h2c preface starts with `PRI`: anything else is HTTP/1, served
+                    // by the hand-written path (a lone `P` so far: hyper's sniffing decides).
                     Ok(Ok(n)) if n > 0 => {
-                        let b = if one[0] == b'P' { &builders.auto } else { &builders.h1 };
-                        serve(s, ci, worker, b).await
+                        if first[0] != b'P' || (n == 3 && &first != b"PRI") {
+                            h1::serve(s, ci, worker).await
+                        } else {
+                            serve(s, ci, worker, &builders.auto).await
+                        }
                     }
                     _ => {}
                 }
@@ -389,10 +393,10 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
     }
 }
 
-/// A worker's connection builders: by sniffing (plain port), and by ALPN (TLS).
+/// A worker's hyper connection builders: by sniffing (plain port, h2c preface), and for
+/// ALPN h2 (TLS). HTTP/1 is served by [`h1`].
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
-    h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
 }
 

@@ -66,6 +66,62 @@ struct Idle {
 struct Pools {
     h1: HashMap<PoolKey, Vec<Idle>>,
     h2: HashMap<PoolKey, http2::SendRequest<ReqBody>>,
+    /// Idle connections of the hand-written HTTP/1 path (most recently used last).
+    raw: HashMap<PoolKey, Vec<RawConn>>,
+}
+
+/// A byte stream to an endpoint, plain or TLS.
+pub(crate) enum UpIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection of the HTTP/1 path with its read buffer (empty when idle).
+pub(crate) struct RawConn {
+    pub(crate) io: UpIo,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) since: Instant,
 }
 
 #[derive(Default)]
@@ -140,6 +196,51 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// An idle connection of the HTTP/1 path to `key`, if one is young enough.
+    pub(crate) fn raw_pooled(&self, key: PoolKey) -> Option<RawConn> {
+        let mut p = lock(&self.pools);
+        let v = p.raw.get_mut(&key)?;
+        let max_idle = self.shared.limits.upstream_idle_timeout;
+        while let Some(c) = v.pop() {
+            if c.since.elapsed() < max_idle {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly for the next request.
+    pub(crate) fn raw_put(&self, key: PoolKey, mut c: RawConn) {
+        let cap = self.shared.limits.upstream_idle;
+        let mut p = lock(&self.pools);
+        let v = p.raw.entry(key).or_default();
+        if v.len() < cap {
+            c.buf.clear();
+            c.since = Instant::now();
+            v.push(c);
+        }
+    }
+
+    /// A new HTTP/1 connection (TLS with ALPN http/1.1 when `key.tls`) within `timeout`.
+    pub(crate) async fn raw_connect(&self, key: PoolKey, timeout: Duration) -> Result<RawConn, ConnectError> {
+        let made = tokio::time::timeout(timeout, async {
+            let tcp = TcpStream::connect(key.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            if !key.tls {
+                return Ok::<_, io::Error>(UpIo::Plain(tcp));
+            }
+            let name = ServerName::IpAddress(key.addr.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(self.shared.upstream_tls_h1.clone()).connect(name, tcp).await?;
+            Ok(UpIo::Tls(Box::new(tls)))
+        })
+        .await;
+        match made {
+            Err(_) => Err(ConnectError::Timeout),
+            Ok(Err(_)) => Err(ConnectError::Failed),
+            Ok(Ok(io)) => Ok(RawConn { io, buf: Vec::with_capacity(16 << 10), since: Instant::now() }),
+        }
     }
 
     /// A new connection to `addr` in `protocol`, within `timeout`.
