@@ -431,6 +431,11 @@ async fn h2c_and_h2_over_tls() {
     let g = collect(tx.send_request(r).await.unwrap()).await;
     assert_eq!((g.status, g.upstream()), (200, Some("u")));
     assert_eq!(g.seen("host"), Some("h.example"));
+    // The Server header on the hyper path too: a proxied answer and one of the proxy's own.
+    assert_eq!(g.header("server"), "weft");
+    let r = Request::builder().uri("http://none.example/").body(Full::<Bytes>::default()).unwrap();
+    let g = collect(tx.send_request(r).await.unwrap()).await;
+    assert_eq!((g.status, g.header("server")), (404, "weft"));
     // h2 over TLS by ALPN.
     let (alpn, tls) = tls_connect(p.local_addrs().https[0], "h.example", &[b"h2"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));

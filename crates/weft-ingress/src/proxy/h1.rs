@@ -376,7 +376,7 @@ fn transfer_encoding(headers: &[httparse::Header<'_>]) -> Result<bool, u16> {
 /// Every LF in a head must end a CRLF (bare LF and CR are refused).
 fn crlf_only(head: &[u8]) -> bool {
     let mut prev = 0u8;
-    for (i, &b) in head.iter().enumerate() {
+    for &b in head {
         if b == b'\n' && prev != b'\r' {
             return false;
         }
@@ -387,7 +387,6 @@ fn crlf_only(head: &[u8]) -> bool {
             return false;
         }
         prev = b;
-        let _ = i;
     }
     true
 }
@@ -920,7 +919,6 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         }
     };
-    let _ = body_done;
     respond(c, out, p, f, ci, w, route, addr, key, up, t0, assign_cookie, ctx).await
 }
 
