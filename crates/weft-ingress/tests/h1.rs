@@ -400,3 +400,46 @@ async fn an_answer_until_close_is_passed_on_and_ends_the_connection() {
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\nall of this") && closed, "{out}");
     assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
 }
+
+fn big_answer(_: usize, _: &str) -> Vec<u8> {
+    let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 16000000\r\n\r\n".to_vec();
+    a.resize(a.len() + 16_000_000, b'x');
+    a
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let (ep, _) = raw_upstream(big_answer, 10).await;
+    let opts = Options {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: vec![],
+        metrics: vec![],
+        threads: 1,
+        access_log: false,
+    };
+    let limits = Limits { send_timeout: Duration::from_millis(300), ..Limits::default() };
+    let p = Proxy::start_with(opts, limits).await.unwrap();
+    p.install(table("h.example", ep));
+    let a = p.local_addrs().http[0];
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(a).await.unwrap();
+    // Requests, and nothing read for well past the timeout.
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: h.example\r\n\r\nGET /b HTTP/1.1\r\nHost: h.example\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // What the proxy had sent before giving up, then the end: far less than the answers.
+    let mut got = 0usize;
+    let mut b = vec![0u8; 64 << 10];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was not closed");
+    assert!(got < 16_000_000, "got {got} bytes: the whole answer");
+    drop(p);
+}

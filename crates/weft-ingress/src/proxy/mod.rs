@@ -12,6 +12,7 @@ mod h1;
 mod handler;
 mod metrics;
 mod path;
+mod timed_io;
 mod tls;
 mod upstream;
 
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::RouteTable;
 pub use body::RespBody;
+use timed_io::SendTimeout;
 use upstream::Worker;
 
 /// Where and how the proxy serves.
@@ -73,6 +75,9 @@ pub struct Limits {
     /// and how long one may stay idle (`upstream-keepalive-timeout`).
     pub upstream_idle: usize,
     pub upstream_idle_timeout: Duration,
+    /// A client that takes no bytes of a response for this long is dropped (nginx's
+    /// `send_timeout`, 60 s), on every path (TLS records and HTTP/2 frames included).
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -87,6 +92,7 @@ impl Default for Limits {
             h2_max_header_list_size: 32 << 10,
             upstream_idle: 320,
             upstream_idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -363,6 +369,7 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
             let limits = &worker.shared.limits;
             if tls {
                 let Some(acceptor) = worker.shared.tls.clone() else { return };
+                let s = SendTimeout::new(s, limits.send_timeout);
                 let hs = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(s)).await;
                 let Ok(Ok(s)) = hs else { return };
                 worker.shared.metrics.handshakes.inc();
@@ -380,6 +387,7 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
                     // Only an h2c preface starts with `PRI`: anything else is HTTP/1, served
                     // by the hand-written path (a lone `P` so far: hyper's sniffing decides).
                     Ok(Ok(n)) if n > 0 => {
+                        let s = SendTimeout::new(s, limits.send_timeout);
                         if first[0] != b'P' || (n == 3 && &first != b"PRI") {
                             h1::serve(s, ci, worker).await
                         } else {
