@@ -917,12 +917,14 @@ async fn metrics_and_healthz() {
     let u = upstream("u").await;
     let p = proxy().await;
     let a = http_addr(&p);
+    let m = p.local_addrs().metrics[0];
+    // Not ready before the first table: no route is known yet.
+    assert_eq!(get(m, "x", "/healthz").await.status, 503);
     let mut t = table_prefixes("m.example", vec![("/", svc("m.example", "/", backend("u", &[u])))]);
     t.generation = 7;
     p.install(t);
     assert_eq!(get(a, "m.example", "/").await.status, 200);
     assert_eq!(get(a, "none.example", "/").await.status, 404);
-    let m = p.local_addrs().metrics[0];
     let h = get(m, "x", "/healthz").await;
     assert_eq!((h.status, h.body.as_str()), (200, "ok"));
     let text = get(m, "x", "/metrics").await.body;

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -113,6 +113,10 @@ pub(crate) struct Shared {
     /// The port of the first TLS listener, for redirects to HTTPS (omitted when 443).
     pub(crate) https_port: Option<u16>,
     pub(crate) conns: AtomicUsize,
+    /// A table has been installed: until then /healthz is 503, so the pod is not Ready (and
+    /// gets no Service traffic) before it knows any route, as ingress-nginx waits for its
+    /// first configuration.
+    pub(crate) installed: AtomicBool,
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) upstream_tls_h1: Arc<rustls::ClientConfig>,
     pub(crate) upstream_tls_h2: Arc<rustls::ClientConfig>,
@@ -128,7 +132,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds every listener (an error names the address) and starts serving an empty table
-    /// (everything 404) until [`Proxy::install`] is called.
+    /// (everything 404, /healthz 503) until [`Proxy::install`] is called.
     pub async fn start(opts: Options) -> anyhow::Result<Proxy> {
         Proxy::start_with(opts, Limits::default()).await
     }
@@ -173,6 +177,7 @@ impl Proxy {
             https_port: addrs.https.first().map(|a| a.port()),
             limits,
             conns: AtomicUsize::new(0),
+            installed: AtomicBool::new(false),
             tls,
             upstream_tls_h1: tls::client_config(b"http/1.1")?,
             upstream_tls_h2: tls::client_config(b"h2")?,
@@ -210,6 +215,7 @@ impl Proxy {
         let generation = table.generation;
         self.shared.table.store(Arc::new(table));
         self.shared.metrics.reloaded();
+        self.shared.installed.store(true, Ordering::Release);
         tracing::info!(generation, "route table installed");
     }
 
@@ -461,6 +467,9 @@ fn metrics_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>, mut 
 
 fn metrics_response(req: &Request<Incoming>, shared: &Shared) -> Response<RespBody> {
     let (code, ctype, body) = match req.uri().path() {
+        "/healthz" if !shared.installed.load(Ordering::Acquire) => {
+            (503, "text/plain; charset=utf-8", "no configuration yet".to_string())
+        }
         "/healthz" => (200, "text/plain; charset=utf-8", "ok".to_string()),
         "/metrics" => (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode()),
         _ => (404, "text/plain; charset=utf-8", "404 page not found\n".to_string()),
