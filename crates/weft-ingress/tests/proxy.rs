@@ -942,3 +942,19 @@ async fn metrics_and_healthz() {
     assert!(text.contains("ingress=\"ing\",namespace=\"default\",service=\"u\",host=\"m.example\",path=\"/\",method=\"GET\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("status=\"404\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn grpc_route_from_an_http1_client_goes_on_as_http2() {
+    let u = upstream("g").await;
+    let p = proxy().await;
+    let mut b = backend("g", &[u]);
+    b.protocol = BackendProtocol::Grpc;
+    p.install(table_prefixes("g.example", vec![("/", svc("g.example", "/", b))]));
+    // As nginx's grpc_pass: the request goes to the endpoint as HTTP/2, its answer comes back
+    // as HTTP/1.1 (two on one connection: the second after the hand-over to hyper).
+    let one = "POST /grpc.Echo/Say HTTP/1.1\r\nHost: g.example\r\nContent-Type: application/grpc\r\nTE: trailers\r\nContent-Length: 10\r\n\r\n\0\0\0\0\x05hello";
+    let (out, _) = raw(http_addr(&p), format!("{one}{one}").as_bytes(), Duration::from_secs(2)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(out.matches("version HTTP/2.0").count(), 2, "{out}");
+    assert!(out.contains("body 10"), "{out}");
+}

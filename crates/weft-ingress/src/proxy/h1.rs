@@ -12,7 +12,8 @@
 //! HTTP/1.0), `Expect: 100-continue` (answered here, as nginx does), Upgrade (a 101 splices
 //! the two sockets), retries on connect failure and on a pooled connection found closed,
 //! and strict framing on both sides (request smuggling: anything ambiguous is refused).
-//! What it does not do: HTTP/2 and gRPC (hyper's path, by ALPN or the h2c preface), chunk
+//! What it does not do: HTTP/2 and gRPC (hyper's path, by ALPN or the h2c preface; a gRPC
+//! route's HTTP/1 request hands the connection over to it), chunk
 //! extensions or trailers interpreted (passed through), transfer codings other than
 //! `chunked` (501), re-chunking a chunked answer for an HTTP/1.0 client (502).
 
@@ -72,7 +73,14 @@ enum Action {
     /// request was malformed).
     Answer(Answer, bool),
     Forward(Fwd),
+    /// A gRPC backend: the connection goes to the hyper path, which sends the request as
+    /// HTTP/2 (see [`Handoff`]).
+    Grpc,
 }
+
+/// A connection handed to the hyper path: its stream and the bytes read and not yet used
+/// (the gRPC request's head first).
+pub(crate) type Handoff<S> = (S, Vec<u8>);
 
 /// A request for an endpoint: its head is in the connection's `out` buffer.
 struct Fwd {
@@ -125,8 +133,9 @@ async fn timed<T>(d: Duration, f: impl Future<Output = io::Result<T>>) -> io::Re
     }
 }
 
-/// Serves one HTTP/1.x client connection until it ends.
-pub(crate) async fn serve<S>(io: S, ci: Arc<ConnInfo>, w: Arc<Worker>)
+/// Serves one HTTP/1.x client connection until it ends, or until a request for a gRPC
+/// backend, when the connection is handed back to be served by hyper.
+pub(crate) async fn serve<S>(io: S, ci: Arc<ConnInfo>, w: Arc<Worker>) -> Option<Handoff<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,7 +166,7 @@ where
             match tokio::time::timeout_at(deadline, c.fill()).await {
                 Ok(Ok(n)) if n > 0 => {}
                 // Closed, failed or too slow (slowloris, or idle between requests).
-                _ => return,
+                _ => return None,
             }
         };
         let start = Instant::now();
@@ -169,18 +178,23 @@ where
                     let body = if code == 400 { BAD_REQUEST } else { "" };
                     let _ = write_answer(&mut c, &mut out, Answer::Simple(code, body), None, true, false, true).await;
                     finish(&w, &ci, &Ctx::new(), 9, code, 0, start, None);
-                    return;
+                    return None;
                 }
             },
             table,
         ) else {
-            return;
+            return None;
         };
+        if matches!(p.action, Action::Grpc) {
+            let rest = c.avail().to_vec();
+            return Some((c.io, rest));
+        }
         c.consume(p.head_len);
         let mut ctx = Ctx::new();
         ctx.route = p.route.clone();
         ctx.canary = p.canary;
         let (status, sent, keep) = match p.action {
+            Action::Grpc => return None,
             Action::Answer(a, close) => {
                 let code = answer_code(&a);
                 let close = close || !p.keep_alive;
@@ -194,7 +208,7 @@ where
                     Done::Close(code, n) => (code, n, false),
                     Done::Tunnel(code) => {
                         finish(&w, &ci, &ctx, p.method, code, 0, start, p.log);
-                        return;
+                        return None;
                     }
                 }
             }
@@ -202,7 +216,7 @@ where
         finish(&w, &ci, &ctx, p.method, status, sent, start, p.log);
         if !keep {
             let _ = c.io.shutdown().await;
-            return;
+            return None;
         }
     }
 }
@@ -524,8 +538,10 @@ fn prepare(
     };
     let Some(backend) = d.route.as_deref().and_then(|r| backend_of(r, d.canary)) else { return p };
     if matches!(backend.protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs) {
-        // gRPC wants HTTP/2 end to end: not from an HTTP/1 client.
-        p.action = Action::Answer(Answer::Simple(502, BAD_GATEWAY), has_body);
+        // nginx's grpc_pass sends an HTTP/1.x client's request on as HTTP/2 (its grpc module
+        // makes HTTP/2 frames of any request) and the answer back as HTTP/1.1, trailers in the
+        // last chunk; the hyper path does the same, so the connection goes there.
+        p.action = Action::Grpc;
         return p;
     }
     let expect = headers.iter().find(|h| h.name.eq_ignore_ascii_case("expect")).map(|h| h.value);

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::RouteTable;
 pub use body::RespBody;
-use timed_io::SendTimeout;
+use timed_io::{Rewind, SendTimeout};
 use upstream::Worker;
 
 /// Where and how the proxy serves.
@@ -382,8 +382,8 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
                 // ALPN decides: no sniffing of the first bytes (which no timeout would cover).
                 if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                     serve(s, ci, worker, &builders.h2).await
-                } else {
-                    h1::serve(s, ci, worker).await
+                } else if let Some((s, pre)) = h1::serve(s, ci.clone(), worker.clone()).await {
+                    serve(Rewind::new(s, pre), ci, worker, &builders.auto).await
                 }
             } else {
                 // The automatic builder reads the first bytes (h2c preface or not) before
@@ -395,7 +395,9 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
                     Ok(Ok(n)) if n > 0 => {
                         let s = SendTimeout::new(s, limits.send_timeout);
                         if first[0] != b'P' || (n == 3 && &first != b"PRI") {
-                            h1::serve(s, ci, worker).await
+                            if let Some((s, pre)) = h1::serve(s, ci.clone(), worker.clone()).await {
+                                serve(Rewind::new(s, pre), ci, worker, &builders.auto).await
+                            }
                         } else {
                             serve(s, ci, worker, &builders.auto).await
                         }
@@ -407,8 +409,8 @@ async fn accept_loop(l: TcpListener, tls: bool, worker: Arc<Worker>, builders: A
     }
 }
 
-/// A worker's hyper connection builders: by sniffing (plain port, h2c preface), and for
-/// ALPN h2 (TLS). HTTP/1 is served by [`h1`].
+/// A worker's hyper connection builders: by sniffing (plain port, h2c preface, and HTTP/1
+/// connections [`h1`] hands over for gRPC), and for ALPN h2 (TLS). HTTP/1 is served by [`h1`].
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
