@@ -177,6 +177,18 @@ pub async fn serve_text<F>(l: tokio::net::TcpListener, answer: F)
 where
     F: Fn(&str) -> (u16, String) + Clone + Send + Sync + 'static,
 {
+    serve_typed(l, move |path| {
+        let (code, body) = answer(path);
+        (code, "text/plain; version=0.0.4", body)
+    })
+    .await
+}
+
+/// As `serve_text`, with the content type of each answer chosen by `answer`.
+pub async fn serve_typed<F>(l: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(&str) -> (u16, &'static str, String) + Clone + Send + Sync + 'static,
+{
     loop {
         let Ok((s, _)) = l.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -185,11 +197,12 @@ where
         let answer = answer.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (code, body) = answer(req.uri().path());
+                let (code, content_type, body) = answer(req.uri().path());
                 async move {
                     hyper::Response::builder()
                         .status(code)
-                        .header("content-type", "text/plain; version=0.0.4")
+                        .header("content-type", content_type)
+                        .header("x-content-type-options", "nosniff")
                         .body(Full::new(Bytes::from(body)))
                 }
             });

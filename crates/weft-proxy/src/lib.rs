@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod health;
 pub mod netlink;
 mod report;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ struct World {
     dirty: BTreeSet<Key>,
     full: bool,
     synced: [bool; 2],
+    stats: stats::Stats,
 }
 
 fn meta_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
@@ -52,9 +54,11 @@ impl World {
         self.dirty.extend(touched);
         self.dirty.insert(k.clone());
         self.services.insert(k, Arc::new(s));
+        self.stats.queued(true, std::time::SystemTime::now());
     }
     fn drop_service(&mut self, s: &Service) {
         let k = meta_key(&s.metadata);
+        self.stats.queued(true, std::time::SystemTime::now());
         let touched = self.claims.set(&k, None);
         self.dirty.extend(touched);
         self.services.remove(&k);
@@ -68,6 +72,7 @@ impl World {
                     self.slices.remove(&owner);
                 }
             }
+            self.stats.queued(false, std::time::SystemTime::now());
             self.dirty.insert(owner);
         }
     }
@@ -77,6 +82,7 @@ impl World {
         if let Some(owner) = service_of(&s) {
             self.owner.insert(k.clone(), owner.clone());
             self.slices.entry(owner.clone()).or_default().insert(k.1, Arc::new(s));
+            self.stats.queued(false, std::time::SystemTime::now());
             self.dirty.insert(owner);
         }
     }
@@ -132,10 +138,11 @@ impl weft_watch::Fold<EndpointSlice> for World {
 /// Keeps the proxy rules of every given node (node info, its network namespace) in step with
 /// the API's Services and EndpointSlices. After the first whole sync, a change recompiles and
 /// sends only the Services it touched (their objects are found through the world's index), so
-/// its cost does not grow with the number of Services.
-pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>) {
+/// its cost does not grow with the number of Services. `stats` gets each change and pass (for
+/// kube-proxy's metrics and health answers).
+pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::PathBuf>)>, stats: stats::Stats) {
     let wake = weft_watch::Wake::new();
-    let world = Arc::new(Mutex::new(World::default()));
+    let world = Arc::new(Mutex::new(World { stats, ..World::default() }));
     weft_watch::fold::<Service, _>(kube::Api::all(client.clone()), world.clone(), wake.clone());
     weft_watch::fold::<EndpointSlice, _>(kube::Api::all(client.clone()), world.clone(), wake.clone());
     let mut appliers: Vec<(NodeInfo, Applier<NetlinkSink>, health::HealthServers)> = nodes
@@ -143,6 +150,9 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
         .map(|(n, ns)| (n, Applier::new(NetlinkSink { netns: ns.clone() }), health::HealthServers::new(ns)))
         .collect();
     let mut report = report::Reporter::new(client.clone());
+    // The gauges of what is programmed walk every Service: after a whole sync, else once a second.
+    let mut counted: Option<std::time::Instant> = None;
+    let mut programmed = stats::Programmed::default();
     // A burst of changes becomes one transaction; the resync retries a failed sync.
     let controller = weft_watch::Controller::new("proxy")
         .wake_on(&wake)
@@ -156,7 +166,17 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
                     let full = std::mem::take(&mut w.full);
                     let dirty = std::mem::take(&mut w.dirty);
                     let conflicts: Vec<compile::Conflict> = dirty.iter().flat_map(|k| w.claims.lost_by(k)).collect();
+                    let started = std::time::Instant::now();
                     let outcome = sync_nodes(&w, full, &dirty, &mut appliers);
+                    let took = started.elapsed();
+                    if full || counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        if let Some((node, _, _)) = appliers.first() {
+                            programmed = count_programmed(&w, &node.name);
+                        }
+                        counted = Some(std::time::Instant::now());
+                    }
+                    let ok = outcome.iter().all(|(_, e)| e.is_none());
+                    w.stats.synced(full, took, ok, programmed, std::time::SystemTime::now());
                     // Services the kernel refused are tried again on the next pass.
                     for (_, a, _) in &appliers {
                         w.dirty.extend(a.refused().keys().cloned());
@@ -173,6 +193,35 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
             Ok(())
         })
         .await
+}
+
+/// What the rules of `node` serve: Service ports, their ready endpoints, and the Services with a
+/// Local traffic policy and no ready endpoint on the node (kube-proxy's no_local_endpoints).
+fn count_programmed(w: &World, node: &str) -> stats::Programmed {
+    let mut p = stats::Programmed::default();
+    for (k, s) in &w.services {
+        let Some(spec) = &s.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") || spec.cluster_ip.as_deref().is_none_or(|ip| ip == "None") {
+            continue;
+        }
+        p.services += spec.ports.as_ref().map_or(0, |v| v.len() as u64);
+        let ready: Vec<_> = w
+            .slices_of(k)
+            .into_iter()
+            .flat_map(|sl| sl.endpoints.iter().flatten())
+            .filter(|e| weft_k8s::endpoints::is_ready(e))
+            .collect();
+        p.endpoints += ready.len() as u64;
+        let local = ready.iter().any(|e| e.node_name.as_deref() == Some(node));
+        if !local && spec.internal_traffic_policy.as_deref() == Some("Local") {
+            p.no_local_internal += 1;
+        }
+        let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        if !local && external && spec.external_traffic_policy.as_deref() == Some("Local") {
+            p.no_local_external += 1;
+        }
+    }
+    p
 }
 
 /// Each node's name and, if its rules are not all in force, why.

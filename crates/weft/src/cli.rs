@@ -219,6 +219,11 @@ pub struct AgentArgs {
     /// --metrics-bind-address; an empty value turns it off.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: String,
+    /// Where to serve kube-proxy's /healthz and /livez (JSON; 503 when a change has waited over
+    /// a minute, or the node is going away), as kube-proxy's --healthz-bind-address; an empty
+    /// value turns it off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
 }
 
 #[derive(Args)]

@@ -101,14 +101,16 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                     )
                 })
                 .collect();
-            tokio::spawn(weft_proxy::run(client.clone(), proxied));
+            let proxy_stats = weft_proxy::stats::Stats::default();
+            tokio::spawn(weft_proxy::run(client.clone(), proxied, proxy_stats.clone()));
             // NetworkPolicy on every node, in the node's namespace (its forward hook); the denials
             // each node logs counted (on /metrics, a loopback port `weft status` reads from the
             // state directory) and recorded as Events.
             let policed: Vec<_> = nodes.iter().map(|n| (n.name.clone(), Some(n.netns_path()))).collect();
             let published = weft_policy::Published::default();
             let denials = weft_policy::denials::Denials::default();
-            let metrics = crate::commands::metrics::serve(([127, 0, 0, 1], 0).into(), denials.clone()).await?;
+            let metrics =
+                crate::commands::metrics::serve(([127, 0, 0, 1], 0).into(), denials.clone(), proxy_stats).await?;
             std::fs::write(state_dir.join(crate::commands::metrics::ADDR_FILE), metrics.to_string())?;
             tokio::spawn(weft_policy::run_published(client.clone(), policed.clone(), published.clone()));
             tokio::spawn(weft_policy::denials::run(client.clone(), policed, published, denials));

@@ -44,20 +44,67 @@ pub async fn agent(a: AgentArgs) -> Result<ExitCode> {
         "" => None,
         m => Some(m.parse().with_context(|| format!("--metrics-bind-address {m:?} is not an address:port"))?),
     };
+    let healthz: Option<std::net::SocketAddr> = match a.healthz_bind_address.trim() {
+        "" => None,
+        h => Some(h.parse().with_context(|| format!("--healthz-bind-address {h:?} is not an address:port"))?),
+    };
     let client = weft_watch::client(a.kubeconfig).await?;
     let node = a.node;
+    let stats = weft_proxy::stats::Stats::default();
     tracing::info!(%node, "weft agent: service proxy and NetworkPolicy enforcement starting");
     // NetworkPolicy for this node's pods, whatever CNI made them, in this namespace's forward hook;
     // its denials (the rules' NFLOG group) counted on /metrics and recorded as Events.
     let published = weft_policy::Published::default();
     let denials = weft_policy::denials::Denials::default();
     if let Some(addr) = metrics {
-        let bound = super::metrics::serve(addr, denials.clone()).await?;
+        let bound = super::metrics::serve(addr, denials.clone(), stats.clone()).await?;
         tracing::info!(%bound, "serving /metrics");
+    }
+    if let Some(addr) = healthz {
+        let eligible = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(watch_eligibility(client.clone(), node.clone(), eligible.clone()));
+        let bound = super::metrics::serve_health(addr, stats.clone(), eligible).await?;
+        tracing::info!(%bound, "serving /healthz and /livez");
     }
     let policed = vec![(node.clone(), None)];
     tokio::spawn(weft_policy::run_published(client.clone(), policed.clone(), published.clone()));
     tokio::spawn(weft_policy::denials::run(client.clone(), policed, published, denials));
-    weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)]).await;
+    weft_proxy::run(client, vec![(weft_proxy::compile::NodeInfo { name: node, cluster_cidr: cidr }, None)], stats)
+        .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps `eligible` saying what kube-proxy's /healthz judges of its node: it exists, is not being
+/// deleted and has no `ToBeDeletedByClusterAutoscaler` taint (so load balancers drain it first).
+async fn watch_eligibility(
+    client: kube::Client,
+    node: String,
+    eligible: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let mut events = std::pin::pin!(watcher::watcher(nodes, config).default_backoff());
+    let judge = |n: &k8s_openapi::api::core::v1::Node| {
+        n.metadata.deletion_timestamp.is_none()
+            && !n.spec.iter().flat_map(|s| s.taints.iter().flatten()).any(|t| t.key == "ToBeDeletedByClusterAutoscaler")
+    };
+    // Whether the current (re)list has shown the node: a node not there is not eligible.
+    let mut listed = false;
+    while let Some(ev) = events.next().await {
+        let set = |v: bool| eligible.store(v, std::sync::atomic::Ordering::Relaxed);
+        match ev {
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitApply(n)) => {
+                listed = true;
+                set(judge(&n));
+            }
+            Ok(watcher::Event::InitDone) if !listed => set(false),
+            Ok(watcher::Event::InitDone) => {}
+            Ok(watcher::Event::Apply(n)) => set(judge(&n)),
+            Ok(watcher::Event::Delete(_)) => set(false),
+            Err(e) => tracing::warn!(%node, error = %e, "watching this node for /healthz"),
+        }
+    }
 }

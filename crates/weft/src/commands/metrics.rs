@@ -1,7 +1,8 @@
 //! The metrics listener of `weft agent` (like kube-proxy's, on 127.0.0.1:10249 by default) and
 //! of the lab daemon (a free loopback port, written to the lab's state directory for `weft
-//! status`): `/metrics` in Prometheus' text format (the NetworkPolicy denial counters) and
-//! `/healthz`. Served by weft-dns's plain-text HTTP server.
+//! status`): `/metrics` in Prometheus' text format (the NetworkPolicy denial counters and the
+//! service proxy's `kubeproxy_*` sync metrics) and `/healthz`; and `weft agent`'s health listener
+//! (kube-proxy's `/healthz` and `/livez` on 0.0.0.0:10256). Served by weft-dns's HTTP server.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,19 +14,46 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The file in a lab's state directory holding the daemon's metrics address.
 pub const ADDR_FILE: &str = "metrics.addr";
 
-fn respond(denials: &weft_policy::denials::Denials, path: &str) -> (u16, String) {
+fn respond(denials: &weft_policy::denials::Denials, proxy: &weft_proxy::stats::Stats, path: &str) -> (u16, String) {
     match path {
-        "/metrics" => (200, denials.render()),
+        "/metrics" => (200, denials.render() + &proxy.render()),
         "/healthz" => (200, "ok\n".into()),
         _ => (404, "not found\n".into()),
     }
 }
 
 /// Binds `addr` and serves the counters until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, denials: weft_policy::denials::Denials) -> Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    denials: weft_policy::denials::Denials,
+    proxy: weft_proxy::stats::Stats,
+) -> Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics listener on {addr}"))?;
     let bound = l.local_addr()?;
-    tokio::spawn(weft_dns::metrics::serve_text(l, move |path| respond(&denials, path)));
+    tokio::spawn(weft_dns::metrics::serve_text(l, move |path| respond(&denials, &proxy, path)));
+    Ok(bound)
+}
+
+/// Binds `addr` and answers `/healthz` and `/livez` as kube-proxy does (JSON; 503 when a change
+/// has waited over a minute, or, for /healthz, when `eligible` says the node is going away).
+pub async fn serve_health(
+    addr: SocketAddr,
+    proxy: weft_proxy::stats::Stats,
+    eligible: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<SocketAddr> {
+    use std::sync::atomic::Ordering;
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("healthz listener on {addr}"))?;
+    let bound = l.local_addr()?;
+    tokio::spawn(weft_dns::metrics::serve_typed(l, move |path| {
+        let now = std::time::SystemTime::now();
+        let timeout = weft_proxy::stats::HEALTH_TIMEOUT;
+        let (code, body) = match path {
+            "/healthz" => proxy.health(now, timeout, Some(eligible.load(Ordering::Relaxed))),
+            "/livez" => proxy.health(now, timeout, None),
+            _ => return (404, "text/plain", "404 page not found\n".into()),
+        };
+        (code, "application/json", body)
+    }));
     Ok(bound)
 }
 
