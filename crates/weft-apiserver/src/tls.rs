@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
+#[derive(Clone)]
 pub struct Credentials {
     pub ca_pem: String,
     pub cert_pem: String,

@@ -1,0 +1,358 @@
+//! A real Kubernetes control plane for a lab: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler, the binaries `scripts/peers` builds from their Go modules, started as child
+//! processes with everything they need made in one directory (a CA and serving certificate
+//! shared with the embedded API's code, static bearer tokens for the admin and for each
+//! component, a service-account signing key, kubeconfigs), bound to loopback on free ports.
+//! The API advertises `advertise` (a lab address pods reach) as the `kubernetes` Service's
+//! endpoint. Stopped (SIGTERM, then SIGKILL) when dropped, so a failing test leaves nothing.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use weft_apiserver::tls::{self, Credentials};
+
+/// What the control plane serves.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// Where its certificates, tokens, etcd's data and the components' logs go.
+    pub dir: PathBuf,
+    /// Where the peers' binaries are (`scripts/peers` builds them into target/peers/bin).
+    pub bin_dir: PathBuf,
+    /// The lab's name (in the kubeconfig's names).
+    pub name: String,
+    /// `--service-cluster-ip-range`.
+    pub service_cidr: String,
+    /// `--service-node-port-range`, as `30000-32767`.
+    pub node_port_range: String,
+    /// The address written into the `kubernetes` Service's endpoints; loopback when none.
+    pub advertise: Option<IpAddr>,
+    /// kube-controller-manager's `--controllers` (None: its defaults).
+    pub controllers: Option<String>,
+}
+
+/// The binaries a control plane needs, in the order they start.
+pub const BINARIES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"];
+
+/// Where the peers' binaries are: `$WEFT_PEERS_BIN`, else the first `peers/bin` holding
+/// kube-apiserver in a folder above `exe` (target/release/weft and target/debug/deps/<test>
+/// both find target/peers/bin).
+pub fn find_bin_dir(exe: &Path) -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("WEFT_PEERS_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    exe.ancestors().map(|a| a.join("peers/bin")).find(|d| d.join("kube-apiserver").is_file()).with_context(|| {
+        format!(
+            "no kube-apiserver in a peers/bin folder above {}: build the control plane with `scripts/peers \
+                 kubernetes etcd` (or set WEFT_PEERS_BIN to the folder holding {})",
+            exe.display(),
+            BINARIES.join(", ")
+        )
+    })
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// kube-apiserver's address (loopback).
+    pub api: SocketAddr,
+    /// The admin's kubeconfig (token of a `system:masters` user).
+    pub kubeconfig: PathBuf,
+    /// The admin's credentials (CA, token).
+    pub creds: Credentials,
+    /// etcd's client address (loopback).
+    pub etcd: SocketAddr,
+    dir: PathBuf,
+    children: Vec<(&'static str, Child)>,
+}
+
+/// A loopback port nothing listens on now (the kernel's pick; it can be taken before use, which
+/// the component then reports as an address in use).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A token in the static token file: 32 random bytes, hex.
+fn token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+impl ControlPlane {
+    /// Makes what is missing in `spec.dir`, starts the four components and waits (at most
+    /// `limit`) until kube-apiserver is ready and the default namespaces exist.
+    pub async fn start(spec: &Spec, limit: Duration) -> Result<ControlPlane> {
+        for b in BINARIES {
+            let p = spec.bin_dir.join(b);
+            anyhow::ensure!(p.is_file(), "{} is missing: build it with `scripts/peers kubernetes etcd`", p.display());
+        }
+        let dir = &spec.dir;
+        std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("making {}", dir.display()))?;
+        let service_ip = first_service_ip(&spec.service_cidr)?;
+        let mut names = tls::serving_names(service_ip, spec.advertise);
+        names.sort();
+        names.dedup();
+        let creds = tls::load_or_create(dir, &names)?;
+        // Static tokens: the admin (system:masters) and each component as the user kubeadm
+        // gives it, which the API's bootstrap RBAC policy grants what it needs.
+        let component_tokens = read_or_make(dir, "components.tokens", || format!("{}\n{}\n", token(), token()))?;
+        let mut lines = component_tokens.lines();
+        let (kcm_token, sched_token) = (
+            lines.next().context("components.tokens is damaged: delete it")?.to_string(),
+            lines.next().context("components.tokens is damaged: delete it")?.to_string(),
+        );
+        tls::write_private(
+            &dir.join("tokens.csv"),
+            format!(
+                "{},admin,admin,system:masters\n{kcm_token},system:kube-controller-manager,kcm\n{sched_token},system:kube-scheduler,scheduler\n",
+                creds.token
+            )
+            .as_bytes(),
+        )?;
+        // The service-account signing key (ES256), kept across restarts so tokens stay valid.
+        if !dir.join("sa.key").exists() {
+            let key = rcgen::KeyPair::generate()?;
+            tls::write_private(&dir.join("sa.pub"), key.public_key_pem().as_bytes())?;
+            tls::write_private(&dir.join("sa.key"), key.serialize_pem().as_bytes())?;
+        }
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
+        let etcd = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd_port));
+        let server = format!("https://{api}");
+        let kubeconfig = dir.join("admin.kubeconfig");
+        tls::write_private(&kubeconfig, tls::kubeconfig(&spec.name, &server, &creds).as_bytes())?;
+        for (file, tok) in [("controller-manager.kubeconfig", &kcm_token), ("scheduler.kubeconfig", &sched_token)] {
+            let c = Credentials { token: tok.clone(), ..creds.clone() };
+            tls::write_private(&dir.join(file), tls::kubeconfig(&spec.name, &server, &c).as_bytes())?;
+        }
+        let mut cp = ControlPlane { api, kubeconfig, creds, etcd, dir: dir.clone(), children: vec![] };
+        let p = |f: &str| dir.join(f).display().to_string();
+        let etcd_url = format!("http://{etcd}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        cp.spawn(
+            spec,
+            "etcd",
+            &[
+                "--name=weft",
+                &format!("--data-dir={}", p("etcd")),
+                &format!("--listen-client-urls={etcd_url}"),
+                &format!("--advertise-client-urls={etcd_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=weft={peer_url}"),
+                "--log-level=warn",
+            ],
+        )?;
+        let advertise = spec.advertise.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        cp.spawn(
+            spec,
+            "kube-apiserver",
+            &[
+                &format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                &format!("--advertise-address={advertise}"),
+                &format!("--tls-cert-file={}", p("apiserver.crt")),
+                &format!("--tls-private-key-file={}", p("apiserver.key")),
+                &format!("--client-ca-file={}", p("ca.crt")),
+                &format!("--token-auth-file={}", p("tokens.csv")),
+                "--authorization-mode=RBAC",
+                &format!("--service-cluster-ip-range={}", spec.service_cidr),
+                &format!("--service-node-port-range={}", spec.node_port_range),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                &format!("--service-account-key-file={}", p("sa.pub")),
+                &format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )?;
+        // The controller manager and scheduler exit if the API's bootstrap RBAC policy is not
+        // there yet (kubeadm's kubelet restarts them; we start them once it is).
+        cp.wait_ready(limit).await?;
+        cp.spawn(
+            spec,
+            "kube-controller-manager",
+            &[
+                &format!("--kubeconfig={}", p("controller-manager.kubeconfig")),
+                &format!("--authentication-kubeconfig={}", p("controller-manager.kubeconfig")),
+                &format!("--authorization-kubeconfig={}", p("controller-manager.kubeconfig")),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()?),
+                &format!("--service-account-private-key-file={}", p("sa.key")),
+                &format!("--root-ca-file={}", p("ca.crt")),
+                "--use-service-account-credentials=true",
+                &format!("--service-cluster-ip-range={}", spec.service_cidr),
+                &format!("--controllers={}", spec.controllers.as_deref().unwrap_or("*")),
+                "--profiling=false",
+                "--v=0",
+            ],
+        )?;
+        cp.spawn(
+            spec,
+            "kube-scheduler",
+            &[
+                &format!("--kubeconfig={}", p("scheduler.kubeconfig")),
+                &format!("--authentication-kubeconfig={}", p("scheduler.kubeconfig")),
+                &format!("--authorization-kubeconfig={}", p("scheduler.kubeconfig")),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()?),
+                "--profiling=false",
+                "--v=0",
+            ],
+        )?;
+        // Both up: each has taken its leader lease (they work only once they hold it).
+        cp.wait_leaders(limit).await?;
+        Ok(cp)
+    }
+
+    fn spawn(&mut self, spec: &Spec, name: &'static str, args: &[&str]) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        let child = Command::new(spec.bin_dir.join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Not in our process group's way: the children are stopped by id, here.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        tracing::info!(name, pid = child.id(), "control plane component started");
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// A client as the admin.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
+    /// The last lines of a component's log (for errors).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Fails naming the component when one has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for (name, c) in &mut self.children {
+            if let Some(status) = c.try_wait()? {
+                let name = *name;
+                bail!("{name} exited ({status}); its log ends:\n{}", self.log_tail(name, 20));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut last = String::from("no answer yet");
+        while start.elapsed() < limit {
+            self.check_alive()?;
+            match self.ready_once().await {
+                Ok(()) => {
+                    tracing::info!(api = %self.api, took = ?start.elapsed(), "control plane ready");
+                    return Ok(());
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!(
+            "the control plane was not ready within {limit:?} ({last}); kube-apiserver's log ends:\n{}",
+            self.log_tail("kube-apiserver", 20)
+        )
+    }
+
+    async fn wait_leaders(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        let client = self.client().await?;
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, "kube-system");
+        for name in ["kube-controller-manager", "kube-scheduler"] {
+            loop {
+                self.check_alive()?;
+                let held = leases
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| l.spec.and_then(|s| s.holder_identity).is_some_and(|h| !h.is_empty()));
+                if held {
+                    break;
+                }
+                anyhow::ensure!(
+                    start.elapsed() < limit,
+                    "{name} took no leader lease within {limit:?}; its log ends:\n{}",
+                    self.log_tail(name, 20)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ready: /readyz says so (every post-start hook, RBAC's bootstrap policy among them) and
+    /// the system namespaces exist.
+    async fn ready_once(&self) -> Result<()> {
+        let client = self.client().await?;
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        let body = tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await??;
+        anyhow::ensure!(body.trim() == "ok", "/readyz: {body}");
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        for n in ["default", "kube-system", "kube-public"] {
+            ns.get(n).await.with_context(|| format!("namespace {n}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every component (SIGTERM, then SIGKILL after 10 s), newest first.
+    pub fn stop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        while let Some((name, mut c)) = self.children.pop() {
+            let pid = Pid::from_raw(c.id() as i32);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        tracing::warn!(name, "did not stop on SIGTERM within 10 s: killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The Service range's first address (the `kubernetes` Service's ClusterIP).
+fn first_service_ip(cidr: &str) -> Result<IpAddr> {
+    let (base, _) = cidr.split_once('/').with_context(|| format!("service CIDR {cidr:?} is not a CIDR"))?;
+    let base: Ipv4Addr = base.parse().with_context(|| format!("service CIDR {cidr:?} is not an IPv4 CIDR"))?;
+    Ok(IpAddr::V4(Ipv4Addr::from(u32::from(base) + 1)))
+}
+
+/// The file's content, made by `make` (mode 0600) if it is not there.
+fn read_or_make(dir: &Path, file: &str, make: impl FnOnce() -> String) -> Result<String> {
+    let p = dir.join(file);
+    if let Ok(s) = std::fs::read_to_string(&p) {
+        return Ok(s);
+    }
+    let s = make();
+    tls::write_private(&p, s.as_bytes())?;
+    Ok(s)
+}
