@@ -6,6 +6,7 @@
 mod api;
 mod apply;
 mod cli;
+mod cluster_mode;
 mod deletion;
 mod dns;
 mod end_to_end;
