@@ -10,8 +10,14 @@
 //! pods for verified pod records; `--no-pods` leaves them out), in a lab with the API alone
 //! (`--nodes 0`). Loopback only: weft on 127.0.0.85, Knot on 127.0.0.86.
 //!
-//! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS] [--no-pods]   (defaults 10000 10 10; root
-//! not needed)
+//! CoreDNS (built by `scripts/peers coredns`; skipped with a note when it is not there) runs
+//! kubeadm's Corefile (the `kubernetes` plugin over the same API, `cache 30`, forwarding to a
+//! dead loopback port instead of /etc/resolv.conf) on 127.0.0.87 with GOMAXPROCS=1, pinned to
+//! the same core: queries per second and resident memory against weft's, measured, in place of
+//! CoreDNS's published memory formula (still printed beside it).
+//!
+//! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS] [--no-pods] [--coredns-bin PATH]
+//! (defaults 10000 10 10, target/peers/bin/coredns; root not needed)
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -26,6 +32,7 @@ use weft_bench::{Lab, LabOptions, rss_mib, sibling_bin, status_mib};
 
 const WEFT_ADDR: &str = "127.0.0.85";
 const KNOT_ADDR: &str = "127.0.0.86";
+const COREDNS_ADDR: &str = "127.0.0.87";
 const PORT: u16 = 5300;
 
 /// Stops a child by its pid when dropped.
@@ -93,6 +100,14 @@ async fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().collect();
     let pods = !args.iter().any(|a| a == "--no-pods");
     args.retain(|a| a != "--no-pods");
+    // target/release/dns-bench -> target/peers/bin/coredns
+    let mut coredns_bin =
+        std::env::current_exe()?.parent().and_then(|d| d.parent()).map(|t| t.join("peers/bin/coredns"));
+    if let Some(i) = args.iter().position(|a| a == "--coredns-bin") {
+        coredns_bin = Some(args.get(i + 1).context("--coredns-bin needs a path")?.into());
+        args.drain(i..i + 2);
+    }
+    let coredns_bin = coredns_bin.filter(|p| p.is_file());
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let per: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10).clamp(1, 120);
@@ -259,6 +274,52 @@ async fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // CoreDNS with kubeadm's Corefile over the same API, one core (GOMAXPROCS=1, pinned).
+    let coredns = match &coredns_bin {
+        None => {
+            println!("coredns: not measured: build it with scripts/peers coredns (or --coredns-bin PATH)");
+            None
+        }
+        Some(bin) => {
+            let corefile = work.path().join("Corefile");
+            std::fs::write(
+                &corefile,
+                format!(
+                    ".:{PORT} {{\n    bind {COREDNS_ADDR}\n    errors\n    health {COREDNS_ADDR}:8080 {{\n        lameduck 5s\n    }}\n    ready {COREDNS_ADDR}:8181\n                     kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {}\n        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n        ttl 30\n    }}\n                     prometheus {COREDNS_ADDR}:9153\n    forward . 127.0.0.1:9 {{\n        max_concurrent 1000\n    }}\n    cache 30\n    loop\n    reload\n    loadbalance\n}}\n",
+                    kubeconfig.display()
+                ),
+            )?;
+            let t = Instant::now();
+            let c = Proc(
+                Command::new("taskset")
+                    .args(["-c", "1"])
+                    .arg(bin)
+                    .arg("-conf")
+                    .arg(&corefile)
+                    .env("GOMAXPROCS", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| format!("starting {}", bin.display()))?,
+            );
+            let until = Instant::now() + Duration::from_secs(180);
+            while answers(COREDNS_ADDR, &probe) != ips[n - 1] {
+                if Instant::now() > until {
+                    bail!("coredns did not answer {probe} within 180 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            println!("coredns: whole zone served {:.2} s after start", t.elapsed().as_secs_f64());
+            let pid = c.0.id() as i32;
+            println!(
+                "coredns: RSS {:.1} MiB with the zone loaded, before any query ({:.1} MiB anonymous)",
+                rss_mib(pid)?,
+                status_mib(pid, "RssAnon")?
+            );
+            Some(c)
+        }
+    };
+
     // The queries of the anchor: every Service name once, shuffled (deterministically).
     let queries = work.path().join("queries.txt");
     let mut order: Vec<usize> = (0..n).collect();
@@ -274,16 +335,20 @@ async fn main() -> Result<()> {
     let mut w = vec![];
     let mut k = vec![];
     let (daemon_ticks, rounds_start) = (cpu(daemon), Instant::now());
+    let mut c = vec![];
     for _ in 0..2 {
         w.push(measure(WEFT_ADDR, &queries, secs)?);
         k.push(measure(KNOT_ADDR, &queries, secs)?);
+        if coredns.is_some() {
+            c.push(measure(COREDNS_ADDR, &queries, secs)?);
+        }
     }
     let best = |v: &[Perf]| -> usize { if v[0].qps >= v[1].qps { 0 } else { 1 } };
     let (wb, kb) = (&w[best(&w)], &k[best(&k)]);
-    for (name, v) in [("weft", &w), ("knot", &k)] {
+    for (name, v) in [("weft", &w), ("knot", &k), ("coredns", &c)] {
         for (r, p) in v.iter().enumerate() {
             println!(
-                "{name:5} round {}: {:>9.0} qps  avg {:.3} ms  p99 {:.3} ms  lost {}",
+                "{name:7} round {}: {:>9.0} qps  avg {:.3} ms  p99 {:.3} ms  lost {}",
                 r + 1,
                 p.qps,
                 p.avg_ms,
@@ -326,6 +391,24 @@ async fn main() -> Result<()> {
         coredns_mb,
         rss * 1.048576 / coredns_mb
     );
+    if let (Some(proc_), false) = (&coredns, c.is_empty()) {
+        let cb = &c[best(&c)];
+        let crss = rss_mib(proc_.0.id() as i32)?;
+        let qps_ratio = wb.qps / cb.qps;
+        let mem_ratio = rss / crss;
+        println!(
+            "SUMMARY: weft vs CoreDNS (kubeadm's Corefile, one core each): {:.0} vs {:.0} qps: ratio {qps_ratio:.2}x (goal >= 2x: {}); \
+             avg {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms; RSS after the rounds {rss:.1} vs {crss:.1} MiB: ratio {mem_ratio:.2} (goal <= 0.25: {})",
+            wb.qps,
+            cb.qps,
+            if qps_ratio >= 2.0 { "met" } else { "NOT met" },
+            wb.avg_ms,
+            cb.avg_ms,
+            wb.p99_ms,
+            cb.p99_ms,
+            if mem_ratio <= 0.25 { "met" } else { "NOT met" },
+        );
+    }
     drop(weft);
     Ok(())
 }
