@@ -537,9 +537,15 @@ impl<S: Sink> Applier<S> {
             return Ok(());
         }
         let names: Vec<String> = self.refused.keys().map(|(n, s)| format!("{n}/{s}")).collect();
-        Err(anyhow::anyhow!("the kernel refused the rules of {}", names.join(", ")))
+        Err(ServicesRefused(names).into())
     }
 }
+
+/// A pass's error when everything else went in: these Services (namespace/name) were refused
+/// and keep their last good rules. The proxy is then as synced as it can be (for its health).
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel refused the rules of {}", .0.join(", "))]
+pub struct ServicesRefused(pub Vec<String>);
 
 /// The fragments that differ between `applied` and `want` (or were compiled from other inputs).
 fn changed_items(applied: &Desired, want: &Desired) -> Items {
@@ -781,7 +787,9 @@ mod tests {
         let bad: Ipv4Addr = "10.96.0.17".parse().unwrap();
         let mut a = Applier::new(Refusing { bad, log: Default::default(), fresh_ok: true });
         // A whole sync: every Service but the refused one goes in.
-        assert!(a.sync(compile(&s, &e, &node)).is_err(), "the refusal is reported");
+        let err = a.sync(compile(&s, &e, &node)).expect_err("the refusal is reported");
+        let refused = err.downcast_ref::<ServicesRefused>().expect("only Services were refused (the proxy is settled)");
+        assert_eq!(refused.0, ["default/s17"]);
         let applied = a.applied().expect("the good Services are applied");
         assert_eq!(applied.fragments.len(), 39);
         assert!(!applied.fragments.contains_key(&("default".to_string(), "s17".to_string())));

@@ -167,7 +167,7 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
                     let dirty = std::mem::take(&mut w.dirty);
                     let conflicts: Vec<compile::Conflict> = dirty.iter().flat_map(|k| w.claims.lost_by(k)).collect();
                     let started = std::time::Instant::now();
-                    let outcome = sync_nodes(&w, full, &dirty, &mut appliers);
+                    let (outcome, settled) = sync_nodes(&w, full, &dirty, &mut appliers);
                     let took = started.elapsed();
                     if full || counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         if let Some((node, _, _)) = appliers.first() {
@@ -175,8 +175,8 @@ pub async fn run(client: kube::Client, nodes: Vec<(NodeInfo, Option<std::path::P
                         }
                         counted = Some(std::time::Instant::now());
                     }
-                    let ok = outcome.iter().all(|(_, e)| e.is_none());
-                    w.stats.synced(full, took, ok, programmed, std::time::SystemTime::now());
+                    let failed = outcome.iter().any(|(_, e)| e.is_some());
+                    w.stats.synced(full, took, settled, failed, programmed, std::time::SystemTime::now());
                     // Services the kernel refused are tried again on the next pass.
                     for (_, a, _) in &appliers {
                         w.dirty.extend(a.refused().keys().cloned());
@@ -224,14 +224,17 @@ fn count_programmed(w: &World, node: &str) -> stats::Programmed {
     p
 }
 
-/// Each node's name and, if its rules are not all in force, why.
+/// Each node's name and, if its rules are not all in force, why; and whether every node has all
+/// it can have (nothing failed but Services the kernel refused, which keep their last good rules:
+/// one bad Service must not make the proxy unhealthy and get it restarted).
 fn sync_nodes(
     w: &World,
     full: bool,
     dirty: &BTreeSet<Key>,
     appliers: &mut [(NodeInfo, Applier<NetlinkSink>, health::HealthServers)],
-) -> Vec<(String, Option<String>)> {
+) -> (Vec<(String, Option<String>)>, bool) {
     let mut outcome = vec![];
+    let mut settled = true;
     let changed: Vec<compile::Changed> =
         dirty.iter().map(|k| (k.clone(), w.services.get(k).map(|s| &**s), w.slices_of(k))).collect();
     // What every node's programme is made from: the whole world only when some node needs a
@@ -268,8 +271,11 @@ fn sync_nodes(
         if let Err(e) = &result {
             tracing::warn!(node = %node.name, error = %format!("{e:#}"), "proxy sync");
         }
+        if let Err(e) = &result {
+            settled &= e.downcast_ref::<apply::ServicesRefused>().is_some();
+        }
         outcome.push((node.name.clone(), result.err().map(|e| format!("{e:#}"))));
         health.sync(health::plan(&lbs, &lb_slices, &node.name));
     }
-    outcome
+    (outcome, settled)
 }

@@ -101,8 +101,18 @@ impl Stats {
         s.oldest_pending.get_or_insert(now);
     }
 
-    /// A pass ended after `took`: `ok` when every node's rules are in force.
-    pub fn synced(&self, full: bool, took: Duration, ok: bool, programmed: Programmed, now: SystemTime) {
+    /// A pass ended after `took`: `settled` when every node has all it can have (Services the
+    /// kernel refused keep their last good rules, reported on the Node, and do not keep the
+    /// proxy unhealthy), `failed` when anything was not applied.
+    pub fn synced(
+        &self,
+        full: bool,
+        took: Duration,
+        settled: bool,
+        failed: bool,
+        programmed: Programmed,
+        now: SystemTime,
+    ) {
         let mut s = self.lock();
         let secs = took.as_secs_f64();
         s.all.observe(secs);
@@ -112,13 +122,14 @@ impl Stats {
             s.partial.observe(secs)
         }
         s.programmed = programmed;
-        if ok {
+        if failed {
+            s.failures += 1;
+        }
+        if settled {
             s.last_synced = Some(now);
             s.oldest_pending = None;
             s.service_pending = 0;
             s.endpoint_pending = 0;
-        } else {
-            s.failures += 1;
         }
     }
 
@@ -271,16 +282,18 @@ mod tests {
         assert_eq!(code, 503, "{body}");
         assert_eq!(json(&body)["healthy"], false);
         assert_eq!(json(&body)["lastUpdated"], "0001-01-01T00:00:00Z", "never synced: Go's zero time");
-        // A failed sync does not make it healthy; a successful one does.
-        s.synced(true, Duration::from_millis(3), false, Programmed::default(), at(62));
+        // A failed sync does not make it healthy; a successful one does, and so does one where
+        // only refused Services (kept at their last good rules) failed.
+        s.synced(true, Duration::from_millis(3), false, true, Programmed::default(), at(62));
         assert_eq!(s.health(at(62), HEALTH_TIMEOUT, None).0, 503);
-        s.synced(false, Duration::from_millis(3), true, Programmed::default(), at(63));
+        s.synced(false, Duration::from_millis(3), true, true, Programmed::default(), at(63));
         let (code, body) = s.health(at(64), HEALTH_TIMEOUT, None);
         assert_eq!(code, 200, "{body}");
         let v = json(&body);
         assert_eq!(v["lastUpdated"], v["currentTime"], "a healthy answer says now, as kube-proxy");
         assert!(v.get("nodeEligible").is_none(), "/livez does not judge the node");
         assert_eq!(v["status"]["IPv4"]["healthy"], true);
+        assert!(s.render().lines().any(|l| l == "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 2"));
     }
 
     #[test]
@@ -297,8 +310,8 @@ mod tests {
         s.queued(false, at(2));
         s.queued(false, at(3));
         let p = Programmed { services: 4, endpoints: 9, no_local_internal: 1, no_local_external: 2 };
-        s.synced(true, Duration::from_millis(5), true, p, at(4));
-        s.synced(false, Duration::from_micros(500), false, p, at(5));
+        s.synced(true, Duration::from_millis(5), true, false, p, at(4));
+        s.synced(false, Duration::from_micros(500), false, true, p, at(5));
         s.health(at(5), HEALTH_TIMEOUT, Some(true));
         let m = s.render();
         for line in [
