@@ -183,7 +183,8 @@ pub struct Pods {
 }
 
 impl Pods {
-    pub fn put(&mut self, p: &Pod) {
+    /// Puts `p`; whether that changed what DNS answers (a status or label change does not).
+    pub fn put(&mut self, p: &Pod) -> bool {
         let ns = match self.numbers.get(&p.namespace) {
             Some(n) => *n,
             None => {
@@ -197,19 +198,22 @@ impl Pods {
             IpAddr::V4(a) => Some(*a),
             _ => None,
         });
-        self.v4.insert(p.uid, (ns, v4));
-        match p.ips.iter().find_map(|i| match i {
+        let old4 = self.v4.insert(p.uid, (ns, v4));
+        let v6 = p.ips.iter().find_map(|i| match i {
             IpAddr::V6(a) => Some(*a),
             _ => None,
-        }) {
+        });
+        let old6 = match v6 {
             Some(a) => self.v6.insert(p.uid, a),
             None => self.v6.remove(&p.uid),
         };
+        old4 != Some((ns, v4)) || old6 != v6
     }
 
-    pub fn remove(&mut self, uid: &[u8; 16]) {
-        self.v4.remove(uid);
-        self.v6.remove(uid);
+    /// Removes the pod; whether it was there.
+    pub fn remove(&mut self, uid: &[u8; 16]) -> bool {
+        let had = self.v4.remove(uid).is_some();
+        self.v6.remove(uid).is_some() || had
     }
 
     pub fn len(&self) -> usize {
