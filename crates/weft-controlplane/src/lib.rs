@@ -64,6 +64,8 @@ pub struct ControlPlane {
     pub creds: Credentials,
     /// etcd's client address (loopback).
     pub etcd: SocketAddr,
+    /// An admin client (made once; it connects when first used).
+    client: kube::Client,
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
 }
@@ -89,7 +91,12 @@ impl ControlPlane {
         }
         let dir = &spec.dir;
         std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("making {}", dir.display()))?;
-        let service_ip = first_service_ip(&spec.service_cidr)?;
+        // The `kubernetes` Service's ClusterIP, numbered as the embedded API and kube-apiserver do.
+        let service_net: ipnet::IpNet =
+            spec.service_cidr.parse().with_context(|| format!("service CIDR {:?} is not a CIDR", spec.service_cidr))?;
+        let service_ip = weft_apiserver::alloc::IpAllocator::new(service_net)
+            .nth(1)
+            .with_context(|| format!("service CIDR {} has no room for the kubernetes Service", spec.service_cidr))?;
         let mut names = tls::serving_names(service_ip, spec.advertise);
         names.sort();
         names.dedup();
@@ -110,12 +117,10 @@ impl ControlPlane {
             )
             .as_bytes(),
         )?;
-        // The service-account signing key (ES256), kept across restarts so tokens stay valid.
-        if !dir.join("sa.key").exists() {
-            let key = rcgen::KeyPair::generate()?;
-            tls::write_private(&dir.join("sa.pub"), key.public_key_pem().as_bytes())?;
-            tls::write_private(&dir.join("sa.key"), key.serialize_pem().as_bytes())?;
-        }
+        // The service-account signing key (ES256, the embedded API's own), kept across restarts so
+        // tokens stay valid; kube-apiserver takes its public half from a file.
+        let sa = weft_apiserver::tokens::Keys::load_or_create(dir)?;
+        tls::write_private(&dir.join("sa.pub"), sa.public_pem.as_bytes())?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
         let etcd = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd_port));
@@ -126,7 +131,8 @@ impl ControlPlane {
             let c = Credentials { token: tok.clone(), ..creds.clone() };
             tls::write_private(&dir.join(file), tls::kubeconfig(&spec.name, &server, &c).as_bytes())?;
         }
-        let mut cp = ControlPlane { api, kubeconfig, creds, etcd, dir: dir.clone(), children: vec![] };
+        let client = admin_client(&kubeconfig).await?;
+        let mut cp = ControlPlane { api, kubeconfig, creds, etcd, client, dir: dir.clone(), children: vec![] };
         let p = |f: &str| dir.join(f).display().to_string();
         let etcd_url = format!("http://{etcd}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -171,43 +177,36 @@ impl ControlPlane {
         // The controller manager and scheduler exit if the API's bootstrap RBAC policy is not
         // there yet (kubeadm's kubelet restarts them; we start them once it is).
         cp.wait_ready(limit).await?;
-        cp.spawn(
-            spec,
-            "kube-controller-manager",
-            &[
-                &format!("--kubeconfig={}", p("controller-manager.kubeconfig")),
-                &format!("--authentication-kubeconfig={}", p("controller-manager.kubeconfig")),
-                &format!("--authorization-kubeconfig={}", p("controller-manager.kubeconfig")),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={}", free_port()?),
-                &format!("--service-account-private-key-file={}", p("sa.key")),
-                &format!("--root-ca-file={}", p("ca.crt")),
-                "--use-service-account-credentials=true",
-                &format!("--service-cluster-ip-range={}", spec.service_cidr),
-                &format!("--controllers={}", spec.controllers.as_deref().unwrap_or("*")),
-                "--profiling=false",
-                "--v=0",
-            ],
-        )?;
-        cp.spawn(
-            spec,
-            "kube-scheduler",
-            &[
-                &format!("--kubeconfig={}", p("scheduler.kubeconfig")),
-                &format!("--authentication-kubeconfig={}", p("scheduler.kubeconfig")),
-                &format!("--authorization-kubeconfig={}", p("scheduler.kubeconfig")),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={}", free_port()?),
-                "--profiling=false",
-                "--v=0",
-            ],
-        )?;
+        // What both take: their kubeconfig (also to authenticate and authorize callers of their
+        // own endpoints), a free loopback port for those, no profiling, quiet logs.
+        let common = |kubeconfig: &str| -> Result<Vec<String>> {
+            let k = p(kubeconfig);
+            Ok(vec![
+                format!("--kubeconfig={k}"),
+                format!("--authentication-kubeconfig={k}"),
+                format!("--authorization-kubeconfig={k}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                "--profiling=false".into(),
+                "--v=0".into(),
+            ])
+        };
+        let mut kcm = common("controller-manager.kubeconfig")?;
+        kcm.extend([
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            "--use-service-account-credentials=true".into(),
+            format!("--service-cluster-ip-range={}", spec.service_cidr),
+            format!("--controllers={}", spec.controllers.as_deref().unwrap_or("*")),
+        ]);
+        cp.spawn(spec, "kube-controller-manager", &kcm)?;
+        cp.spawn(spec, "kube-scheduler", &common("scheduler.kubeconfig")?)?;
         // Both up: each has taken its leader lease (they work only once they hold it).
         cp.wait_leaders(limit).await?;
         Ok(cp)
     }
 
-    fn spawn(&mut self, spec: &Spec, name: &'static str, args: &[&str]) -> Result<()> {
+    fn spawn<S: AsRef<std::ffi::OsStr>>(&mut self, spec: &Spec, name: &'static str, args: &[S]) -> Result<()> {
         let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
         let child = Command::new(spec.bin_dir.join(name))
             .args(args)
@@ -225,9 +224,7 @@ impl ControlPlane {
 
     /// A client as the admin.
     pub async fn client(&self) -> Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok(kube::Client::try_from(cfg)?)
+        Ok(self.client.clone())
     }
 
     /// The last lines of a component's log (for errors).
@@ -270,8 +267,8 @@ impl ControlPlane {
 
     async fn wait_leaders(&mut self, limit: Duration) -> Result<()> {
         let start = Instant::now();
-        let client = self.client().await?;
-        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, "kube-system");
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(self.client.clone(), "kube-system");
         for name in ["kube-controller-manager", "kube-scheduler"] {
             loop {
                 self.check_alive()?;
@@ -298,11 +295,10 @@ impl ControlPlane {
     /// Ready: /readyz says so (every post-start hook, RBAC's bootstrap policy among them) and
     /// the system namespaces exist.
     async fn ready_once(&self) -> Result<()> {
-        let client = self.client().await?;
         let req = http::Request::get("/readyz").body(Vec::new())?;
-        let body = tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await??;
+        let body = tokio::time::timeout(Duration::from_secs(5), self.client.request_text(req)).await??;
         anyhow::ensure!(body.trim() == "ok", "/readyz: {body}");
-        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(self.client.clone());
         for n in ["default", "kube-system", "kube-public"] {
             ns.get(n).await.with_context(|| format!("namespace {n}"))?;
         }
@@ -339,13 +335,6 @@ impl Drop for ControlPlane {
     }
 }
 
-/// The Service range's first address (the `kubernetes` Service's ClusterIP).
-fn first_service_ip(cidr: &str) -> Result<IpAddr> {
-    let (base, _) = cidr.split_once('/').with_context(|| format!("service CIDR {cidr:?} is not a CIDR"))?;
-    let base: Ipv4Addr = base.parse().with_context(|| format!("service CIDR {cidr:?} is not an IPv4 CIDR"))?;
-    Ok(IpAddr::V4(Ipv4Addr::from(u32::from(base) + 1)))
-}
-
 /// The file's content, made by `make` (mode 0600) if it is not there.
 fn read_or_make(dir: &Path, file: &str, make: impl FnOnce() -> String) -> Result<String> {
     let p = dir.join(file);
@@ -355,4 +344,62 @@ fn read_or_make(dir: &Path, file: &str, make: impl FnOnce() -> String) -> Result
     let s = make();
     tls::write_private(&p, s.as_bytes())?;
     Ok(s)
+}
+
+/// A client from a kubeconfig file.
+async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Spec whose binaries "exist" (empty files): what is refused is refused before any start.
+    fn spec(dir: &Path, service_cidr: &str) -> Spec {
+        let bin_dir = dir.join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        for b in BINARIES {
+            std::fs::write(bin_dir.join(b), b"").unwrap();
+        }
+        Spec {
+            dir: dir.join("cp"),
+            bin_dir,
+            name: "t".into(),
+            service_cidr: service_cidr.into(),
+            node_port_range: "30000-32767".into(),
+            advertise: None,
+            controllers: None,
+        }
+    }
+
+    async fn start_error(spec: &Spec) -> String {
+        match ControlPlane::start(spec, Duration::from_secs(1)).await {
+            Ok(_) => panic!("started with {spec:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_by_name_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        for (cidr, says) in [
+            ("10.96.0.0", "service CIDR \"10.96.0.0\" is not a CIDR"),
+            ("not/a/cidr", "is not a CIDR"),
+            ("10.96.0.0/32", "has no room for the kubernetes Service"),
+        ] {
+            let e = start_error(&spec(dir.path(), cidr)).await;
+            assert!(e.contains(says), "{cidr}: {e}");
+        }
+        // A damaged token file names itself and the fix.
+        let s = spec(dir.path(), "10.96.0.0/16");
+        std::fs::create_dir_all(&s.dir).unwrap();
+        std::fs::write(s.dir.join("components.tokens"), "only-one-line\n").unwrap();
+        assert!(start_error(&s).await.contains("components.tokens is damaged: delete it"));
+        // A missing binary names the script that builds it.
+        std::fs::remove_file(s.bin_dir.join("kube-scheduler")).unwrap();
+        assert!(start_error(&s).await.contains("scripts/peers kubernetes etcd"));
+    }
 }

@@ -6,24 +6,14 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use weft_controlplane::{ControlPlane, Spec};
-
-async fn eventually<T, F: AsyncFnMut() -> Option<T>>(what: &str, limit: Duration, mut f: F) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use weft_testkit::run::eventually;
 
 fn kubectl(bin: &str, cp: &ControlPlane, args: &[&str]) -> String {
     let out = Command::new(bin)

@@ -205,14 +205,14 @@ fn count_programmed(w: &World, node: &str) -> stats::Programmed {
             continue;
         }
         p.services += spec.ports.as_ref().map_or(0, |v| v.len() as u64);
-        let ready: Vec<_> = w
-            .slices_of(k)
-            .into_iter()
-            .flat_map(|sl| sl.endpoints.iter().flatten())
-            .filter(|e| weft_k8s::endpoints::is_ready(e))
-            .collect();
-        p.endpoints += ready.len() as u64;
-        let local = ready.iter().any(|e| e.node_name.as_deref() == Some(node));
+        let (mut ready, mut local) = (0, false);
+        for e in w.slices_of(k).into_iter().flat_map(|sl| sl.endpoints.iter().flatten()) {
+            if weft_k8s::endpoints::is_ready(e) {
+                ready += 1;
+                local |= e.node_name.as_deref() == Some(node);
+            }
+        }
+        p.endpoints += ready;
         if !local && spec.internal_traffic_policy.as_deref() == Some("Local") {
             p.no_local_internal += 1;
         }

@@ -58,6 +58,18 @@ pub fn wait_until(limit: Duration, every: Duration, mut f: impl FnMut() -> bool)
     }
 }
 
+/// Awaits `f` every 200 ms until it gives a value; panics naming `what` after `limit`.
+pub async fn eventually<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The lines under `label:` in `weft describe`'s output: its own line and the continuation lines
 /// indented to the value column (26 spaces).
 pub fn describe_section(text: &str, label: &str) -> Vec<String> {

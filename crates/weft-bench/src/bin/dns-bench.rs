@@ -95,6 +95,18 @@ fn answers(addr: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waits until the server `who` at `addr` answers `name` with `want` (at most `limit`).
+fn wait_answer(who: &str, addr: &str, name: &str, want: &str, limit: Duration) -> Result<()> {
+    let until = Instant::now() + limit;
+    while answers(addr, name) != want {
+        if Instant::now() > until {
+            bail!("{who} did not answer {name} within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -203,13 +215,7 @@ async fn main() -> Result<()> {
     );
     let wpid = weft.0.id() as i32;
     let probe = format!("svc-{}.ns-{}.svc.cluster.local", n - 1, (n - 1) % 100);
-    let until = Instant::now() + Duration::from_secs(120);
-    while answers(WEFT_ADDR, &probe) != ips[n - 1] {
-        if Instant::now() > until {
-            bail!("weft dns did not answer {probe} within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_answer("weft dns", WEFT_ADDR, &probe, &ips[n - 1], Duration::from_secs(120))?;
     println!("weft dns: whole zone served {:.2} s after start", t.elapsed().as_secs_f64());
     // Let the lab's own controllers finish with the new objects before measuring (bounded).
     let cpu = |pid: i32| -> u64 {
@@ -272,13 +278,7 @@ async fn main() -> Result<()> {
     )?;
     let _knot =
         Proc(Command::new("taskset").args(["-c", "1", "knotd", "-c"]).arg(&conf).stderr(Stdio::null()).spawn()?);
-    let until = Instant::now() + Duration::from_secs(60);
-    while answers(KNOT_ADDR, &probe) != ips[n - 1] {
-        if Instant::now() > until {
-            bail!("knotd did not answer {probe}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_answer("knotd", KNOT_ADDR, &probe, &ips[n - 1], Duration::from_secs(60))?;
 
     // CoreDNS with kubeadm's Corefile over the same API, one core (GOMAXPROCS=1, pinned).
     let coredns = match &coredns_bin {
@@ -308,13 +308,7 @@ async fn main() -> Result<()> {
                     .spawn()
                     .with_context(|| format!("starting {}", bin.display()))?,
             );
-            let until = Instant::now() + Duration::from_secs(180);
-            while answers(COREDNS_ADDR, &probe) != ips[n - 1] {
-                if Instant::now() > until {
-                    bail!("coredns did not answer {probe} within 180 s");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_answer("coredns", COREDNS_ADDR, &probe, &ips[n - 1], Duration::from_secs(180))?;
             println!("coredns: whole zone served {:.2} s after start", t.elapsed().as_secs_f64());
             let pid = c.0.id() as i32;
             println!(

@@ -82,10 +82,11 @@ async fn watch_eligibility(
     eligible: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
+    use kube::runtime::watcher;
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut events = std::pin::pin!(watcher::watcher(nodes, config).default_backoff());
+    // weft_watch's stream: backoff, and watch errors logged once per outage.
+    let mut events = weft_watch::events(nodes, config);
     let judge = |n: &k8s_openapi::api::core::v1::Node| {
         n.metadata.deletion_timestamp.is_none()
             && !n.spec.iter().flat_map(|s| s.taints.iter().flatten()).any(|t| t.key == "ToBeDeletedByClusterAutoscaler")
@@ -95,16 +96,15 @@ async fn watch_eligibility(
     while let Some(ev) = events.next().await {
         let set = |v: bool| eligible.store(v, std::sync::atomic::Ordering::Relaxed);
         match ev {
-            Ok(watcher::Event::Init) => listed = false,
-            Ok(watcher::Event::InitApply(n)) => {
+            watcher::Event::Init => listed = false,
+            watcher::Event::InitApply(n) => {
                 listed = true;
                 set(judge(&n));
             }
-            Ok(watcher::Event::InitDone) if !listed => set(false),
-            Ok(watcher::Event::InitDone) => {}
-            Ok(watcher::Event::Apply(n)) => set(judge(&n)),
-            Ok(watcher::Event::Delete(_)) => set(false),
-            Err(e) => tracing::warn!(%node, error = %e, "watching this node for /healthz"),
+            watcher::Event::InitDone if !listed => set(false),
+            watcher::Event::InitDone => {}
+            watcher::Event::Apply(n) => set(judge(&n)),
+            watcher::Event::Delete(_) => set(false),
         }
     }
 }

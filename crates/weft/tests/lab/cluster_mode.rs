@@ -7,7 +7,7 @@
 //! API. Loopback and the test's own namespaces only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,6 +15,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Patch, PatchParams, PostParams};
 use weft_controlplane::{ControlPlane, Spec};
 use weft_testkit::netns::Netns;
+use weft_testkit::run::eventually;
 
 /// Kills a process by its id when the test ends, passed or not.
 struct Process(std::process::Child);
@@ -32,17 +33,6 @@ fn get(ns: &Netns, url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-async fn eventually<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A real control plane, a node's namespace that reaches its API at 127.0.0.1:6443, and a server
