@@ -92,23 +92,31 @@ pub async fn reconcile(api: Arc<Api>, advertise: Option<IpAddr>) {
 /// Serves `listener` (made wherever pods reach it) by passing each connection to the API's own
 /// listener at `to`. Runs until the process ends.
 pub async fn forward(listener: tokio::net::TcpListener, to: SocketAddr) {
+    forward_with(listener, move || Box::pin(tokio::net::TcpStream::connect(to))).await
+}
+
+/// A connection to where [`forward_with`] passes what it accepts.
+pub type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>;
+
+/// [`forward`], with each outbound connection made by `connect` (say, inside another network
+/// namespace). At most `MAX_FORWARDED` at once; a connect taking over 5 s drops the client.
+pub async fn forward_with(listener: tokio::net::TcpListener, connect: impl Fn() -> Connecting) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut inbound = match listener.accept().await {
             Ok((c, _)) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a connection to the API's advertise address");
+                tracing::warn!(error = %e, "accepting a connection to forward to the API");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let outbound = connect();
         tokio::spawn(async move {
             let _slot = slot;
             let _ = inbound.set_nodelay(true);
-            let Ok(Ok(mut outbound)) =
-                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await
-            else {
+            let Ok(Ok(mut outbound)) = tokio::time::timeout(Duration::from_secs(5), outbound).await else {
                 return;
             };
             let _ = outbound.set_nodelay(true);

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod events;
 pub mod impersonation;
 pub mod ingress_class_admission;
+pub mod kubelet_api;
 pub mod kubernetes_service;
 pub mod openapi;
 pub mod patch;
@@ -82,7 +83,7 @@ pub const MAX_CONNECTIONS: usize = 8192;
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
@@ -94,7 +95,7 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
         .unwrap()
 }
 
-fn error_response(e: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }
 
@@ -522,7 +523,7 @@ static LOG_STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(M
 
 /// A container's log as a streamed `text/plain` body: read on a blocking thread (files, and a
 /// follow's waits), chunk by chunk, until the log ends or the client goes away.
-fn log_response(mut log: Box<dyn pod_logs::LogStream>) -> Response<Body> {
+pub(crate) fn log_response(mut log: Box<dyn pod_logs::LogStream>) -> Response<Body> {
     let Ok(permit) = LOG_STREAMS.try_acquire() else {
         return error_response(&ApiError::new(
             429,

@@ -126,6 +126,49 @@ fn serving_cert<S: rcgen::SigningKey>(names: &[String], issuer: &Issuer<'_, S>) 
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// What a certificate from [`signed_by_ca`] is for.
+pub enum Use<'a> {
+    /// A client: its user (CN) and groups (O), as kube-apiserver reads them.
+    Client { user: &'a str, groups: &'a [&'a str] },
+    /// A server: the names and addresses it answers for.
+    Server { names: &'a [String] },
+}
+
+/// A certificate signed by the CA kept in `dir` (`ca.key`), written as `<stem>.crt` and
+/// `<stem>.key` the first time and read back after: (certificate, key), PEM.
+pub fn signed_by_ca(dir: &Path, stem: &str, what: Use<'_>) -> Result<(String, String)> {
+    let (crt, key) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    if let (Ok(c), Ok(k)) = (fs::read_to_string(&crt), fs::read_to_string(&key)) {
+        return Ok((c, k));
+    }
+    let ca_key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key")).context("reading ca.key")?)?;
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let mut params = match &what {
+        Use::Client { user, groups } => {
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.distinguished_name.push(DnType::CommonName, *user);
+            for g in *groups {
+                p.distinguished_name.push(DnType::OrganizationName, *g);
+            }
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p
+        }
+        Use::Server { names } => {
+            let mut p = CertificateParams::new(names.to_vec())?;
+            p.distinguished_name.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or(stem));
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            p
+        }
+    };
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let pair = KeyPair::generate()?;
+    let cert = params.signed_by(&pair, &issuer)?;
+    let (c, k) = (cert.pem(), pair.serialize_pem());
+    write_private(&key, k.as_bytes())?;
+    write_private(&crt, c.as_bytes())?;
+    Ok((c, k))
+}
+
 /// A rustls server config offering HTTP/2 and HTTP/1.1.
 pub fn server_config(c: &Credentials) -> Result<Arc<rustls::ServerConfig>> {
     let certs = rustls_pemfile::certs(&mut c.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;

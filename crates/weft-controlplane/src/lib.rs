@@ -32,6 +32,17 @@ pub struct Spec {
     pub advertise: Option<IpAddr>,
     /// kube-controller-manager's `--controllers` (None: its defaults).
     pub controllers: Option<String>,
+    /// The pods' range: kube-controller-manager then gives each Node a /24 of it (its node IPAM
+    /// controller, `--allocate-node-cidrs`).
+    pub cluster_cidr: Option<String>,
+    /// Run the components inside this network namespace, as kubeadm runs them on a
+    /// control-plane node: kube-apiserver listens on port 6443 of every address there (pods
+    /// reach it at `advertise`, and it reaches kubelets at their nodes' addresses), and is
+    /// served here at loopback port `api_port` by passing connections in. None: here, on
+    /// loopback only.
+    pub netns: Option<PathBuf>,
+    /// The loopback port the API is served at here (0: a free one).
+    pub api_port: u16,
 }
 
 /// The binaries a control plane needs, in the order they start.
@@ -62,13 +73,18 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The admin's credentials (CA, token).
     pub creds: Credentials,
-    /// etcd's client address (loopback).
+    /// etcd's client address (loopback; inside `netns` if the Spec gives one).
     pub etcd: SocketAddr,
     /// An admin client (made once; it connects when first used).
     client: kube::Client,
     dir: PathBuf,
     children: Vec<(&'static str, Child)>,
+    /// Passes connections at `api` into the namespace (with a Spec's `netns`).
+    forward: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// kube-apiserver's port inside a Spec's `netns` (kubeadm's).
+pub const API_PORT_IN_NETNS: u16 = 6443;
 
 /// A loopback port nothing listens on now (the kernel's pick; it can be taken before use, which
 /// the component then reports as an address in use).
@@ -121,18 +137,39 @@ impl ControlPlane {
         // tokens stay valid; kube-apiserver takes its public half from a file.
         let sa = weft_apiserver::tokens::Keys::load_or_create(dir)?;
         tls::write_private(&dir.join("sa.pub"), sa.public_pem.as_bytes())?;
-        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        // kube-apiserver's client certificate toward kubelets (exec, logs, port-forward), which
+        // they take from no one else.
+        tls::signed_by_ca(
+            dir,
+            "apiserver-kubelet-client",
+            tls::Use::Client { user: "kube-apiserver-kubelet-client", groups: &["system:masters"] },
+        )?;
+        let cluster_cidr: Option<ipnet::IpNet> = spec
+            .cluster_cidr
+            .as_deref()
+            .map(|c| c.parse().with_context(|| format!("cluster CIDR {c:?} is not a CIDR")))
+            .transpose()?;
+        // In a namespace of its own, every port is free: kubeadm's.
+        let inside = spec.netns.is_some();
+        let pick = |fixed: u16| -> Result<u16> { if inside { Ok(fixed) } else { free_port() } };
+        let (etcd_port, peer_port) = (pick(2379)?, pick(2380)?);
+        let api_port = if spec.api_port != 0 { spec.api_port } else { free_port()? };
+        let inner_api_port = if inside { API_PORT_IN_NETNS } else { api_port };
         let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
         let etcd = SocketAddr::from((Ipv4Addr::LOCALHOST, etcd_port));
-        let server = format!("https://{api}");
         let kubeconfig = dir.join("admin.kubeconfig");
-        tls::write_private(&kubeconfig, tls::kubeconfig(&spec.name, &server, &creds).as_bytes())?;
+        tls::write_private(&kubeconfig, tls::kubeconfig(&spec.name, &format!("https://{api}"), &creds).as_bytes())?;
+        let inner_server = format!("https://127.0.0.1:{inner_api_port}");
         for (file, tok) in [("controller-manager.kubeconfig", &kcm_token), ("scheduler.kubeconfig", &sched_token)] {
             let c = Credentials { token: tok.clone(), ..creds.clone() };
-            tls::write_private(&dir.join(file), tls::kubeconfig(&spec.name, &server, &c).as_bytes())?;
+            tls::write_private(&dir.join(file), tls::kubeconfig(&spec.name, &inner_server, &c).as_bytes())?;
         }
+        let forward = match &spec.netns {
+            Some(ns) => Some(forward_into(api, ns.clone(), inner_api_port)?),
+            None => None,
+        };
         let client = admin_client(&kubeconfig).await?;
-        let mut cp = ControlPlane { api, kubeconfig, creds, etcd, client, dir: dir.clone(), children: vec![] };
+        let mut cp = ControlPlane { api, kubeconfig, creds, etcd, client, dir: dir.clone(), children: vec![], forward };
         let p = |f: &str| dir.join(f).display().to_string();
         let etcd_url = format!("http://{etcd}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -156,8 +193,8 @@ impl ControlPlane {
             "kube-apiserver",
             &[
                 &format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1",
-                &format!("--secure-port={api_port}"),
+                &format!("--bind-address={}", if inside { "0.0.0.0" } else { "127.0.0.1" }),
+                &format!("--secure-port={inner_api_port}"),
                 &format!("--advertise-address={advertise}"),
                 &format!("--tls-cert-file={}", p("apiserver.crt")),
                 &format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -169,6 +206,9 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 &format!("--service-account-key-file={}", p("sa.pub")),
                 &format!("--service-account-signing-key-file={}", p("sa.key")),
+                &format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
+                &format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=0",
@@ -179,19 +219,19 @@ impl ControlPlane {
         cp.wait_ready(limit).await?;
         // What both take: their kubeconfig (also to authenticate and authorize callers of their
         // own endpoints), a free loopback port for those, no profiling, quiet logs.
-        let common = |kubeconfig: &str| -> Result<Vec<String>> {
+        let common = |kubeconfig: &str, port: u16| -> Result<Vec<String>> {
             let k = p(kubeconfig);
             Ok(vec![
                 format!("--kubeconfig={k}"),
                 format!("--authentication-kubeconfig={k}"),
                 format!("--authorization-kubeconfig={k}"),
                 "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
+                format!("--secure-port={}", pick(port)?),
                 "--profiling=false".into(),
                 "--v=0".into(),
             ])
         };
-        let mut kcm = common("controller-manager.kubeconfig")?;
+        let mut kcm = common("controller-manager.kubeconfig", 10257)?;
         kcm.extend([
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
@@ -199,8 +239,15 @@ impl ControlPlane {
             format!("--service-cluster-ip-range={}", spec.service_cidr),
             format!("--controllers={}", spec.controllers.as_deref().unwrap_or("*")),
         ]);
+        if let Some(c) = cluster_cidr {
+            kcm.extend([
+                "--allocate-node-cidrs=true".into(),
+                format!("--cluster-cidr={c}"),
+                format!("--node-cidr-mask-size={}", 24.max(c.prefix_len())),
+            ]);
+        }
         cp.spawn(spec, "kube-controller-manager", &kcm)?;
-        cp.spawn(spec, "kube-scheduler", &common("scheduler.kubeconfig")?)?;
+        cp.spawn(spec, "kube-scheduler", &common("scheduler.kubeconfig", 10259)?)?;
         // Both up: each has taken its leader lease (they work only once they hold it).
         cp.wait_leaders(limit).await?;
         Ok(cp)
@@ -208,7 +255,17 @@ impl ControlPlane {
 
     fn spawn<S: AsRef<std::ffi::OsStr>>(&mut self, spec: &Spec, name: &'static str, args: &[S]) -> Result<()> {
         let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
-        let child = Command::new(spec.bin_dir.join(name))
+        let mut cmd = Command::new(spec.bin_dir.join(name));
+        if let Some(ns) = &spec.netns {
+            let ns = std::fs::File::open(ns).with_context(|| format!("opening network namespace {}", ns.display()))?;
+            // Only a system call between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -220,6 +277,11 @@ impl ControlPlane {
         tracing::info!(name, pid = child.id(), "control plane component started");
         self.children.push((name, child));
         Ok(())
+    }
+
+    /// Its directory: certificates (the CA's key among them), kubeconfigs, etcd's data, logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A client as the admin.
@@ -309,6 +371,9 @@ impl ControlPlane {
     pub fn stop(&mut self) {
         use nix::sys::signal::{Signal, kill};
         use nix::unistd::Pid;
+        if let Some(f) = self.forward.take() {
+            f.abort();
+        }
         while let Some((name, mut c)) = self.children.pop() {
             let pid = Pid::from_raw(c.id() as i32);
             let _ = kill(pid, Signal::SIGTERM);
@@ -333,6 +398,27 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Serves `at` (loopback, here) by connecting to loopback port `port` inside `netns`.
+fn forward_into(at: SocketAddr, netns: PathBuf, port: u16) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(at).with_context(|| format!("listening on {at} for the API"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let connect = move || -> weft_apiserver::kubernetes_service::Connecting {
+        let ns = netns.clone();
+        Box::pin(async move {
+            let inside = tokio::task::spawn_blocking(move || {
+                weft_netlink::ns::run_in(Some(&ns), move || std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)))
+            })
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)??;
+            inside.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(inside)
+        })
+    };
+    Ok(tokio::spawn(weft_apiserver::kubernetes_service::forward_with(listener, connect)))
 }
 
 /// The file's content, made by `make` (mode 0600) if it is not there.
@@ -372,6 +458,9 @@ mod tests {
             node_port_range: "30000-32767".into(),
             advertise: None,
             controllers: None,
+            cluster_cidr: None,
+            netns: None,
+            api_port: 0,
         }
     }
 

@@ -39,6 +39,9 @@ async fn real_control_plane_serves_controls_and_schedules() {
         node_port_range: "30000-32767".into(),
         advertise: Some(advertise),
         controllers: None,
+        cluster_cidr: None,
+        netns: None,
+        api_port: 0,
     };
     let cp = ControlPlane::start(&spec, Duration::from_secs(120)).await.unwrap();
     let client = cp.client().await.unwrap();

@@ -24,6 +24,7 @@ fn ctx(state: &Path) -> LabCtx {
         overlay: Overlay::Vxlan,
         dns_ip: "10.96.0.10".into(),
         cluster_domain: "cluster.local".into(),
+        kubelet_ca: None,
     }
 }
 

@@ -11,9 +11,11 @@ pub mod builtin;
 pub mod container_log;
 mod grpc_probe;
 pub mod kubelet;
+pub mod kubelet_api;
 pub mod lifecycle;
 pub mod logs;
 pub mod netns;
+pub mod node_lease;
 pub mod pod_events;
 pub mod shim;
 pub mod streams;
@@ -47,6 +49,10 @@ pub struct LabCtx {
     pub overlay: Overlay,
     pub dns_ip: String,
     pub cluster_domain: String,
+    /// Where the cluster's CA (`ca.crt`, `ca.key`) is, when nodes serve the kubelet API (a
+    /// real control plane's exec and logs come through it; the embedded API reaches pods
+    /// itself).
+    pub kubelet_ca: Option<PathBuf>,
 }
 
 pub struct LabSpec {
@@ -72,16 +78,12 @@ pub async fn start(
     progress: &dyn Fn(&str),
 ) -> Result<Vec<NodeNet>> {
     let lab = ctx.name.clone();
-    progress("building the underlay network");
-    topology::build_underlay(&lab).await?;
-    let ext = topology::external_ns(&lab);
-    topology::attach_host(&lab, &ext, "ext", topology::external_ip(spec.underlay), spec.underlay).await?;
+    build_hosts(&lab, spec, progress).await?;
     let nodes_api: Api<Node> = Api::all(client.clone());
     for i in 0..spec.nodes {
         let name = node_name(i);
-        progress(&format!("creating node {name}"));
+        progress(&format!("registering node {name}"));
         let ip = topology::node_ip(spec.underlay, i);
-        topology::attach_host(&lab, &topology::node_ns(&lab, &name), &name, ip, spec.underlay).await?;
         if nodes_api.get_opt(&name).await?.is_none() {
             let mut labels =
                 json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"});
@@ -105,8 +107,10 @@ pub async fn start(
                          "architecture": "amd64", "machineID": "", "systemUUID": "", "bootID": ""},
             "capacity": {"cpu": "2", "memory": "2Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "2Gi", "pods": "110"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_api::PORT}},
         }});
         nodes_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
+        tokio::spawn(node_lease::run(client.clone(), name));
     }
     progress("waiting for node podCIDRs");
     let mut nets = vec![];
@@ -138,9 +142,29 @@ pub async fn start(
     }
     progress("starting kubelets");
     for n in &nets {
+        if let Some(ca) = &ctx.kubelet_ca {
+            kubelet_api::start(&ctx.state_dir, ca, n)?;
+        }
         tokio::spawn(kubelet::Kubelet::new(ctx.clone(), n.clone(), client.clone()).run());
     }
     Ok(nets)
+}
+
+/// The lab's hosts without their Kubernetes side: the underlay, the external host and a
+/// namespace per node, attached to it (what exists is kept). A control plane can then run on
+/// the first node before any node registers.
+pub async fn build_hosts(lab: &str, spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<()> {
+    progress("building the underlay network");
+    topology::build_underlay(lab).await?;
+    let ext = topology::external_ns(lab);
+    topology::attach_host(lab, &ext, "ext", topology::external_ip(spec.underlay), spec.underlay).await?;
+    for i in 0..spec.nodes {
+        let name = node_name(i);
+        progress(&format!("creating node {name}"));
+        let ip = topology::node_ip(spec.underlay, i);
+        topology::attach_host(lab, &topology::node_ns(lab, &name), &name, ip, spec.underlay).await?;
+    }
+    Ok(())
 }
 
 async fn wait_pod_cidr(api: &Api<Node>, name: &str) -> Result<Ipv4Net> {

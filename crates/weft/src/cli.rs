@@ -84,6 +84,11 @@ pub struct UpArgs {
     /// Give pods outbound access through the host (changes the host's firewall; off by default).
     #[arg(long)]
     pub egress: bool,
+    /// The control plane: weft's embedded API and controllers, or a real one (etcd,
+    /// kube-apiserver, kube-controller-manager, kube-scheduler, built by `scripts/peers etcd
+    /// kubernetes`) running on node-1 as kubeadm runs it.
+    #[arg(long, default_value = "weft", value_parser = ["weft", "kubernetes"])]
+    pub control_plane: String,
 }
 
 #[derive(Args)]

@@ -43,33 +43,23 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| anyhow::anyhow!("another weft daemon already runs lab {:?}", cfg.name))?;
         std::fs::write(state_dir.join("daemon.pid"), std::process::id().to_string())?;
-        say("progress: starting the API server");
-        let api_cfg = weft_apiserver::Config {
-            name: cfg.name.clone(),
-            state_dir: state_dir.clone(),
-            service_cidr: cfg.service_cidr.parse()?,
-            node_port_range: lab::parse_port_range(&cfg.node_port_range)?,
-            port: cfg.api_port,
-            // Pods reach the API at the first node's address (kubeadm's advertise address).
-            advertise_address: (cfg.nodes > 0)
-                .then(|| weft_lab::topology::node_ip(UNDERLAY.parse().unwrap(), 0).into()),
-        };
-        // `kubectl logs` reads what the lab's pod shims wrote.
-        let pod_logs = Arc::new(weft_lab::logs::LabPodLogs { state_dir: state_dir.clone() });
-        // `kubectl exec`, `attach` and `port-forward` enter the lab's running pods.
-        let pod_streams = Arc::new(weft_lab::streams::LabPodStreams { state_dir: state_dir.clone() });
-        let running = weft_apiserver::start_with_pods(api_cfg, pod_logs, pod_streams).await?;
-        tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
-        let client = client::connect(&lab).await?;
         let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
-        // Every namespace's default ServiceAccount and kube-root-ca.crt, put back if deleted.
-        if let Some(a) = running.api.accounts.get() {
-            tokio::spawn(weft_controllers::serviceaccounts::run(client.clone(), a.ca_pem.clone()));
-        }
-        tokio::spawn(weft_controllers::run(
-            client.clone(),
-            weft_controllers::Config { pod_cidr, node_cidr_size: 24.max(pod_cidr.prefix_len()) },
-        ));
+        let underlay: ipnet::Ipv4Net = UNDERLAY.parse()?;
+        let spec = weft_lab::LabSpec {
+            nodes: cfg.nodes,
+            pod_cidr,
+            service_cidr: cfg.service_cidr.parse().context("the lab's service CIDR must be IPv4")?,
+            underlay,
+            overlay: cfg.overlay.parse().map_err(anyhow::Error::msg)?,
+        };
+        // Pods reach the API at the first node's address (kubeadm's advertise address).
+        let advertise = (cfg.nodes > 0).then(|| weft_lab::topology::node_ip(underlay, 0));
+        let control_plane = if cfg.real_control_plane() {
+            real_control_plane(&cfg, &state_dir, &spec, &say).await?
+        } else {
+            embedded_control_plane(&lab, &cfg, &state_dir, advertise.map(Into::into)).await?
+        };
+        let client = client::connect(&lab).await?;
         if cfg.nodes > 0 {
             let exe = std::env::current_exe()?;
             let ctx = Arc::new(weft_lab::LabCtx {
@@ -77,20 +67,20 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                 state_dir: state_dir.clone(),
                 cni_path: cni_bin_dir(&state_dir, &exe)?,
                 weft_exe: exe,
-                overlay: cfg.overlay.parse().map_err(anyhow::Error::msg)?,
+                overlay: spec.overlay,
                 dns_ip: dns_ip(&cfg.service_cidr)?,
                 cluster_domain: "cluster.local".into(),
+                kubelet_ca: match &control_plane {
+                    ControlPlane::Real(cp) => Some(cp.dir().to_path_buf()),
+                    ControlPlane::Embedded(_) => None,
+                },
             });
-            let spec = weft_lab::LabSpec {
-                nodes: cfg.nodes,
-                pod_cidr,
-                service_cidr: cfg.service_cidr.parse().context("the lab's service CIDR must be IPv4")?,
-                underlay: UNDERLAY.parse()?,
-                overlay: ctx.overlay,
-            };
             let nodes =
                 weft_lab::start(ctx.clone(), &spec, client.clone(), &|m| say(&format!("progress: {m}"))).await?;
-            serve_api_to_pods(&nodes, running.addr)?;
+            // A real kube-apiserver listens on the advertise address itself.
+            if let ControlPlane::Embedded(running) = &control_plane {
+                serve_api_to_pods(&nodes, running.addr)?;
+            }
             say("progress: starting the service proxy on every node");
             let proxied = nodes
                 .iter()
@@ -136,10 +126,10 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                 say("progress: the cluster DNS is not ready yet; see kubectl -n kube-system get pods");
             }
         }
-        Ok::<_, anyhow::Error>((lock, running))
+        Ok::<_, anyhow::Error>((lock, control_plane))
     }
     .await;
-    let (_lock, running) = match result {
+    let (_lock, control_plane) = match result {
         Ok(r) => r,
         Err(e) => {
             say(&format!("{e:#}"));
@@ -154,8 +144,89 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("stopping");
-    running.api.store.close();
+    match control_plane {
+        ControlPlane::Embedded(running) => running.api.store.close(),
+        // Its components stop (SIGTERM, then SIGKILL) when it is dropped.
+        ControlPlane::Real(cp) => drop(cp),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What serves the lab's API.
+enum ControlPlane {
+    /// weft's own API server, with weft's controllers.
+    Embedded(weft_apiserver::Running),
+    /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler on node-1.
+    Real(weft_controlplane::ControlPlane),
+}
+
+/// The embedded API server, with weft's controllers (EndpointSlices, workloads, scheduling,
+/// node IPAM, ServiceAccounts).
+async fn embedded_control_plane(
+    lab: &Lab,
+    cfg: &lab::LabConfig,
+    state_dir: &Path,
+    advertise: Option<std::net::IpAddr>,
+) -> Result<ControlPlane> {
+    let api_cfg = weft_apiserver::Config {
+        name: cfg.name.clone(),
+        state_dir: state_dir.to_path_buf(),
+        service_cidr: cfg.service_cidr.parse()?,
+        node_port_range: lab::parse_port_range(&cfg.node_port_range)?,
+        port: cfg.api_port,
+        advertise_address: advertise,
+    };
+    // `kubectl logs` reads what the lab's pod shims wrote.
+    let pod_logs = Arc::new(weft_lab::logs::LabPodLogs { state_dir: state_dir.to_path_buf() });
+    // `kubectl exec`, `attach` and `port-forward` enter the lab's running pods.
+    let pod_streams = Arc::new(weft_lab::streams::LabPodStreams { state_dir: state_dir.to_path_buf() });
+    let running = weft_apiserver::start_with_pods(api_cfg, pod_logs, pod_streams).await?;
+    tracing::info!(addr = %running.addr, lab = %cfg.name, "API server listening");
+    let client = client::connect(lab).await?;
+    let pod_cidr: ipnet::Ipv4Net = cfg.pod_cidr.parse().context("the lab's pod CIDR must be IPv4")?;
+    // Every namespace's default ServiceAccount and kube-root-ca.crt, put back if deleted.
+    if let Some(a) = running.api.accounts.get() {
+        tokio::spawn(weft_controllers::serviceaccounts::run(client.clone(), a.ca_pem.clone()));
+    }
+    tokio::spawn(weft_controllers::run(
+        client,
+        weft_controllers::Config { pod_cidr, node_cidr_size: 24.max(pod_cidr.prefix_len()) },
+    ));
+    Ok(ControlPlane::Embedded(running))
+}
+
+/// A real control plane on node-1, in the lab's state directory (`control-plane/`), as kubeadm
+/// runs one: its own controllers do what weft's do with the embedded API, so none of weft's
+/// run. The lab's kubeconfig is its admin's.
+async fn real_control_plane(
+    cfg: &lab::LabConfig,
+    state_dir: &Path,
+    spec: &weft_lab::LabSpec,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<ControlPlane> {
+    // node-1's namespace first: the control plane runs in it.
+    weft_lab::build_hosts(&cfg.name, spec, &|m| say(&format!("progress: {m}"))).await?;
+    say("progress: starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler on node-1");
+    let port_file = state_dir.join("api.port");
+    let kept = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok());
+    let node1 = weft_lab::topology::node_ns(&cfg.name, &weft_lab::node_name(0));
+    let cp_spec = weft_controlplane::Spec {
+        dir: state_dir.join("control-plane"),
+        bin_dir: weft_controlplane::find_bin_dir(&std::env::current_exe()?)?,
+        name: cfg.name.clone(),
+        service_cidr: cfg.service_cidr.clone(),
+        node_port_range: cfg.node_port_range.clone(),
+        advertise: Some(weft_lab::topology::node_ip(spec.underlay, 0).into()),
+        controllers: None,
+        cluster_cidr: Some(cfg.pod_cidr.clone()),
+        netns: Some(weft_lab::netns::path(&node1)),
+        api_port: if cfg.api_port != 0 { cfg.api_port } else { kept.unwrap_or(0) },
+    };
+    let cp = weft_controlplane::ControlPlane::start(&cp_spec, Duration::from_secs(180)).await?;
+    std::fs::write(&port_file, cp.api.port().to_string())?;
+    weft_apiserver::tls::write_private(&state_dir.join("kubeconfig"), &std::fs::read(&cp.kubeconfig)?)?;
+    tracing::info!(addr = %cp.api, lab = %cfg.name, "kube-apiserver ready");
+    Ok(ControlPlane::Real(cp))
 }
 
 /// The lab's underlay network (node addresses from .10 up).

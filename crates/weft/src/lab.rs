@@ -96,10 +96,24 @@ pub struct LabConfig {
     pub egress: bool,
     #[serde(default = "default_lb_pool")]
     pub lb_pool: String,
+    /// `weft` (the embedded API and controllers) or `kubernetes` (a real control plane).
+    #[serde(default = "default_control_plane")]
+    pub control_plane: String,
 }
 
 fn default_lb_pool() -> String {
     "172.18.255.0/24".into()
+}
+
+fn default_control_plane() -> String {
+    "weft".into()
+}
+
+impl LabConfig {
+    /// Runs the lab on a real control plane rather than the embedded one.
+    pub fn real_control_plane(&self) -> bool {
+        self.control_plane == "kubernetes"
+    }
 }
 
 /// A node port range as `--node-port-range` and the lab's config write it: `FIRST-LAST`.

@@ -16,6 +16,7 @@ mod gc;
 mod list;
 mod services;
 mod subresources;
+pub use subresources::log_options;
 mod verbs;
 mod watch;
 mod write_opts;

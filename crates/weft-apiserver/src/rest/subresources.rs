@@ -215,7 +215,7 @@ fn rfc3339_error(s: &str) -> String {
 
 /// kube-apiserver's `PodLogOptions` from a log request's query, checked as
 /// `ValidatePodLogOptions` does (malformed values are 400s, out-of-range ones 422s).
-pub(super) fn log_options(q: &Query, pod: &str, now: jiff::Timestamp) -> Result<LogOptions, ApiError> {
+pub fn log_options(q: &Query, pod: &str, now: jiff::Timestamp) -> Result<LogOptions, ApiError> {
     let tail = query_int(q, "tailLines")?;
     let limit = query_int(q, "limitBytes")?;
     let since_seconds = query_int(q, "sinceSeconds")?;

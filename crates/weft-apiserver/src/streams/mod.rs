@@ -155,7 +155,7 @@ impl Sub {
 }
 
 /// A query string's pairs in order, repeated keys kept (`command` is repeated).
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
@@ -297,6 +297,11 @@ pub async fn serve(
         Ok(session) => upgrade::upgrade(session, streams, req),
         Err(e) => crate::error_response(&e),
     }
+}
+
+/// Takes a checked request's connection over (the kubelet's API, which checks its own).
+pub(crate) fn upgrade_session(session: Session, streams: Arc<dyn PodStreams>, req: Request<Incoming>) -> Response<crate::Body> {
+    upgrade::upgrade(session, streams, req)
 }
 
 /// A checked request, ready to be upgraded.

@@ -26,6 +26,13 @@ pub async fn run(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
     if a.egress {
         bail!("--egress is not built yet: pods reach only the lab's own networks");
     }
+    if a.control_plane == "kubernetes" {
+        if a.nodes == 0 {
+            bail!("--control-plane kubernetes runs the control plane on node-1: give --nodes 1 or more");
+        }
+        // The binaries, before anything is made.
+        weft_controlplane::find_bin_dir(&std::env::current_exe()?)?;
+    }
     let dir = match (&a.state_dir, lab::select(Some(&name))) {
         (Some(d), _) => d.clone(),
         (None, Ok(existing)) => existing.dir,
@@ -58,6 +65,7 @@ pub async fn run(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
             api_port: a.api_port,
             egress: a.egress,
             lb_pool: a.lb_pool,
+            control_plane: a.control_plane,
         };
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
     }

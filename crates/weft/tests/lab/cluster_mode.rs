@@ -59,6 +59,9 @@ impl RealCluster {
             node_port_range: "30000-32767".into(),
             advertise: Some(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1))),
             controllers: None,
+            cluster_cidr: None,
+            netns: None,
+            api_port: 0,
         };
         let cp = ControlPlane::start(&spec, Duration::from_secs(120)).await.unwrap();
         let client = cp.client().await.unwrap();

@@ -1,0 +1,229 @@
+//! The kubelet's API as kube-apiserver calls it when a user runs `kubectl exec`, `attach`,
+//! `port-forward` or `logs` against a real control plane: HTTPS on port 10250 of the node's
+//! address, paths `/exec/{ns}/{pod}/{container}`, `/attach/{ns}/{pod}/{container}`,
+//! `/portForward/{ns}/{pod}` and `/containerLogs/{ns}/{pod}/{container}`
+//! (`pkg/registry/core/pod/strategy.go` in Kubernetes). Served from the same [`PodStreams`] and
+//! [`PodLogs`] the embedded API serves itself, with the same protocol code ([`crate::streams`]):
+//! kube-apiserver speaks SPDY/3.1 to a kubelet that does not declare `ExtendWebSocketsToKubelet`,
+//! translating kubectl's WebSocket.
+//!
+//! Only a client with a certificate from the cluster's CA is served (kube-apiserver's
+//! `--kubelet-client-certificate`): pods reach the node's address, and must not exec into
+//! other pods through it. Within that, every such client may do everything, as with the
+//! kubelet's `--authorization-mode=AlwaysAllow`; the real kubelet's webhook authorization of
+//! other callers (SubjectAccessReviews) is not here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use crate::pod_logs::{self, PodLogs, PodRef};
+use crate::status::ApiError;
+use crate::streams::{self, PodStreams, Session, Sub};
+
+/// The kubelet's port.
+pub const PORT: u16 = 10250;
+
+/// At most this many connections at once; past it they wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the kubelet serves from.
+pub struct KubeletApi {
+    pub logs: Arc<dyn PodLogs>,
+    pub streams: Arc<dyn PodStreams>,
+    /// The uid of pod (namespace, name) if it runs on this node.
+    pub uid_of: Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>,
+}
+
+/// TLS for the kubelet: its serving certificate, and client certificates required and checked
+/// against `ca_pem`. HTTP/1.1 only: every stream is an HTTP/1.1 upgrade.
+pub fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c?).context("the cluster CA")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("a client verifier for the cluster CA")?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())?.context("no private key for the kubelet")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Serves `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<KubeletApi>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a kubelet API connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, api) = (acceptor.clone(), api.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
+            let svc = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(route(&api, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// What a kubelet path asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    Stream { sub: Sub, ns: String, pod: String, container: String },
+    Logs { ns: String, pod: String, container: String },
+    Healthz,
+}
+
+/// The target of a kubelet path; None for any other path.
+pub fn target(path: &str) -> Option<Target> {
+    let parts: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+        .collect();
+    let strs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let t = match strs.as_slice() {
+        [verb @ ("exec" | "attach"), ns, pod, c] => Target::Stream {
+            sub: if *verb == "exec" { Sub::Exec } else { Sub::Attach },
+            ns: ns.to_string(),
+            pod: pod.to_string(),
+            container: c.to_string(),
+        },
+        ["portForward", ns, pod] => Target::Stream {
+            sub: Sub::PortForward,
+            ns: ns.to_string(),
+            pod: pod.to_string(),
+            container: String::new(),
+        },
+        ["containerLogs", ns, pod, c] => {
+            Target::Logs { ns: ns.to_string(), pod: pod.to_string(), container: c.to_string() }
+        }
+        ["healthz"] => Target::Healthz,
+        _ => return None,
+    };
+    let named = |s: &str| !s.is_empty();
+    match &t {
+        Target::Stream { ns, pod, .. } | Target::Logs { ns, pod, .. } if !named(ns) || !named(pod) => None,
+        _ => Some(t),
+    }
+}
+
+/// kube-apiserver's exec and attach options as the kubelet takes them (`input=1`, `output=1`,
+/// `error=1`, `tty=1`, a `command=` per argument), in the names the API's own checks read.
+pub fn kubelet_pairs(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let k = match k.as_str() {
+                "input" => "stdin".to_string(),
+                "output" => "stdout".to_string(),
+                "error" => "stderr".to_string(),
+                _ => k,
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
+    let Some(t) = target(req.uri().path()) else {
+        return crate::error_response(&ApiError::new(404, "NotFound", format!("{} is not served here", req.uri().path())));
+    };
+    let pairs = streams::query_pairs(req.uri().query());
+    let uid = |ns: &str, pod: &str| {
+        (api.uid_of)(ns, pod).ok_or_else(|| ApiError::new(404, "NotFound", format!("pod {ns}/{pod} does not run on this node")))
+    };
+    let result = match t {
+        Target::Healthz => return Response::new(crate::full("ok")),
+        Target::Logs { ns, pod, container } => {
+            if req.method() != Method::GET {
+                return crate::error_response(&ApiError::method_not_allowed("containerLogs is read with GET"));
+            }
+            let q: crate::rest::Query = pairs.into_iter().collect();
+            uid(&ns, &pod).and_then(|uid| {
+                let opts = crate::rest::log_options(&q, &pod, jiff::Timestamp::now())?;
+                let at = PodRef { namespace: &ns, name: &pod, uid: &uid };
+                let log = api.logs.open(at, &container, &opts).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => ApiError::new(404, "NotFound", e.to_string()),
+                    std::io::ErrorKind::InvalidInput => ApiError::bad_request(e.to_string()),
+                    _ => ApiError::internal(format!("reading the log of {ns}/{pod}/{container}: {e}")),
+                })?;
+                Ok(crate::log_response(pod_logs::limit(log, opts.limit_bytes)))
+            })
+        }
+        Target::Stream { sub, ns, pod, container } => {
+            if req.method() != Method::GET && req.method() != Method::POST {
+                return crate::error_response(&ApiError::method_not_allowed("streams are opened with POST or GET"));
+            }
+            let pairs = kubelet_pairs(pairs);
+            let session = uid(&ns, &pod).and_then(|uid| {
+                let (opts, ports) = match sub {
+                    Sub::PortForward => (Default::default(), streams::forward_ports(&pairs)?),
+                    _ => (streams::stream_options(sub, &pairs)?, vec![]),
+                };
+                Ok(Session { ns: ns.clone(), name: pod.clone(), uid, sub, container, opts, ports })
+            });
+            session.map(|s| streams::upgrade_session(s, api.streams.clone(), req))
+        }
+    };
+    result.unwrap_or_else(|e| crate::error_response(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_the_ones_kube_apiserver_sends() {
+        assert_eq!(
+            target("/exec/default/web/c1"),
+            Some(Target::Stream { sub: Sub::Exec, ns: "default".into(), pod: "web".into(), container: "c1".into() })
+        );
+        assert!(matches!(target("/attach/a/b/c"), Some(Target::Stream { sub: Sub::Attach, .. })));
+        assert!(matches!(target("/portForward/a/b"), Some(Target::Stream { sub: Sub::PortForward, .. })));
+        assert!(matches!(target("/containerLogs/a/b/c"), Some(Target::Logs { .. })));
+        assert_eq!(target("/healthz"), Some(Target::Healthz));
+        // Anything else, short, long, empty names, the API's own paths: not served.
+        for p in ["/", "/exec/a/b", "/exec/a/b/c/d", "/exec//b/c", "/portforward/a/b", "/api/v1/pods", "/run/a/b/c"] {
+            assert_eq!(target(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn kubelet_flags_read_as_the_apis_options() {
+        let pairs = streams::query_pairs(Some("command=sh&command=-c&command=echo%20hi&error=1&input=1&output=1&tty=1"));
+        let o = streams::stream_options(Sub::Exec, &kubelet_pairs(pairs)).unwrap();
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdin && o.stdout && o.stderr && o.tty);
+        // No stream asked for is refused, as the API refuses it.
+        let none = kubelet_pairs(streams::query_pairs(Some("command=ls")));
+        assert!(streams::stream_options(Sub::Exec, &none).is_err());
+    }
+}
