@@ -107,6 +107,7 @@ pub static ALL: &[Kind] = &[
     kind!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, ["ing"], ["status"]),
     kind!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, [], []),
     kind!("events.k8s.io", "v1", "Event", "events", "event", true, ["ev"], []),
+    kind!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, [], []),
     kind!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, ["netpol"], []),
     kind!("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", true, [], []),
     kind!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", false, [], []),

@@ -218,6 +218,12 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
             validate::network_policy(&o, &mut errs);
             finish(kind, &o, &o.metadata, errs)
         }
+        "Lease" => {
+            let o: k8s_openapi::api::coordination::v1::Lease = decode(kind, v)?;
+            validate::lease(&o, &mut errs);
+            // Kept as sent: the API's MicroTimes (microseconds) as they came.
+            finish(kind, &o, &o.metadata, errs).map(|_| v.clone())
+        }
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => crate::rbac::admit(kind, v),
         _ => generic(kind, v),
     }
@@ -251,6 +257,7 @@ pub fn known_fields(kind: &Kind, v: &Value) -> Option<Value> {
         "Ingress" => rt::<Ingress>(v),
         "IngressClass" => rt::<k8s_openapi::api::networking::v1::IngressClass>(v),
         "NetworkPolicy" => rt::<NetworkPolicy>(v),
+        "Lease" => rt::<k8s_openapi::api::coordination::v1::Lease>(v),
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => crate::rbac::known_fields(kind, v),
         _ => None,
     }

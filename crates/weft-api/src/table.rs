@@ -107,6 +107,7 @@ pub fn columns(kind: &Kind) -> Vec<Column> {
         }
         "IngressClass" => vec![col("Name", 0), col("Controller", 0), col("Parameters", 0), col("Age", 0)],
         "NetworkPolicy" => vec![col("Name", 0), col("Pod-Selector", 0), col("Age", 0)],
+        "Lease" => vec![col("Name", 0), col("Holder", 0), col("Age", 0)],
         "Secret" => vec![col("Name", 0), col("Type", 0), col("Data", 0), col("Age", 0)],
         "ConfigMap" => vec![col("Name", 0), col("Data", 0), col("Age", 0)],
         "ServiceAccount" => vec![col("Name", 0), col("Secrets", 0), col("Age", 0)],
@@ -606,6 +607,7 @@ pub fn row(kind: &Kind, v: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![name, json!(s(v, "/spec/controller")), json!(p.unwrap_or("<none>".into())), a]
         }
         "NetworkPolicy" => vec![name, json!(or_none(selector_string(v.pointer("/spec/podSelector")))), a],
+        "Lease" => vec![name, json!(s(v, "/spec/holderIdentity")), a],
         "Secret" => {
             let data = v.get("data").and_then(|d| d.as_object()).map(|d| d.len()).unwrap_or(0);
             let ty = if s(v, "/type").is_empty() { "Opaque" } else { s(v, "/type") };

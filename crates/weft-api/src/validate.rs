@@ -949,6 +949,18 @@ fn np_peers(peers: Option<&Vec<k8s_openapi::api::networking::v1::NetworkPolicyPe
     }
 }
 
+/// A Lease, as `ValidateLeaseSpec` checks one.
+pub fn lease(l: &k8s_openapi::api::coordination::v1::Lease, errs: &mut Errors) {
+    check_meta(&l.metadata, NameRule::Dns1123Subdomain, true, errs);
+    let Some(spec) = &l.spec else { return };
+    if let Some(d) = spec.lease_duration_seconds.filter(|d| *d <= 0) {
+        errs.push(FieldError::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
+    }
+    if let Some(t) = spec.lease_transitions.filter(|t| *t < 0) {
+        errs.push(FieldError::invalid("spec.leaseTransitions", t, "must be greater than or equal to 0"));
+    }
+}
+
 pub fn network_policy(np: &NetworkPolicy, errs: &mut Errors) {
     check_meta(&np.metadata, NameRule::Dns1123Subdomain, true, errs);
     let Some(spec) = &np.spec else { return };

@@ -28,7 +28,7 @@ pub struct Spec {
     pub service_cidr: String,
     /// `--service-node-port-range`, as `30000-32767`.
     pub node_port_range: String,
-    /// The address written into the `kubernetes` Service's endpoints; loopback when none.
+    /// The address written into the `kubernetes` Service's endpoints; None: no endpoints.
     pub advertise: Option<IpAddr>,
     /// kube-controller-manager's `--controllers` (None: its defaults).
     pub controllers: Option<String>,
@@ -196,6 +196,9 @@ impl ControlPlane {
                 &format!("--bind-address={}", if inside { "0.0.0.0" } else { "127.0.0.1" }),
                 &format!("--secure-port={inner_api_port}"),
                 &format!("--advertise-address={advertise}"),
+                // No lab address: no endpoint for the `kubernetes` Service (kube-apiserver
+                // refuses to advertise loopback), as the embedded API does without one.
+                &format!("--endpoint-reconciler-type={}", if spec.advertise.is_some() { "lease" } else { "none" }),
                 &format!("--tls-cert-file={}", p("apiserver.crt")),
                 &format!("--tls-private-key-file={}", p("apiserver.key")),
                 &format!("--client-ca-file={}", p("ca.crt")),

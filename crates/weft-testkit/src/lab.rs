@@ -43,6 +43,18 @@ pub fn seed(name: &str) -> String {
     format!("{}/../../examples/seeds/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The kubectl the tests run: `$WEFT_TEST_KUBECTL` (say, the newest, built by `scripts/peers
+/// kubernetes`), else the machine's.
+pub fn kubectl_bin() -> PathBuf {
+    std::env::var_os("WEFT_TEST_KUBECTL").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or("kubectl".into())
+}
+
+/// The control plane labs run on unless a test chooses: `$WEFT_TEST_CONTROL_PLANE` (`weft`,
+/// the embedded API, or `kubernetes`, a real one), so one test runs in either mode.
+pub fn control_plane() -> String {
+    std::env::var("WEFT_TEST_CONTROL_PLANE").ok().filter(|v| !v.is_empty()).unwrap_or("weft".into())
+}
+
 /// How to bring a lab up.
 #[derive(Clone, Debug, Default)]
 pub struct LabOptions {
@@ -107,6 +119,10 @@ impl Lab {
         let lab = Lab::with_options(&opts);
         let mut args = vec!["up"];
         args.extend(opts.args.iter().map(String::as_str));
+        let mode = control_plane();
+        if !opts.args.iter().any(|a| a.starts_with("--control-plane")) {
+            args.extend(["--control-plane", &mode]);
+        }
         lab.weft_run(&args, limit)?;
         Ok(lab)
     }
@@ -221,7 +237,7 @@ impl Lab {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        let mut c = Command::new("kubectl");
+        let mut c = Command::new(kubectl_bin());
         c.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
         output_bounded(c, COMMAND_LIMIT).expect("kubectl is installed")
     }

@@ -46,7 +46,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn kubectl(lab: &Lab, args: &[&str], stdin: Option<&Path>) -> Output {
     // The bounded runner gives commands /dev/null as stdin: a file goes in through the shell.
     let mut c = Command::new("sh");
-    c.args(["-c", "exec kubectl \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
+    c.args(["-c", "exec \"$KUBECTL\" \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
+        .env("KUBECTL", weft_testkit::lab::kubectl_bin())
         .arg(lab.kubeconfig())
         .args(args)
         .env("STDIN_FILE", stdin.unwrap_or(Path::new("/dev/null")));
@@ -78,7 +79,7 @@ impl PortForward {
     }
 
     fn start_with(lab: &Lab, target: &str, local: u16, remote: u16, env: &[(&str, &str)]) -> PortForward {
-        let child = Command::new("kubectl")
+        let child = Command::new(weft_testkit::lab::kubectl_bin())
             .envs(env.iter().copied())
             .arg("--kubeconfig")
             .arg(lab.kubeconfig())
@@ -247,7 +248,8 @@ fn kubectl_exec_cp_attach_and_port_forward_against_a_lab() {
     // and a terminal with its size.
     let spdy = |args: &[&str], stdin: Option<&Path>| {
         let mut c = Command::new("sh");
-        c.args(["-c", "exec kubectl \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
+        c.args(["-c", "exec \"$KUBECTL\" \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
+        .env("KUBECTL", weft_testkit::lab::kubectl_bin())
             .arg(lab.kubeconfig())
             .args(args)
             .env("STDIN_FILE", stdin.unwrap_or(Path::new("/dev/null")))
@@ -453,7 +455,7 @@ spec:
     assert_eq!(out, "alive\n");
 
     // A client that goes away mid-exec takes its process with it.
-    let mut gone = Command::new("kubectl")
+    let mut gone = Command::new(weft_testkit::lab::kubectl_bin())
         .arg("--kubeconfig")
         .arg(lab.kubeconfig())
         .args(["exec", "box", "--", "sleep", "4242"])

@@ -121,7 +121,7 @@ fn kubectl_logs_follows_and_reads_with_its_options() {
     // A follow of a container that would run for ever ends when its pod is deleted.
     lab.apply_str(&pod("forever", "Always", "echo hi; sleep 600"));
     logs_until(&lab, &["forever"], |l| l == "hi\n");
-    let mut follow = Command::new("kubectl")
+    let mut follow = Command::new(weft_testkit::lab::kubectl_bin())
         .arg("--kubeconfig")
         .arg(lab.kubeconfig())
         .args(["logs", "-f", "forever"])
@@ -217,7 +217,7 @@ async fn recorder_events_show_in_describe_and_get_events_and_expire() {
 /// `kubectl get pods -w ARGS`, read until `enough` holds on the output (60 s at most); then
 /// killed (by its pid: the process itself, so its output ends).
 fn watch_pods(lab: &Lab, args: &[&str], act: impl FnOnce(), enough: impl Fn(&str) -> bool) -> String {
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(weft_testkit::lab::kubectl_bin())
         .arg("--kubeconfig")
         .arg(lab.kubeconfig())
         .args(["get", "pods", "-w"])

@@ -9,7 +9,7 @@ use weft_testkit::Lab;
 
 /// `kubectl ARGS` with `stdin` on its standard input.
 fn kubectl_stdin(lab: &Lab, args: &[&str], stdin: &str) -> (bool, String) {
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(weft_testkit::lab::kubectl_bin())
         .arg("--kubeconfig")
         .arg(lab.kubeconfig())
         .args(args)
