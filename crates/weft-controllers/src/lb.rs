@@ -96,6 +96,34 @@ fn reference(s: &Service) -> ObjectReference {
     }
 }
 
+/// The allocator on its own, for a cluster whose control plane is not weft's (a real
+/// kube-controller-manager allocates nothing): its own watch of Services, a pass on each change
+/// and every 2 s. Run it in one process per cluster (`weft_leader`). Never returns.
+pub async fn run(client: kube::Client) {
+    let wake = weft_watch::Wake::new();
+    let services = weft_watch::cached::<Service>(&client, wake.clone());
+    let events = Events::new(&client, "weft-lb-allocator");
+    let _ = services.wait_until_ready().await;
+    weft_watch::Controller::new("loadbalancer")
+        .wake_on(&wake)
+        .resync(std::time::Duration::from_secs(2))
+        .debounce(std::time::Duration::from_millis(20))
+        .run(async move || reconcile(&client, &services.state(), &events).await)
+        .await
+}
+
+/// The Lease (in `kube-system`) whose holder is a cluster's one allocator.
+pub const LEASE: &str = "weft-loadbalancer-allocator";
+
+/// [`run`] in whichever of the processes calling this holds the Lease [`LEASE`]; another takes
+/// over when it goes. Returns only if `identity` is refused.
+pub async fn run_elected(client: kube::Client, identity: String) -> anyhow::Result<()> {
+    let cfg = weft_leader::Config::new(weft_k8s::config::NAMESPACE, LEASE, &identity);
+    let elector = weft_leader::Elector::new(client.clone(), cfg)?;
+    elector.run(move || run(client.clone())).await;
+    Ok(())
+}
+
 pub async fn reconcile(client: &kube::Client, services: &[Arc<Service>], events: &Events) -> anyhow::Result<()> {
     if !services.iter().any(|s| wants_ip(s) && held(s).is_empty()) {
         return Ok(());

@@ -229,6 +229,10 @@ pub struct AgentArgs {
     /// value turns it off.
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: String,
+    /// Stand for election (Lease kube-system/weft-loadbalancer-allocator) as the one agent that
+    /// gives LoadBalancer Services addresses from the pools in ConfigMap kube-system/weft-config.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub allocate_load_balancer_ips: bool,
 }
 
 #[derive(Args)]

@@ -114,6 +114,12 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
                     "data": {config::LOAD_BALANCER_POOLS: cfg.lb_pool.clone()}}))?;
                 cms.create(&Default::default(), &cm).await?;
             }
+            // A real control plane allocates no LoadBalancer addresses: weft's allocator does,
+            // elected as it is in any cluster.
+            if let ControlPlane::Real(_) = &control_plane {
+                let me = crate::commands::cluster::identity(&format!("weft-daemon-{}", cfg.name));
+                tokio::spawn(weft_controllers::lb::run_elected(client.clone(), me));
+            }
             tokio::spawn(weft_lab::announce::run(client.clone(), nodes.clone()));
             say("progress: starting the cluster DNS");
             cluster_dns(&client, &ctx.dns_ip).await?;

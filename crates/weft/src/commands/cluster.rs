@@ -66,6 +66,9 @@ pub async fn agent(a: AgentArgs) -> Result<ExitCode> {
         let bound = super::metrics::serve_health(addr, stats.clone(), eligible).await?;
         tracing::info!(%bound, "serving /healthz and /livez");
     }
+    if a.allocate_load_balancer_ips {
+        tokio::spawn(weft_controllers::lb::run_elected(client.clone(), identity(&node)));
+    }
     let policed = vec![(node.clone(), None)];
     tokio::spawn(weft_policy::run_published(client.clone(), policed.clone(), published.clone()));
     tokio::spawn(weft_policy::denials::run(client.clone(), policed, published, denials));
@@ -107,4 +110,14 @@ async fn watch_eligibility(
             watcher::Event::Delete(_) => set(false),
         }
     }
+}
+
+/// A leader-election identity unique to this process: `name` and a random suffix (client-go
+/// adds a UUID to the host name), so a restarted process is a new candidate.
+pub fn identity(name: &str) -> String {
+    format!("{name}_{}", hex_suffix())
+}
+
+fn hex_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
