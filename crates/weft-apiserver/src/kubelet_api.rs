@@ -154,7 +154,7 @@ pub fn kubelet_pairs(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 
 fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
     let Some(t) = target(req.uri().path()) else {
-        return crate::error_response(&ApiError::new(404, "NotFound", format!("{} is not served here", req.uri().path())));
+        return plain_error(&ApiError::new(404, "NotFound", format!("{} is not served here", req.uri().path())));
     };
     let pairs = streams::query_pairs(req.uri().query());
     let uid = |ns: &str, pod: &str| {
@@ -164,7 +164,7 @@ fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
         Target::Healthz => return Response::new(crate::full("ok")),
         Target::Logs { ns, pod, container } => {
             if req.method() != Method::GET {
-                return crate::error_response(&ApiError::method_not_allowed("containerLogs is read with GET"));
+                return plain_error(&ApiError::method_not_allowed("containerLogs is read with GET"));
             }
             let q: crate::rest::Query = pairs.into_iter().collect();
             uid(&ns, &pod).and_then(|uid| {
@@ -180,7 +180,7 @@ fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
         }
         Target::Stream { sub, ns, pod, container } => {
             if req.method() != Method::GET && req.method() != Method::POST {
-                return crate::error_response(&ApiError::method_not_allowed("streams are opened with POST or GET"));
+                return plain_error(&ApiError::method_not_allowed("streams are opened with POST or GET"));
             }
             let pairs = kubelet_pairs(pairs);
             let session = uid(&ns, &pod).and_then(|uid| {
@@ -193,7 +193,17 @@ fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
             session.map(|s| streams::upgrade_session(s, api.streams.clone(), req))
         }
     };
-    result.unwrap_or_else(|e| crate::error_response(&e))
+    result.unwrap_or_else(|e| plain_error(&e))
+}
+
+/// An error as the kubelet writes one: its message as plain text (kube-apiserver passes it on
+/// as the message of its own Status).
+fn plain_error(e: &ApiError) -> Response<crate::Body> {
+    Response::builder()
+        .status(e.code)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(crate::full(e.message.clone()))
+        .unwrap_or_else(|_| Response::new(crate::full(e.message.clone())))
 }
 
 #[cfg(test)]

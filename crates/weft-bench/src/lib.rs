@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 
 pub use weft_testkit::{Lab, LabOptions, weft_bin};
 
+pub mod world;
+
 /// Another binary of the weft package next to `weft` (e.g. `weft-dns`).
 pub fn sibling_bin(name: &str) -> PathBuf {
     weft_bin().with_file_name(name)

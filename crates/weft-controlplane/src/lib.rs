@@ -260,13 +260,8 @@ impl ControlPlane {
         let log = std::fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
         let mut cmd = Command::new(spec.bin_dir.join(name));
         if let Some(ns) = &spec.netns {
-            let ns = std::fs::File::open(ns).with_context(|| format!("opening network namespace {}", ns.display()))?;
-            // Only a system call between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-                });
-            }
+            weft_netlink::ns::command_in(&mut cmd, ns)
+                .with_context(|| format!("starting {name} in network namespace {}", ns.display()))?;
         }
         let child = cmd
             .args(args)
@@ -285,6 +280,27 @@ impl ControlPlane {
     /// Its directory: certificates (the CA's key among them), kubeconfigs, etcd's data, logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Waits (at most `limit`) until namespace `ns` has its `default` ServiceAccount, which
+    /// kube-controller-manager makes.
+    pub async fn wait_service_account(&self, ns: &str, limit: Duration) -> Result<()> {
+        let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> = kube::Api::namespaced(self.client.clone(), ns);
+        let start = Instant::now();
+        while sas.get_opt("default").await.ok().flatten().is_none() {
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "namespace {ns} got no default ServiceAccount within {limit:?}; kube-controller-manager's log ends:\n{}",
+                self.log_tail("kube-controller-manager", 20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// The process id of a component (`etcd`, `kube-apiserver`, ...) while it runs.
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.children.iter().find(|(n, _)| *n == name).map(|(_, c)| c.id() as i32)
     }
 
     /// A client as the admin.

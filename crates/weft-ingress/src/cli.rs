@@ -47,6 +47,13 @@ pub struct Args {
     /// Serve the objects of this YAML file (read again when it changes) instead of the API's.
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,
+    /// The Lease whose holder, of all replicas, writes Ingress status and Events (as
+    /// ingress-nginx's --election-id); empty: every replica writes.
+    #[arg(long, default_value = "weft-ingress-leader")]
+    pub election_id: String,
+    /// The Lease's namespace: the controller's own.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub election_namespace: String,
 }
 
 /// Serves as `a` says (logging already set up). Returns only on an error.
@@ -86,7 +93,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let client = weft_watch::client(a.kubeconfig.clone()).await?;
     let proxy = Proxy::start(opts).await?;
     let source = Source::start(&client);
-    let writeback = WriteBack::start(client, source.caches.ingresses.clone(), publish);
+    let election = (!a.election_id.is_empty()).then(|| {
+        let me = format!("{}_{:016x}", crate::watch::instance().unwrap_or("weft-ingress".into()), rand::random::<u64>());
+        weft_leader::Config::new(&a.election_namespace, &a.election_id, &me)
+    });
+    let writeback = WriteBack::start(client, source.caches.ingresses.clone(), publish, election);
     tracing::info!(controller = %cfg.controller, "weft ingress: watching the API");
     let mut generation = 0;
     source

@@ -249,8 +249,15 @@ struct Done {
 
 impl WriteBack {
     /// Starts the write-back's task (on the current runtime). `ingresses` is the source's cache
-    /// (the objects whose status is compared and whose uid Events name).
-    pub fn start(client: kube::Client, ingresses: Store<Ingress>, publish: Publish) -> WriteBack {
+    /// (the objects whose status is compared and whose uid Events name). With `election`, the
+    /// task runs only while this replica holds that Lease: of several replicas, one writes
+    /// status and Events (a new leader starts from nothing, so it checks every Ingress again).
+    pub fn start(
+        client: kube::Client,
+        ingresses: Store<Ingress>,
+        publish: Publish,
+        election: Option<weft_leader::Config>,
+    ) -> WriteBack {
         let wake = Wake::new();
         let latest: Arc<Mutex<Option<Report>>> = Arc::default();
         let publish_svc = match &publish {
@@ -269,27 +276,38 @@ impl WriteBack {
                 "no --publish-service or --publish-status-address: the status of Ingresses is left as it is"
             );
         }
-        let instance = std::env::var("POD_NAME").ok().or_else(|| nix_hostname().filter(|h| !h.is_empty()));
-        let reporter = Reporter { controller: MANAGER.into(), instance };
-        let mut task = Task {
-            client,
-            reporter,
-            ingresses,
-            latest: latest.clone(),
-            publish,
-            publish_svc,
-            done: Done::default(),
-            warned_empty: false,
+        let reporter = Reporter { controller: MANAGER.into(), instance: instance() };
+        let (task_wake, task_latest, task_client) = (wake.clone(), latest.clone(), client.clone());
+        let term = move || {
+            let mut task = Task {
+                client: task_client.clone(),
+                reporter: reporter.clone(),
+                ingresses: ingresses.clone(),
+                latest: task_latest.clone(),
+                publish: publish.clone(),
+                publish_svc: publish_svc.clone(),
+                done: Done::default(),
+                warned_empty: false,
+            };
+            let wake = task_wake.clone();
+            async move {
+                Controller::new("ingress-status")
+                    .wake_on(&wake)
+                    .debounce(Duration::from_millis(100))
+                    .resync(RESYNC)
+                    .run(async move || task.pass().await)
+                    .await
+            }
         };
-        let task_wake = wake.clone();
-        tokio::spawn(async move {
-            Controller::new("ingress-status")
-                .wake_on(&task_wake)
-                .debounce(Duration::from_millis(100))
-                .resync(RESYNC)
-                .run(async move || task.pass().await)
-                .await
-        });
+        match election {
+            None => drop(tokio::spawn(term())),
+            Some(cfg) => drop(tokio::spawn(async move {
+                match weft_leader::Elector::new(client, cfg) {
+                    Ok(e) => e.run(term).await,
+                    Err(e) => tracing::error!(error = %e, "the status write-back's election: nothing is written"),
+                }
+            })),
+        }
         WriteBack { latest, wake }
     }
 
@@ -303,6 +321,11 @@ impl WriteBack {
 }
 
 /// The write-back's task and what it keeps between passes.
+/// This replica's name: `$POD_NAME`, else the host's name.
+pub fn instance() -> Option<String> {
+    std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()).or_else(|| nix_hostname().filter(|h| !h.is_empty()))
+}
+
 struct Task {
     client: kube::Client,
     reporter: Reporter,

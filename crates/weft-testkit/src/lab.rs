@@ -236,6 +236,22 @@ impl Lab {
         seed(name)
     }
 
+    /// Applies a seed manifest with kubectl, as a user would. On a real kube-apiserver, seed
+    /// 000's `networking.k8s.io/v1beta1` Ingress is refused (not served since Kubernetes 1.22;
+    /// the embedded API still takes it as written): the refusal is checked, and the same
+    /// Ingress goes in as v1.
+    pub fn apply_seed(&self, name: &str) {
+        if name == "ingress-v1beta1.yaml" && control_plane() == "kubernetes" {
+            let o = self.kubectl(&["apply", "-f", &seed(name)]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let refusal = "no matches for kind \"Ingress\" in version \"networking.k8s.io/v1beta1\"";
+            assert!(!o.status.success() && err.contains(refusal), "{err}");
+            self.apply_str(SEED_000_AS_V1);
+            return;
+        }
+        self.kubectl_ok(&["apply", "-f", &seed(name)]);
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let mut c = Command::new(kubectl_bin());
         c.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
@@ -394,3 +410,20 @@ impl Drop for Lab {
         }
     }
 }
+
+/// Seed 000's Ingress in networking.k8s.io/v1, for a real kube-apiserver.
+const SEED_000_AS_V1: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: test-ingress
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /
+spec:
+  rules:
+  - host: online.com
+    http:
+      paths:
+      - {path: /watch, pathType: Prefix, backend: {service: {name: test, port: {number: 80}}}}
+      - {path: /wear, pathType: Prefix, backend: {service: {name: test, port: {number: 80}}}}
+"#;

@@ -210,9 +210,13 @@ async fn real_control_plane(
     spec: &weft_lab::LabSpec,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<ControlPlane> {
-    // node-1's namespace first: the control plane runs in it.
-    weft_lab::build_hosts(&cfg.name, spec, &|m| say(&format!("progress: {m}"))).await?;
-    say("progress: starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler on node-1");
+    // node-1's namespace first: the control plane runs in it. A lab without nodes has it on
+    // loopback, with no address for pods (there are none).
+    let on_node = spec.nodes > 0;
+    if on_node {
+        weft_lab::build_hosts(&cfg.name, spec, &|m| say(&format!("progress: {m}"))).await?;
+    }
+    say("progress: starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler");
     let port_file = state_dir.join("api.port");
     let kept = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok());
     let node1 = weft_lab::topology::node_ns(&cfg.name, &weft_lab::node_name(0));
@@ -222,13 +226,16 @@ async fn real_control_plane(
         name: cfg.name.clone(),
         service_cidr: cfg.service_cidr.clone(),
         node_port_range: cfg.node_port_range.clone(),
-        advertise: Some(weft_lab::topology::node_ip(spec.underlay, 0).into()),
+        advertise: on_node.then(|| weft_lab::topology::node_ip(spec.underlay, 0).into()),
         controllers: None,
         cluster_cidr: Some(cfg.pod_cidr.clone()),
-        netns: Some(weft_lab::netns::path(&node1)),
+        netns: on_node.then(|| weft_lab::netns::path(&node1)),
         api_port: if cfg.api_port != 0 { cfg.api_port } else { kept.unwrap_or(0) },
     };
     let cp = weft_controlplane::ControlPlane::start(&cp_spec, Duration::from_secs(180)).await?;
+    // Pods made right after `weft up` need the default ServiceAccount, which the controller
+    // manager makes a moment after it starts (kube-apiserver refuses pods without it).
+    cp.wait_service_account("default", Duration::from_secs(60)).await?;
     std::fs::write(&port_file, cp.api.port().to_string())?;
     weft_apiserver::tls::write_private(&state_dir.join("kubeconfig"), &std::fs::read(&cp.kubeconfig)?)?;
     tracing::info!(addr = %cp.api, lab = %cfg.name, "kube-apiserver ready");

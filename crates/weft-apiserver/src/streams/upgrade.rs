@@ -70,7 +70,7 @@ pub(crate) fn upgrade(
     let h = req.headers();
     if req.version() != Version::HTTP_11 {
         return error(ApiError::bad_request(format!(
-            "{what} upgrades the connection: send it over HTTP/1.1 (this request came over {:?})",
+            "Upgrade request required: {what} upgrades the connection: send it over HTTP/1.1 (this request came over {:?})",
             req.version()
         )));
     }
@@ -170,7 +170,7 @@ pub(crate) fn upgrade(
             .unwrap();
     }
     error(ApiError::bad_request(format!(
-        "{what} is a streaming subresource: upgrade the connection to a WebSocket (Upgrade: websocket, \
+        "Upgrade request required: {what} is a streaming subresource: upgrade the connection to a WebSocket (Upgrade: websocket, \
          Sec-WebSocket-Protocol: {}){}",
         served(session.sub).join(", "),
         if session.sub == Sub::PortForward { " or to SPDY/3.1" } else { "" }

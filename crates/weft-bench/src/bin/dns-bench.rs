@@ -16,18 +16,20 @@
 //! the same core: queries per second and resident memory against weft's, measured, in place of
 //! CoreDNS's published memory formula (still printed beside it).
 //!
+//! `--control-plane kubernetes` puts the cluster in a real kube-apiserver (built by
+//! `scripts/peers etcd kubernetes`) instead of the lab's embedded API: weft's DNS and CoreDNS
+//! then both list and watch the real API.
+//!
 //! Usage: dns-bench [SERVICES] [ENDPOINTS] [SECONDS] [--no-pods] [--coredns-bin PATH]
-//! (defaults 10000 10 10, target/peers/bin/coredns; root not needed)
+//! [--control-plane weft|kubernetes] (defaults 10000 10 10, target/peers/bin/coredns, weft;
+//! root not needed)
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use weft_bench::world::{self, World};
 use weft_bench::{Lab, LabOptions, rss_mib, sibling_bin, status_mib};
 
 const WEFT_ADDR: &str = "127.0.0.85";
@@ -119,6 +121,15 @@ async fn main() -> Result<()> {
         coredns_bin = Some(args.get(i + 1).context("--coredns-bin needs a path")?.into());
         args.drain(i..i + 2);
     }
+    let mut real = false;
+    if let Some(i) = args.iter().position(|a| a == "--control-plane") {
+        real = match args.get(i + 1).map(String::as_str) {
+            Some("kubernetes") => true,
+            Some("weft") => false,
+            other => bail!("--control-plane {other:?}: give weft or kubernetes"),
+        };
+        args.drain(i..i + 2);
+    }
     let coredns_bin = coredns_bin.filter(|p| p.is_file());
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let per: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
@@ -129,66 +140,43 @@ async fn main() -> Result<()> {
         }
     }
     let work = tempfile::tempdir()?;
-    let lab = Lab::start(LabOptions::new().name(&format!("weft-bench-dns-{}", std::process::id())).nodes(0))?;
-    let client = lab.client().await;
-    println!("== dns-bench: {n} Services x {per} endpoints, dnsperf -q 100 for {secs} s per server, servers on core 1");
+    // The API: the lab's embedded one (with the API alone), or a real control plane.
+    let (lab, cp) = if real {
+        let cp = world::real_control_plane(&work.path().join("control-plane")).await?;
+        (None, Some(cp))
+    } else {
+        let name = format!("weft-bench-dns-{}", std::process::id());
+        (Some(Lab::start(LabOptions::new().name(&name).nodes(0).args(&["--control-plane", "weft"]))?), None)
+    };
+    let (client, kubeconfig) = match (&lab, &cp) {
+        (Some(lab), _) => (lab.client().await, lab.state_dir().join("kubeconfig")),
+        (_, Some(cp)) => (cp.client().await?, cp.kubeconfig.clone()),
+        _ => unreachable!("one of them"),
+    };
+    println!(
+        "== dns-bench: {n} Services x {per} endpoints in {}, dnsperf -q 100 for {secs} s per server, servers on core 1",
+        if real { "a real kube-apiserver" } else { "the embedded API" }
+    );
 
     // The cluster.
     let t = Instant::now();
     // The pods are bound to a Node of their own (no kubelet: nothing runs them), so the lab's
     // scheduler leaves them alone; unbound, it wrote each one's Unschedulable condition and an
     // Event while the rounds ran (a daemon at 64-76% of a core).
-    let node: k8s_openapi::api::core::v1::Node =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "dns-bench-node"}}))?;
-    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).create(&PostParams::default(), &node).await?;
-    let nss: Api<Namespace> = Api::all(client.clone());
-    for m in 0..100.min(n) {
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("ns-{m}")}}))?;
-        nss.create(&PostParams::default(), &ns).await?;
-    }
-    let created: Vec<Result<(usize, String)>> = futures::stream::iter(0..n)
-        .map(|i| {
-            let c = client.clone();
-            async move {
-                let ns = format!("ns-{}", i % 100);
-                let svcs: Api<Service> = Api::namespaced(c.clone(), &ns);
-                let s: Service = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("svc-{i}")},
-                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
-                let s = svcs.create(&PostParams::default(), &s).await?;
-                let ip = s.spec.and_then(|s| s.cluster_ip).context("no ClusterIP")?;
-                let addr = |k: usize| {
-                    let x = i * per + k;
-                    format!("10.{}.{}.{}", 128 + (x >> 16) % 64, (x >> 8) & 255, x & 255)
-                };
-                let eps: Vec<serde_json::Value> =
-                    (0..per).map(|k| serde_json::json!({"addresses": [addr(k)], "conditions": {"ready": true}})).collect();
-                let sl: EndpointSlice = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("svc-{i}-1"), "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-                    "addressType": "IPv4", "endpoints": eps,
-                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))?;
-                Api::<EndpointSlice>::namespaced(c.clone(), &ns).create(&PostParams::default(), &sl).await?;
-                let pod_api: Api<Pod> = Api::namespaced(c, &ns);
-                for k in (0..per).filter(|_| pods) {
-                    let name = format!("svc-{i}-{k}");
-                    let p: Pod = serde_json::from_value(serde_json::json!({
-                        "metadata": {"name": name, "labels": {"app": format!("svc-{i}")}},
-                        "spec": {"nodeName": "dns-bench-node", "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}))?;
-                    pod_api.create(&PostParams::default(), &p).await?;
-                    let st = serde_json::json!({"status": {"phase": "Running", "podIP": addr(k), "podIPs": [{"ip": addr(k)}]}});
-                    pod_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st)).await?;
-                }
-                Ok((i, ip))
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let mut ips = vec![String::new(); n];
-    for r in created {
-        let (i, ip) = r?;
-        ips[i] = ip;
-    }
+    world::node(&client, "dns-bench-node", "127.0.0.1").await?;
+    let addr = |i: usize, k: usize| {
+        let x = i * per + k;
+        format!("10.{}.{}.{}", 128 + (x >> 16) % 64, (x >> 8) & 255, x & 255)
+    };
+    let w = World {
+        services: n,
+        per_service: per,
+        namespaces: 100,
+        addr: &addr,
+        target_port: 8080,
+        pods_on: pods.then_some("dns-bench-node"),
+    };
+    let ips = world::create(&client, &w, 0).await?;
     println!(
         "cluster: {n} Services, {n} EndpointSlices, {} endpoints, {} pods created in {:.1} s",
         n * per,
@@ -197,7 +185,6 @@ async fn main() -> Result<()> {
     );
 
     // weft's DNS (the `weft-dns` binary the lab's DNS pod runs), one UDP worker, pinned to core 1.
-    let kubeconfig = lab.state_dir().join("kubeconfig");
     let listen = format!("{WEFT_ADDR}:{PORT}");
     let health = format!("{WEFT_ADDR}:8181");
     let t = Instant::now();
@@ -227,7 +214,12 @@ async fn main() -> Result<()> {
             })
             .unwrap_or(0)
     };
-    let daemon = lab.daemon_pid();
+    // The API's process: the lab's daemon, or kube-apiserver.
+    let daemon = match (&lab, &cp) {
+        (Some(lab), _) => lab.daemon_pid(),
+        (_, Some(cp)) => cp.pid("kube-apiserver").unwrap_or(0),
+        _ => 0,
+    };
     let mut quiet = false;
     for _ in 0..30 {
         let (a, b) = (cpu(daemon) + cpu(wpid), Instant::now());

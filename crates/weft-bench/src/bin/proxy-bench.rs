@@ -4,7 +4,15 @@
 //! time, one-Service update time, and TCP connect latency to the last Service added.
 //! Everything happens in namespaces this program makes (weft-ns*-bench-px-*).
 //!
-//! Usage: proxy-bench [N ...]   (root)
+//! Then the real thing: a real kube-apiserver (built by `scripts/peers etcd kubernetes`) holds
+//! the same N Services x 10 endpoints, and `weft agent`, kube-proxy in nftables mode and
+//! kube-proxy in iptables mode (same build) each run in turn in a fresh client namespace,
+//! reaching the API through a loopback forward: time from the proxy's start to the last
+//! Service connecting (a full sync, listing included), from an EndpointSlice change in the API
+//! to new connections reaching the new port, and connect latency to the last Service.
+//! `--no-real` leaves this part out.
+//!
+//! Usage: proxy-bench [N ...] [--no-real]   (root)
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -160,6 +168,16 @@ fn svc_chain(i: usize, port_of: &impl Fn(usize) -> u16) -> String {
 fn main() -> Result<()> {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![1000, 10000] } else { sizes };
+    shapes(&sizes)?;
+    if !std::env::args().any(|a| a == "--no-real") {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(real::run(&sizes))?;
+    }
+    Ok(())
+}
+
+/// weft's rules against kube-proxy's iptables shape, loaded directly.
+fn shapes(sizes: &[usize]) -> Result<()> {
+    let sizes = sizes.to_vec();
     let node = NodeInfo { name: "n1".into(), cluster_cidr: "10.244.0.0/16".parse()? };
     println!(
         "== proxy-bench: N Services x {EPS} endpoints; weft (nft named maps, delta transactions) vs kube-proxy iptables shape"
@@ -235,3 +253,198 @@ fn main() -> Result<()> {
     }
     Ok(())
 }
+
+/// The real kube-proxy and weft's agent against a real API server.
+mod real {
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, Result, bail};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch, PatchParams};
+    use weft_bench::world::{self, World};
+    use weft_testkit::Netns;
+
+    use super::{EPS, backend, connect_latency};
+
+    /// The proxies measured, as (label, command line after the kubeconfig is known).
+    const PROXIES: [&str; 3] = ["weft agent", "kube-proxy nftables", "kube-proxy iptables"];
+    const NODE: &str = "bench-node";
+    /// How long a full sync may take before the run is given up.
+    const SYNC_LIMIT: Duration = Duration::from_secs(600);
+
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A client namespace wired to a backend namespace whose servers answer "A" on 8080 and "B"
+    /// on 8081 (so a change of port shows in what a new connection reads).
+    fn topology() -> Result<(Netns, Netns)> {
+        let (c, b) = super::topology()?;
+        for (port, mark) in [(8080u16, b'A'), (8081, b'B')] {
+            weft_netlink::ns::spawn_in(Some(Path::new(&b.path())), move || {
+                let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+                for s in l.incoming().flatten() {
+                    let _ = std::io::Write::write_all(&mut &s, &[mark]);
+                }
+            })?;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        Ok((c, b))
+    }
+
+    /// Polls (every 5 ms) from `c` until a new connection to `addr` reads `want`; the time taken.
+    fn until_reads(c: &Netns, addr: SocketAddr, want: u8, limit: Duration) -> Result<Duration> {
+        weft_netlink::ns::run_in(Some(Path::new(&c.path())), move || -> Result<Duration> {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).is_ok() && b[0] == want {
+                        return Ok(start.elapsed());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            bail!("{addr} did not answer {:?} within {limit:?}", want as char)
+        })?
+    }
+
+    /// The API at 127.0.0.1:6443 inside `c`, forwarded to `api`.
+    fn forward_api(c: &Netns, api: SocketAddr) -> Result<()> {
+        let l = weft_netlink::ns::run_in(Some(Path::new(&c.path())), || TcpListener::bind(("127.0.0.1", 6443)))??;
+        l.set_nonblocking(true)?;
+        tokio::spawn(weft_apiserver_forward(tokio::net::TcpListener::from_std(l)?, api));
+        Ok(())
+    }
+
+    async fn weft_apiserver_forward(l: tokio::net::TcpListener, to: SocketAddr) {
+        loop {
+            let Ok((mut a, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    }
+
+    fn start(label: &str, c: &Netns, kubeconfig: &Path, bin_dir: &Path) -> Result<Stop> {
+        let mut cmd = match label {
+            "weft agent" => {
+                let mut c = Command::new(weft_bench::weft_bin());
+                c.args(["agent", "--node", NODE, "--cluster-cidr", "10.244.0.0/16", "--metrics-bind-address", ""])
+                    .args(["--healthz-bind-address", "", "--allocate-load-balancer-ips=false", "--kubeconfig"])
+                    .arg(kubeconfig)
+                    .env("WEFT_LOG", "warn");
+                c
+            }
+            kp => {
+                let mode = kp.rsplit(' ').next().unwrap_or("nftables");
+                let mut c = Command::new(bin_dir.join("kube-proxy"));
+                c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+                    .args([&format!("--proxy-mode={mode}"), &format!("--hostname-override={NODE}")])
+                    .args(["--cluster-cidr=10.244.0.0/16", "--v=0"])
+                    // The conntrack table's size is the host's: left as it is.
+                    .args(["--conntrack-max-per-core=0", "--conntrack-min=0"]);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        weft_netlink::ns::command_in(&mut cmd, Path::new(&c.path()))?;
+        Ok(Stop(cmd.spawn().with_context(|| format!("starting {label}"))?))
+    }
+
+    async fn set_port(client: &kube::Client, n: usize, port: u16) -> Result<()> {
+        let (svc, ns) = world::name(n - 1, 100);
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+        let p = serde_json::json!({"ports": [{"name": "http", "port": port, "protocol": "TCP"}]});
+        slices.patch(&format!("{svc}-1"), &PatchParams::default(), &Patch::Merge(p)).await?;
+        Ok(())
+    }
+
+    pub async fn run(sizes: &[usize]) -> Result<()> {
+        let dir = tempfile::Builder::new().prefix("weft-bench-px-cp-").tempdir()?;
+        let bin_dir = weft_controlplane::find_bin_dir(&std::env::current_exe()?)?;
+        anyhow::ensure!(bin_dir.join("kube-proxy").is_file(), "no kube-proxy: build it with scripts/peers kubernetes");
+        let cp = world::real_control_plane(dir.path()).await?;
+        let client = cp.client().await?;
+        world::node(&client, NODE, "10.250.0.1").await?;
+        // The proxies' kubeconfig: the API at 127.0.0.1:6443 of their namespace.
+        let kubeconfig = dir.path().join("proxy.kubeconfig");
+        let text = std::fs::read_to_string(&cp.kubeconfig)?.replace(&format!("https://{}", cp.api), "https://127.0.0.1:6443");
+        std::fs::write(&kubeconfig, text)?;
+        println!(
+            "== proxy-bench, real: weft agent, kube-proxy nftables and kube-proxy iptables ({}) against the same Services x {EPS} endpoints in a real kube-apiserver",
+            "built by scripts/peers"
+        );
+        let addr = |_: usize, k: usize| backend(k);
+        let mut made = 0;
+        let mut ips: Vec<String> = vec![];
+        for &n in sizes {
+            if n < made {
+                println!("N={n}: smaller than the Services already made ({made}): skipped");
+                continue;
+            }
+            let t = Instant::now();
+            let w = World { services: n, per_service: EPS, namespaces: 100, addr: &addr, target_port: 8080, pods_on: None };
+            ips.extend(world::create(&client, &w, made).await?);
+            made = n;
+            println!("N={n:>5} API: {n} Services and EndpointSlices in place ({:.1} s to add)", t.elapsed().as_secs_f64());
+            let last: SocketAddr = format!("{}:80", ips[n - 1]).parse()?;
+            let mut rows = vec![];
+            for label in PROXIES {
+                set_port(&client, n, 8080).await?;
+                let (c, b) = topology()?;
+                forward_api(&c, cp.api)?;
+                let proc_ = start(label, &c, &kubeconfig, &bin_dir)?;
+                let full = until_reads(&c, last, b'A', SYNC_LIMIT).with_context(|| format!("{label}: full sync"))?;
+                // Settled: the proxy has nothing left to do before the change.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let t = Instant::now();
+                set_port(&client, n, 8081).await?;
+                let wait = until_reads(&c, last, b'B', Duration::from_secs(120))
+                    .with_context(|| format!("{label}: one-Service change"))?;
+                let one = t.elapsed().max(wait);
+                let _ = connect_latency(&c, last, 200)?;
+                let lat = connect_latency(&c, last, 2000)?;
+                println!(
+                    "N={n:>5} {label:<20} full sync {:7.3} s   one-Service change {:7.1} ms   connect to last Service {:6.1} us",
+                    full.as_secs_f64(),
+                    one.as_secs_f64() * 1e3,
+                    lat
+                );
+                rows.push((label, full, one, lat));
+                drop(proc_);
+                drop((c, b));
+            }
+            let (_, wf, wo, wl) = rows[0];
+            for (label, f, o, l) in &rows[1..] {
+                println!(
+                    "N={n:>5} ratio weft/{label}: full sync {:.2}x, one-Service change {:.2}x, connect latency {:.2}x",
+                    wf.as_secs_f64() / f.as_secs_f64(),
+                    wo.as_secs_f64() / o.as_secs_f64(),
+                    wl / l
+                );
+            }
+        }
+        Ok(())
+    }
+}
+

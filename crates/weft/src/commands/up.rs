@@ -27,9 +27,6 @@ pub async fn run(name: Option<String>, a: UpArgs) -> Result<ExitCode> {
         bail!("--egress is not built yet: pods reach only the lab's own networks");
     }
     if a.control_plane == "kubernetes" {
-        if a.nodes == 0 {
-            bail!("--control-plane kubernetes runs the control plane on node-1: give --nodes 1 or more");
-        }
         // The binaries, before anything is made.
         weft_controlplane::find_bin_dir(&std::env::current_exe()?)?;
     }

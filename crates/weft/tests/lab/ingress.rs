@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_testkit::{Lab, run_bounded, seed};
+use weft_testkit::{Lab, run_bounded};
 
 /// The ingress controller's pod label (deploy/ingress.yaml).
 const CONTROLLER_LABEL: &str = "app.kubernetes.io/name";
@@ -411,7 +411,7 @@ fn seeds_tls_protocols_and_annotations() {
     lab.apply_str(&INGRESSES.replace("{EXT}", &ext));
     // The seeds as they are, with the real kubectl.
     for s in ["ingress-v1beta1.yaml", "ingress-v1-tls.yaml"] {
-        lab.kubectl_ok(&["apply", "-f", &seed(s)]);
+        lab.apply_seed(s);
     }
     lab.wait_running("default", 5);
 

@@ -104,7 +104,7 @@ fn kubectl_drives_the_embedded_api() {
     lab.kubectl_ok(&["annotate", "service", "nginx-loadbalancer", "ExternalTrafficPolicy=Local"]);
 
     // The seed's v1beta1 Ingress applies and reads back as v1.
-    lab.kubectl_ok(&["apply", "-f", &Lab::fixture("ingress-v1beta1.yaml")]);
+    lab.apply_seed("ingress-v1beta1.yaml");
     let ing = lab.kubectl_ok(&[
         "get",
         "ingress",

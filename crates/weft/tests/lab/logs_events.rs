@@ -39,7 +39,9 @@ fn logs_until(lab: &Lab, args: &[&str], done: impl Fn(&str) -> bool) -> String {
 #[test]
 fn kubectl_logs_follows_and_reads_with_its_options() {
     let lab = Lab::up(&["--nodes", "1"]);
-    let script = "echo start; for i in 1 2 3 4 5; do sleep 0.6; echo line-$i; done; sleep 0.3; echo bye >&2";
+    // Long enough (5.3 s) that `-f` starts before it ends, however slowly `logs_until` saw
+    // `start` (through a real kube-apiserver and the kubelet API, each poll takes longer).
+    let script = "echo start; for i in 1 2 3 4 5; do sleep 1; echo line-$i; done; sleep 0.3; echo bye >&2";
     lab.apply_str(&pod("counter", "Never", script));
     lab.apply_str(&pod("lines", "Never", "for i in $(seq 1 10); do echo l$i; done; sleep 2; echo late; sleep 600"));
     lab.apply_str(&pod("huge", "Never", "head -c 100000 /dev/zero | tr '\\0' x; echo; echo after; sleep 600"));
