@@ -32,12 +32,14 @@ pub const PORT: u16 = 10250;
 const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The uid of pod (namespace, name) if it runs on this node.
+pub type UidOf = Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
 /// What the kubelet serves from.
 pub struct KubeletApi {
     pub logs: Arc<dyn PodLogs>,
     pub streams: Arc<dyn PodStreams>,
-    /// The uid of pod (namespace, name) if it runs on this node.
-    pub uid_of: Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>,
+    pub uid_of: UidOf,
 }
 
 /// TLS for the kubelet: its serving certificate, and client certificates required and checked
@@ -116,12 +118,9 @@ pub fn target(path: &str) -> Option<Target> {
             pod: pod.to_string(),
             container: c.to_string(),
         },
-        ["portForward", ns, pod] => Target::Stream {
-            sub: Sub::PortForward,
-            ns: ns.to_string(),
-            pod: pod.to_string(),
-            container: String::new(),
-        },
+        ["portForward", ns, pod] => {
+            Target::Stream { sub: Sub::PortForward, ns: ns.to_string(), pod: pod.to_string(), container: String::new() }
+        }
         ["containerLogs", ns, pod, c] => {
             Target::Logs { ns: ns.to_string(), pod: pod.to_string(), container: c.to_string() }
         }
@@ -158,7 +157,8 @@ fn route(api: &KubeletApi, req: Request<Incoming>) -> Response<crate::Body> {
     };
     let pairs = streams::query_pairs(req.uri().query());
     let uid = |ns: &str, pod: &str| {
-        (api.uid_of)(ns, pod).ok_or_else(|| ApiError::new(404, "NotFound", format!("pod {ns}/{pod} does not run on this node")))
+        (api.uid_of)(ns, pod)
+            .ok_or_else(|| ApiError::new(404, "NotFound", format!("pod {ns}/{pod} does not run on this node")))
     };
     let result = match t {
         Target::Healthz => return Response::new(crate::full("ok")),
@@ -228,7 +228,8 @@ mod tests {
 
     #[test]
     fn kubelet_flags_read_as_the_apis_options() {
-        let pairs = streams::query_pairs(Some("command=sh&command=-c&command=echo%20hi&error=1&input=1&output=1&tty=1"));
+        let pairs =
+            streams::query_pairs(Some("command=sh&command=-c&command=echo%20hi&error=1&input=1&output=1&tty=1"));
         let o = streams::stream_options(Sub::Exec, &kubelet_pairs(pairs)).unwrap();
         assert_eq!(o.command, ["sh", "-c", "echo hi"]);
         assert!(o.stdin && o.stdout && o.stderr && o.tty);

@@ -96,7 +96,8 @@ pub async fn forward(listener: tokio::net::TcpListener, to: SocketAddr) {
 }
 
 /// A connection to where [`forward_with`] passes what it accepts.
-pub type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>;
+pub type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send>>;
 
 /// [`forward`], with each outbound connection made by `connect` (say, inside another network
 /// namespace). At most `MAX_FORWARDED` at once; a connect taking over 5 s drops the client.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -40,6 +40,18 @@ pub async fn create(client: &kube::Client, w: &World<'_>, from: usize) -> Result
         match nss.create(&PostParams::default(), &ns).await {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             r => drop(r?),
+        }
+    }
+    // A real API takes pods only once their namespace's default ServiceAccount is there (the
+    // controller manager makes it a moment after the namespace).
+    if w.pods_on.is_some() {
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        for m in 0..w.namespaces.min(w.services) {
+            let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &format!("ns-{m}"));
+            while sas.get_opt("default").await?.is_none() {
+                anyhow::ensure!(std::time::Instant::now() < until, "namespace ns-{m} got no default ServiceAccount");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     let made: Vec<Result<(usize, String)>> = futures::stream::iter(from..w.services)

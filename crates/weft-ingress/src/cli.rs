@@ -94,7 +94,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let proxy = Proxy::start(opts).await?;
     let source = Source::start(&client);
     let election = (!a.election_id.is_empty()).then(|| {
-        let me = format!("{}_{:016x}", crate::watch::instance().unwrap_or("weft-ingress".into()), rand::random::<u64>());
+        let me =
+            format!("{}_{:016x}", crate::watch::instance().unwrap_or("weft-ingress".into()), rand::random::<u64>());
         weft_leader::Config::new(&a.election_namespace, &a.election_id, &me)
     });
     let writeback = WriteBack::start(client, source.caches.ingresses.clone(), publish, election);

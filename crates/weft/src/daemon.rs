@@ -163,7 +163,7 @@ enum ControlPlane {
     /// weft's own API server, with weft's controllers.
     Embedded(weft_apiserver::Running),
     /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler on node-1.
-    Real(weft_controlplane::ControlPlane),
+    Real(Box<weft_controlplane::ControlPlane>),
 }
 
 /// The embedded API server, with weft's controllers (EndpointSlices, workloads, scheduling,
@@ -239,7 +239,7 @@ async fn real_control_plane(
     std::fs::write(&port_file, cp.api.port().to_string())?;
     weft_apiserver::tls::write_private(&state_dir.join("kubeconfig"), &std::fs::read(&cp.kubeconfig)?)?;
     tracing::info!(addr = %cp.api, lab = %cfg.name, "kube-apiserver ready");
-    Ok(ControlPlane::Real(cp))
+    Ok(ControlPlane::Real(Box::new(cp)))
 }
 
 /// The lab's underlay network (node addresses from .10 up).

@@ -300,7 +300,11 @@ pub async fn serve(
 }
 
 /// Takes a checked request's connection over (the kubelet's API, which checks its own).
-pub(crate) fn upgrade_session(session: Session, streams: Arc<dyn PodStreams>, req: Request<Incoming>) -> Response<crate::Body> {
+pub(crate) fn upgrade_session(
+    session: Session,
+    streams: Arc<dyn PodStreams>,
+    req: Request<Incoming>,
+) -> Response<crate::Body> {
     upgrade::upgrade(session, streams, req)
 }
 

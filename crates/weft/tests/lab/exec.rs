@@ -249,7 +249,7 @@ fn kubectl_exec_cp_attach_and_port_forward_against_a_lab() {
     let spdy = |args: &[&str], stdin: Option<&Path>| {
         let mut c = Command::new("sh");
         c.args(["-c", "exec \"$KUBECTL\" \"$@\" < \"$STDIN_FILE\"", "kubectl", "--kubeconfig"])
-        .env("KUBECTL", weft_testkit::lab::kubectl_bin())
+            .env("KUBECTL", weft_testkit::lab::kubectl_bin())
             .arg(lab.kubeconfig())
             .args(args)
             .env("STDIN_FILE", stdin.unwrap_or(Path::new("/dev/null")))
