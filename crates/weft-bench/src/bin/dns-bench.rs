@@ -352,7 +352,8 @@ async fn main() -> Result<()> {
     // The lab's API and controllers share the machine; how busy they were says how much to trust
     // the tail latencies.
     println!(
-        "lab daemon: {:.0}% of a core during the rounds",
+        "{}: {:.0}% of a core during the rounds",
+        if real { "kube-apiserver" } else { "lab daemon" },
         (cpu(daemon) - daemon_ticks) as f64 / rounds_start.elapsed().as_secs_f64()
     );
     let rss = rss_mib(wpid)?;
