@@ -57,6 +57,7 @@ pub async fn run(name: Option<String>, a: DaemonArgs) -> Result<ExitCode> {
         let control_plane = if cfg.real_control_plane() {
             real_control_plane(&cfg, &state_dir, &spec, &say).await?
         } else {
+            say("progress: starting the API server");
             embedded_control_plane(&lab, &cfg, &state_dir, advertise.map(Into::into)).await?
         };
         let client = client::connect(&lab).await?;
