@@ -228,11 +228,14 @@ mod tests {
 
     #[test]
     fn kubelet_flags_read_as_the_apis_options() {
-        let pairs =
-            streams::query_pairs(Some("command=sh&command=-c&command=echo%20hi&error=1&input=1&output=1&tty=1"));
+        let pairs = streams::query_pairs(Some("command=sh&command=-c&command=echo%20hi&error=1&input=1&output=1"));
         let o = streams::stream_options(Sub::Exec, &kubelet_pairs(pairs)).unwrap();
         assert_eq!(o.command, ["sh", "-c", "echo hi"]);
-        assert!(o.stdin && o.stdout && o.stderr && o.tty);
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+        // With a terminal, kubectl asks for no stderr (one stream): `kubectl exec -it`.
+        let tty = kubelet_pairs(streams::query_pairs(Some("command=sh&input=1&output=1&tty=1")));
+        let o = streams::stream_options(Sub::Exec, &tty).unwrap();
+        assert!(o.stdin && o.stdout && !o.stderr && o.tty);
         // No stream asked for is refused, as the API refuses it.
         let none = kubelet_pairs(streams::query_pairs(Some("command=ls")));
         assert!(streams::stream_options(Sub::Exec, &none).is_err());
