@@ -81,11 +81,27 @@ fn svc_ip(lab: &Lab, name: &str) -> String {
 
 /// Which pods answer `n` fresh connections to `url` from `from` (counted by pod name).
 fn spread(lab: &Lab, from: &[&str], url: &str, n: usize) -> std::collections::BTreeMap<String, u64> {
+    try_spread(lab, from, url, n).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`spread`], or the error if a connection failed: while a Deployment scales down, a pod
+/// being stopped can still be an endpoint for a moment (with a real control plane, until the
+/// controller manager's EndpointSlice update arrives, as in any cluster without a preStop
+/// hook), so a wait for the new set of pods polls this.
+fn try_spread(
+    lab: &Lab,
+    from: &[&str],
+    url: &str,
+    n: usize,
+) -> Result<std::collections::BTreeMap<String, u64>, String> {
     let prog = format!(
         "import urllib.request,json,collections\nc=collections.Counter(json.load(urllib.request.urlopen('{url}',timeout=3))['pod'] for _ in range({n}))\nprint(json.dumps(c))"
     );
-    let o = lab.exec_ok(from, &["python3", "-c", &prog]);
-    serde_json::from_str(o.trim()).unwrap()
+    let o = lab.exec(from, &["python3", "-c", &prog]);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -139,9 +155,13 @@ fn services_in_the_lab() {
     // Scaling changes who answers.
     lab.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
     lab.wait_for("one endpoint", 30, || lab.weft_ok(&["get", "ep", "web"]).matches(":8080").count() == 1);
-    lab.wait_for("one pod answering", 30, || spread(&lab, &["client"], &format!("http://{web}/"), 20).len() == 1);
+    lab.wait_for("one pod answering", 30, || {
+        try_spread(&lab, &["client"], &format!("http://{web}/"), 20).is_ok_and(|c| c.len() == 1)
+    });
     lab.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]);
-    lab.wait_for("two pods answering", 30, || spread(&lab, &["client"], &format!("http://{web}/"), 40).len() == 2);
+    lab.wait_for("two pods answering", 30, || {
+        try_spread(&lab, &["client"], &format!("http://{web}/"), 40).is_ok_and(|c| c.len() == 2)
+    });
 
     // Seed 000: a Service without a selector and a hand-written Endpoints.
     let target = ip_of("lonely");
