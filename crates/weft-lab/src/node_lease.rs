@@ -10,6 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use weft_leader::micro_now;
 
 /// The namespace of node Leases.
 pub const NAMESPACE: &str = "kube-node-lease";
@@ -17,11 +18,6 @@ pub const NAMESPACE: &str = "kube-node-lease";
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// The kubelet's default `nodeLeaseDurationSeconds`.
 pub const DURATION_SECONDS: i32 = 40;
-
-/// A MicroTime as the API writes it.
-pub fn micro_now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
-}
 
 /// The Lease of node `node`: held by the node, owned by its Node object (so it goes with it).
 pub fn lease(node: &Node, now: &str) -> serde_json::Value {

@@ -69,8 +69,8 @@ impl Config {
     }
 }
 
-/// A MicroTime as the API writes it.
-fn micro_now() -> String {
+/// Now as a MicroTime, as the API writes one (`2026-12-02T01:02:03.456789Z`).
+pub fn micro_now() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 

@@ -344,19 +344,8 @@ mod real {
     fn forward_api(c: &Netns, api: SocketAddr) -> Result<()> {
         let l = weft_netlink::ns::run_in(Some(Path::new(&c.path())), || TcpListener::bind(("127.0.0.1", 6443)))??;
         l.set_nonblocking(true)?;
-        tokio::spawn(weft_apiserver_forward(tokio::net::TcpListener::from_std(l)?, api));
+        tokio::spawn(weft_apiserver::kubernetes_service::forward(tokio::net::TcpListener::from_std(l)?, api));
         Ok(())
-    }
-
-    async fn weft_apiserver_forward(l: tokio::net::TcpListener, to: SocketAddr) {
-        loop {
-            let Ok((mut a, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                }
-            });
-        }
     }
 
     fn start(label: &str, c: &Netns, kubeconfig: &Path, bin_dir: &Path) -> Result<Stop> {
