@@ -417,16 +417,20 @@ fn seeds_tls_protocols_and_annotations() {
 
     // Seed 000: both paths reach `test` with the path rewritten to `/`.
     wait_code(&lab, &ip, "http://online.com/watch", &[], 200, 30);
+    // Both pods answer, round-robin. A pod is Ready a moment before its EndpointSlice says so
+    // (the real control plane's slice controller runs apart from the kubelet), so this polls.
     let mut pods = BTreeSet::new();
-    for path in ["/watch", "/wear", "/watch", "/wear"] {
-        let j = at(&lab, &ip, &format!("http://online.com{path}"), &[]).ok();
-        assert_eq!(j["path"], "/", "{path} rewritten to /: {j}");
-        assert_eq!(j["host"], "online.com", "{j}");
-        let pod = j["pod"].as_str().unwrap_or("").to_string();
-        assert!(pod.starts_with("test-"), "{path} served by a pod of `test`: {j}");
-        pods.insert(pod);
-    }
-    assert_eq!(pods.len(), 2, "both pods of `test` answer over four requests: {pods:?}");
+    lab.wait_for("both pods of `test` to answer through the ingress", 30, || {
+        for path in ["/watch", "/wear"] {
+            let j = at(&lab, &ip, &format!("http://online.com{path}"), &[]).ok();
+            assert_eq!(j["path"], "/", "{path} rewritten to /: {j}");
+            assert_eq!(j["host"], "online.com", "{j}");
+            let pod = j["pod"].as_str().unwrap_or("").to_string();
+            assert!(pod.starts_with("test-"), "{path} served by a pod of `test`: {j}");
+            pods.insert(pod);
+        }
+        pods.len() == 2
+    });
     let r = at(&lab, &ip, "http://online.com/elsewhere", &[]);
     assert_eq!(r.code, 404, "a path of neither rule: {r:#?}");
 
