@@ -22,7 +22,8 @@ use weft_ingress::*;
 
 /// An HTTP/1 and h2c server that answers with its name and what it saw: `uri`, `version`,
 /// every header as `h <name>: <value>`, and `body <bytes read>`. A path under `/grpc` gets a
-/// gRPC-shaped answer (trailers `grpc-status: 0`); `/slow` waits 3 s.
+/// gRPC-shaped answer (trailers `grpc-status: 0`); `/slow` waits 3 s; `/drip` sends its head
+/// at once and its body a second later.
 async fn upstream(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -52,6 +53,14 @@ async fn echo(name: &'static str, req: Request<Incoming>) -> Result<Response<Ech
         out.push_str(&format!("h {k}: {}\n", v.to_str().unwrap_or("?")));
     }
     out.push_str(&format!("body {n}\n"));
+    if p.uri.path().starts_with("/drip") {
+        // The head at once, the body a second later.
+        let late = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"late body")))
+        });
+        return Ok(Response::builder().body(BodyExt::boxed(StreamBody::new(late))).unwrap());
+    }
     if p.uri.path().starts_with("/grpc") {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
@@ -643,6 +652,36 @@ async fn retries_and_ejection_with_a_dead_endpoint() {
     assert_eq!(get(a, "r.example", "/").await.status, 503);
 }
 
+/// An HTTP/2 connection without a request in flight is closed after the idle timeout (the
+/// server's PINGs do not keep it open); one whose request takes longer is not cut short.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    let u = upstream("u").await;
+    let opts = Options {
+        http: vec!["127.0.0.1:0".parse().unwrap()],
+        https: vec![],
+        metrics: vec![],
+        threads: 1,
+        access_log: false,
+    };
+    let limits = Limits { idle_timeout: Duration::from_secs(1), ..limits() };
+    let p = Proxy::start_with(opts, limits).await.unwrap();
+    p.install(table_prefixes("h.example", vec![("/", svc("h.example", "/", backend("u", &[u])))]));
+    let s = TcpStream::connect(http_addr(&p)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // /slow answers after 3 s: three idle timeouts pass while it is in flight.
+    let r = Request::builder().uri("http://h.example/slow").body(Full::<Bytes>::default()).unwrap();
+    let g = collect(tx.send_request(r).await.unwrap()).await;
+    assert_eq!((g.status, g.upstream()), (200, Some("u")), "a request in flight outlives the idle timeout");
+    assert!(!conn.is_finished(), "the connection stays open right after its request");
+    // Then idle: the proxy ends it (GOAWAY and close) soon after a second.
+    let t = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "an idle HTTP/2 connection is closed cleanly: {ended:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "closed after {:?}", t.elapsed());
+}
+
 #[tokio::test]
 async fn read_timeout_is_504() {
     let u = upstream("slow").await;
@@ -941,6 +980,33 @@ async fn metrics_and_healthz() {
     }
     assert!(text.contains("ingress=\"ing\",namespace=\"default\",service=\"u\",host=\"m.example\",path=\"/\",method=\"GET\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("status=\"404\"} 1"), "{text}");
+}
+
+/// On HTTP/2 (hyper's path) a request is recorded when its body has gone, as on HTTP/1:
+/// the request duration runs to the last byte, the response duration to the endpoint's head.
+#[tokio::test]
+async fn http2_request_duration_runs_to_the_last_body_byte() {
+    let u = upstream("u").await;
+    let p = proxy().await;
+    p.install(table_prefixes("d.example", vec![("/", svc("d.example", "/", backend("u", &[u])))]));
+    let s = TcpStream::connect(http_addr(&p)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let r = Request::builder().uri("http://d.example/drip").body(Full::<Bytes>::default()).unwrap();
+    let g = collect(tx.send_request(r).await.unwrap()).await;
+    assert_eq!((g.status, g.body.as_str()), (200, "late body"));
+    let text = get(p.local_addrs().metrics[0], "x", "/metrics").await.body;
+    let sum = |metric: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{metric}_sum{{")) && l.contains("host=\"d.example\""))
+            .unwrap_or_else(|| panic!("no {metric}_sum for d.example in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let request = sum("nginx_ingress_controller_request_duration_seconds");
+    let response = sum("nginx_ingress_controller_response_duration_seconds");
+    assert!(request >= 1.0, "the request took the body's second: {request}\n{text}");
+    assert!(response < 0.9, "the endpoint's head came at once: {response}");
 }
 
 #[tokio::test]

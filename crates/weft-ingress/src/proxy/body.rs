@@ -83,9 +83,13 @@ impl RespBody {
 
 /// An endpoint's response body; `ret` puts its HTTP/1 connection back in the worker's pool
 /// once the body has been read to its end (a body dropped earlier closes the connection).
+/// `done` records the request (metrics, access log) when the body has been sent or dropped,
+/// with the bytes that went and the time to the last of them, as nginx's `$bytes_sent` and
+/// `$request_time`.
 pub struct UpBody {
     pub(crate) inner: Incoming,
     pub(crate) ret: Option<PoolReturn>,
+    pub(crate) done: Option<Box<super::handler::Finish>>,
 }
 
 impl UpBody {
@@ -101,6 +105,9 @@ impl Drop for UpBody {
         if self.inner.is_end_stream() {
             self.give_back();
         }
+        if let Some(d) = self.done.take() {
+            d.record();
+        }
     }
 }
 
@@ -113,6 +120,9 @@ impl Body for RespBody {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Upstream(u) => {
                 let r = ready!(Pin::new(&mut u.inner).poll_frame(cx));
+                if let (Some(Ok(f)), Some(d)) = (&r, &mut u.done) {
+                    d.bytes += f.data_ref().map_or(0, |b| b.len() as u64);
+                }
                 if r.is_none() || (matches!(r, Some(Ok(_))) && u.inner.is_end_stream()) {
                     u.give_back();
                 }

@@ -46,13 +46,41 @@ pub(crate) async fn handle(req: Request<Incoming>, ci: Arc<ConnInfo>, w: Arc<Wor
     // Boxed: the request's state is large, and hyper moves the future it is given.
     let mut resp = Box::pin(serve(req, &ci, &w, &table, &mut ctx)).await;
     resp.headers_mut().insert(header::SERVER, HeaderValue::from_static(SERVER));
-    let took = start.elapsed();
-    w.stats.record(ctx.route.as_ref(), ctx.canary, method, resp.status().as_u16(), took, ctx.upstream_time);
-    if let (Some(tx), Some(l)) = (&w.log, log) {
-        let bytes = resp.body().size_hint().exact().unwrap_or(0);
-        let _ = tx.send(l.line(&ci, &ctx, resp.status().as_u16(), bytes, took));
+    let status = resp.status().as_u16();
+    let mut fin = Box::new(Finish { w, ci, ctx, method, status, start, log, bytes: 0 });
+    match resp.body_mut() {
+        // An endpoint's body: recorded when it has been sent (or dropped).
+        RespBody::Upstream(u) => u.done = Some(fin),
+        RespBody::Full(b) => {
+            fin.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
+            fin.record();
+        }
     }
     resp
+}
+
+/// A request to record in the metrics and the access log once its answer has gone.
+pub(crate) struct Finish {
+    w: Arc<Worker>,
+    ci: Arc<ConnInfo>,
+    ctx: Ctx,
+    method: u8,
+    status: u16,
+    start: Instant,
+    log: Option<LogIn>,
+    /// Response body bytes sent.
+    pub(crate) bytes: u64,
+}
+
+impl Finish {
+    pub(crate) fn record(self: Box<Self>) {
+        let Finish { w, ci, ctx, method, status, start, log, bytes } = *self;
+        let took = start.elapsed();
+        w.stats.record(ctx.route.as_ref(), ctx.canary, method, status, took, ctx.upstream_time);
+        if let (Some(tx), Some(l)) = (&w.log, log) {
+            let _ = tx.send(l.line(&ci, &ctx, status, bytes, took));
+        }
+    }
 }
 
 fn simple(code: StatusCode, body: &'static str) -> Response<RespBody> {
@@ -339,7 +367,7 @@ async fn serve(
         Sender::H1(s) if !switching => Some(PoolReturn { worker: w.clone(), key, sender: s }),
         _ => None,
     };
-    Response::from_parts(rp, RespBody::Upstream(UpBody { inner: rbody, ret }))
+    Response::from_parts(rp, RespBody::Upstream(UpBody { inner: rbody, ret, done: None }))
 }
 
 /// What the access log line takes from the request before it is consumed.

@@ -78,6 +78,11 @@ pub struct Limits {
     /// A client that takes no bytes of a response for this long is dropped (nginx's
     /// `send_timeout`, 60 s), on every path (TLS records and HTTP/2 frames included).
     pub send_timeout: Duration,
+    /// A connection served by hyper (HTTP/2, and HTTP/1 handed over for gRPC) with no request
+    /// in flight for this long is shut down gracefully (GOAWAY; streams still open finish):
+    /// nginx's `keepalive_timeout`, 75 s in ingress-nginx. The PINGs hyper sends keep no
+    /// connection open by themselves.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +98,7 @@ impl Default for Limits {
             upstream_idle: 320,
             upstream_idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -420,11 +426,79 @@ async fn serve<I>(io: I, ci: Arc<ConnInfo>, worker: Arc<Worker>, builder: &auto:
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_timeout = worker.shared.limits.idle_timeout;
+    let activity = Arc::new(Activity::default());
+    let act = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (ci, worker) = (ci.clone(), worker.clone());
-        async move { Ok::<_, Infallible>(handler::handle(req, ci, worker).await) }
+        let busy = act.begin();
+        async move {
+            let r = handler::handle(req, ci, worker).await;
+            drop(busy);
+            Ok::<_, Infallible>(r)
+        }
     });
-    let _ = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await;
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    loop {
+        let wait = activity.idle_left(idle_timeout);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if activity.idle_left(idle_timeout).is_zero() {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+            return;
+        }
+    }
+}
+
+/// Requests being handled on a hyper connection, and since when none has been.
+struct Activity {
+    start: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `start` to when the last request in flight ended.
+    idle_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            start: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+/// A request in flight; its end is the connection's last activity.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long until the connection has been idle for `limit` (`limit` while a request is
+    /// in flight: checked again then).
+    fn idle_left(&self, limit: Duration) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return limit;
+        }
+        let idle =
+            self.start.elapsed().saturating_sub(Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)));
+        limit.saturating_sub(idle)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since_ms.store(a.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn write_log(rx: std::sync::mpsc::Receiver<String>) {
