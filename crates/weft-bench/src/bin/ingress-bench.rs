@@ -13,7 +13,9 @@
 //!
 //! 1. Throughput: a routing check, then `wrk -t1 -c50 -d{duration}s --latency` with a Lua
 //!    script cycling the four routes, `--rounds` rounds per proxy, plain and TLS: median req/s
-//!    and p99, and weft's ratios to the others.
+//!    and p99, the proxy's CPU time per request (its process group's, from /proc; the three
+//!    processes share the machine's cores, so this is the figure that does not depend on how
+//!    they were scheduled), and weft's ratios to the others.
 //! 2. Route changes: per proxy, under the same wrk load plus `--ws` WebSockets held open through
 //!    the proxy (a message each 100 ms, echoed), the routes change 10 times a second (the host
 //!    `c.example` comes and goes, `b.example/api/` flips between two upstreams): weft and
@@ -184,6 +186,24 @@ impl Proc {
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+/// CPU time (user + system, in clock ticks) of every process in `group`: nginx's and
+/// HAProxy's masters and workers, Traefik's and weft's threads.
+fn group_cpu_ticks(group: i32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let mut ticks = 0;
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // After the command's ")": state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime (fields 3.. of proc_pid_stat(5)).
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 && f[2].parse() == Ok(group) {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    ticks
 }
 
 impl Drop for Proc {
@@ -763,6 +783,9 @@ async fn ws_client(addr: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<WsCounts
 struct Throughput {
     plain: Option<(f64, f64)>,
     tls: Option<(f64, f64)>,
+    /// The proxy's CPU time per request in µs (medians of the rounds), plain and TLS: what it
+    /// costs, apart from how the machine's cores were shared with wrk and the upstream.
+    cpu_us: (f64, f64),
 }
 
 async fn throughput(args: &Args, work: &Path, kind: Kind) -> Result<Throughput> {
@@ -773,14 +796,19 @@ async fn throughput(args: &Args, work: &Path, kind: Kind) -> Result<Throughput> 
     }
     println!("{}: routing check ok", kind.name());
     let lua = work.join("routes.lua");
-    let mut res = Throughput { plain: None, tls: None };
+    let mut res = Throughput { plain: None, tls: None, cpu_us: (f64::NAN, f64::NAN) };
+    // /proc's ticks are USER_HZ, 100 a second on Linux whatever the kernel's HZ.
+    let tick_us = 1e6 / 100.0;
     for tls in [false, true] {
         let mut rps = vec![];
         let mut p99 = vec![];
+        let mut cpu = vec![];
         for round in 1..=args.rounds {
+            let before = group_cpu_ticks(r.proc.pid);
             let w = wrk(&kind.url(tls), &lua, args.duration).await?;
+            let us = (group_cpu_ticks(r.proc.pid) - before) as f64 * tick_us / w.requests.max(1) as f64;
             println!(
-                "{:<8} {:<5} round {round}: {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms {} (load {})",
+                "{:<8} {:<5} round {round}: {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  cpu {us:>5.1} us/req {} (load {})",
                 kind.name(),
                 if tls { "tls" } else { "plain" },
                 w.rps,
@@ -791,12 +819,15 @@ async fn throughput(args: &Args, work: &Path, kind: Kind) -> Result<Throughput> 
             );
             rps.push(w.rps);
             p99.push(w.p99_ms);
+            cpu.push(us);
         }
         let m = (median(rps), median(p99));
         if tls {
             res.tls = Some(m);
+            res.cpu_us.1 = median(cpu);
         } else {
             res.plain = Some(m);
+            res.cpu_us.0 = median(cpu);
         }
     }
     drop(r);
@@ -1005,18 +1036,29 @@ async fn bench(args: Args) -> Result<()> {
     }
     let get = |k: Kind| results.iter().find(|(x, _)| *x == k).map(|(_, t)| t);
     println!("\n== throughput (median of {} x {} s; req/s, p99 ms)", args.rounds, args.duration);
-    println!("{:<8} {:>10} {:>9} {:>10} {:>9}", "proxy", "plain", "p99", "tls", "p99");
+    println!(
+        "{:<8} {:>10} {:>9} {:>10} {:>9}   {:>12} {:>10}",
+        "proxy", "plain", "p99", "tls", "p99", "cpu us/req", "tls cpu"
+    );
     for (k, t) in &results {
         let f =
             |x: Option<(f64, f64)>| x.map_or(("-".into(), "-".into()), |(r, p)| (format!("{r:.0}"), format!("{p:.3}")));
         let (pr, pp) = f(t.plain);
         let (tr, tp) = f(t.tls);
-        println!("{:<8} {pr:>10} {pp:>9} {tr:>10} {tp:>9}", k.name());
+        let (cp, ct) = t.cpu_us;
+        println!("{:<8} {pr:>10} {pp:>9} {tr:>10} {tp:>9}   {cp:>12.1} {ct:>10.1}", k.name());
     }
     if let Some(wt) = get(Kind::Weft) {
         for other in [Kind::Nginx, Kind::Haproxy, Kind::Traefik] {
             if let Some(o) = get(other) {
-                println!("weft/{:<8} plain {}; tls {}", other.name(), ratio(wt.plain, o.plain), ratio(wt.tls, o.tls));
+                println!(
+                    "weft/{:<8} plain {}; tls {}; cpu per request {:.2}x, tls {:.2}x",
+                    other.name(),
+                    ratio(wt.plain, o.plain),
+                    ratio(wt.tls, o.tls),
+                    wt.cpu_us.0 / o.cpu_us.0,
+                    wt.cpu_us.1 / o.cpu_us.1
+                );
             }
         }
         let goal = |w: Option<(f64, f64)>, n: Option<(f64, f64)>, t: Option<(f64, f64)>| match (w, n) {
