@@ -210,7 +210,7 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Got {
 
 /// Sends raw bytes and reads what comes back until the proxy closes or `wait` passes.
 async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting to the proxy at {addr}: {e}"));
     let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
