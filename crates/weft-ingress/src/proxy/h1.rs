@@ -126,7 +126,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// `f`, failed with `TimedOut` if it waits longer than `d`. Most writes (and reads of what
+/// has already come) finish at once: the timer is armed only if `f` has to wait, which spares
+/// a timer entry, its removal and a clock read on most calls.
 async fn timed<T>(d: Duration, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut f = std::pin::pin!(f);
+    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx))).await {
+        return r;
+    }
     match tokio::time::timeout(d, f).await {
         Ok(r) => r,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
