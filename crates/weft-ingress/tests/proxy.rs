@@ -149,6 +149,10 @@ fn limits() -> Limits {
 }
 
 async fn proxy() -> Proxy {
+    proxy_with(limits()).await
+}
+
+async fn proxy_with(limits: Limits) -> Proxy {
     let opts = Options {
         http: vec!["127.0.0.1:0".parse().unwrap()],
         https: vec!["127.0.0.1:0".parse().unwrap()],
@@ -156,7 +160,7 @@ async fn proxy() -> Proxy {
         threads: 2,
         access_log: false,
     };
-    Proxy::start_with(opts, limits()).await.unwrap()
+    Proxy::start_with(opts, limits).await.unwrap()
 }
 
 fn http_addr(p: &Proxy) -> SocketAddr {
@@ -657,15 +661,7 @@ async fn retries_and_ejection_with_a_dead_endpoint() {
 #[tokio::test]
 async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
     let u = upstream("u").await;
-    let opts = Options {
-        http: vec!["127.0.0.1:0".parse().unwrap()],
-        https: vec![],
-        metrics: vec![],
-        threads: 1,
-        access_log: false,
-    };
-    let limits = Limits { idle_timeout: Duration::from_secs(1), ..limits() };
-    let p = Proxy::start_with(opts, limits).await.unwrap();
+    let p = proxy_with(Limits { idle_timeout: Duration::from_secs(1), ..limits() }).await;
     p.install(table_prefixes("h.example", vec![("/", svc("h.example", "/", backend("u", &[u])))]));
     let s = TcpStream::connect(http_addr(&p)).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
