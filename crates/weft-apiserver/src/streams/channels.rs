@@ -87,7 +87,7 @@ async fn pump(mut from: BoxRead, channel: u8, to: mpsc::Sender<Message>) {
 
 /// What the client sends, until it closes: stdin, resizes, v5's close of stdin.
 async fn input<S: AsyncRead + AsyncWrite + Unpin>(
-    early: Option<Message>,
+    early: std::collections::VecDeque<Message>,
     mut source: futures::stream::SplitStream<WebSocketStream<S>>,
     mut stdin: Option<BoxWrite>,
     resize: Option<Resize>,
@@ -95,7 +95,7 @@ async fn input<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut early = early;
     loop {
-        let msg = match early.take() {
+        let msg = match early.pop_front() {
             Some(m) => m,
             None => match source.next().await {
                 Some(Ok(m)) => m,
@@ -156,15 +156,25 @@ where
     let (mut session, mut source) = (session, source);
     // With a terminal, kubectl's first message is its size: take it before the process starts,
     // so the process sees its size from the start (kube-rs may send none: wait only briefly).
-    let mut early = None;
+    // Other messages that come first (stdin) are kept for the session, as the SPDY path does.
+    let mut early = std::collections::VecDeque::new();
     if session.opts.tty {
-        match tokio::time::timeout(super::FIRST_RESIZE_WAIT, source.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) if b.first() == Some(&RESIZE) => {
-                session.opts.size = parse_resize(&b[1..]);
+        let first_size = tokio::time::timeout(super::FIRST_RESIZE_WAIT, async {
+            while early.len() < 16 {
+                match source.next().await {
+                    Some(Ok(Message::Binary(b))) if b.first() == Some(&RESIZE) => {
+                        session.opts.size = parse_resize(&b[1..]);
+                        return true;
+                    }
+                    Some(Ok(m)) => early.push_back(m),
+                    _ => return false,
+                }
             }
-            Ok(Some(Ok(m))) => early = Some(m),
-            Ok(_) => return,
-            Err(_) => {}
+            true
+        })
+        .await;
+        if first_size == Ok(false) {
+            return;
         }
     }
     let started = match session.sub {
