@@ -106,7 +106,7 @@ impl Drop for UpBody {
             self.give_back();
         }
         if let Some(d) = self.done.take() {
-            d.record();
+            (*d).record();
         }
     }
 }

@@ -47,10 +47,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ci: Arc<ConnInfo>, w: Arc<Wor
     let mut resp = Box::pin(serve(req, &ci, &w, &table, &mut ctx)).await;
     resp.headers_mut().insert(header::SERVER, HeaderValue::from_static(SERVER));
     let status = resp.status().as_u16();
-    let mut fin = Box::new(Finish { w, ci, ctx, method, status, start, log, bytes: 0 });
+    let mut fin = Finish { w, ci, ctx, method, status, start, log, bytes: 0 };
     match resp.body_mut() {
         // An endpoint's body: recorded when it has been sent (or dropped).
-        RespBody::Upstream(u) => u.done = Some(fin),
+        RespBody::Upstream(u) => u.done = Some(Box::new(fin)),
         RespBody::Full(b) => {
             fin.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
             fin.record();
@@ -73,8 +73,8 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
-    pub(crate) fn record(self: Box<Self>) {
-        let Finish { w, ci, ctx, method, status, start, log, bytes } = *self;
+    pub(crate) fn record(self) {
+        let Finish { w, ci, ctx, method, status, start, log, bytes } = self;
         let took = start.elapsed();
         w.stats.record(ctx.route.as_ref(), ctx.canary, method, status, took, ctx.upstream_time);
         if let (Some(tx), Some(l)) = (&w.log, log) {

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -459,7 +459,7 @@ struct Activity {
     start: tokio::time::Instant,
     in_flight: AtomicUsize,
     /// Milliseconds from `start` to when the last request in flight ended.
-    idle_since_ms: std::sync::atomic::AtomicU64,
+    idle_since_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -467,7 +467,7 @@ impl Default for Activity {
         Activity {
             start: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: std::sync::atomic::AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
         }
     }
 }
