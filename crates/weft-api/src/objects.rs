@@ -61,6 +61,7 @@ pub fn admit(kind: &Kind, v: &Value) -> Result<Value, ObjectError> {
             let mut o: Pod = decode(kind, v)?;
             if let Some(s) = o.spec.as_mut() {
                 default_pod_spec(s);
+                default_host_network_ports(s);
             }
             if o.status.is_none() {
                 o.status =
@@ -396,6 +397,21 @@ fn default_job(o: &mut Job) {
     }
 }
 
+/// A hostNetwork Pod's unset hostPorts are its containerPorts (kube-apiserver does this for
+/// Pods only, not for templates, since 1.28).
+fn default_host_network_ports(s: &mut k8s_openapi::api::core::v1::PodSpec) {
+    if s.host_network != Some(true) {
+        return;
+    }
+    for c in s.containers.iter_mut().chain(s.init_containers.iter_mut().flatten()) {
+        for p in c.ports.iter_mut().flatten() {
+            if p.host_port.unwrap_or(0) == 0 {
+                p.host_port = Some(p.container_port);
+            }
+        }
+    }
+}
+
 fn default_pod_spec(s: &mut k8s_openapi::api::core::v1::PodSpec) {
     s.restart_policy.get_or_insert_with(|| "Always".into());
     s.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
@@ -641,5 +657,32 @@ mod tests {
         let out = admit(k, &rc).unwrap();
         assert_eq!(out["spec"]["selector"]["app"], "busybox0");
         assert_eq!(out["metadata"]["labels"]["app"], "busybox0");
+    }
+
+    #[test]
+    fn a_host_network_pods_ports_are_its_nodes() {
+        let pod = |ports: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "nginx", "ports": ports}]}})
+        };
+        let k = by_gvk("v1", "Pod").unwrap();
+        // Unset hostPorts become the containerPorts.
+        let got = admit(k, &pod(json!([{"containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]))).unwrap();
+        assert_eq!(got["spec"]["containers"][0]["ports"][0]["hostPort"], 8080);
+        assert_eq!(got["spec"]["containers"][0]["ports"][1]["hostPort"], 53);
+        // A different one is refused, naming the field.
+        let bad = admit(k, &pod(json!([{"containerPort": 8080, "hostPort": 9090}])));
+        assert_eq!(causes(bad), ["spec.containers[0].ports[0].hostPort"]);
+        // In a template an unset hostPort stays unset and is accepted; a different one is not.
+        let ds = |ports: Value| {
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "d", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+                "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "nginx", "ports": ports}]}}}})
+        };
+        let k = by_gvk("apps/v1", "DaemonSet").unwrap();
+        let got = admit(k, &ds(json!([{"containerPort": 8080}]))).unwrap();
+        assert!(got["spec"]["template"]["spec"]["containers"][0]["ports"][0].get("hostPort").is_none());
+        let bad = admit(k, &ds(json!([{"containerPort": 8080, "hostPort": 9090}])));
+        assert_eq!(causes(bad), ["spec.template.spec.containers[0].ports[0].hostPort"]);
     }
 }

@@ -409,9 +409,13 @@ fn container(c: &Container, f: &str, errs: &mut Errors, port_names: &mut HashSet
     }
 }
 
-pub fn pod_spec(spec: &PodSpec, f: &str, errs: &mut Errors) {
+/// `is_pod`: the spec of a Pod, not of a template (a template's hostPort may be left unset).
+pub fn pod_spec(spec: &PodSpec, f: &str, is_pod: bool, errs: &mut Errors) {
     if spec.containers.is_empty() {
         errs.push(FieldError::required(format!("{f}.containers"), "a pod needs at least one container"));
+    }
+    if spec.host_network == Some(true) {
+        host_network_ports(spec, f, is_pod, errs);
     }
     let mut names = HashSet::new();
     let mut port_names = HashSet::new();
@@ -437,10 +441,31 @@ pub fn pod_spec(spec: &PodSpec, f: &str, errs: &mut Errors) {
     }
 }
 
+/// With hostNetwork a container's port is its node's: hostPort, when set (always on a Pod,
+/// where it is defaulted), must be the containerPort.
+fn host_network_ports(spec: &PodSpec, f: &str, is_pod: bool, errs: &mut Errors) {
+    let groups =
+        [("containers", &spec.containers[..]), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
+    for (group, containers) in groups {
+        for (i, c) in containers.iter().enumerate() {
+            for (j, p) in c.ports.iter().flatten().enumerate() {
+                let hp = p.host_port.unwrap_or(0);
+                if (is_pod || hp != 0) && hp != p.container_port {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.{group}[{i}].ports[{j}].hostPort"),
+                        hp,
+                        "must match `containerPort` when `hostNetwork` is true",
+                    ));
+                }
+            }
+        }
+    }
+}
+
 pub fn pod(p: &Pod, errs: &mut Errors) {
     check_meta(&p.metadata, NameRule::Dns1123Subdomain, true, errs);
     match &p.spec {
-        Some(s) => pod_spec(s, "spec", errs),
+        Some(s) => pod_spec(s, "spec", true, errs),
         None => errs.push(FieldError::required("spec", "a Pod needs a spec with containers")),
     }
 }
@@ -453,7 +478,7 @@ fn template(t: Option<&PodTemplateSpec>, errs: &mut Errors) -> Option<BTreeMap<S
     let labels = t.metadata.as_ref().and_then(|m| m.labels.clone());
     check_labels("spec.template.metadata.labels", labels.as_ref(), errs);
     match &t.spec {
-        Some(s) => pod_spec(s, "spec.template.spec", errs),
+        Some(s) => pod_spec(s, "spec.template.spec", false, errs),
         None => errs.push(FieldError::required("spec.template.spec", "the template needs containers")),
     }
     labels

@@ -88,11 +88,16 @@ fn holds_place(p: &Pod) -> bool {
 pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], spec: &PodSpec) -> Result<String, String> {
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     let mut load: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let wanted = host_ports(spec);
+    let mut ports_taken: BTreeMap<String, Vec<HostPort>> = BTreeMap::new();
     for p in pods {
         if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
             let e = load.entry(n.clone()).or_default();
             e.0 += usize::from(is_active(p));
             e.1 += usize::from(holds_place(p));
+            if let Some(ps) = p.spec.as_ref().filter(|_| !wanted.is_empty() && holds_place(p)) {
+                ports_taken.entry(n.clone()).or_default().extend(host_ports(ps));
+            }
         }
     }
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -104,6 +109,11 @@ pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], spec: &PodSpec) -> 
             _ if !affinity::node_matches(spec, n) => Some(affinity::MISMATCH.to_string()),
             Err(unfit) => Some(unfit.to_string()),
             Ok(()) if placed >= node_pod_capacity(n) => Some("Too many pods".to_string()),
+            Ok(())
+                if ports_taken.get(&name).is_some_and(|t| wanted.iter().any(|w| t.iter().any(|u| w.conflicts(u)))) =>
+            {
+                Some("node(s) didn't have free ports for the requested pod ports".to_string())
+            }
             Ok(()) => None,
         };
         match why {
@@ -125,6 +135,36 @@ pub fn plan_schedule(nodes: &[Arc<Node>], pods: &[Arc<Pod>], spec: &PodSpec) -> 
             Err(format!("0/{} nodes are available: {}.", nodes.len(), r.join(", ")))
         }
     }
+}
+
+/// A port a pod takes on its node (a hostPort, which a hostNetwork pod has for every port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HostPort {
+    ip: String,
+    protocol: String,
+    port: i32,
+}
+
+impl HostPort {
+    /// kube-scheduler's NodePorts: the same port and protocol, on the same address or on all.
+    fn conflicts(&self, o: &HostPort) -> bool {
+        let any = |ip: &str| ip.is_empty() || ip == "0.0.0.0";
+        self.port == o.port && self.protocol == o.protocol && (self.ip == o.ip || any(&self.ip) || any(&o.ip))
+    }
+}
+
+/// The host ports of a pod's containers.
+fn host_ports(spec: &PodSpec) -> Vec<HostPort> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.unwrap_or(0) > 0)
+        .map(|p| HostPort {
+            ip: p.host_ip.clone().unwrap_or_default(),
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            port: p.host_port.unwrap_or(0),
+        })
+        .collect()
 }
 
 /// Node IPAM decision: the lowest /`size` of `cluster` no node holds.
@@ -476,6 +516,59 @@ mod tests {
             serde_json::from_value(json!({"key": "gpu", "operator": "Exists"})).unwrap();
         let spec = PodSpec { tolerations: Some(vec![tolerates]), ..Default::default() };
         assert_eq!(plan_schedule(&nodes, &[], &spec), Ok("node-1".into()));
+    }
+
+    #[test]
+    fn a_host_port_goes_where_it_is_free() {
+        let nodes: Vec<Arc<Node>> =
+            (1..=2).map(|i| lab_node(&format!("node-{i}"), "110", &format!("10.244.{i}.0/24"))).collect();
+        let with_port = |ports: Value| -> PodSpec {
+            serde_json::from_value(json!({"containers": [{"name": "c", "ports": ports}]})).unwrap()
+        };
+        let on = |node: &str, phase: &str, ports: Value| -> Arc<Pod> {
+            let mut spec = with_port(ports);
+            spec.node_name = Some(node.into());
+            Arc::new(Pod {
+                spec: Some(spec),
+                status: serde_json::from_value(json!({"phase": phase})).unwrap(),
+                ..Default::default()
+            })
+        };
+        // node-1 is emptier, but its 8080/TCP is taken.
+        let pods = vec![
+            on("node-1", "Running", json!([{"containerPort": 8080, "hostPort": 8080}])),
+            on("node-2", "Running", json!([])),
+            on("node-2", "Running", json!([])),
+        ];
+        let want = with_port(json!([{"containerPort": 8080, "hostPort": 8080}]));
+        assert_eq!(plan_schedule(&nodes, &pods, &want), Ok("node-2".into()));
+        // Another protocol, or another address of the node than the taken one, is free.
+        assert_eq!(
+            plan_schedule(
+                &nodes,
+                &pods,
+                &with_port(json!([{"containerPort": 1, "hostPort": 8080, "protocol": "UDP"}]))
+            ),
+            Ok("node-1".into())
+        );
+        let on_ip =
+            |ip: &str| on("node-1", "Running", json!([{"containerPort": 8080, "hostPort": 8080, "hostIP": ip}]));
+        let specific = with_port(json!([{"containerPort": 8080, "hostPort": 8080, "hostIP": "172.18.0.10"}]));
+        assert_eq!(plan_schedule(&nodes[..1], &[on_ip("172.18.0.11")], &specific), Ok("node-1".into()));
+        assert_eq!(plan_schedule(&nodes[..1], &[on_ip("172.18.0.10")], &specific).map_err(|_| ()), Err(()));
+        // A finished pod holds no port; taken everywhere, the pod waits, saying why.
+        assert_eq!(
+            plan_schedule(
+                &nodes[..1],
+                &[on("node-1", "Succeeded", json!([{"containerPort": 8080, "hostPort": 8080}]))],
+                &want
+            ),
+            Ok("node-1".into())
+        );
+        assert_eq!(
+            plan_schedule(&nodes[..1], &pods, &want),
+            Err("0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports.".into())
+        );
     }
 
     #[test]

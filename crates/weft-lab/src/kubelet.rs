@@ -45,6 +45,10 @@ pub struct Sandbox {
     pub shim_pid: u32,
     pub shim_start: u64,
     pub cni_result: Value,
+    /// `spec.hostNetwork`: the pod runs in its node's namespace (`netns` is the node's), with
+    /// the node's address and no CNI attachment; the namespace is never the pod's to delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 pub fn pods_dir(state: &Path) -> PathBuf {
@@ -839,7 +843,12 @@ fn resolv_conf(ctx: &LabCtx, pod: &Pod) -> String {
     let ns = pod.metadata.namespace.clone().unwrap_or("default".into());
     let d = &ctx.cluster_domain;
     let spec = pod.spec.as_ref();
-    let policy = spec.and_then(|s| s.dns_policy.clone()).unwrap_or("ClusterFirst".into());
+    let mut policy = spec.and_then(|s| s.dns_policy.clone()).unwrap_or("ClusterFirst".into());
+    // A hostNetwork pod resolves as its node does unless it asks for the cluster's DNS by
+    // ClusterFirstWithHostNet; for other pods that policy is ClusterFirst.
+    if policy == "ClusterFirst" && host_network(pod) {
+        policy = "Default".into();
+    }
     let mut servers = vec![];
     let mut search = vec![];
     let mut options = vec!["ndots:5".to_string()];
@@ -900,7 +909,11 @@ fn shim_spec(ctx: &LabCtx, node: &NodeNet, pod: &Pod, uid: &str, ns_name: &str, 
         namespace: pod.metadata.namespace.clone().unwrap_or("default".into()),
         uid: uid.to_string(),
         netns: netns::path(ns_name),
-        hostname: spec.hostname.clone().unwrap_or(name).chars().take(63).collect(),
+        // A hostNetwork pod shares its node's hostname, as it shares the node's UTS namespace.
+        hostname: if host_network(pod) { node.name.clone() } else { spec.hostname.clone().unwrap_or(name) }
+            .chars()
+            .take(63)
+            .collect(),
         resolv_conf: Some(dir.join("resolv.conf")),
         dir,
         restart_policy: spec.restart_policy.clone().unwrap_or("Always".into()),
@@ -964,49 +977,26 @@ fn pre_stop_hook(c: &Container, pod_ip: &str) -> Option<Hook> {
     h.sleep.as_ref().map(|s| Hook::Sleep(s.seconds.max(0) as u64))
 }
 
-/// Makes (or re-makes) a pod's sandbox: namespace, CNI ADD, resolv.conf, shim.
+/// Whether a pod runs in its node's network namespace (`spec.hostNetwork`).
+pub fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.host_network == Some(true))
+}
+
+/// Makes (or re-makes) a pod's sandbox: namespace, CNI ADD, resolv.conf, shim. A hostNetwork
+/// pod gets none of the network: it joins its node's namespace with the node's address, as the
+/// kubelet skips the CNI for it.
 pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbox>) -> Result<Sandbox> {
     let uid = pod.metadata.uid.clone().context("pod has no uid")?;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or("default".into());
     let dir = pod_dir(&ctx.state_dir, &uid);
     fs::create_dir_all(&dir)?;
-    let ns_name = netns_name(&ctx.name, &uid);
-    let node_ns = File::open(node.netns_path()).with_context(|| format!("node {} has no namespace", node.name))?;
-    let list = conflist(ctx, node)?;
-    let rc = port_mappings(pod);
-    let ns_path = netns::path(&ns_name).display().to_string();
-    // Reuse a live network of a sandbox whose shim died; otherwise start from scratch.
-    let (ips, result) = match old.filter(|o| netns::path(&o.netns).exists() && !o.ips.is_empty()) {
-        Some(o) => (o.ips.clone(), o.cni_result.clone()),
-        None => {
-            netns::create(&ns_name)?;
-            let base = Invocation {
-                plugin: Path::new(""),
-                command: "ADD",
-                container_id: &uid,
-                netns: &ns_path,
-                ifname: "eth0",
-                args: &format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"),
-                cni_path: &ctx.cni_path,
-                node_netns: Some(&node_ns),
-            };
-            let result = match list.add(&base, &rc) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = list.del(&base, None, &rc);
-                    let _ = netns::delete(&ns_name);
-                    bail!("CNI ADD failed: {e}");
-                }
-            };
-            let ips: Vec<String> = result["ips"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i["address"].as_str().map(|a| a.split('/').next().unwrap_or("").to_string()))
-                .collect();
-            (ips, result)
-        }
+    let host_network = host_network(pod);
+    let ns_name = if host_network { node.netns.clone() } else { netns_name(&ctx.name, &uid) };
+    let (ips, result) = if host_network {
+        (vec![node.ip.to_string()], Value::Null)
+    } else {
+        pod_network(ctx, node, pod, &uid, &ns_name, old)?
     };
     fs::write(dir.join("resolv.conf"), resolv_conf(ctx, pod))?;
     let ip = ips.first().cloned().unwrap_or_default();
@@ -1028,14 +1018,67 @@ pub fn start_sandbox(ctx: &LabCtx, node: &NodeNet, pod: &Pod, old: Option<Sandbo
         shim_pid: pid,
         shim_start: start,
         cni_result: result,
+        host_network,
     };
     save_sandbox(&ctx.state_dir, &sb)?;
     Ok(sb)
 }
 
+/// The pod's own namespace and its CNI attachment (addresses and the CNI result), or those of
+/// `old`, a sandbox whose shim died, when its network is still there.
+fn pod_network(
+    ctx: &LabCtx,
+    node: &NodeNet,
+    pod: &Pod,
+    uid: &str,
+    ns_name: &str,
+    old: Option<Sandbox>,
+) -> Result<(Vec<String>, Value)> {
+    if let Some(o) = old.filter(|o| !o.host_network && netns::path(&o.netns).exists() && !o.ips.is_empty()) {
+        return Ok((o.ips, o.cni_result));
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let node_ns = File::open(node.netns_path()).with_context(|| format!("node {} has no namespace", node.name))?;
+    let list = conflist(ctx, node)?;
+    let rc = port_mappings(pod);
+    let ns_path = netns::path(ns_name).display().to_string();
+    netns::create(ns_name)?;
+    let base = Invocation {
+        plugin: Path::new(""),
+        command: "ADD",
+        container_id: uid,
+        netns: &ns_path,
+        ifname: "eth0",
+        args: &format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_UID={uid}"),
+        cni_path: &ctx.cni_path,
+        node_netns: Some(&node_ns),
+    };
+    let result = match list.add(&base, &rc) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = list.del(&base, None, &rc);
+            let _ = netns::delete(ns_name);
+            bail!("CNI ADD failed: {e}");
+        }
+    };
+    let ips: Vec<String> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str().map(|a| a.split('/').next().unwrap_or("").to_string()))
+        .collect();
+    Ok((ips, result))
+}
+
 /// Stops a pod: shim, CNI DEL, namespace, state.
 pub fn teardown(ctx: &LabCtx, node: &NodeNet, sb: &Sandbox) -> Result<()> {
     kill_shim(sb, Duration::from_secs(3));
+    if sb.host_network {
+        // The node's namespace: not the pod's to take down.
+        let _ = fs::remove_dir_all(pod_dir(&ctx.state_dir, &sb.uid));
+        return Ok(());
+    }
     if let (Ok(list), Ok(node_ns)) = (conflist(ctx, node), File::open(node.netns_path())) {
         let ns_path = netns::path(&sb.netns).display().to_string();
         let base = Invocation {

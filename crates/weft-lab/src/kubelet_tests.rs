@@ -252,6 +252,21 @@ fn resolv_conf_follows_the_dns_policy_and_config() {
 }
 
 #[test]
+fn host_network_pods_take_their_nodes_hostname_and_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(dir.path());
+    let p = pod(json!({"hostNetwork": true, "hostname": "ignored", "containers": []}));
+    assert_eq!(shim_spec(&c, &node(), &p, "uid-1", &node().netns, &node().ip.to_string()).hostname, node().name);
+    // ClusterFirst means Default for them; ClusterFirstWithHostNet asks for the cluster's DNS.
+    assert_eq!(resolv_conf(&c, &p), "options ndots:5\n");
+    let with = pod(json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []}));
+    assert_eq!(
+        resolv_conf(&c, &with),
+        "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+}
+
+#[test]
 fn host_ports_become_port_mappings() {
     let p = pod(json!({"containers": [{"name": "c", "image": "nginx", "ports": [
         {"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"},
@@ -278,6 +293,7 @@ fn sandbox() -> Sandbox {
         shim_pid: 4242,
         shim_start: 99,
         cni_result: json!({"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.7/24"}]}),
+        host_network: false,
     }
 }
 

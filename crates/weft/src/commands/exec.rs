@@ -74,5 +74,6 @@ fn where_to_run(
             format!("pod {ns}/{pod} has no sandbox: is it scheduled and running? (weft get pods -o wide)")
         })?;
     let resolv: PathBuf = weft_lab::kubelet::pod_dir(&lab.dir, &sb.uid).join("resolv.conf");
-    Ok(PodEntry { netns: weft_lab::netns::path(&sb.netns), resolv_conf: Some(resolv), hostname: Some(pod) })
+    let hostname = if sb.host_network { sb.node.clone() } else { pod };
+    Ok(PodEntry { netns: weft_lab::netns::path(&sb.netns), resolv_conf: Some(resolv), hostname: Some(hostname) })
 }

@@ -11,6 +11,7 @@ mod deletion;
 mod dns;
 mod end_to_end;
 mod exec;
+mod host_network;
 mod in_cluster;
 mod ingress;
 mod ingress_controller;
