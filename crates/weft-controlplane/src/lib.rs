@@ -171,8 +171,20 @@ impl ControlPlane {
         let client = admin_client(&kubeconfig).await?;
         let mut cp = ControlPlane { api, kubeconfig, creds, etcd, client, dir: dir.clone(), children: vec![], forward };
         let p = |f: &str| dir.join(f).display().to_string();
-        let etcd_url = format!("http://{etcd}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        // etcd takes clients and peers by certificates of a CA of its own only, as kubeadm sets it
+        // up: what listens on node-1's loopback is reachable from its hostNetwork pods, and the
+        // cluster CA signs certificates for whoever gets a CertificateSigningRequest approved.
+        let etcd_dir = dir.join("etcd-pki");
+        std::fs::create_dir_all(&etcd_dir).with_context(|| format!("making {}", etcd_dir.display()))?;
+        tls::load_or_create(&etcd_dir, &["127.0.0.1".to_string(), "localhost".to_string()])?;
+        tls::signed_by_ca(
+            &etcd_dir,
+            "apiserver-etcd-client",
+            tls::Use::Client { user: "kube-apiserver-etcd-client", groups: &[] },
+        )?;
+        let e = |f: &str| etcd_dir.join(f).display().to_string();
+        let etcd_url = format!("https://{etcd}");
+        let peer_url = format!("https://127.0.0.1:{peer_port}");
         cp.spawn(
             spec,
             "etcd",
@@ -184,6 +196,14 @@ impl ControlPlane {
                 &format!("--listen-peer-urls={peer_url}"),
                 &format!("--initial-advertise-peer-urls={peer_url}"),
                 &format!("--initial-cluster=weft={peer_url}"),
+                &format!("--cert-file={}", e("apiserver.crt")),
+                &format!("--key-file={}", e("apiserver.key")),
+                "--client-cert-auth",
+                &format!("--trusted-ca-file={}", e("ca.crt")),
+                &format!("--peer-cert-file={}", e("apiserver.crt")),
+                &format!("--peer-key-file={}", e("apiserver.key")),
+                "--peer-client-cert-auth",
+                &format!("--peer-trusted-ca-file={}", e("ca.crt")),
                 "--log-level=warn",
             ],
         )?;
@@ -193,6 +213,9 @@ impl ControlPlane {
             "kube-apiserver",
             &[
                 &format!("--etcd-servers={etcd_url}"),
+                &format!("--etcd-cafile={}", e("ca.crt")),
+                &format!("--etcd-certfile={}", e("apiserver-etcd-client.crt")),
+                &format!("--etcd-keyfile={}", e("apiserver-etcd-client.key")),
                 &format!("--bind-address={}", if inside { "0.0.0.0" } else { "127.0.0.1" }),
                 &format!("--secure-port={inner_api_port}"),
                 &format!("--advertise-address={advertise}"),

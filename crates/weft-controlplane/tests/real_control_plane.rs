@@ -125,8 +125,34 @@ async fn real_control_plane_serves_controls_and_schedules() {
     })
     .await;
 
-    // Everything it started stops with it.
+    // etcd answers only to its own CA's client certificates (kube-apiserver's): not to plain
+    // HTTP, nor to TLS without a certificate.
     let etcd = cp.etcd;
+    let pki = dir.path().join("etcd-pki");
+    let curl = |extra: &[String]| {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(pki.join("ca.crt"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (ok, out) = curl(&[format!("http://{etcd}/version")]);
+    assert!(!out.contains("etcdserver"), "plain HTTP: {ok} {out}");
+    let (ok, out) = curl(&[format!("https://{etcd}/version")]);
+    assert!(!ok && !out.contains("etcdserver"), "TLS without a client certificate: {out}");
+    let cert = |f: &str| pki.join(f).display().to_string();
+    let (ok, out) = curl(&[
+        "--cert".into(),
+        cert("apiserver-etcd-client.crt"),
+        "--key".into(),
+        cert("apiserver-etcd-client.key"),
+        format!("https://{etcd}/version"),
+    ]);
+    assert!(ok && out.contains("etcdserver"), "with kube-apiserver's certificate: {out}");
+
+    // Everything it started stops with it.
     drop(cp);
     assert!(std::net::TcpStream::connect_timeout(&etcd, Duration::from_secs(1)).is_err(), "etcd still answers");
 }

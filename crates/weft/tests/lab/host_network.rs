@@ -101,7 +101,10 @@ fn host_network_pods_run_in_their_nodes_network() {
         p["spec"]["nodeName"].is_null()
             && p["status"]["conditions"].as_array().into_iter().flatten().any(|c| {
                 c["reason"] == "Unschedulable"
-                    && c["message"].as_str().unwrap_or("").contains("didn't have free ports for the requested pod ports")
+                    && c["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("didn't have free ports for the requested pod ports")
             })
     });
 
