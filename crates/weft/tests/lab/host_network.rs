@@ -93,6 +93,9 @@ fn host_network_pods_run_in_their_nodes_network() {
         via["pod"] == "hostnet"
     });
     assert_eq!(via["port"], 8080);
+    // And from the node's own namespace (the hostNetwork pod itself) Services work too.
+    let from_node = lab.http_json(&["hostnet"], &format!("http://{}/", cluster_ip.trim()));
+    assert_eq!(from_node["pod"], "hostnet", "{from_node}");
 
     // Its port is taken on node-2: a second pod wanting it waits, saying why.
     lab.apply_str(SECOND);
