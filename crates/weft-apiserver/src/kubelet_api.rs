@@ -9,9 +9,11 @@
 //!
 //! Only a client with a certificate from the cluster's CA is served (kube-apiserver's
 //! `--kubelet-client-certificate`): pods reach the node's address, and must not exec into
-//! other pods through it. Within that, every such client may do everything, as with the
-//! kubelet's `--authorization-mode=AlwaysAllow`; the real kubelet's webhook authorization of
-//! other callers (SubjectAccessReviews) is not here.
+//! other pods through it. Each request is then authorized as the kubelet's Webhook mode does
+//! it (kubeadm's setting): the certificate's user (CN) and groups (O) may do the request's verb
+//! (from its method) on the node's `nodes/proxy` subresource, asked of the API server by
+//! [`KubeletApi::authorize`] (a SubjectAccessReview); answers are kept 5 minutes when allowed
+//! and 30 seconds when not, the kubelet's defaults.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,11 +37,105 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The uid of pod (namespace, name) if it runs on this node.
 pub type UidOf = Box<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
 
+/// What is asked of the authorizer: may `user` (in `groups`) do `verb` on this node's
+/// `nodes/{subresource}`?
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Attributes {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub verb: &'static str,
+    pub subresource: &'static str,
+}
+
+/// Answers [`Attributes`]: Ok(allowed), or Err when no answer could be had.
+pub type Authorize = Arc<dyn Fn(Attributes) -> futures::future::BoxFuture<'static, Result<bool, String>> + Send + Sync>;
+
 /// What the kubelet serves from.
 pub struct KubeletApi {
     pub logs: Arc<dyn PodLogs>,
     pub streams: Arc<dyn PodStreams>,
     pub uid_of: UidOf,
+    /// The authorizer (None: every client of the CA may do everything, as `AlwaysAllow`).
+    pub authorize: Option<Authorize>,
+}
+
+/// How long an authorizer's answer is kept: the kubelet's `authorization.webhook` defaults.
+const ALLOWED_TTL: Duration = Duration::from_secs(300);
+const DENIED_TTL: Duration = Duration::from_secs(30);
+/// At most this many answers are kept (a full cache starts again).
+const MAX_CACHED: usize = 1024;
+
+type Cache = std::sync::Mutex<std::collections::HashMap<Attributes, (bool, std::time::Instant)>>;
+
+/// The user and groups a client certificate names, as kube-apiserver's x509 authenticator reads
+/// them: the subject's CommonName and Organizations.
+pub fn identity(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    Some((user, groups))
+}
+
+/// The verb and subresource a request is authorized as (the kubelet's `GetRequestAttributes`:
+/// every path served here is `proxy`).
+pub fn request_attributes(method: &Method) -> (&'static str, &'static str) {
+    let verb = match *method {
+        Method::POST => "create",
+        Method::GET => "get",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "",
+    };
+    (verb, "proxy")
+}
+
+/// Whether the request may go on: None, or the answer that ends it (403 as the kubelet words
+/// it, 500 when the authorizer could not answer).
+async fn authorized(
+    api: &KubeletApi,
+    cache: &Cache,
+    who: &Option<(String, Vec<String>)>,
+    method: &Method,
+) -> Option<Response<crate::Body>> {
+    let authorize = api.authorize.as_ref()?;
+    let (verb, subresource) = request_attributes(method);
+    let (user, groups) = who.clone().unwrap_or_default();
+    let attrs = Attributes { user, groups, verb, subresource };
+    let cached = cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&attrs).filter(|(_, until)| *until > std::time::Instant::now()).map(|(a, _)| *a));
+    let allowed = match cached {
+        Some(a) => a,
+        None => match authorize(attrs.clone()).await {
+            Ok(a) => {
+                if let Ok(mut c) = cache.lock() {
+                    if c.len() >= MAX_CACHED {
+                        c.clear();
+                    }
+                    let ttl = if a { ALLOWED_TTL } else { DENIED_TTL };
+                    c.insert(attrs.clone(), (a, std::time::Instant::now() + ttl));
+                }
+                a
+            }
+            Err(e) => {
+                tracing::warn!(user = %attrs.user, error = %e, "kubelet API authorization");
+                return Some(plain_error(&ApiError::internal(format!(
+                    "Authorization error (user={}, verb={verb}, resource=nodes, subresource={subresource})",
+                    attrs.user
+                ))));
+            }
+        },
+    };
+    (!allowed).then(|| {
+        plain_error(&ApiError::new(
+            403,
+            "Forbidden",
+            format!("Forbidden (user={}, verb={verb}, resource=nodes, subresource(s)=[{subresource}])\n", attrs.user),
+        ))
+    })
 }
 
 /// TLS for the kubelet: its serving certificate, and client certificates required and checked
@@ -67,6 +163,7 @@ pub fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rus
 pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<KubeletApi>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cache: Arc<Cache> = Arc::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let tcp = match listener.accept().await {
@@ -77,13 +174,19 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 continue;
             }
         };
-        let (acceptor, api) = (acceptor.clone(), api.clone());
+        let (acceptor, api, cache) = (acceptor.clone(), api.clone(), cache.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else { return };
-            let svc = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(route(&api, req)) }
+            let who = Arc::new(tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| identity(c)));
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (api, cache, who) = (api.clone(), cache.clone(), who.clone());
+                async move {
+                    if let Some(refused) = authorized(&api, &cache, &who, req.method()).await {
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    Ok(route(&api, req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -128,7 +128,7 @@ fn serving_cert<S: rcgen::SigningKey>(names: &[String], issuer: &Issuer<'_, S>) 
 
 /// What a certificate from [`signed_by_ca`] is for.
 pub enum Use<'a> {
-    /// A client: its user (CN) and groups (O), as kube-apiserver reads them.
+    /// A client: its user (CN) and group (O; at most one), as kube-apiserver reads them.
     Client { user: &'a str, groups: &'a [&'a str] },
     /// A server: the names and addresses it answers for.
     Server { names: &'a [String] },
@@ -145,6 +145,8 @@ pub fn signed_by_ca(dir: &Path, stem: &str, what: Use<'_>) -> Result<(String, St
     let issuer = Issuer::new(ca_params()?, &ca_key);
     let mut params = match &what {
         Use::Client { user, groups } => {
+            // rcgen keeps one value per attribute type: a second Organization would replace the first.
+            anyhow::ensure!(groups.len() <= 1, "a client certificate here names at most one group, not {groups:?}");
             let mut p = CertificateParams::new(Vec::<String>::new())?;
             p.distinguished_name.push(DnType::CommonName, *user);
             for g in *groups {

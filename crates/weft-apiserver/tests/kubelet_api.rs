@@ -53,6 +53,7 @@ async fn only_the_clusters_clients_are_served_and_requests_are_checked() {
         logs: Arc::new(weft_apiserver::pod_logs::NoPodLogs),
         streams: Arc::new(weft_apiserver::streams::NoPodStreams),
         uid_of: Box::new(|ns, pod| (ns == "default" && pod == "web").then(|| "uid-1".to_string())),
+        authorize: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("https://{}", listener.local_addr().unwrap());
@@ -96,4 +97,90 @@ async fn only_the_clusters_clients_are_served_and_requests_are_checked() {
         assert_eq!(curl(&format!("{base}/healthz"), ours, &[]).unwrap().0, 200);
     });
     checks.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_authorized_as_the_certificate_names_its_user_and_groups() {
+    use kubelet_api::Attributes;
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::load_or_create(dir.path(), &["127.0.0.1".to_string()]).unwrap();
+    let server = tls::signed_by_ca(dir.path(), "kubelet", Use::Server { names: &["127.0.0.1".to_string()] }).unwrap();
+    let admin =
+        tls::signed_by_ca(dir.path(), "admin", Use::Client { user: "apiserver", groups: &["system:masters"] }).unwrap();
+    let reader = tls::signed_by_ca(dir.path(), "reader", Use::Client { user: "ann", groups: &["readers"] }).unwrap();
+    let mallory = tls::signed_by_ca(dir.path(), "mallory", Use::Client { user: "mallory", groups: &[] }).unwrap();
+    let broken = tls::signed_by_ca(dir.path(), "broken", Use::Client { user: "broken", groups: &[] }).unwrap();
+
+    // The policy stands in for the API server's: masters may do anything, readers may get,
+    // mallory nothing; "broken" gets no answer. Every question asked is recorded.
+    let asked: Arc<Mutex<Vec<Attributes>>> = Arc::default();
+    let log = asked.clone();
+    let authorize: kubelet_api::Authorize = Arc::new(move |a: Attributes| {
+        log.lock().unwrap().push(a.clone());
+        Box::pin(async move {
+            match a.user.as_str() {
+                "broken" => Err("no API server".to_string()),
+                _ => Ok(a.groups.iter().any(|g| g == "system:masters")
+                    || (a.groups.iter().any(|g| g == "readers") && a.verb == "get")),
+            }
+        })
+    });
+    let config = kubelet_api::tls_config(&ca.ca_pem, &server.0, &server.1).unwrap();
+    let api = Arc::new(KubeletApi {
+        logs: Arc::new(weft_apiserver::pod_logs::NoPodLogs),
+        streams: Arc::new(weft_apiserver::streams::NoPodStreams),
+        uid_of: Box::new(|_, _| None),
+        authorize: Some(authorize),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(kubelet_api::serve(listener, config, api));
+    let files: Vec<_> = [("admin", admin), ("reader", reader), ("mallory", mallory), ("broken", broken)]
+        .into_iter()
+        .map(|(n, p)| write_pair(dir.path(), n, p))
+        .collect();
+    let checks = tokio::task::spawn_blocking(move || {
+        let c = |i: usize| Some((files[i].0.as_path(), files[i].1.as_path()));
+        let logs = format!("{base}/containerLogs/default/web/c");
+        // Allowed: on to the handler (which has no such pod here).
+        assert_eq!(curl(&logs, c(0), &[]).unwrap().0, 404);
+        assert_eq!(curl(&logs, c(1), &[]).unwrap().0, 404);
+        // A reader may not open an exec stream (POST: create).
+        let (code, body) =
+            curl(&format!("{base}/exec/default/web/c?command=ls&output=1"), c(1), &["-X", "POST"]).unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (403, "Forbidden (user=ann, verb=create, resource=nodes, subresource(s)=[proxy])\n")
+        );
+        // Mallory may do nothing, health checks included; a second try is answered from the cache.
+        for _ in 0..2 {
+            let (code, body) = curl(&format!("{base}/healthz"), c(2), &[]).unwrap();
+            assert_eq!(
+                (code, body.as_str()),
+                (403, "Forbidden (user=mallory, verb=get, resource=nodes, subresource(s)=[proxy])\n")
+            );
+        }
+        // No answer from the authorizer: 500, never let through.
+        let (code, body) = curl(&logs, c(3), &[]).unwrap();
+        assert_eq!(code, 500, "{body}");
+        assert!(body.starts_with("Authorization error (user=broken"), "{body}");
+    });
+    checks.await.unwrap();
+    let asked = asked.lock().unwrap();
+    let seen: Vec<(&str, &[String], &str, &str)> =
+        asked.iter().map(|a| (a.user.as_str(), a.groups.as_slice(), a.verb, a.subresource)).collect();
+    let masters = ["system:masters".to_string()];
+    let readers = ["readers".to_string()];
+    assert_eq!(
+        seen,
+        [
+            ("apiserver", &masters[..], "get", "proxy"),
+            ("ann", &readers[..], "get", "proxy"),
+            ("ann", &readers[..], "create", "proxy"),
+            ("mallory", &[][..], "get", "proxy"),
+            ("broken", &[][..], "get", "proxy"),
+        ],
+        "one question per user and verb (the second of mallory's came from the cache)"
+    );
 }

@@ -15,8 +15,9 @@ use crate::topology::NodeNet;
 /// The kubelet's port, which the lab's Nodes declare (`status.daemonEndpoints`).
 pub const PORT: i32 = kubelet_api::PORT as i32;
 
-/// Serves node `node`'s kubelet API, with certificates from the CA in `ca_dir`.
-pub fn start(state_dir: &Path, ca_dir: &Path, node: &NodeNet) -> Result<()> {
+/// Serves node `node`'s kubelet API, with certificates from the CA in `ca_dir`; requests are
+/// authorized by SubjectAccessReviews that `client` makes.
+pub fn start(state_dir: &Path, ca_dir: &Path, node: &NodeNet, client: kube::Client) -> Result<()> {
     let ca = std::fs::read_to_string(ca_dir.join("ca.crt")).context("reading the cluster CA for the kubelet")?;
     let names = [node.ip.to_string(), node.name.clone()];
     let (cert, key) = tls::signed_by_ca(ca_dir, &format!("kubelet-{}", node.name), tls::Use::Server { names: &names })?;
@@ -36,7 +37,43 @@ pub fn start(state_dir: &Path, ca_dir: &Path, node: &NodeNet) -> Result<()> {
                 .find(|sb| sb.node == me && sb.namespace == ns && sb.name == pod)
                 .map(|sb| sb.uid)
         }),
+        authorize: Some(authorizer(client, node.name.clone())),
     });
     tokio::spawn(kubelet_api::serve(tokio::net::TcpListener::from_std(listener)?, config, api));
     Ok(())
+}
+
+/// The kubelet's Webhook authorization: a SubjectAccessReview for `nodes/{subresource}` of this
+/// node, answered by the API server.
+fn authorizer(client: kube::Client, node: String) -> kubelet_api::Authorize {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    Arc::new(move |a: kubelet_api::Attributes| {
+        let (client, node) = (client.clone(), node.clone());
+        Box::pin(async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(a.user),
+                    groups: Some(a.groups),
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(a.verb.to_string()),
+                        resource: Some("nodes".into()),
+                        subresource: Some(a.subresource.into()),
+                        name: Some(node),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let api: kube::Api<SubjectAccessReview> = kube::Api::all(client);
+            let done = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                api.create(&kube::api::PostParams::default(), &review),
+            )
+            .await
+            .map_err(|_| "the API server did not answer the SubjectAccessReview within 10 s".to_string())?
+            .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+            Ok(done.status.is_some_and(|s| s.allowed))
+        })
+    })
 }

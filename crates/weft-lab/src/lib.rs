@@ -143,7 +143,7 @@ pub async fn start(
     progress("starting kubelets");
     for n in &nets {
         if let Some(ca) = &ctx.kubelet_ca {
-            kubelet_api::start(&ctx.state_dir, ca, n)?;
+            kubelet_api::start(&ctx.state_dir, ca, n, client.clone())?;
         }
         tokio::spawn(kubelet::Kubelet::new(ctx.clone(), n.clone(), client.clone()).run());
     }

@@ -489,3 +489,85 @@ spec:
     let o = kubectl(&lab, &["port-forward", "pod/nowhere", "1:80"], None);
     assert!(!o.status.success(), "{}", text(&o));
 }
+
+/// On a real control plane the kubelet API (port 10250 of each node) is what kube-apiserver
+/// calls for exec and logs; any other holder of a certificate from the cluster CA is authorized
+/// by a SubjectAccessReview for `nodes/proxy`, as the kubelet's Webhook mode does. (The embedded
+/// API serves exec and logs itself: there is no kubelet API to test.)
+#[test]
+fn the_kubelet_api_asks_the_api_server_who_may_do_what() {
+    if weft_testkit::lab::control_plane() != "kubernetes" {
+        eprintln!("no kubelet API on the embedded control plane; run with WEFT_TEST_CONTROL_PLANE=kubernetes");
+        return;
+    }
+    let lab = Lab::up(&[]);
+    lab.apply_str(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node-1}
+  containers:
+  - {name: c, image: busybox, command: [sh, -c, "echo kubelet-says-hi; exec sleep 100000"]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-proxy-reader}
+rules: [{apiGroups: [""], resources: [nodes/proxy], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ops-read-node-proxy}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-proxy-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: ops}]
+"#,
+    );
+    lab.wait_running("default", 1);
+    lab.wait_for("talker's log", 30, || {
+        String::from_utf8_lossy(&lab.kubectl(&["logs", "talker"]).stdout).contains("kubelet-says-hi")
+    });
+    let node_ip = lab.kubectl_ok(&[
+        "get",
+        "node",
+        "node-1",
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    let cp = lab.state_dir().join("control-plane");
+    let cert = |stem: &str, user: &str, groups: &[&str]| {
+        weft_apiserver::tls::signed_by_ca(&cp, stem, weft_apiserver::tls::Use::Client { user, groups }).unwrap();
+        (cp.join(format!("{stem}.crt")), cp.join(format!("{stem}.key")))
+    };
+    let url = format!("https://{}:10250/containerLogs/default/talker/c", node_ip.trim());
+    let ask = |(crt, key): &(std::path::PathBuf, std::path::PathBuf), method: &str| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &format!("weft-{}-node-1", lab.name), "curl", "-sk", "--max-time", "10"])
+            .args(["-X", method, "-w", "\n%{http_code}", "--cert"])
+            .arg(crt)
+            .arg("--key")
+            .arg(key)
+            .arg(&url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_string(), body.to_string())
+    };
+    // In the bound group: the log. Outside it: the kubelet's 403, for reading and for more.
+    let ops = cert("test-ops", "olga", &["ops"]);
+    let (code, body) = ask(&ops, "GET");
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("kubelet-says-hi"), "{body}");
+    let mallory = cert("test-mallory", "mallory", &["system:authenticated"]);
+    let (code, body) = ask(&mallory, "GET");
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("403", "Forbidden (user=mallory, verb=get, resource=nodes, subresource(s)=[proxy])\n")
+    );
+    let (code, body) = ask(&ops, "POST");
+    assert_eq!(code, "403", "olga may get, not create: {body}");
+    // kube-apiserver itself is still let through: kubectl logs and exec work.
+    assert!(lab.kubectl_ok(&["logs", "talker"]).contains("kubelet-says-hi"));
+    assert_eq!(lab.kubectl_ok(&["exec", "talker", "--", "echo", "in"]).trim(), "in");
+}
