@@ -204,7 +204,8 @@ impl Elector {
                     break;
                 }
             }
-            drop(task);
+            // Aborted and waited for: the work has ended before this candidate tries again.
+            task.stop().await;
             tracing::warn!(lease = %name, identity = %me, "lost the lease: stopped its work");
         }
     }
@@ -218,6 +219,14 @@ fn jittered(d: Duration) -> Duration {
 /// A task stopped when this is dropped (the work of a leader that lost its lease, or whose
 /// election was dropped).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it has ended.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
