@@ -172,8 +172,9 @@ impl ControlPlane {
         let mut cp = ControlPlane { api, kubeconfig, creds, etcd, client, dir: dir.clone(), children: vec![], forward };
         let p = |f: &str| dir.join(f).display().to_string();
         // etcd takes clients and peers by certificates of a CA of its own only, as kubeadm sets it
-        // up: what listens on node-1's loopback is reachable from its hostNetwork pods, and the
-        // cluster CA signs certificates for whoever gets a CertificateSigningRequest approved.
+        // up: what listens on node-1's loopback is reachable from its hostNetwork pods, and no
+        // certificate made for the cluster (a kubelet's, a user's) may open it. `load_or_create`
+        // makes that CA and a serving pair it names `apiserver.crt`/`.key`: here, etcd's.
         let etcd_dir = dir.join("etcd-pki");
         std::fs::create_dir_all(&etcd_dir).with_context(|| format!("making {}", etcd_dir.display()))?;
         tls::load_or_create(&etcd_dir, &["127.0.0.1".to_string(), "localhost".to_string()])?;
